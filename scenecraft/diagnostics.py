@@ -1,0 +1,219 @@
+"""Diagnostics as data: every user error in scenecraft is a `Diagnostic`.
+
+A diagnostic has a stable kebab-case ``code`` (documented in docs/errors.md), a message that
+stands alone, an optional source ``span``, secondary ``labels``, ``notes`` and one ``help`` line.
+Phases collect diagnostics and raise them together as a `DiagnosticError`; only the CLI turns
+them into text (`render_text` here for plain output, `scenecraft.ui` for Rich).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from difflib import get_close_matches
+from pathlib import Path
+from typing import Any, Literal
+
+Severity = Literal["error", "warning"]
+
+
+@dataclass(frozen=True, order=True)
+class Span:
+    """A region of a source file; lines and columns are 1-based, ``end_col`` is exclusive."""
+
+    file: str
+    line: int
+    col: int
+    end_line: int
+    end_col: int
+
+    @classmethod
+    def point(cls, file: str, line: int, col: int, width: int = 1) -> Span:
+        return cls(file, line, col, line, col + max(width, 1))
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}:{self.col}"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "file": self.file,
+            "line": self.line,
+            "col": self.col,
+            "end_line": self.end_line,
+            "end_col": self.end_col,
+        }
+
+
+@dataclass(frozen=True)
+class Label:
+    """A secondary span with a short message ("first defined here")."""
+
+    span: Span
+    message: str
+
+
+@dataclass(frozen=True)
+class Diagnostic:
+    code: str  # stable kebab-case id, one entry per code in docs/errors.md
+    message: str  # lowercase, no trailing period, names in backticks
+    span: Span | None = None  # where; None for errors with no source location
+    severity: Severity = "error"
+    label: str = ""  # short text under the caret
+    labels: tuple[Label, ...] = ()  # secondary locations
+    notes: tuple[str, ...] = ()  # `= note:` lines
+    help: str | None = None  # one `help:` line with the fix
+
+    @property
+    def is_error(self) -> bool:
+        return self.severity == "error"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "code": self.code,
+            "severity": self.severity,
+            "message": self.message,
+            "span": self.span.as_dict() if self.span else None,
+            "label": self.label,
+            "labels": [{"span": lb.span.as_dict(), "message": lb.message} for lb in self.labels],
+            "notes": list(self.notes),
+            "help": self.help,
+        }
+
+    def sort_key(self) -> tuple[str, int, int, str]:
+        if self.span is None:
+            return ("", 0, 0, self.code)
+        return (self.span.file, self.span.line, self.span.col, self.code)
+
+
+class DiagnosticError(Exception):
+    """Raised when a phase found one or more errors; carries all of them (and any warnings)."""
+
+    def __init__(self, diagnostics: Iterable[Diagnostic]):
+        self.diagnostics: list[Diagnostic] = sorted(diagnostics, key=Diagnostic.sort_key)
+        first = next((d for d in self.diagnostics if d.is_error), None)
+        super().__init__(first.message if first else "error")
+
+    @property
+    def errors(self) -> list[Diagnostic]:
+        return [d for d in self.diagnostics if d.is_error]
+
+
+def error(code: str, message: str, span: Span | None = None, **kw: Any) -> DiagnosticError:
+    """Shorthand: a DiagnosticError holding one error diagnostic."""
+    return DiagnosticError([Diagnostic(code, message, span, **kw)])
+
+
+class Collector:
+    """Collects diagnostics across a phase; `check()` raises if any error was seen."""
+
+    def __init__(self) -> None:
+        self.diagnostics: list[Diagnostic] = []
+
+    def add(self, diagnostic: Diagnostic) -> None:
+        self.diagnostics.append(diagnostic)
+
+    def error(self, code: str, message: str, span: Span | None = None, **kw: Any) -> None:
+        self.add(Diagnostic(code, message, span, **kw))
+
+    def warn(self, code: str, message: str, span: Span | None = None, **kw: Any) -> None:
+        self.add(Diagnostic(code, message, span, severity="warning", **kw))
+
+    @contextmanager
+    def guard(self) -> Iterator[None]:
+        """Run a block; a DiagnosticError inside it is collected instead of propagated."""
+        try:
+            yield
+        except DiagnosticError as exc:
+            self.diagnostics.extend(exc.diagnostics)
+
+    @property
+    def has_errors(self) -> bool:
+        return any(d.is_error for d in self.diagnostics)
+
+    @property
+    def warnings(self) -> list[Diagnostic]:
+        return [d for d in self.diagnostics if not d.is_error]
+
+    def check(self) -> None:
+        if self.has_errors:
+            raise DiagnosticError(self.diagnostics)
+
+
+def did_you_mean(name: str, candidates: Iterable[str]) -> str | None:
+    """A `help:` line suggesting the closest name in scope, or None."""
+    matches = get_close_matches(name, sorted(set(candidates)), n=1, cutoff=0.6)
+    if not matches:
+        lowered = {c.lower(): c for c in candidates}
+        if name.lower() in lowered:
+            matches = [lowered[name.lower()]]
+    return f"did you mean `{matches[0]}`?" if matches else None
+
+
+# --------------------------------------------------------------------------- text rendering
+
+
+def _source_line(sources: Mapping[str, str], span: Span) -> str | None:
+    text = sources.get(span.file)
+    if text is None:
+        try:
+            text = Path(span.file).read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return None
+    lines = text.splitlines()
+    if 1 <= span.line <= len(lines):
+        return lines[span.line - 1]
+    if span.line == len(lines) + 1:
+        return ""
+    return None
+
+
+def _caret(line: str, span: Span) -> str:
+    start = max(span.col - 1, 0)
+    end = span.end_col - 1 if span.end_line == span.line else len(line)
+    width = max(end - start, 1)
+    # Keep tabs so the caret lines up under the user's text as their terminal shows it.
+    prefix = "".join("\t" if ch == "\t" else " " for ch in line[:start])
+    return prefix + "^" * width
+
+
+def render_text(diagnostic: Diagnostic, sources: Mapping[str, str] | None = None) -> str:
+    """Render one diagnostic rustc/ruff style as plain text (no colour)."""
+    sources = sources or {}
+    out = [f"{diagnostic.severity}[{diagnostic.code}]: {diagnostic.message}"]
+    span = diagnostic.span
+    gutter = " " * (len(str(span.line)) if span else 1)
+    if span is not None:
+        out.append(f"{gutter}--> {span}")
+        line = _source_line(sources, span)
+        if line is not None:
+            out.append(f"{gutter} |")
+            out.append(f"{span.line} | {line}")
+            caret = _caret(line, span)
+            out.append(f"{gutter} | {caret} {diagnostic.label}".rstrip())
+    for label in diagnostic.labels:
+        out.append(f"{gutter}::: {label.span}: {label.message}")
+    for note in diagnostic.notes:
+        out.append(f"{gutter} = note: {note}")
+    if diagnostic.help:
+        out.append(f"{gutter} = help: {diagnostic.help}")
+    return "\n".join(out)
+
+
+def render_all(diagnostics: Iterable[Diagnostic], sources: Mapping[str, str] | None = None) -> str:
+    return "\n\n".join(render_text(d, sources) for d in diagnostics)
+
+
+def to_json(diagnostics: Iterable[Diagnostic]) -> str:
+    return json.dumps([d.as_dict() for d in diagnostics], indent=2)
+
+
+@dataclass
+class SourceMap:
+    """Source texts by file name, so diagnostics can quote lines of generated or templated text."""
+
+    texts: dict[str, str] = field(default_factory=dict)
+
+    def add(self, file: str, text: str) -> None:
+        self.texts[file] = text

@@ -1,0 +1,132 @@
+"""The render plan: what the compiler hands to the merge engine and the renderer.
+
+A `RenderPlan` is plain data (pydantic, JSON-serialisable, deterministic for a given input):
+the merge to build (`MergeSpec`) and one `RenderJob` per image. Paths are stored as written
+in the scene file, resolved against the directory of the file that declared them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Family = Literal["sd15", "sd2", "sdxl"]
+ConceptKind = Literal["subject", "object", "style"]
+MergeMethod = Literal["loraclr", "gradient-fusion", "linear", "average", "ties", "dare", "none"]
+Relation = Literal[
+    "left-of",
+    "right-of",
+    "above",
+    "below",
+    "on-top-of",
+    "in-front-of",
+    "behind",
+    "beside",
+    "back-to-back",
+]
+
+PLAN_VERSION = 1
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class SourceSpan(_Model):
+    file: str
+    line: int
+    col: int
+    end_line: int
+    end_col: int
+
+
+class BaseModelSpec(_Model):
+    source: str  # hub id ("org/name"), local diffusers folder, or a .safetensors/.ckpt file
+    family: Family | None = None  # declared family; None = detect when loading
+    revision: str | None = None  # hub revision, if any
+
+
+class ConceptSpec(_Model):
+    name: str  # the name used in scene files (`gosling`)
+    tokens: tuple[str, ...]  # trigger token(s) as trained (`<GOSLING>`)
+    lora: str | None = None  # path to the LoRA file (resolved), None for a token-only concept
+    weight: float = 1.0  # user weight w_c, multiplies alpha/rank
+    class_noun: str | None = None  # "man", "dog", "vase"
+    kind: ConceptKind = "subject"
+    embedding: str | None = None  # textual-inversion embedding file bound to the tokens
+    references: tuple[str, ...] = ()  # reference images (for evaluation)
+    placeholder: bool = False  # True when the LoRA file does not exist yet (check --allow-missing)
+
+
+class MergeSpec(_Model):
+    base: BaseModelSpec
+    concepts: tuple[ConceptSpec, ...]
+    method: MergeMethod = "loraclr"
+    params: dict[str, float | int | str | bool] = Field(default_factory=dict)
+    key: str = ""  # content hash of everything above plus the LoRA files' sha256 where present
+
+
+class Placement(_Model):
+    subject: str  # concept name or object name
+    relation: Relation
+    target: str  # concept name or object name
+
+
+class RenderJob(_Model):
+    id: str  # stable hash of everything that determines the image
+    file: str  # scene file it came from
+    scene: str  # scene name
+    storyboard: str | None = None  # storyboard name when the job is a panel
+    panel: int | None = None  # 0-based panel index within the storyboard
+    caption: str | None = None  # panel caption
+    prompt: str
+    negative_prompt: str = ""
+    seed: int
+    width: int
+    height: int
+    steps: int
+    guidance: float
+    sampler: str
+    concepts: tuple[str, ...] = ()  # concept names the image uses, in order of appearance
+    objects: tuple[str, ...] = ()  # non-concept objects ("vase", "chair")
+    placements: tuple[Placement, ...] = ()  # structured layout for regional guidance
+    span: SourceSpan | None = None  # where the scene (or panel) is written
+    prompt_tokens: int = 0  # CLIP tokens the prompt uses (incl. start/end), 77 is the window
+
+
+class PanelSpec(_Model):
+    index: int
+    scene: str
+    caption: str | None = None
+    job_ids: tuple[str, ...] = ()
+
+
+class StoryboardSpec(_Model):
+    name: str
+    columns: int
+    panels: tuple[PanelSpec, ...]
+
+
+class RenderPlan(_Model):
+    version: int = PLAN_VERSION
+    file: str  # the scene file compiled
+    source_sha256: str  # hash of the (rendered) source text
+    template_vars: dict[str, Any] = Field(default_factory=dict)  # Jinja variables, if templated
+    rendered_source: str | None = None  # the Jinja-rendered text, kept for provenance
+    merge: MergeSpec
+    batch_size: int = 1
+    images_per_seed: int = 1
+    jobs: tuple[RenderJob, ...] = ()
+    storyboards: tuple[StoryboardSpec, ...] = ()
+
+    def to_json(self) -> str:
+        return self.model_dump_json(indent=2)
+
+
+def stable_hash(data: Any, length: int = 16) -> str:
+    """sha256 of canonical JSON (sorted keys), hex, truncated."""
+    blob = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:length]

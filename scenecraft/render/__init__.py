@@ -1,0 +1,1 @@
+"""The renderer: a RenderPlan to images, storyboards and provenance."""

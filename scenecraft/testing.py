@@ -1,0 +1,146 @@
+"""Tiny, offline Stable Diffusion parts for tests and benchmarks (random weights, no downloads).
+
+Follows diffusers' own test recipe: tiny configs, a CLIP tokenizer written from a generated
+byte-level vocabulary, and LoRA files written in diffusers/PEFT and kohya form.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+# GPT-2's byte <-> unicode map, as CLIP's tokenizer uses it.
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    bs = list(range(ord("!"), ord("~") + 1))
+    bs += list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, [chr(c) for c in cs], strict=True))
+
+
+def tiny_vocab(words: tuple[str, ...] = ()) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """A minimal CLIP vocab: 256 byte chars, the same with ``</w>``, merges building ``words``."""
+    chars = list(_bytes_to_unicode().values())
+    tokens = chars + [c + "</w>" for c in chars]
+    merges: list[tuple[str, str]] = []
+    seen = set(tokens)
+    for word in words:
+        # merge left to right: w o r d</w> -> wo r d</w> -> wor d</w> -> word</w>
+        pieces = list(word[:-1]) + [word[-1] + "</w>"]
+        while len(pieces) > 1:
+            pair = (pieces[0], pieces[1])
+            merged = pieces[0] + pieces[1]
+            if pair not in merges:
+                merges.append(pair)
+            if merged not in seen:
+                seen.add(merged)
+                tokens.append(merged)
+            pieces = [merged] + pieces[2:]
+    tokens += ["<|startoftext|>", "<|endoftext|>"]
+    return {t: i for i, t in enumerate(tokens)}, merges
+
+
+def tiny_tokenizer(words: tuple[str, ...] = ("photo", "of", "a", "man", "dog")) -> Any:
+    from transformers import CLIPTokenizer
+
+    vocab, merges = tiny_vocab(words)
+    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77)
+
+
+def tiny_components(seed: int = 0, cross_attention_dim: int = 32) -> dict[str, Any]:
+    """The parts of a tiny SD 1.x pipeline; identical for the same seed."""
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    tokenizer = tiny_tokenizer()
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 64),
+        layers_per_block=2,
+        sample_size=32,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=cross_attention_dim,
+        norm_num_groups=32,
+    )
+    torch.manual_seed(seed)
+    vae = AutoencoderKL(
+        block_out_channels=[32, 64],
+        in_channels=3,
+        out_channels=3,
+        down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"],
+        up_block_types=["UpDecoderBlock2D", "UpDecoderBlock2D"],
+        latent_channels=4,
+        norm_num_groups=32,
+    )
+    torch.manual_seed(seed)
+    text_config = CLIPTextConfig(
+        hidden_size=cross_attention_dim,
+        intermediate_size=37,
+        num_attention_heads=4,
+        num_hidden_layers=5,
+        vocab_size=len(tokenizer),
+        max_position_embeddings=77,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    text_encoder = CLIPTextModel(text_config)
+    scheduler = DDIMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+    )
+    return {
+        "unet": unet,
+        "vae": vae,
+        "text_encoder": text_encoder,
+        "tokenizer": tokenizer,
+        "scheduler": scheduler,
+    }
+
+
+def tiny_pipeline(seed: int = 0) -> Any:
+    """A tiny StableDiffusionPipeline on CPU in fp32; a 64x64, 4-step call takes < 1 s."""
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline(
+        **tiny_components(seed),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def save_tiny_pipeline(path: str | Path, seed: int = 0) -> Path:
+    """Write a tiny pipeline as a local diffusers folder (for the real loading path)."""
+    path = Path(path)
+    tiny_pipeline(seed).save_pretrained(path)
+    return path
+
+
+def quiet_libraries() -> None:
+    """Silence transformers/diffusers progress bars and load reports in tests and benchmarks."""
+    import diffusers
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+    diffusers.utils.logging.set_verbosity_error()
+    diffusers.utils.logging.disable_progress_bar()
