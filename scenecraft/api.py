@@ -1,4 +1,7 @@
-"""The Python API: ``scenecraft.load(path, vars=...)`` -> the checked file and its render plan."""
+"""The Python API: ``scenecraft.load(path, vars=...)`` -> the checked file and its render plan.
+
+The top level is a short chain of phases: read (+ Jinja) -> parse -> check -> compile.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from scenecraft.diagnostics import Diagnostic
+from scenecraft.language.check import Checked, check
+from scenecraft.language.compiler import compile_plan
+from scenecraft.language.loader import load_program
 from scenecraft.plan import RenderPlan
 
 
@@ -14,14 +20,36 @@ from scenecraft.plan import RenderPlan
 class Loaded:
     path: Path  # the scene file
     source: str  # its (Jinja-rendered) text
-    file: Any  # the checked AST (scenecraft.language.nodes.File)
+    file: Any  # the main file's syntax tree (scenecraft.language.nodes.File)
     plan: RenderPlan
+    checked: Checked
     warnings: list[Diagnostic] = field(default_factory=list)
     sources: dict[str, str] = field(default_factory=dict)  # texts for quoting diagnostics
 
 
 def load(
-    path: str | Path, vars: dict[str, Any] | None = None, *, allow_missing: bool = False
+    path: str | Path, vars: dict[str, Any] | None = None, *, allow_missing: bool = True
 ) -> Loaded:
-    """Parse, check and compile ``path``; raises DiagnosticError on any error."""
-    raise NotImplementedError("being written")
+    """Read, parse, check and compile ``path``; raises DiagnosticError on any error.
+
+    ``allow_missing`` turns missing LoRA files into warnings (enough to check or compile);
+    merging and rendering load with ``allow_missing=False``.
+    """
+    program = load_program(path, vars)
+    checked = check(program, allow_missing=allow_missing)
+    main = program.sources[str(path)]
+    plan, warnings = compile_plan(
+        checked,
+        source_text=main.scene_text,
+        template_vars=dict(vars or {}) if main.rendered else {},
+        rendered_source=main.rendered.text if main.rendered else None,
+    )
+    return Loaded(
+        path=Path(path),
+        source=main.scene_text,
+        file=program.main,
+        plan=plan,
+        checked=checked,
+        warnings=[*checked.warnings, *warnings],
+        sources=program.texts(),
+    )

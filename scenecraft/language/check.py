@@ -1,0 +1,439 @@
+"""Semantic checks: names, references, settings and ranges, all errors of a file in one run.
+
+`check(program)` walks the parsed files once, builds the symbol tables (concepts, scenes,
+objects) and returns a `Checked` program with every value read and validated, or raises a
+DiagnosticError holding every problem found.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from scenecraft.diagnostics import Collector, Diagnostic, DiagnosticError, Label, did_you_mean
+from scenecraft.language import nodes as n
+from scenecraft.language import schema
+from scenecraft.language.loader import Program, remap
+
+SAMPLERS_FALLBACK = (
+    "Euler",
+    "Euler a",
+    "DDIM",
+    "DPM++ 2M",
+    "DPM++ 2M Karras",
+    "UniPC",
+)
+
+
+def sampler_names() -> tuple[str, ...]:
+    try:
+        from scenecraft.render.samplers import SAMPLERS
+    except ImportError:
+        return SAMPLERS_FALLBACK
+    return tuple(SAMPLERS)
+
+
+@dataclass
+class ConceptInfo:
+    name: str
+    node: n.Concept
+    tokens: tuple[str, ...]
+    lora: str | None  # resolved path
+    weight: float = 1.0
+    class_noun: str | None = None
+    kind: str = "subject"
+    embedding: str | None = None
+    references: tuple[str, ...] = ()
+    placeholder: bool = False  # the LoRA file is missing (allowed by allow_missing)
+
+
+@dataclass
+class SceneInfo:
+    name: str
+    node: n.Scene
+    settings: dict[str, Any]  # overrides read from the scene body
+    objects: dict[str, str]  # object name -> prompt words
+    storyboard: str | None = None  # set for inline storyboard panels
+
+
+@dataclass
+class PanelInfo:
+    scene: str
+    caption: str | None
+    node: n.Panel
+
+
+@dataclass
+class StoryboardInfo:
+    name: str
+    node: n.Storyboard
+    columns: int
+    title: str | None
+    panels: list[PanelInfo]
+
+
+@dataclass
+class Checked:
+    program: Program
+    model: dict[str, Any] | None  # {"source", "family", "revision", "node"}
+    concepts: dict[str, ConceptInfo]
+    merge_method: str
+    merge_params: dict[str, Any]
+    defaults: dict[str, Any]
+    scenes: dict[str, SceneInfo]
+    storyboards: dict[str, StoryboardInfo]
+    warnings: list[Diagnostic] = field(default_factory=list)
+
+
+DEFAULTS: dict[str, Any] = {
+    "size": (512, 512),
+    "steps": 30,
+    "guidance": 7.5,
+    "sampler": "DPM++ 2M Karras",
+    "negative": "",
+    "seeds": [1],
+    "images_per_seed": 1,
+    "batch_size": 1,
+}
+
+
+def _base_dir(node: n.Node) -> Path:
+    return Path(node.span.file).parent
+
+
+class _Checker:
+    def __init__(self, program: Program, allow_missing: bool) -> None:
+        self.program = program
+        self.allow_missing = allow_missing
+        self.c = Collector()
+        self.concepts: dict[str, ConceptInfo] = {}
+        self.scenes: dict[str, SceneInfo] = {}
+        self.tokens: dict[str, ConceptInfo] = {}
+
+    # -- top level --------------------------------------------------------------------------
+    def run(self) -> Checked:
+        files = [*self.program.includes, self.program.main]
+        model = None
+        merge: n.Merge | None = None
+        defaults: dict[str, Any] = dict(DEFAULTS)
+        for f in files:
+            is_main = f is self.program.main
+            for item in f.items:
+                if isinstance(item, n.Model):
+                    model = self.check_model(item, model, is_main)
+                elif isinstance(item, n.Concept):
+                    self.check_concept(item)
+                elif isinstance(item, n.Merge):
+                    merge = self.check_merge_dup(item, merge, is_main)
+                elif isinstance(item, n.Defaults):
+                    defaults.update(self.check_defaults(item))
+                elif isinstance(item, n.Scene | n.Storyboard) and not is_main:
+                    self.c.error(
+                        "scene-in-include",
+                        "included files may define concepts, model, merge and defaults only",
+                        item.span,
+                        label="scene or storyboard in an included file",
+                        help="move it into the file that includes this one",
+                    )
+        method, params = self.check_merge(merge)
+        if model is None:
+            self.c.error(
+                "missing-model",
+                "no base model is declared",
+                n.Span(self.program.main.path, 1, 1, 1, 2),
+                help='add a line like `model "runwayml/stable-diffusion-v1-5"` (or include a library that has one)',
+            )
+        for item in self.program.main.items:
+            if isinstance(item, n.Scene):
+                self.check_scene_decl(item)
+        storyboards = self.check_storyboards()
+        if not self.scenes and not any(
+            isinstance(i, n.Storyboard) for i in self.program.main.items
+        ):
+            self.c.warn(
+                "no-scenes",
+                "this file defines no scenes; nothing will be rendered",
+                n.Span(self.program.main.path, 1, 1, 1, 2),
+            )
+        self.warn_unused()
+        if self.c.has_errors:
+            raise DiagnosticError(self.c.diagnostics)
+        return Checked(
+            self.program,
+            model,
+            self.concepts,
+            method,
+            params,
+            defaults,
+            self.scenes,
+            storyboards,
+            self.c.warnings,
+        )
+
+    def check_model(self, item: n.Model, prev: dict[str, Any] | None, is_main: bool) -> Any:
+        if prev is not None and prev["node"].span.file == item.span.file:
+            self.duplicate("model", item, prev["node"])
+            return prev
+        src = item.source
+        if not isinstance(src, n.Str):
+            self.c.error(
+                "wrong-value-type",
+                "the model must be a quoted hub id or path",
+                src.span,
+                help='e.g. `model "runwayml/stable-diffusion-v1-5"`',
+            )
+            return prev
+        opts = schema.read_block(self.c, item.options, schema.MODEL_KEYS, "`model`")
+        source = src.value
+        local = source.startswith((".", "/", "~")) or source.endswith((".safetensors", ".ckpt"))
+        if local and not source.startswith("~"):
+            resolved = (_base_dir(item) / source).resolve()
+            if not resolved.exists():
+                self.c.warn(
+                    "model-not-found",
+                    f"model path `{source}` does not exist",
+                    src.span,
+                    label="not found",
+                    help="render needs it; give a hub id or an existing folder or file",
+                )
+            source = str(resolved)
+        return {
+            "source": source,
+            "family": opts.get("family", (None,))[0],
+            "revision": opts.get("revision", (None,))[0],
+            "node": item,
+        }
+
+    def duplicate(self, what: str, item: n.Node, first: n.Node, name: str = "") -> None:
+        self.c.error(
+            "duplicate-definition",
+            f"{what} {f'`{name}` ' if name else ''}is defined twice",
+            item.span,
+            label="defined again here",
+            labels=(Label(first.span, "first defined here"),),
+            help="remove one, or rename it",
+        )
+
+    # -- concepts ---------------------------------------------------------------------------
+    def check_concept(self, item: n.Concept) -> None:
+        name = item.name.name
+        if name in self.concepts:
+            self.duplicate("concept", item.name, self.concepts[name].node.name, name)
+            return
+        vals = schema.read_block(self.c, item.settings, schema.CONCEPT_KEYS, f"concept `{name}`")
+        get = {k: v for k, (v, _) in vals.items()}
+        tokens = tuple(get.get("token", [f"<{name.upper()}>"]))
+        info = ConceptInfo(
+            name,
+            item,
+            tokens,
+            None,
+            weight=get.get("weight", 1.0),
+            class_noun=get.get("class"),
+            kind=get.get("kind", "subject"),
+            references=tuple(
+                str((_base_dir(item) / r).resolve()) for r in get.get("references", [])
+            ),
+        )
+        if "lora" in vals:
+            info.lora, info.placeholder = self.check_file(vals["lora"][1], "lora", name)
+        if "embedding" in vals:
+            info.embedding, _ = self.check_file(vals["embedding"][1], "embedding", name)
+        if "lora" not in vals and "embedding" not in vals:
+            self.c.warn(
+                "concept-without-weights",
+                f"concept `{name}` has neither `lora` nor `embedding`",
+                item.name.span,
+                help="it will render as its token and class noun with the base model",
+            )
+        token_span = vals["token"][1].span if "token" in vals else item.name.span
+        for tok in tokens:
+            prev = self.tokens.get(tok)
+            if prev is not None:
+                self.c.error(
+                    "duplicate-token",
+                    f"token `{tok}` is used by concepts `{prev.name}` and `{name}`",
+                    token_span,
+                    label="token already taken",
+                    labels=(Label(prev.node.name.span, "first used here"),),
+                    help="each concept needs its own trigger token",
+                )
+            self.tokens[tok] = info
+        self.concepts[name] = info
+
+    def check_file(self, setting: n.Setting, what: str, concept: str) -> tuple[str, bool]:
+        value = setting.values[0]
+        assert isinstance(value, n.Str)
+        path = (_base_dir(setting) / value.value).resolve()
+        if path.is_file():
+            return str(path), False
+        code = "lora-not-found" if what == "lora" else "file-not-found"
+        self.c.add(
+            Diagnostic(
+                code,
+                f"{what} file `{value.value}` of concept `{concept}` does not exist",
+                value.span,
+                severity="warning" if self.allow_missing else "error",
+                label="no such file",
+                notes=(f"looked for {path}",),
+                help="fix the path (relative to this file), or pass --allow-missing to check a draft",
+            )
+        )
+        return str(path), True
+
+    # -- merge and defaults -----------------------------------------------------------------
+    def check_merge_dup(self, item: n.Merge, prev: n.Merge | None, is_main: bool) -> n.Merge:
+        if prev is not None and prev.span.file == item.span.file:
+            self.duplicate("merge", item, prev)
+            return prev
+        return item
+
+    def check_merge(self, item: n.Merge | None) -> tuple[str, dict[str, Any]]:
+        if item is None:
+            return "loraclr", {}
+        method = item.method.name
+        table = schema.MERGE_KEYS.get(method)
+        if table is None:
+            self.c.error(
+                "unknown-merge-method",
+                f"unknown merge method `{method}`",
+                item.method.span,
+                label="not a merge method",
+                notes=("methods: " + ", ".join(f"`{m}`" for m in schema.MERGE_KEYS),),
+                help=did_you_mean(method, schema.MERGE_KEYS),
+            )
+            return "none", {}
+        vals = schema.read_block(self.c, item.settings, table, f"merge `{method}`")
+        return method, {k: v for k, (v, _) in vals.items()}
+
+    def check_defaults(self, item: n.Defaults) -> dict[str, Any]:
+        vals = schema.read_block(self.c, item.settings, schema.DEFAULTS_KEYS, "`defaults`")
+        out = {k: v for k, (v, _) in vals.items()}
+        if "sampler" in vals:
+            self.check_sampler(vals["sampler"][1])
+        return out
+
+    def check_sampler(self, setting: n.Setting) -> None:
+        value = setting.values[0]
+        assert isinstance(value, n.Str)
+        names = sampler_names()
+        if value.value not in names:
+            lowered = {x.lower(): x for x in names}
+            self.c.error(
+                "unknown-sampler",
+                f"unknown sampler `{value.value}`",
+                value.span,
+                label="not a known sampler",
+                notes=("samplers: " + ", ".join(names),),
+                help=(
+                    f"did you mean `{lowered[value.value.lower()]}`?"
+                    if value.value.lower() in lowered
+                    else did_you_mean(value.value, names)
+                ),
+            )
+
+    # -- scenes -----------------------------------------------------------------------------
+    def check_scene_decl(self, item: n.Scene) -> None:
+        name = item.name.name
+        if name in self.scenes:
+            self.duplicate("scene", item.name, self.scenes[name].node.name, name)
+            return
+        self.scenes[name] = self.check_scene(item, name)
+
+    def check_scene(self, item: n.Scene, name: str, storyboard: str | None = None) -> SceneInfo:
+        from scenecraft.language.check_scene import check_scene_body
+
+        settings, objects = check_scene_body(self, item)
+        return SceneInfo(name, item, settings, objects, storyboard)
+
+    def check_storyboards(self) -> dict[str, StoryboardInfo]:
+        out: dict[str, StoryboardInfo] = {}
+        for item in self.program.main.items:
+            if not isinstance(item, n.Storyboard):
+                continue
+            name = item.name.name
+            if name in out:
+                self.duplicate("storyboard", item.name, out[name].node.name, name)
+                continue
+            vals = schema.read_block(
+                self.c, item.settings, schema.STORYBOARD_KEYS, f"storyboard `{name}`"
+            )
+            panels = [self.check_panel(p, name, i) for i, p in enumerate(item.panels)]
+            if not item.panels:
+                self.c.error(
+                    "empty-storyboard",
+                    f"storyboard `{name}` has no panels",
+                    item.name.span,
+                    help='add `panel SCENE "caption"` lines',
+                )
+            out[name] = StoryboardInfo(
+                name,
+                item,
+                vals.get("columns", (min(max(len(panels), 1), 4), None))[0],
+                vals.get("title", (None, None))[0],
+                [p for p in panels if p is not None],
+            )
+        return out
+
+    def check_panel(self, p: n.Panel, board: str, index: int) -> PanelInfo | None:
+        caption = p.caption.value if p.caption else None
+        if p.scene is not None:
+            scene_name = f"{board}-{index + 1}"
+            if scene_name in self.scenes:
+                self.duplicate("scene", p, self.scenes[scene_name].node.name, scene_name)
+                return None
+            self.scenes[scene_name] = self.check_scene(p.scene, scene_name, board)
+            return PanelInfo(scene_name, caption, p)
+        assert p.ref is not None
+        if p.ref.name not in self.scenes:
+            self.c.error(
+                "unknown-scene",
+                f"storyboard `{board}` refers to unknown scene `{p.ref.name}`",
+                p.ref.span,
+                label="no scene of this name",
+                help=did_you_mean(p.ref.name, self.scenes)
+                or "scenes must be defined above the storyboard",
+            )
+            return None
+        return PanelInfo(p.ref.name, caption, p)
+
+    def warn_unused(self) -> None:
+        used: set[str] = set()
+        for scene in self.scenes.values():
+            used.update(_mentions(scene.node))
+        if not self.scenes:
+            return
+        for name, info in self.concepts.items():
+            if name not in used and info.node.span.file == self.program.main.path:
+                self.c.warn(
+                    "unused-concept",
+                    f"concept `{name}` is never used in a scene",
+                    info.node.name.span,
+                    help="unused concepts are left out of the merged model",
+                )
+
+
+def _mentions(scene: n.Scene) -> set[str]:
+    out: set[str] = set()
+    for stmt in scene.body:
+        if isinstance(stmt, n.SubjectStmt):
+            out.add(stmt.subject.name)
+            if isinstance(stmt.action, n.Interaction):
+                out.update(t.name for t in stmt.action.targets)
+            elif isinstance(stmt.action, n.Placement):
+                out.add(stmt.action.target.name)
+        elif isinstance(stmt, n.Presence):
+            out.update(x.name for x in stmt.names)
+    return out
+
+
+def check(program: Program, *, allow_missing: bool = True) -> Checked:
+    """Check a loaded program; raises DiagnosticError with every error (mapped to templates)."""
+    checker = _Checker(program, allow_missing)
+    try:
+        checked = checker.run()
+    except DiagnosticError as exc:
+        raise DiagnosticError([remap(d, program.sources) for d in exc.diagnostics]) from None
+    checked.warnings = [remap(d, program.sources) for d in checked.warnings]
+    return checked

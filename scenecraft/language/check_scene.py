@@ -1,0 +1,203 @@
+"""Checks for one scene body: names in scope, settings, placements that contradict each other."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from scenecraft.diagnostics import Label, did_you_mean
+from scenecraft.language import nodes as n
+from scenecraft.language import schema
+
+if TYPE_CHECKING:
+    from scenecraft.language.check import _Checker
+
+# relation -> (axis, direction); two placements contradict when they put the same pair on the
+# same axis in opposite directions.
+_AXES: dict[str, tuple[str, int]] = {
+    "left-of": ("x", -1),
+    "right-of": ("x", 1),
+    "above": ("y", -1),
+    "on-top-of": ("y", -1),
+    "below": ("y", 1),
+    "in-front-of": ("z", -1),
+    "behind": ("z", 1),
+}
+
+
+def check_scene_body(ck: _Checker, scene: n.Scene) -> tuple[dict[str, Any], dict[str, str]]:
+    """Validate ``scene``; returns its setting overrides and its objects (name -> words)."""
+    c = ck.c
+    objects = _declare_objects(ck, scene)
+    scope = {**{k: "concept" for k in ck.concepts}, **{k: "object" for k in objects}}
+    settings: dict[str, tuple[Any, n.Setting]] = {}
+    placements: list[tuple[str, str, str, n.Placement]] = []
+    together: n.Together | None = None
+    mentioned = False
+    for stmt in scene.body:
+        if isinstance(stmt, n.Setting):
+            _scene_setting(ck, stmt, settings)
+        elif isinstance(stmt, n.SubjectStmt):
+            mentioned = True
+            _subject(ck, stmt, scope, placements)
+        elif isinstance(stmt, n.Presence):
+            mentioned = True
+            for name in stmt.names:
+                _resolve(ck, name, scope)
+        elif isinstance(stmt, n.Together):
+            if together is not None:
+                c.error(
+                    "duplicate-setting",
+                    "`together` is given twice",
+                    stmt.span,
+                    labels=(Label(together.span, "first given here"),),
+                    help="describe the group activity in one `together` line",
+                )
+            together = stmt
+    _contradictions(ck, placements)
+    if not mentioned and not objects:
+        c.warn(
+            "empty-scene",
+            f"scene `{scene.name.name or 'panel'}` mentions no concept or object",
+            scene.name.span if scene.name.name else scene.span,
+            help="add a line such as `gosling waves at taylor`",
+        )
+    return {k: v for k, (v, _) in settings.items()}, objects
+
+
+def _declare_objects(ck: _Checker, scene: n.Scene) -> dict[str, str]:
+    objects: dict[str, str] = {}
+    first: dict[str, n.ObjectDecl] = {}
+    for stmt in scene.body:
+        if not isinstance(stmt, n.ObjectDecl):
+            continue
+        name = stmt.name.name
+        if name in first:
+            ck.duplicate("object", stmt.name, first[name].name, name)
+            continue
+        if name in ck.concepts:
+            ck.c.error(
+                "duplicate-definition",
+                f"object `{name}` has the name of a concept",
+                stmt.name.span,
+                labels=(Label(ck.concepts[name].node.name.span, "concept defined here"),),
+                help=f"use the concept directly (`{name} on top of ...`) or rename the object",
+            )
+            continue
+        first[name] = stmt
+        objects[name] = stmt.text.value if stmt.text else f"a {name.replace('_', ' ')}"
+    return objects
+
+
+def _scene_setting(ck: _Checker, s: n.Setting, out: dict[str, tuple[Any, n.Setting]]) -> None:
+    key = s.key.name
+    if key in ck.concepts:
+        value = s.values[0]
+        shown = f'"{value.value}"' if isinstance(value, n.Str) else "..."
+        ck.c.error(
+            "missing-verb",
+            f"`{key}` is a concept, but this line says nothing about it",
+            s.span,
+            label="what does the concept do?",
+            help=f"add a verb: `{key} wears {shown}`, `{key} holding {shown}`, `{key} in {shown}`",
+        )
+        return
+    if key == "batch_size":
+        ck.c.error(
+            "unknown-setting",
+            "`batch_size` can only be set in `defaults`",
+            s.key.span,
+            help="move it into the `defaults` block (it does not change the images)",
+        )
+        return
+    spec = schema.SCENE_KEYS.get(key)
+    if spec is None:
+        schema.unknown_setting(ck.c, s, schema.SCENE_KEYS, "a scene", tuple(ck.concepts))
+        return
+    canon = "seeds" if key == "seed" else key
+    if canon in out:
+        schema.duplicate_setting(ck.c, s, out[canon][1])
+        return
+    value = schema.read_setting(ck.c, s, spec)
+    if value is not None:
+        out[canon] = (value, s)
+        if key == "sampler":
+            ck.check_sampler(s)
+
+
+def _resolve(ck: _Checker, name: n.Ident, scope: dict[str, str]) -> bool:
+    if name.name in scope:
+        return True
+    ck.c.error(
+        "unknown-concept",
+        f"unknown concept `{name.name}`",
+        name.span,
+        label="not defined",
+        notes=(
+            ("concepts in scope: " + ", ".join(f"`{x}`" for x in sorted(scope)),)
+            if scope
+            else ("no concepts are defined",)
+        ),
+        help=did_you_mean(name.name, scope)
+        or f"define it with `concept {name.name} {{ ... }}`, or `object {name.name}` for a plain object",
+    )
+    return False
+
+
+def _subject(
+    ck: _Checker,
+    stmt: n.SubjectStmt,
+    scope: dict[str, str],
+    placements: list[tuple[str, str, str, n.Placement]],
+) -> None:
+    ok = _resolve(ck, stmt.subject, scope)
+    subject = stmt.subject.name
+    action = stmt.action
+    if isinstance(action, n.Interaction):
+        for t in action.targets:
+            if _resolve(ck, t, scope) and t.name == subject:
+                _self_reference(ck, t, subject)
+    elif isinstance(action, n.Placement):
+        target_ok = _resolve(ck, action.target, scope)
+        if target_ok and action.target.name == subject:
+            _self_reference(ck, action.target, subject)
+        elif ok and target_ok:
+            for who in (subject, action.target.name):
+                info = ck.concepts.get(who)
+                if info is not None and info.kind == "style":
+                    ck.c.error(
+                        "style-not-placeable",
+                        f"`{who}` is a style concept and has no place in the picture",
+                        action.span,
+                        help=f"apply it to the whole scene with `style` or list it: `{who}`",
+                    )
+                    return
+            placements.append((subject, action.relation, action.target.name, action))
+
+
+def _self_reference(ck: _Checker, t: n.Ident, subject: str) -> None:
+    ck.c.error(
+        "self-reference",
+        f"`{subject}` refers to itself",
+        t.span,
+        label="same as the subject",
+        help="an interaction or placement needs two different subjects",
+    )
+
+
+def _contradictions(ck: _Checker, placements: list[tuple[str, str, str, n.Placement]]) -> None:
+    seen: dict[tuple[str, str, str], tuple[int, n.Placement]] = {}
+    for a, rel, b, node in placements:
+        if rel not in _AXES:
+            continue
+        axis, sign = _AXES[rel]
+        key, direction = ((a, b, axis), sign) if a < b else ((b, a, axis), -sign)
+        if key in seen and seen[key][0] != direction:
+            ck.c.error(
+                "contradictory-placement",
+                f"placements of `{a}` and `{b}` contradict each other",
+                node.span,
+                label="contradicts the earlier placement",
+                labels=(Label(seen[key][1].span, "earlier placement"),),
+                help="keep one of the two placements",
+            )
+        seen.setdefault(key, (direction, node))

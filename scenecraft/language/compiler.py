@@ -1,0 +1,308 @@
+"""Checked program -> RenderPlan: the merge to build and one job per image.
+
+Deterministic: the same input gives byte-identical JSON. Prompts are composed by
+`scenecraft.prompts` (token + class noun, attributes bound to their subject).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from typing import Any
+
+from scenecraft import plan as p
+from scenecraft.diagnostics import Diagnostic
+from scenecraft.language import nodes as n
+from scenecraft.language.check import Checked, ConceptInfo, SceneInfo
+from scenecraft.prompts import Clause, SceneText, Subject, scene_prompt
+
+CLIP_WINDOW = 77
+# CLIP's pre-tokenizer: words, single digits, runs of punctuation.
+_WORDS = re.compile(
+    r"<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[^\W\d_]+|\d|[^\s\w]+"
+)
+
+_digest_cache: dict[tuple[str, int, int], str] = {}
+
+
+def estimate_tokens(prompt: str) -> int:
+    """CLIP tokens a prompt uses, start and end tokens included.
+
+    An estimate without the model's tokenizer: each pre-token counts one BPE token, plus one
+    per 8 letters beyond the first 8 (long rare words split). Exact counts need the base model.
+    """
+    count = 2
+    for word in _WORDS.findall(prompt.lower()):
+        count += 1 + max(len(word) - 8, 0) // 8
+    return count
+
+
+def file_digest(path: str) -> str:
+    """sha256 of a file, cached by (path, size, mtime) for repeated compiles."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return "missing"
+    key = (path, st.st_size, st.st_mtime_ns)
+    if key not in _digest_cache:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        _digest_cache[key] = h.hexdigest()
+    return _digest_cache[key]
+
+
+# --------------------------------------------------------------------------------- concepts
+
+
+def concept_words(info: ConceptInfo) -> str:
+    words = " ".join(info.tokens)
+    if info.kind == "style":
+        return f"{words} {info.class_noun or 'style'}"
+    return f"{words} {info.class_noun}" if info.class_noun else words
+
+
+def concept_spec(info: ConceptInfo) -> p.ConceptSpec:
+    return p.ConceptSpec(
+        name=info.name,
+        tokens=info.tokens,
+        lora=info.lora,
+        weight=info.weight,
+        class_noun=info.class_noun,
+        kind=info.kind,  # type: ignore[arg-type]
+        embedding=info.embedding,
+        references=info.references,
+        placeholder=info.placeholder,
+    )
+
+
+def merge_spec(checked: Checked, used: list[str]) -> p.MergeSpec:
+    model = checked.model or {"source": "", "family": None, "revision": None}
+    base = p.BaseModelSpec(
+        source=model["source"], family=model["family"], revision=model["revision"]
+    )
+    concepts = tuple(concept_spec(checked.concepts[c]) for c in checked.concepts if c in used)
+    spec = p.MergeSpec(
+        base=base,
+        concepts=concepts,
+        method=checked.merge_method,  # type: ignore[arg-type]
+        params=checked.merge_params,
+    )
+    digests = {c.name: file_digest(c.lora) if c.lora else None for c in concepts}
+    key = p.stable_hash({"spec": spec.model_dump(mode="json"), "files": digests}, 24)
+    return spec.model_copy(update={"key": key})
+
+
+# ----------------------------------------------------------------------------------- scenes
+
+
+def scene_text(checked: Checked, scene: SceneInfo, settings: dict[str, Any]) -> SceneText:
+    order: list[str] = []
+    attrs: dict[str, list[tuple[str, str]]] = {}
+    clauses: list[Clause] = []
+    activity = None
+
+    def see(name: str) -> None:
+        if name not in order:
+            order.append(name)
+
+    for stmt in scene.node.body:
+        if isinstance(stmt, n.SubjectStmt):
+            see(stmt.subject.name)
+            for a in stmt.attributes:
+                verb = a.verb.replace(" ", "-")
+                attrs.setdefault(stmt.subject.name, []).append((verb, a.text.value))
+            if isinstance(stmt.action, n.Interaction):
+                for t in stmt.action.targets:
+                    see(t.name)
+                clauses.append(
+                    Clause(
+                        stmt.subject.name,
+                        stmt.action.verb,
+                        tuple(t.name for t in stmt.action.targets),
+                    )
+                )
+            elif isinstance(stmt.action, n.Placement):
+                see(stmt.action.target.name)
+                clauses.append(
+                    Clause(
+                        stmt.subject.name, stmt.action.relation, (stmt.action.target.name,), True
+                    )
+                )
+        elif isinstance(stmt, n.Presence):
+            for x in stmt.names:
+                see(x.name)
+        elif isinstance(stmt, n.Together):
+            activity = stmt.text.value
+    subjects = []
+    styles = []
+    for name in order:
+        info = checked.concepts.get(name)
+        if info is not None and info.kind == "style":
+            styles.append(concept_words(info))
+            continue
+        words = concept_words(info) if info else scene.objects[name]
+        subjects.append(Subject(name, words, tuple(attrs.get(name, ()))))
+    style = settings.get("style")
+    style = ", ".join([*styles, *([style] if style else [])]) or None
+    return SceneText(
+        subjects=tuple(subjects),
+        clauses=tuple(clauses),
+        activity=activity,
+        setting=settings.get("setting"),
+        lighting=settings.get("lighting"),
+        style=style,
+        prefix=settings.get("prefix"),
+        extra=tuple(settings.get("extra", ())),
+    )
+
+
+def _span(node: n.Node) -> p.SourceSpan:
+    s = node.span
+    return p.SourceSpan(file=s.file, line=s.line, col=s.col, end_line=s.end_line, end_col=s.end_col)
+
+
+def scene_jobs(
+    checked: Checked, scene: SceneInfo, merge_key: str, warnings: list[Diagnostic]
+) -> list[p.RenderJob]:
+    settings = {**checked.defaults, **scene.settings}
+    text = scene_text(checked, scene, settings)
+    prompt = scene_prompt(text)
+    tokens = estimate_tokens(prompt)
+    anchor = scene.node.name if scene.node.name.name else scene.node
+    if tokens > CLIP_WINDOW:
+        warnings.append(
+            Diagnostic(
+                "prompt-too-long",
+                f"the prompt of scene `{scene.name}` uses about {tokens} tokens; "
+                f"the text encoder reads only {CLIP_WINDOW}",
+                anchor.span,
+                severity="warning",
+                notes=(f"prompt: {prompt}",),
+                help="Stable Diffusion silently drops the rest: shorten attributes or the setting",
+            )
+        )
+    concepts = tuple(x for x in _names(text, checked) if x in checked.concepts)
+    objects = tuple(s.name for s in text.subjects if s.name in scene.objects)
+    placements = tuple(
+        p.Placement(subject=c.subject, relation=c.verb, target=c.targets[0])  # type: ignore[arg-type]
+        for c in text.clauses
+        if c.is_placement
+    )
+    width, height = settings["size"]
+    jobs = []
+    for seed in settings["seeds"]:
+        for k in range(settings["images_per_seed"]):
+            fields: dict[str, Any] = {
+                "prompt": prompt,
+                "negative_prompt": settings["negative"],
+                "seed": seed + k,
+                "width": width,
+                "height": height,
+                "steps": settings["steps"],
+                "guidance": settings["guidance"],
+                "sampler": settings["sampler"],
+            }
+            job_id = p.stable_hash({**fields, "merge": merge_key}, 16)
+            jobs.append(
+                p.RenderJob(
+                    id=job_id,
+                    file=checked.program.main.path,
+                    scene=scene.name,
+                    storyboard=scene.storyboard,
+                    concepts=concepts,
+                    objects=objects,
+                    placements=placements,
+                    span=_span(anchor),
+                    prompt_tokens=tokens,
+                    **fields,
+                )
+            )
+    return jobs
+
+
+def _names(text: SceneText, checked: Checked) -> list[str]:
+    names = [s.name for s in text.subjects]
+    for c in text.clauses:
+        names.extend([c.subject, *c.targets])
+    for name, info in checked.concepts.items():
+        if info.kind == "style" and any(t in (text.style or "") for t in info.tokens):
+            names.append(name)
+    return list(dict.fromkeys(names))
+
+
+def used_concepts(checked: Checked) -> list[str]:
+    from scenecraft.language.check import _mentions
+
+    used: set[str] = set()
+    for scene in checked.scenes.values():
+        used |= _mentions(scene.node)
+    return [c for c in checked.concepts if c in used]
+
+
+def compile_plan(
+    checked: Checked,
+    *,
+    source_text: str,
+    template_vars: dict[str, Any] | None = None,
+    rendered_source: str | None = None,
+) -> tuple[p.RenderPlan, list[Diagnostic]]:
+    """The RenderPlan of a checked program, plus compile-time warnings."""
+    warnings: list[Diagnostic] = []
+    merge = merge_spec(checked, used_concepts(checked))
+    jobs: list[p.RenderJob] = []
+    by_scene: dict[str, list[p.RenderJob]] = {}
+    for name, scene in checked.scenes.items():
+        scene_list = scene_jobs(checked, scene, merge.key, warnings)
+        by_scene[name] = scene_list
+        jobs.extend(scene_list)
+    boards = []
+    for board in checked.storyboards.values():
+        panels = tuple(
+            p.PanelSpec(
+                index=i,
+                scene=panel.scene,
+                caption=panel.caption,
+                job_ids=tuple(j.id for j in by_scene.get(panel.scene, ())),
+            )
+            for i, panel in enumerate(board.panels)
+        )
+        boards.append(p.StoryboardSpec(name=board.name, columns=board.columns, panels=panels))
+        jobs = [
+            j.model_copy(update={"caption": _caption(board, j.scene)})
+            if j.storyboard == board.name
+            else j
+            for j in jobs
+        ]
+    plan = p.RenderPlan(
+        file=checked.program.main.path,
+        source_sha256=hashlib.sha256(source_text.encode()).hexdigest(),
+        template_vars=template_vars or {},
+        rendered_source=rendered_source,
+        merge=merge,
+        batch_size=checked.defaults["batch_size"],
+        images_per_seed=checked.defaults["images_per_seed"],
+        jobs=tuple(_dedupe(jobs)),
+        storyboards=tuple(boards),
+    )
+    return plan, warnings
+
+
+def _caption(board: Any, scene: str) -> str | None:
+    for panel in board.panels:
+        if panel.scene == scene:
+            return str(panel.caption) if panel.caption is not None else None
+    return None
+
+
+def _dedupe(jobs: list[p.RenderJob]) -> list[p.RenderJob]:
+    seen: set[tuple[str, str]] = set()
+    out = []
+    for j in jobs:
+        key = (j.scene, j.id)
+        if key not in seen:
+            seen.add(key)
+            out.append(j)
+    return out

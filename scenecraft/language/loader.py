@@ -1,0 +1,200 @@
+"""Reading scene files: text (maybe a Jinja template) -> parsed Files, includes resolved.
+
+Diagnostics found in Jinja-rendered text are mapped back to the template's own lines here, so
+every later phase can report spans without knowing a template was involved.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from scenecraft.diagnostics import Diagnostic, DiagnosticError, Label, Span
+from scenecraft.language import nodes as n
+from scenecraft.language.parser import parse
+from scenecraft.language.templating import Rendered, is_template, render_template
+
+MAX_FILE_BYTES = 4 * 1024 * 1024
+
+
+@dataclass
+class Source:
+    """One file as read: its display name, text as written and (if templated) as rendered."""
+
+    path: Path
+    name: str  # how diagnostics name it (the path as the user gave it)
+    text: str  # the file's own text (the template, when templated)
+    rendered: Rendered | None = None  # Jinja output and line map, when templated
+
+    @property
+    def scene_text(self) -> str:
+        return self.rendered.text if self.rendered else self.text
+
+
+@dataclass
+class Program:
+    """The main file and everything it includes, in include order (dependencies first)."""
+
+    main: n.File
+    includes: list[n.File] = field(default_factory=list)
+    sources: dict[str, Source] = field(default_factory=dict)  # by display name
+
+    def texts(self) -> dict[str, str]:
+        """Texts for quoting diagnostics: the template, not its output, for templated files."""
+        return {name: src.text for name, src in self.sources.items()}
+
+
+def read_text(path: Path, name: str, span: Span | None = None) -> str:
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise DiagnosticError(
+            [
+                Diagnostic(
+                    "file-not-found",
+                    f"file `{name}` does not exist",
+                    span,
+                    label="not found",
+                    help="check the path; relative paths start at the including file's folder",
+                )
+            ]
+        ) from None
+    except OSError as exc:
+        raise DiagnosticError(
+            [Diagnostic("unreadable-file", f"cannot read `{name}`: {exc.strerror or exc}", span)]
+        ) from None
+    if len(data) > MAX_FILE_BYTES:
+        raise DiagnosticError(
+            [
+                Diagnostic(
+                    "unreadable-file", f"`{name}` is larger than 4 MiB; not a scene file", span
+                )
+            ]
+        )
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise DiagnosticError(
+            [
+                Diagnostic(
+                    "unreadable-file",
+                    f"`{name}` is not UTF-8 text (bad byte at offset {exc.start})",
+                    span,
+                    help="save the file as UTF-8",
+                )
+            ]
+        ) from None
+
+
+def _remap_span(span: Span, src: Source) -> tuple[Span, str | None]:
+    """A span in rendered text -> a span in the template, plus the rendered line if it differs."""
+    assert src.rendered is not None
+    out_lines = src.rendered.text.split("\n")
+    tpl_lines = src.text.split("\n")
+    idx = min(max(span.line - 1, 0), len(src.rendered.line_map) - 1)
+    tline = src.rendered.line_map[idx] if src.rendered.line_map else 1
+    rendered_line = out_lines[idx] if idx < len(out_lines) else ""
+    template_line = tpl_lines[tline - 1] if 0 < tline <= len(tpl_lines) else ""
+    if rendered_line == template_line and span.end_line == span.line:
+        return Span(span.file, tline, span.col, tline, span.end_col), None
+    indent = len(template_line) - len(template_line.lstrip())
+    whole = Span(span.file, tline, indent + 1, tline, max(len(template_line), indent + 1) + 1)
+    return whole, rendered_line.strip()
+
+
+def remap(diag: Diagnostic, sources: dict[str, Source]) -> Diagnostic:
+    """Point a diagnostic found in rendered template output at the template's lines."""
+    if diag.span is None:
+        return diag
+    src = sources.get(diag.span.file)
+    if src is None or src.rendered is None:
+        return diag
+    span, rendered = _remap_span(diag.span, src)
+    notes = diag.notes
+    if rendered is not None:
+        notes = (f"the template produced: `{rendered}`", *notes)
+    labels = tuple(
+        Label(_remap_span(lb.span, sources[lb.span.file])[0], lb.message)
+        if lb.span.file in sources and sources[lb.span.file].rendered
+        else lb
+        for lb in diag.labels
+    )
+    return replace(diag, span=span, notes=notes, labels=labels)
+
+
+def remap_all(exc: DiagnosticError, sources: dict[str, Source]) -> DiagnosticError:
+    return DiagnosticError([remap(d, sources) for d in exc.diagnostics])
+
+
+def _load_one(
+    path: Path, name: str, variables: dict[str, Any], span: Span | None, program: Program
+) -> n.File:
+    text = read_text(path, name, span)
+    src = Source(path, name, text)
+    program.sources[name] = src
+    if is_template(path, text):
+        src.rendered = render_template(text, name, variables)
+    try:
+        return parse(src.scene_text, name)
+    except DiagnosticError as exc:
+        raise remap_all(exc, program.sources) from None
+
+
+def load_program(path: str | Path, variables: dict[str, Any] | None = None) -> Program:
+    """Read, render and parse ``path`` and its includes (depth first, each file once)."""
+    variables = dict(variables or {})
+    main_path = Path(path)
+    program = Program(main=n.File(str(path), ()))
+    program.main = _load_one(main_path, str(path), variables, None, program)
+    stack = [main_path.resolve()]
+    seen: set[Path] = {main_path.resolve()}
+    _resolve_includes(program.main, main_path, variables, program, stack, seen)
+    return program
+
+
+def _resolve_includes(
+    file: n.File,
+    path: Path,
+    variables: dict[str, Any],
+    program: Program,
+    stack: list[Path],
+    seen: set[Path],
+) -> None:
+    for item in file.items:
+        if not isinstance(item, n.Include):
+            continue
+        target = (path.parent / item.path.value).resolve()
+        if target in stack:
+            cycle = " -> ".join(p.name for p in [*stack[stack.index(target) :], target])
+            raise remap_all(
+                DiagnosticError(
+                    [
+                        Diagnostic(
+                            "circular-include",
+                            f"`{item.path.value}` includes itself: {cycle}",
+                            item.span,
+                            label="this include closes the cycle",
+                            help="move the shared concepts into a file that includes nothing",
+                        )
+                    ]
+                ),
+                program.sources,
+            )
+        if target in seen:
+            continue
+        seen.add(target)
+        name = _display_name(target, path, item.path.value)
+        try:
+            included = _load_one(target, name, variables, item.path.span, program)
+        except DiagnosticError as exc:
+            raise remap_all(exc, program.sources) from None
+        stack.append(target)
+        _resolve_includes(included, target, variables, program, stack, seen)
+        stack.pop()
+        program.includes.append(included)
+
+
+def _display_name(target: Path, including: Path, written: str) -> str:
+    joined = including.parent / written
+    return str(joined) if not joined.is_absolute() else str(target)

@@ -1,0 +1,241 @@
+"""Jinja2 scene templates: one file expands into many scene variants.
+
+The template runs in Jinja2's `SandboxedEnvironment` with `StrictUndefined`, so a template can
+neither reach Python internals nor silently print an empty string for a typo'd variable.
+Every template line is tagged with an invisible marker before rendering; the markers that reach
+the output say which template line each output line came from, so errors found later (by the
+parser or the checker) point into the template itself.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import jinja2
+from jinja2.sandbox import SandboxedEnvironment
+
+from scenecraft.diagnostics import Diagnostic, DiagnosticError, Span, did_you_mean
+
+_MARK = "\ue000{}\ue001"
+_MARK_RE = re.compile("\ue000([0-9]+)\ue001")
+_TEMPLATE_HINT = re.compile(r"\{%|\{\{|\{#")
+
+
+def is_template(path: Path, text: str) -> bool:
+    """A `.j2`/`.jinja` file, or one that uses Jinja delimiters."""
+    return path.suffix in (".j2", ".jinja") or _TEMPLATE_HINT.search(text) is not None
+
+
+@dataclass(frozen=True)
+class Rendered:
+    text: str  # the scene-language text the template produced
+    line_map: tuple[int, ...]  # output line (0-based index) -> template line (1-based)
+
+
+def _environment() -> SandboxedEnvironment:
+    return SandboxedEnvironment(
+        undefined=jinja2.StrictUndefined,
+        autoescape=False,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+
+
+def _instrument(text: str) -> str:
+    return "".join(
+        _MARK.format(i) + line for i, line in enumerate(text.splitlines(keepends=True), 1)
+    )
+
+
+def _strip_marks(out: str, template_lines: int) -> Rendered:
+    texts: list[str] = []
+    mapping: list[int] = []
+    current = 1
+    for line in out.split("\n"):
+        marks = _MARK_RE.findall(line)
+        if marks:
+            # the last marker before the line's first real character is where it started
+            head = re.match(f"(?:{_MARK_RE.pattern})+", line)
+            lead = _MARK_RE.findall(head.group(0)) if head else []
+            current = int((lead or marks)[-1])
+        texts.append(_MARK_RE.sub("", line))
+        mapping.append(min(current, max(template_lines, 1)))
+    return Rendered("\n".join(texts), tuple(mapping))
+
+
+def _template_line(tb: TracebackType | None, name: str) -> int | None:
+    line = None
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename == name:
+            line = tb.tb_lineno
+        tb = tb.tb_next
+    return line
+
+
+def _span_for(file: str, text: str, line: int, needle: str | None) -> Span:
+    lines = text.splitlines() or [""]
+    line = min(max(line, 1), len(lines))
+    src = lines[line - 1]
+    if needle:
+        m = re.search(rf"\b{re.escape(needle)}\b", src)
+        if m:
+            return Span(file, line, m.start() + 1, line, m.end() + 1)
+    indent = len(src) - len(src.lstrip())
+    return Span(file, line, indent + 1, line, max(len(src), indent + 1) + 1)
+
+
+def render_template(text: str, file: str, variables: dict[str, Any]) -> Rendered:
+    """Render ``text`` with ``variables``; raises DiagnosticError pointing into the template."""
+    env = _environment()
+    lines = text.count("\n") + 1
+    try:
+        try:
+            template = env.from_string(_instrument(text))
+            template.filename = file
+        except jinja2.TemplateSyntaxError:
+            template = env.from_string(text)  # markers can break a multi-line tag; map to line 1
+        out = template.render(**variables)
+    except jinja2.TemplateSyntaxError as exc:
+        raise DiagnosticError(
+            [
+                Diagnostic(
+                    "template-syntax-error",
+                    f"template syntax error: {exc.message}",
+                    _span_for(file, text, exc.lineno, None),
+                    label="in this template line",
+                    help="see https://jinja.palletsprojects.com/templates/ for the syntax",
+                )
+            ]
+        ) from None
+    except jinja2.UndefinedError as exc:
+        raise _undefined(exc, text, file, variables) from None
+    except jinja2.exceptions.SecurityError as exc:
+        line = _template_line(sys.exc_info()[2], file) or 1
+        raise DiagnosticError(
+            [
+                Diagnostic(
+                    "template-unsafe",
+                    f"the template tried something the sandbox forbids: {exc}",
+                    _span_for(file, text, line, None),
+                    help="templates may use variables, loops, conditionals and filters only",
+                )
+            ]
+        ) from None
+    except Exception as exc:  # any other error raised while rendering user code
+        line = _template_line(sys.exc_info()[2], file) or 1
+        raise DiagnosticError(
+            [
+                Diagnostic(
+                    "template-error",
+                    f"the template failed while rendering: {type(exc).__name__}: {exc}",
+                    _span_for(file, text, line, None),
+                    label="while rendering this line",
+                )
+            ]
+        ) from None
+    return _strip_marks(out, lines)
+
+
+def _undefined(
+    exc: jinja2.UndefinedError, text: str, file: str, variables: dict[str, Any]
+) -> DiagnosticError:
+    line = _template_line(exc.__traceback__, file) or 1
+    m = re.search(r"'([^']+)' is undefined", str(exc))
+    name = m.group(1) if m else None
+    attr = re.search(r"has no attribute '([^']+)'", str(exc))
+    needle = name or (attr.group(1) if attr else None)
+    hint = did_you_mean(name, variables) if name else None
+    if name and not hint:
+        hint = f"pass it with `--var {name}=...` or in a `--vars` file"
+    return DiagnosticError(
+        [
+            Diagnostic(
+                "undefined-variable",
+                f"template variable `{needle}` is undefined" if needle else str(exc.message),
+                _span_for(file, text, line, needle),
+                label="undefined",
+                notes=(
+                    ("defined: " + ", ".join(f"`{k}`" for k in sorted(variables)),)
+                    if variables
+                    else ("no variables were given",)
+                ),
+                help=hint,
+            )
+        ]
+    )
+
+
+# ------------------------------------------------------------------------- --var / --vars
+
+
+def parse_var(item: str) -> tuple[str, Any]:
+    """``key=value``; the value is read as JSON when it parses (numbers, lists), else a string."""
+    key, sep, raw = item.partition("=")
+    key = key.strip()
+    if not sep or not key.isidentifier():
+        raise DiagnosticError(
+            [
+                Diagnostic(
+                    "bad-variable",
+                    f"`--var {item}` is not of the form `name=value`",
+                    help="e.g. `--var place=library` or `--var seeds=[1,2,3]`",
+                )
+            ]
+        )
+    try:
+        return key, json.loads(raw)
+    except ValueError:
+        return key, raw
+
+
+def read_vars_file(path: str | Path) -> dict[str, Any]:
+    """Variables from a .toml or .json file."""
+    p = Path(path)
+    try:
+        raw = p.read_bytes()
+    except OSError as exc:
+        raise DiagnosticError(
+            [
+                Diagnostic(
+                    "file-not-found",
+                    f"cannot read variables file `{p}`: {exc.strerror or exc}",
+                    help="check the path given to --vars",
+                )
+            ]
+        ) from None
+    try:
+        if p.suffix == ".toml":
+            if sys.version_info >= (3, 11):
+                import tomllib
+            else:  # pragma: no cover - Python 3.10
+                import tomli as tomllib
+            data: Any = tomllib.loads(raw.decode("utf-8"))
+        elif p.suffix == ".json":
+            data = json.loads(raw.decode("utf-8"))
+        else:
+            raise ValueError("expected a .toml or .json file")
+    except (ValueError, UnicodeDecodeError) as exc:
+        line = getattr(exc, "lineno", None) or 1
+        col = getattr(exc, "colno", None) or 1
+        raise DiagnosticError(
+            [
+                Diagnostic(
+                    "bad-variables-file",
+                    f"cannot read variables from `{p.name}`: {exc}",
+                    Span(str(p), line, col, line, col + 1),
+                    help="variables files are TOML (.toml) or JSON (.json) tables",
+                )
+            ]
+        ) from None
+    if not isinstance(data, dict):
+        raise DiagnosticError(
+            [Diagnostic("bad-variables-file", f"`{p.name}` must hold a table of variables")]
+        )
+    return data

@@ -1,0 +1,1 @@
+"""Terminal UI (Rich). Only the CLI imports this package; engines report through events."""
