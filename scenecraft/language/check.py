@@ -277,7 +277,12 @@ class _Checker:
                 severity="warning" if self.allow_missing else "error",
                 label="no such file",
                 notes=(f"looked for {path}",),
-                help="fix the path (relative to this file), or pass --allow-missing to check a draft",
+                help=(
+                    "merge and render need it; paths are relative to the file that declares them"
+                    if self.allow_missing
+                    else "fix the path (relative to the declaring file); "
+                    "`scenecraft check` accepts drafts with missing files"
+                ),
             )
         )
         return str(path), True

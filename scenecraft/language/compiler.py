@@ -152,7 +152,8 @@ def scene_text(checked: Checked, scene: SceneInfo, settings: dict[str, Any]) -> 
         clauses=tuple(clauses),
         activity=activity,
         setting=settings.get("setting"),
-        lighting=settings.get("lighting"),
+        lighting=", ".join(x for x in (settings.get("time"), settings.get("lighting")) if x)
+        or None,
         style=style,
         prefix=settings.get("prefix"),
         extra=tuple(settings.get("extra", ())),

@@ -36,7 +36,8 @@ RENDER_KEYS: dict[str, Key] = {
     "images_per_seed": Key("int", 1, 64, doc="images per seed (seed, seed+1, ...)"),
     "prefix": Key("str", doc="text put before the prompt, e.g. 'a photo of'"),
     "setting": Key("str", doc="where the scene takes place"),
-    "lighting": Key("str", doc="time of day or lighting"),
+    "time": Key("str", doc="time of day: 'during sunset', 'at night'"),
+    "lighting": Key("str", doc="lighting: 'soft candlelight'"),
     "style": Key("str", doc="visual style"),
     "extra": Key("strs", doc="free prompt fragments appended before the setting"),
 }
