@@ -208,7 +208,8 @@ def atomic_write(path: Path, text: str) -> None:
 def cmd_engine(args: argparse.Namespace, out: _Output) -> int:
     from scenecraft.api import load
 
-    loaded = load(args.file, variables(args), allow_missing=False)
+    # a dry run only lists jobs, so drafts with missing LoRA files are fine there
+    loaded = load(args.file, variables(args), allow_missing=bool(getattr(args, "dry_run", False)))
     out.sources.update(loaded.sources)
     out.show(loaded.warnings)
     return int(_import(args._module).run(args, loaded))

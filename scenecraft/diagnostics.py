@@ -91,7 +91,9 @@ class DiagnosticError(Exception):
     """Raised when a phase found one or more errors; carries all of them (and any warnings)."""
 
     def __init__(self, diagnostics: Iterable[Diagnostic]):
-        self.diagnostics: list[Diagnostic] = sorted(diagnostics, key=Diagnostic.sort_key)
+        # one error per problem: identical diagnostics (a template loop repeating a bad line) once
+        unique = list(dict.fromkeys(diagnostics))
+        self.diagnostics: list[Diagnostic] = sorted(unique, key=Diagnostic.sort_key)
         first = next((d for d in self.diagnostics if d.is_error), None)
         super().__init__(first.message if first else "error")
 

@@ -84,7 +84,8 @@ class RenderJob(_Model):
     caption: str | None = None  # panel caption
     prompt: str
     negative_prompt: str = ""
-    seed: int
+    seed: int  # the seed as written in the scene file
+    index: int = 0  # image index within its seed when images_per_seed > 1
     width: int
     height: int
     steps: int
@@ -124,6 +125,12 @@ class RenderPlan(_Model):
 
     def to_json(self) -> str:
         return self.model_dump_json(indent=2)
+
+
+def generator_seed(job: RenderJob) -> int:
+    """The torch generator seed of a job: its seed, offset by 2**32 per extra image of that seed,
+    so ``seeds 1..4`` with ``images_per_seed 2`` gives 8 distinct images."""
+    return job.seed + job.index * 2**32
 
 
 def stable_hash(data: Any, length: int = 16) -> str:

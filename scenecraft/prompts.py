@@ -22,7 +22,7 @@ ATTRIBUTE_VERBS: dict[str, str] = {
     "dressed-as": "dressed as",
     "with": "with",
     "holding": "holding",
-    "has": "with",
+    "has": "who has",
     "in": "in",
     "is": "",
 }
@@ -139,7 +139,11 @@ def scene_prompt(scene: SceneText) -> str:
     rest = [describe(s) for s in scene.subjects if s.name not in described]
     if rest:
         listed = join_names(rest)
-        clauses.append(f"{listed} {scene.activity}" if scene.activity else listed)
+        if scene.activity and len(rest) > 1 and any(s.attributes for s in scene.subjects):
+            # "A holding x and B, all preparing a dish": the activity belongs to everyone
+            clauses.append(f"{listed}, {'both' if len(rest) == 2 else 'all'} {scene.activity}")
+        else:
+            clauses.append(f"{listed} {scene.activity}" if scene.activity else listed)
     elif scene.activity:
         clauses.append(f"together {scene.activity}")
     if scene.prefix and clauses:

@@ -110,6 +110,7 @@ class _Checker:
         self.concepts: dict[str, ConceptInfo] = {}
         self.scenes: dict[str, SceneInfo] = {}
         self.tokens: dict[str, ConceptInfo] = {}
+        self.missing: list[tuple[str, n.Concept, Diagnostic]] = []  # reported once usage is known
 
     # -- top level --------------------------------------------------------------------------
     def run(self) -> Checked:
@@ -157,6 +158,7 @@ class _Checker:
                 n.Span(self.program.main.path, 1, 1, 1, 2),
             )
         self.warn_unused()
+        self.report_missing()
         if self.c.has_errors:
             raise DiagnosticError(self.c.diagnostics)
         return Checked(
@@ -237,9 +239,9 @@ class _Checker:
             ),
         )
         if "lora" in vals:
-            info.lora, info.placeholder = self.check_file(vals["lora"][1], "lora", name)
+            info.lora, info.placeholder = self.check_file(vals["lora"][1], "lora", name, item)
         if "embedding" in vals:
-            info.embedding, _ = self.check_file(vals["embedding"][1], "embedding", name)
+            info.embedding, _ = self.check_file(vals["embedding"][1], "embedding", name, item)
         if "lora" not in vals and "embedding" not in vals:
             self.c.warn(
                 "concept-without-weights",
@@ -262,29 +264,30 @@ class _Checker:
             self.tokens[tok] = info
         self.concepts[name] = info
 
-    def check_file(self, setting: n.Setting, what: str, concept: str) -> tuple[str, bool]:
+    def check_file(
+        self, setting: n.Setting, what: str, concept: str, item: n.Concept
+    ) -> tuple[str, bool]:
         value = setting.values[0]
         assert isinstance(value, n.Str)
         path = (_base_dir(setting) / value.value).resolve()
         if path.is_file():
             return str(path), False
         code = "lora-not-found" if what == "lora" else "file-not-found"
-        self.c.add(
-            Diagnostic(
-                code,
-                f"{what} file `{value.value}` of concept `{concept}` does not exist",
-                value.span,
-                severity="warning" if self.allow_missing else "error",
-                label="no such file",
-                notes=(f"looked for {path}",),
-                help=(
-                    "merge and render need it; paths are relative to the file that declares them"
-                    if self.allow_missing
-                    else "fix the path (relative to the declaring file); "
-                    "`scenecraft check` accepts drafts with missing files"
-                ),
-            )
+        diag = Diagnostic(
+            code,
+            f"{what} file `{value.value}` of concept `{concept}` does not exist",
+            value.span,
+            severity="warning" if self.allow_missing else "error",
+            label="no such file",
+            notes=(f"looked for {path}",),
+            help=(
+                "merge and render need it; paths are relative to the file that declares them"
+                if self.allow_missing
+                else "fix the path (relative to the declaring file); "
+                "`scenecraft check` accepts drafts with missing files"
+            ),
         )
+        self.missing.append((concept, item, diag))
         return str(path), True
 
     # -- merge and defaults -----------------------------------------------------------------
@@ -398,10 +401,19 @@ class _Checker:
                 p.ref.span,
                 label="no scene of this name",
                 help=did_you_mean(p.ref.name, self.scenes)
-                or "scenes must be defined above the storyboard",
+                or "define it with `scene NAME { ... }` in this file",
             )
             return None
         return PanelInfo(p.ref.name, caption, p)
+
+    def report_missing(self) -> None:
+        """Missing files matter for concepts this file uses or defines, not a library's others."""
+        used: set[str] = set()
+        for scene in self.scenes.values():
+            used |= _mentions(scene.node)
+        for concept, item, diag in self.missing:
+            if concept in used or item.span.file == self.program.main.path:
+                self.c.add(diag)
 
     def warn_unused(self) -> None:
         used: set[str] = set()
@@ -430,6 +442,8 @@ def _mentions(scene: n.Scene) -> set[str]:
                 out.add(stmt.action.target.name)
         elif isinstance(stmt, n.Presence):
             out.update(x.name for x in stmt.names)
+        elif isinstance(stmt, n.Setting) and stmt.key.name == "style":
+            out.update(v.name for v in stmt.values if isinstance(v, n.Ident))
     return out
 
 

@@ -113,6 +113,8 @@ def _scene_setting(ck: _Checker, s: n.Setting, out: dict[str, tuple[Any, n.Setti
     if spec is None:
         schema.unknown_setting(ck.c, s, schema.SCENE_KEYS, "a scene", tuple(ck.concepts))
         return
+    if key == "style" and _style_concept(ck, s, out):
+        return
     canon = "seeds" if key == "seed" else key
     if canon in out:
         schema.duplicate_setting(ck.c, s, out[canon][1])
@@ -122,6 +124,24 @@ def _scene_setting(ck: _Checker, s: n.Setting, out: dict[str, tuple[Any, n.Setti
         out[canon] = (value, s)
         if key == "sampler":
             ck.check_sampler(s)
+
+
+def _style_concept(ck: _Checker, s: n.Setting, out: dict[str, tuple[Any, n.Setting]]) -> bool:
+    """`style noir` where `noir` is a concept of kind style: the scene uses that concept."""
+    value = s.values[0]
+    if len(s.values) != 1 or not isinstance(value, n.Ident) or value.name not in ck.concepts:
+        return False
+    if ck.concepts[value.name].kind != "style":
+        ck.c.error(
+            "wrong-value-type",
+            f"`{value.name}` is a {ck.concepts[value.name].kind} concept, not a style",
+            value.span,
+            label="not a style concept",
+            help=f'write the style as text (`style "..."`), or give `{value.name}` `kind style`',
+        )
+        return True
+    out["style_concept"] = (value.name, s)
+    return True
 
 
 def _resolve(ck: _Checker, name: n.Ident, scope: dict[str, str]) -> bool:

@@ -98,6 +98,16 @@ def merge_spec(checked: Checked, used: list[str]) -> p.MergeSpec:
 # ----------------------------------------------------------------------------------- scenes
 
 
+def clean(text: str) -> str:
+    """Prompt text on one line: runs of whitespace (from multi-line strings) become one space."""
+    return " ".join(text.split())
+
+
+def _opt(settings: dict[str, Any], key: str) -> str | None:
+    value = settings.get(key)
+    return clean(value) if value else None
+
+
 def scene_text(checked: Checked, scene: SceneInfo, settings: dict[str, Any]) -> SceneText:
     order: list[str] = []
     attrs: dict[str, list[tuple[str, str]]] = {}
@@ -113,7 +123,7 @@ def scene_text(checked: Checked, scene: SceneInfo, settings: dict[str, Any]) -> 
             see(stmt.subject.name)
             for a in stmt.attributes:
                 verb = a.verb.replace(" ", "-")
-                attrs.setdefault(stmt.subject.name, []).append((verb, a.text.value))
+                attrs.setdefault(stmt.subject.name, []).append((verb, clean(a.text.value)))
             if isinstance(stmt.action, n.Interaction):
                 for t in stmt.action.targets:
                     see(t.name)
@@ -134,8 +144,10 @@ def scene_text(checked: Checked, scene: SceneInfo, settings: dict[str, Any]) -> 
         elif isinstance(stmt, n.Presence):
             for x in stmt.names:
                 see(x.name)
+        elif isinstance(stmt, n.ObjectDecl):
+            see(stmt.name.name)  # a declared object is in the picture even if nothing else says so
         elif isinstance(stmt, n.Together):
-            activity = stmt.text.value
+            activity = clean(stmt.text.value)
     subjects = []
     styles = []
     for name in order:
@@ -143,20 +155,23 @@ def scene_text(checked: Checked, scene: SceneInfo, settings: dict[str, Any]) -> 
         if info is not None and info.kind == "style":
             styles.append(concept_words(info))
             continue
-        words = concept_words(info) if info else scene.objects[name]
+        words = concept_words(info) if info else clean(scene.objects[name])
         subjects.append(Subject(name, words, tuple(attrs.get(name, ()))))
-    style = settings.get("style")
-    style = ", ".join([*styles, *([style] if style else [])]) or None
+    named_style = settings.get("style_concept")  # `style noir` naming a style concept
+    if named_style and named_style in checked.concepts:
+        styles.append(concept_words(checked.concepts[named_style]))
+    free_style = _opt(settings, "style")
+    style = ", ".join([*dict.fromkeys(styles), *([free_style] if free_style else [])]) or None
+    light = [x for x in (_opt(settings, "time"), _opt(settings, "lighting")) if x]
     return SceneText(
         subjects=tuple(subjects),
         clauses=tuple(clauses),
         activity=activity,
-        setting=settings.get("setting"),
-        lighting=", ".join(x for x in (settings.get("time"), settings.get("lighting")) if x)
-        or None,
+        setting=_opt(settings, "setting"),
+        lighting=", ".join(light) or None,
         style=style,
-        prefix=settings.get("prefix"),
-        extra=tuple(settings.get("extra", ())),
+        prefix=_opt(settings, "prefix"),
+        extra=tuple(clean(x) for x in settings.get("extra", ())),
     )
 
 
@@ -198,8 +213,9 @@ def scene_jobs(
         for k in range(settings["images_per_seed"]):
             fields: dict[str, Any] = {
                 "prompt": prompt,
-                "negative_prompt": settings["negative"],
-                "seed": seed + k,
+                "negative_prompt": clean(settings["negative"]),
+                "seed": seed,
+                "index": k,
                 "width": width,
                 "height": height,
                 "steps": settings["steps"],
@@ -272,7 +288,9 @@ def compile_plan(
         )
         boards.append(p.StoryboardSpec(name=board.name, columns=board.columns, panels=panels))
         jobs = [
-            j.model_copy(update={"caption": _caption(board, j.scene)})
+            j.model_copy(
+                update={"caption": _caption(board, j.scene), "panel": _panel(board, j.scene)}
+            )
             if j.storyboard == board.name
             else j
             for j in jobs
@@ -296,6 +314,11 @@ def _caption(board: Any, scene: str) -> str | None:
         if panel.scene == scene:
             return str(panel.caption) if panel.caption is not None else None
     return None
+
+
+def _panel(board: Any, scene: str) -> int | None:
+    """0-based index of the inline panel that ``scene`` is (RenderJob.panel)."""
+    return next((i for i, panel in enumerate(board.panels) if panel.scene == scene), None)
 
 
 def _dedupe(jobs: list[p.RenderJob]) -> list[p.RenderJob]:

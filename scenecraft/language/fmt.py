@@ -113,6 +113,7 @@ def _block(
     w.line(head + " {", depth, _first_line(node))
     for text, child in body:
         w.line(text, depth + 1, child)
+    w.flush_before(node.span.end_line, depth + 1)  # comments just before the closing brace
     w.line("}", depth)
 
 
@@ -158,6 +159,7 @@ def _storyboard(w: _Writer, item: n.Storyboard) -> None:
             w.line(f"panel {p.ref.name}{caption}", 1, p)
         elif p.scene is not None:
             _block(w, f"panel{caption}", p, _scene_body(p.scene), 1)
+    w.flush_before(item.span.end_line, 1)
     w.line("}", 0)
 
 

@@ -6,6 +6,7 @@ every later phase can report spans without knowing a template was involved.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -190,11 +191,12 @@ def _resolve_includes(
         except DiagnosticError as exc:
             raise remap_all(exc, program.sources) from None
         stack.append(target)
-        _resolve_includes(included, target, variables, program, stack, seen)
+        # recurse with the display name, so nested includes keep relative names too
+        _resolve_includes(included, Path(name), variables, program, stack, seen)
         stack.pop()
         program.includes.append(included)
 
 
 def _display_name(target: Path, including: Path, written: str) -> str:
     joined = including.parent / written
-    return str(joined) if not joined.is_absolute() else str(target)
+    return os.path.normpath(joined) if not joined.is_absolute() else str(target)

@@ -236,6 +236,10 @@ _TERMINAL_WORDS = {
     "COMMA": "`,`",
 }
 
+_STATEMENT_KEYWORDS = {
+    "object": 'an object declaration: `object NAME "text"`',
+    "together": 'a group activity: `together "text"`',
+}
 _ITEM_KEYWORDS = ("model", "include", "concept", "merge", "defaults", "scene", "storyboard")
 
 
@@ -296,6 +300,27 @@ def _unexpected_token(file: str, exc: UnexpectedToken, text: str, parser: Lark) 
             label="put this on the next line",
             help="end the statement with a new line before `}`",
         )
+    line_text = text.split("\n")[tok.line - 1] if tok.line else ""
+    if (
+        tok.type == "LBRACE"
+        and line_text.split(" ", 1)[0] in _ITEM_KEYWORDS
+        and _block_depth(text, tok.start_pos or 0) > 0
+    ):
+        return Diagnostic(
+            "unclosed-block",
+            f"`{line_text.split()[0]}` starts a new item but the previous block is not closed",
+            Span(file, tok.line, 1, tok.line, 1 + len(line_text.split()[0])),
+            label="new item here",
+            help="add a `}` to close the block above",
+        )
+    if tok.type not in ("_NL", "$END") and "_NL" in expected and _after_open_brace(tok, text):
+        return Diagnostic(
+            "brace-on-same-line",
+            "a block's `{` must end its line",
+            span,
+            label="start a new line here",
+            help="put each statement on its own line and the closing `}` on a line of its own",
+        )
     if tok.type == "LBRACE" and "_NL" in expected:
         return Diagnostic(
             "unexpected-block",
@@ -321,6 +346,23 @@ def _unexpected_token(file: str, exc: UnexpectedToken, text: str, parser: Lark) 
             notes=note,
             help='quote free text, e.g. `wears "a crown"`',
         )
+    first = line_text.split(None, 1)[0].rstrip(",") if line_text.strip() else ""
+    before = line_text[: (tok.column or 1) - 1].split()
+    if (
+        first in _STATEMENT_KEYWORDS
+        and tok.type not in ("NAME", "STRING", "_NL", "$END")
+        and (tok.type == "COMMA" or str(tok).isidentifier())
+        and (before == [first] or (first == "object" and len(before) == 2))
+    ):
+        col = len(line_text) - len(line_text.lstrip()) + 1
+        return Diagnostic(
+            "reserved-word",
+            f"`{first}` is a keyword and cannot be used as a name",
+            Span(file, tok.line, col, tok.line, col + len(first)),
+            label=f"read as the `{first}` keyword",
+            notes=(f"a line starting with `{first}` is {_STATEMENT_KEYWORDS[first]}",),
+            help=f"rename the concept, e.g. `{first}_1`",
+        )
     if tok.type not in ("NAME", "_NL", "$END") and "NAME" in expected and str(tok).isidentifier():
         return Diagnostic(
             "reserved-word",
@@ -345,6 +387,22 @@ def _unexpected_token(file: str, exc: UnexpectedToken, text: str, parser: Lark) 
         notes=note,
         help=_hint(tok, expected),
     )
+
+
+_STRINGS_AND_COMMENTS = re.compile(r'"""(?:.|\n)*?"""|"(?:[^"\\\n]|\\.)*"|#[^\n]*')
+
+
+def _block_depth(text: str, pos: int) -> int:
+    """How many `{` are open before ``pos`` (strings and comments skipped)."""
+    code = _STRINGS_AND_COMMENTS.sub("", text[:pos])
+    return code.count("{") - code.count("}")
+
+
+def _after_open_brace(tok: Token, text: str) -> bool:
+    """True when ``tok`` follows a `{` on the same line (``concept x { token "<X>" }``)."""
+    start = tok.start_pos if tok.start_pos is not None else 0
+    line_start = text.rfind("\n", 0, start) + 1
+    return text[line_start:start].rstrip().endswith("{")
 
 
 def _hint(tok: Token, expected: set[str]) -> str | None:

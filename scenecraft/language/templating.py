@@ -24,11 +24,11 @@ from scenecraft.diagnostics import Diagnostic, DiagnosticError, Span, did_you_me
 
 _MARK = "\ue000{}\ue001"
 _MARK_RE = re.compile("\ue000([0-9]+)\ue001")
-_TEMPLATE_HINT = re.compile(r"\{%|\{\{|\{#")
+_TEMPLATE_HINT = re.compile(r"\{%|\{\{")
 
 
 def is_template(path: Path, text: str) -> bool:
-    """A `.j2`/`.jinja` file, or one that uses Jinja delimiters."""
+    """A `.j2`/`.jinja` file, or one that uses Jinja's `{% %}` or `{{ }}` delimiters."""
     return path.suffix in (".j2", ".jinja") or _TEMPLATE_HINT.search(text) is not None
 
 
@@ -39,13 +39,26 @@ class Rendered:
 
 
 def _environment() -> SandboxedEnvironment:
-    return SandboxedEnvironment(
+    env = SandboxedEnvironment(
         undefined=jinja2.StrictUndefined,
         autoescape=False,
         keep_trailing_newline=True,
         trim_blocks=True,
         lstrip_blocks=True,
     )
+    env.filters["tojson"] = _strict_tojson(env.filters["tojson"])
+    return env
+
+
+def _strict_tojson(tojson: Any) -> Any:
+    """Jinja's `tojson` serialises an undefined value instead of failing; make it fail."""
+
+    def strict(eval_ctx: Any, value: Any, indent: int | None = None) -> Any:
+        if isinstance(value, jinja2.Undefined):
+            value._fail_with_undefined_error()
+        return tojson(eval_ctx, value, indent)
+
+    return jinja2.pass_eval_context(strict)
 
 
 def _instrument(text: str) -> str:
@@ -91,6 +104,25 @@ def _span_for(file: str, text: str, line: int, needle: str | None) -> Span:
     return Span(file, line, indent + 1, line, max(len(src), indent + 1) + 1)
 
 
+_BLOCK_TAG = re.compile(r"\{%[-+]?\s*(\w+)([^%]*)")
+_BLOCKS = {"if", "for", "macro", "call", "filter", "block", "with", "raw", "set"}
+
+
+def _syntax_error_line(exc: jinja2.TemplateSyntaxError, text: str) -> int:
+    """Jinja reports an unclosed block at the end of the template; point at its opening tag."""
+    if "end of template" not in (exc.message or ""):
+        return exc.lineno
+    stack: list[tuple[str, int]] = []
+    for m in _BLOCK_TAG.finditer(text):
+        tag, rest = m.group(1), m.group(2)
+        line = text.count("\n", 0, m.start()) + 1
+        if tag in _BLOCKS and not (tag == "set" and "=" in rest):
+            stack.append((tag, line))
+        elif tag.startswith("end") and stack and stack[-1][0] == tag[3:]:
+            stack.pop()
+    return stack[-1][1] if stack else exc.lineno
+
+
 def render_template(text: str, file: str, variables: dict[str, Any]) -> Rendered:
     """Render ``text`` with ``variables``; raises DiagnosticError pointing into the template."""
     env = _environment()
@@ -108,7 +140,7 @@ def render_template(text: str, file: str, variables: dict[str, Any]) -> Rendered
                 Diagnostic(
                     "template-syntax-error",
                     f"template syntax error: {exc.message}",
-                    _span_for(file, text, exc.lineno, None),
+                    _span_for(file, text, _syntax_error_line(exc, text), None),
                     label="in this template line",
                     help="see https://jinja.palletsprojects.com/templates/ for the syntax",
                 )
@@ -222,8 +254,9 @@ def read_vars_file(path: str | Path) -> dict[str, Any]:
         else:
             raise ValueError("expected a .toml or .json file")
     except (ValueError, UnicodeDecodeError) as exc:
-        line = getattr(exc, "lineno", None) or 1
-        col = getattr(exc, "colno", None) or 1
+        at = re.search(r"line (\d+), column (\d+)", str(exc))  # tomllib before 3.14
+        line = getattr(exc, "lineno", None) or (int(at.group(1)) if at else 1)
+        col = getattr(exc, "colno", None) or (int(at.group(2)) if at else 1)
         raise DiagnosticError(
             [
                 Diagnostic(
