@@ -1,0 +1,285 @@
+"""``merge(spec, pipe)``: read the concepts' LoRAs, serve the cache or run the merge, save it.
+
+    result = merge(plan.merge, pipe)          # MergeResult(key, path, cached, figures, manifest)
+    apply_merge(pipe, result)                 # patch the pipeline in place
+
+The cache key covers everything that determines the output (see `merge_identity`), so a
+repeated merge is a cache hit and any changed input (LoRA bytes, weight, tokens, method,
+params, base model, dtype, scenecraft version) is a miss.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+
+import scenecraft
+from scenecraft.diagnostics import Collector, error
+from scenecraft.events import MergeFinished, MergeStage, MergeStarted, Reporter, emit
+from scenecraft.merge.apply import APPLIED_ATTR, changed_deltas
+from scenecraft.merge.cache import (
+    ENTRY_FORMAT,
+    base_identity,
+    cache_key,
+    lookup,
+    read_manifest,
+    resolve_cache_dir,
+    write_entry,
+)
+from scenecraft.merge.formats import read_concept_lora, read_embedding, sha256_file
+from scenecraft.merge.formats_index import ModuleIndex
+from scenecraft.merge.types import ConceptLoRA
+from scenecraft.plan import ConceptSpec, MergeSpec
+
+
+class Outcome(Protocol):
+    """What a run function returns (`scenecraft.merge.engine.MergeOutcome`)."""
+
+    weights: dict[str, torch.Tensor]  # module path -> merged W*, only modules changed
+    embeddings: dict[str, dict[str, torch.Tensor]]  # component -> token -> (n, dim)
+    figures: dict[str, Any]  # JSON-able quality figures
+
+
+RunMerge = Callable[[Any, list[ConceptLoRA], str, dict[str, Any], Reporter | None], Outcome]
+
+
+@dataclass
+class MergeResult:
+    key: str  # content hash; "" when nothing was merged
+    path: Path | None  # the cache entry; None when nothing was merged (method "none")
+    cached: bool  # served from the cache
+    figures: dict[str, Any] = field(default_factory=dict)  # quality figures of the merge
+    manifest: dict[str, Any] = field(default_factory=dict)  # the entry's manifest.json
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "key": self.key,
+            "path": str(self.path) if self.path else None,
+            "cached": self.cached,
+            "figures": self.figures,
+        }
+
+
+@dataclass
+class _NoMerge:
+    """The outcome when no concept has LoRA layers: only embeddings to carry."""
+
+    weights: dict[str, torch.Tensor] = field(default_factory=dict)
+    embeddings: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
+    figures: dict[str, Any] = field(default_factory=dict)
+
+
+def _default_run() -> RunMerge:
+    from scenecraft.merge.engine import run_merge
+
+    return run_merge  # type: ignore[no-any-return]
+
+
+# ------------------------------------------------------------------------------ 1. reading
+
+
+def _read_concept(spec: ConceptSpec, index: ModuleIndex) -> ConceptLoRA | None:
+    """A concept's LoRA and/or embedding; None for a token-only concept (nothing to merge)."""
+    if spec.lora is None and spec.embedding is None:
+        return None
+    if spec.lora is not None:
+        concept = read_concept_lora(
+            spec.lora,
+            name=spec.name,
+            tokens=spec.tokens,
+            weight=spec.weight,
+            pipe_or_module_index=index,
+        )
+    else:
+        concept = ConceptLoRA(spec.name, spec.tokens, {}, spec.weight)
+    if spec.embedding is not None:
+        rows = read_embedding(
+            spec.embedding, name=spec.name, tokens=spec.tokens, pipe_or_module_index=index
+        )
+        for component, tokens in rows.items():
+            concept.embeddings.setdefault(component, {}).update(tokens)
+        concept.metadata["embedding"] = spec.embedding
+        concept.metadata["embedding_sha256"] = sha256_file(spec.embedding)
+    return concept
+
+
+def read_concepts(
+    spec: MergeSpec, pipe: Any, reporter: Reporter | None = None
+) -> list[ConceptLoRA]:
+    """Read and check every concept against ``pipe``; all errors are raised together."""
+    index = ModuleIndex.from_pipe(pipe)
+    collector = Collector()
+    concepts: list[ConceptLoRA] = []
+    for i, concept_spec in enumerate(spec.concepts):
+        with collector.guard():
+            concept = _read_concept(concept_spec, index)
+            if concept is not None:
+                concepts.append(concept)
+        emit(reporter, MergeStage("load", i + 1, len(spec.concepts), concept_spec.name))
+    collector.check()
+    return concepts
+
+
+# ------------------------------------------------------------------------------- 2. the key
+
+
+def _pipe_dtype(pipe: Any) -> torch.dtype:
+    for name in ("unet", "transformer", "text_encoder"):
+        module = getattr(pipe, name, None)
+        if isinstance(module, torch.nn.Module):
+            return next(module.parameters()).dtype
+    return torch.float32
+
+
+def merge_identity(
+    spec: MergeSpec, concepts: list[ConceptLoRA], base: dict[str, Any], dtype: torch.dtype
+) -> dict[str, Any]:
+    """Everything the merged weights depend on; `cache_key` hashes it."""
+    return {
+        "entry_format": ENTRY_FORMAT,
+        "scenecraft_version": scenecraft.__version__,
+        "base": base,
+        "dtype": str(dtype),
+        "method": spec.method,
+        "params": dict(sorted(spec.params.items())),
+        "concepts": [
+            {
+                "tokens": list(c.tokens),
+                "weight": c.weight,
+                "lora_sha256": c.sha256 or None,
+                "embedding_sha256": c.metadata.get("embedding_sha256"),
+            }
+            for c in concepts
+        ],
+    }
+
+
+def _manifest(
+    key: str,
+    identity: dict[str, Any],
+    concepts: list[ConceptLoRA],
+    outcome: Outcome,
+    deltas: dict[str, torch.Tensor],
+    embeddings: dict[str, dict[str, torch.Tensor]],
+    seconds: float,
+) -> dict[str, Any]:
+    return {
+        "key": key,
+        "scenecraft_version": identity["scenecraft_version"],
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "seconds": round(seconds, 3),
+        "base": identity["base"],
+        "dtype": identity["dtype"],
+        "method": identity["method"],
+        "params": identity["params"],
+        "stored": "delta",  # weights.safetensors holds ΔW* = W* − W0
+        "weights_dtype": str(next(iter(deltas.values())).dtype) if deltas else None,
+        "modules": sorted(deltas),
+        "tokens": {component: sorted(rows) for component, rows in embeddings.items()},
+        "concepts": [
+            {
+                "name": c.name,
+                "tokens": list(c.tokens),
+                "weight": c.weight,
+                "lora": c.source or None,
+                "lora_sha256": c.sha256 or None,
+                "format": c.metadata.get("format"),
+                "family": c.family,
+                "layers": len(c.layers),
+                "embedding": c.metadata.get("embedding"),
+                "embedding_sha256": c.metadata.get("embedding_sha256"),
+            }
+            for c in concepts
+        ],
+        "figures": outcome.figures,
+    }
+
+
+# -------------------------------------------------------------------------------- 3. merge
+
+
+def merge(
+    spec: MergeSpec,
+    pipe: Any,
+    *,
+    cache_dir: str | Path | None = None,
+    force: bool = False,
+    reporter: Reporter | None = None,
+    run: RunMerge | None = None,
+) -> MergeResult:
+    """Merge ``spec``'s concepts into ``pipe``'s base, through the cache.
+
+    ``pipe`` must hold the unmodified base model (ΔW* is taken against its weights); it is not
+    changed here — see `scenecraft.merge.apply.apply_merge`. ``run`` defaults to
+    `scenecraft.merge.engine.run_merge`.
+    """
+    if spec.method == "none":
+        return MergeResult("", None, False)
+    start = time.perf_counter()
+    root = resolve_cache_dir(cache_dir)
+    applied = getattr(pipe, APPLIED_ATTR, None)
+    if applied is not None:
+        raise error(
+            "merge-already-applied",
+            f"cannot merge into a pipeline that already carries merge `{applied}`",
+            help="pass the unmodified base pipeline to `merge`, then apply the result",
+        )
+    # 1. read and check every concept's files against the base
+    concepts = read_concepts(spec, pipe, reporter)
+    if not concepts:
+        return MergeResult("", None, False)
+    # 2. the key
+    dtype = _pipe_dtype(pipe)
+    identity = merge_identity(spec, concepts, base_identity(spec.base, root), dtype)
+    key = cache_key(identity)
+    emit(reporter, MergeStarted(spec.method, tuple(c.name for c in concepts), key))
+    # 3. serve the cache
+    entry = None if force else lookup(root, key)
+    if entry is not None:
+        manifest = read_manifest(entry)
+        figures = manifest.get("figures", {})
+        seconds = time.perf_counter() - start
+        emit(reporter, MergeFinished(key, True, seconds, str(entry), figures))
+        return MergeResult(key, entry, True, figures, manifest)
+    # 4. merge
+    if any(c.layers for c in concepts):
+        outcome = (run or _default_run())(pipe, concepts, spec.method, dict(spec.params), reporter)
+    else:
+        outcome = _NoMerge()
+    # 5. save ΔW* (fp16 when the base runs in half precision) and the new tokens, atomically
+    emit(reporter, MergeStage("save", 0, 1))
+    store = torch.float32 if dtype == torch.float32 else torch.float16
+    deltas = changed_deltas(pipe, outcome.weights, store)
+    embeddings = {comp: dict(rows) for comp, rows in _concept_embeddings(concepts).items()}
+    for component, rows in outcome.embeddings.items():
+        embeddings.setdefault(component, {}).update(rows)
+    seconds = time.perf_counter() - start
+    manifest = _manifest(key, identity, concepts, outcome, deltas, embeddings, seconds)
+    try:
+        path = write_entry(root, key, deltas, embeddings, manifest)
+    except OSError as exc:
+        raise error(
+            "merge-cache-unwritable",
+            f"cannot write the merge to `{root}`",
+            notes=(f"{type(exc).__name__}: {exc}",),
+            help="pass a writable folder with `--cache-dir` or set SCENECRAFT_CACHE",
+        ) from None
+    emit(reporter, MergeStage("save", 1, 1))
+    emit(
+        reporter, MergeFinished(key, False, time.perf_counter() - start, str(path), outcome.figures)
+    )
+    return MergeResult(key, path, False, outcome.figures, read_manifest(path))
+
+
+def _concept_embeddings(concepts: list[ConceptLoRA]) -> dict[str, dict[str, torch.Tensor]]:
+    out: dict[str, dict[str, torch.Tensor]] = {}
+    for concept in concepts:
+        for component, rows in concept.embeddings.items():
+            out.setdefault(component, {}).update(rows)
+    return out

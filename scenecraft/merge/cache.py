@@ -1,0 +1,237 @@
+"""The merge cache: one content-addressed folder per merge, written atomically.
+
+Layout of an entry ``<root>/<key>/``:
+
+    manifest.json            what was merged: base identity, each LoRA's sha256, method,
+                             params, figures, scenecraft version (written last)
+    weights.safetensors      ΔW* = W* − W0 for every changed module, keyed by module path
+    embeddings.safetensors   new token embeddings, keyed "<component>/<token>", (n, dim)
+
+Storing ΔW* rather than W*: the file says what the merge changed and nothing else; fp16 storage
+(used when the base runs in half precision) rounds relative to ‖ΔW*‖ rather than ‖W0‖, so the
+error is far below the rounding of the fp16 base itself; and applying it is W0 + ΔW* in the
+base's own dtype and device.
+
+Atomicity: an entry is built in ``<root>/.tmp-<key>-*`` and moved into place with one
+``os.replace``; a crash or an exception leaves no ``<root>/<key>``. Readers treat a folder as an
+entry only if its manifest exists.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from scenecraft.diagnostics import error
+from scenecraft.merge.formats import sha256_file
+from scenecraft.plan import BaseModelSpec, stable_hash
+
+CACHE_ENV = "SCENECRAFT_CACHE"  # overrides the cache folder (same meaning as --cache-dir)
+MANIFEST = "manifest.json"
+WEIGHTS = "weights.safetensors"
+EMBEDDINGS = "embeddings.safetensors"
+ENTRY_FORMAT = 1  # bumped when the layout above changes
+_HASHES = "hashes.json"  # memo of file sha256 by (path, size, mtime)
+_STALE_SECONDS = 24 * 3600  # temp folders older than this are leftovers of killed runs
+
+
+def default_cache_dir() -> Path:
+    """$SCENECRAFT_CACHE, else $XDG_CACHE_HOME/scenecraft/merges, else ~/.cache/scenecraft/merges."""
+    env = os.environ.get(CACHE_ENV)
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
+    return base / "scenecraft" / "merges"
+
+
+def resolve_cache_dir(cache_dir: str | Path | None) -> Path:
+    return Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+
+
+# ---------------------------------------------------------------------------------- hashing
+
+
+def _load_memo(root: Path) -> dict[str, str]:
+    try:
+        data = json.loads((root / _HASHES).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _save_memo(root: Path, memo: dict[str, str]) -> None:
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".hashes-", dir=root)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(memo, fh)
+        os.replace(tmp, root / _HASHES)
+    except OSError:
+        pass  # the memo only saves time
+
+
+def file_digest(path: Path, memo: dict[str, str]) -> str:
+    """sha256 of a file, remembered by (absolute path, size, mtime) so big bases hash once."""
+    stat = path.stat()
+    key = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+    if key not in memo:
+        memo[key] = sha256_file(path)
+    return memo[key]
+
+
+def base_identity(base: BaseModelSpec, root: Path) -> dict[str, Any]:
+    """What identifies the base model: its id, plus the sha256 of its file or folder contents."""
+    path = Path(base.source).expanduser()
+    digest: str | None = None
+    if path.exists():
+        memo = _load_memo(root)
+        if path.is_file():
+            digest = file_digest(path, memo)
+        else:
+            files = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
+            digest = stable_hash(
+                {str(p.relative_to(path)): file_digest(p, memo) for p in files}, 64
+            )
+        _save_memo(root, memo)
+    return {
+        "source": base.source,
+        "revision": base.revision,
+        "family": base.family,
+        "sha256": digest,
+    }
+
+
+def cache_key(identity: Mapping[str, Any]) -> str:
+    """Content hash of everything that determines a merge's output."""
+    return stable_hash(dict(identity), 32)
+
+
+# ---------------------------------------------------------------------------------- entries
+
+
+def lookup(root: Path, key: str) -> Path | None:
+    """The complete entry for ``key``, or None."""
+    entry = root / key
+    return entry if (entry / MANIFEST).is_file() else None
+
+
+def read_manifest(entry: Path) -> dict[str, Any]:
+    try:
+        data = json.loads((Path(entry) / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise error(
+            "merge-entry-invalid",
+            f"`{entry}` is not a scenecraft merge (no readable {MANIFEST})",
+            notes=(f"{type(exc).__name__}: {exc}",),
+            help="run `scenecraft merge` again, with `--force` if the entry is damaged",
+        ) from None
+    if not isinstance(data, dict) or data.get("format") != ENTRY_FORMAT:
+        raise error(
+            "merge-entry-invalid",
+            f"`{entry}` was written by another scenecraft version (format {data.get('format') if isinstance(data, dict) else '?'})",
+            help="run `scenecraft merge --force` to rebuild it",
+        )
+    return data
+
+
+def _flatten_embeddings(
+    embeddings: Mapping[str, Mapping[str, torch.Tensor]],
+) -> dict[str, torch.Tensor]:
+    return {
+        f"{component}/{token}": rows.detach().float().contiguous().cpu()
+        for component, tokens in embeddings.items()
+        for token, rows in tokens.items()
+    }
+
+
+def load_entry(
+    entry: str | Path,
+) -> tuple[dict[str, torch.Tensor], dict[str, dict[str, torch.Tensor]], dict[str, Any]]:
+    """(ΔW* by module path, embeddings component -> token -> (n, dim), manifest)."""
+    from safetensors.torch import load_file
+
+    entry = Path(entry)
+    manifest = read_manifest(entry)
+    try:
+        deltas = dict(load_file(str(entry / WEIGHTS)))
+        flat = dict(load_file(str(entry / EMBEDDINGS)))
+    except Exception as exc:  # truncated or missing tensor files
+        raise error(
+            "merge-entry-invalid",
+            f"cannot read the tensors of merge `{entry}`",
+            notes=(f"{type(exc).__name__}: {str(exc)[:200]}",),
+            help="run `scenecraft merge --force` to rebuild it",
+        ) from None
+    embeddings: dict[str, dict[str, torch.Tensor]] = {}
+    for name, rows in flat.items():
+        component, _, token = name.partition("/")
+        embeddings.setdefault(component, {})[token] = rows
+    return deltas, embeddings, manifest
+
+
+def _sweep_stale(root: Path) -> None:
+    """Remove temp folders left by runs that were killed (SIGKILL skips our cleanup)."""
+    now = time.time()
+    for tmp in root.glob(".tmp-*"):
+        try:
+            if now - tmp.stat().st_mtime > _STALE_SECONDS:
+                shutil.rmtree(tmp, ignore_errors=True)
+        except OSError:
+            pass
+
+
+def write_entry(
+    root: Path,
+    key: str,
+    deltas: Mapping[str, torch.Tensor],
+    embeddings: Mapping[str, Mapping[str, torch.Tensor]],
+    manifest: Mapping[str, Any],
+) -> Path:
+    """Write an entry atomically and return its folder; replaces an existing one (force)."""
+    from safetensors.torch import save_file
+
+    root.mkdir(parents=True, exist_ok=True)
+    _sweep_stale(root)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{key}-", dir=root))
+    try:
+        # 1. tensors, then the manifest: a folder with a manifest is complete
+        save_file({k: v.contiguous() for k, v in deltas.items()}, str(tmp / WEIGHTS))
+        save_file(_flatten_embeddings(embeddings), str(tmp / EMBEDDINGS))
+        text = json.dumps({"format": ENTRY_FORMAT, **manifest}, indent=2, sort_keys=True)
+        (tmp / MANIFEST).write_text(text + "\n", encoding="utf-8")
+        # 2. one rename makes it visible
+        return _publish(tmp, root / key)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _publish(tmp: Path, final: Path) -> Path:
+    if not final.exists():
+        try:
+            os.replace(tmp, final)
+        except OSError:
+            if lookup(final.parent, final.name) is None:
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)  # a concurrent run published the same key
+        return final
+    # a rebuild: move the old entry aside, put the new one in, drop the old one
+    old = Path(tempfile.mkdtemp(prefix=f".old-{final.name}-", dir=final.parent))
+    os.replace(final, old / "entry")
+    try:
+        os.replace(tmp, final)
+    except BaseException:
+        os.replace(old / "entry", final)
+        raise
+    finally:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
