@@ -14,7 +14,7 @@ from typing import Any
 from scenecraft.diagnostics import Collector, Diagnostic, DiagnosticError, Label, did_you_mean
 from scenecraft.language import nodes as n
 from scenecraft.language import schema
-from scenecraft.language.loader import Program, remap
+from scenecraft.language.loader import Program, is_file, remap, resolve_path
 
 SAMPLERS_FALLBACK = (
     "Euler",
@@ -98,6 +98,13 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
+def _exists(path: Path) -> bool:
+    try:
+        return path.exists()
+    except (OSError, ValueError):  # a name the OS rejects (NUL, too long)
+        return False
+
+
 def _base_dir(node: n.Node) -> Path:
     return Path(node.span.file).parent
 
@@ -156,6 +163,7 @@ class _Checker:
                 "no-scenes",
                 "this file defines no scenes; nothing will be rendered",
                 n.Span(self.program.main.path, 1, 1, 1, 2),
+                help="add a `scene NAME { ... }`, or check the file that includes this library",
             )
         self.warn_unused()
         self.report_missing()
@@ -190,8 +198,8 @@ class _Checker:
         source = src.value
         local = source.startswith((".", "/", "~")) or source.endswith((".safetensors", ".ckpt"))
         if local and not source.startswith("~"):
-            resolved = (_base_dir(item) / source).resolve()
-            if not resolved.exists():
+            resolved = resolve_path(_base_dir(item), source)
+            if not _exists(resolved):
                 self.c.warn(
                     "model-not-found",
                     f"model path `{source}` does not exist",
@@ -235,7 +243,7 @@ class _Checker:
             class_noun=get.get("class"),
             kind=get.get("kind", "subject"),
             references=tuple(
-                str((_base_dir(item) / r).resolve()) for r in get.get("references", [])
+                str(resolve_path(_base_dir(item), r)) for r in get.get("references", [])
             ),
         )
         if "lora" in vals:
@@ -269,8 +277,8 @@ class _Checker:
     ) -> tuple[str, bool]:
         value = setting.values[0]
         assert isinstance(value, n.Str)
-        path = (_base_dir(setting) / value.value).resolve()
-        if path.is_file():
+        path = resolve_path(_base_dir(setting), value.value)
+        if is_file(path):
             return str(path), False
         code = "lora-not-found" if what == "lora" else "file-not-found"
         diag = Diagnostic(
@@ -442,8 +450,10 @@ def _mentions(scene: n.Scene) -> set[str]:
                 out.add(stmt.action.target.name)
         elif isinstance(stmt, n.Presence):
             out.update(x.name for x in stmt.names)
-        elif isinstance(stmt, n.Setting) and stmt.key.name == "style":
-            out.update(v.name for v in stmt.values if isinstance(v, n.Ident))
+        elif isinstance(stmt, n.Setting):
+            out.add(stmt.key.name)  # `ziggy "a hat"` (a missing-verb error) still mentions ziggy
+            if stmt.key.name == "style":
+                out.update(v.name for v in stmt.values if isinstance(v, n.Ident))
     return out
 
 

@@ -35,6 +35,7 @@ def check_scene_body(ck: _Checker, scene: n.Scene) -> tuple[dict[str, Any], dict
     mentioned = False
     for stmt in scene.body:
         if isinstance(stmt, n.Setting):
+            mentioned = mentioned or stmt.key.name in ck.concepts  # a missing-verb line
             _scene_setting(ck, stmt, settings)
         elif isinstance(stmt, n.SubjectStmt):
             mentioned = True
@@ -188,7 +189,9 @@ def _subject(
                         "style-not-placeable",
                         f"`{who}` is a style concept and has no place in the picture",
                         action.span,
-                        help=f"apply it to the whole scene with `style` or list it: `{who}`",
+                        label="a style cannot be placed",
+                        help=f"write `style {who}` (or `{who}` on a line of its own): "
+                        "a style applies to the whole picture",
                     )
                     return
             placements.append((subject, action.relation, action.target.name, action))

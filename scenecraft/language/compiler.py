@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import stat
 from typing import Any
 
 from scenecraft import plan as p
@@ -42,7 +43,9 @@ def file_digest(path: str) -> str:
     """sha256 of a file, cached by (path, size, mtime) for repeated compiles."""
     try:
         st = os.stat(path)
-    except OSError:
+    except (OSError, ValueError):  # ValueError: a NUL in the name
+        return "missing"
+    if not stat.S_ISREG(st.st_mode):  # `lora ""` names the folder itself
         return "missing"
     key = (path, st.st_size, st.st_mtime_ns)
     if key not in _digest_cache:

@@ -16,10 +16,16 @@ _ESC = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\t": "\\t", "\r": "\\r", "\0": "
 
 
 def quote(s: n.Str) -> str:
-    if s.triple and '"""' not in s.value and not s.value.endswith('"'):
-        return f'"""{s.value}"""'
-    body = "".join(_ESC.get(ch, ch if ch.isprintable() else f"\\u{ord(ch):04x}") for ch in s.value)
-    return f'"{body}"'
+    if s.triple and '"""' not in s.value and not s.value.endswith('"') and "\0" not in s.value:
+        return f'"""{s.value}"""'  # raw; a NUL cannot be written raw (the parser rejects it)
+    return f'"{"".join(_escape(ch) for ch in s.value)}"'
+
+
+def _escape(ch: str) -> str:
+    if ch in _ESC:
+        return _ESC[ch]
+    # \uXXXX holds 4 hex digits: characters beyond U+FFFF are written as themselves
+    return ch if ch.isprintable() or ord(ch) > 0xFFFF else f"\\u{ord(ch):04x}"
 
 
 def value(v: n.Value) -> str:

@@ -46,6 +46,22 @@ class Program:
         return {name: src.text for name, src in self.sources.items()}
 
 
+def resolve_path(base: Path, written: str) -> Path:
+    """``base / written`` made absolute; a name the OS cannot use (NUL, too long) stays as is."""
+    try:
+        return (base / written).resolve()
+    except (OSError, ValueError):
+        return (base / written).absolute()
+
+
+def is_file(path: Path) -> bool:
+    """`Path.is_file` that answers False for names the OS rejects instead of raising."""
+    try:
+        return path.is_file()
+    except (OSError, ValueError):
+        return False
+
+
 def read_text(path: Path, name: str, span: Span | None = None) -> str:
     try:
         data = path.read_bytes()
@@ -61,9 +77,10 @@ def read_text(path: Path, name: str, span: Span | None = None) -> str:
                 )
             ]
         ) from None
-    except OSError as exc:
+    except (OSError, ValueError) as exc:  # ValueError: a NUL in the name
+        reason = getattr(exc, "strerror", None) or exc
         raise DiagnosticError(
-            [Diagnostic("unreadable-file", f"cannot read `{name}`: {exc.strerror or exc}", span)]
+            [Diagnostic("unreadable-file", f"cannot read `{name}`: {reason}", span)]
         ) from None
     if len(data) > MAX_FILE_BYTES:
         raise DiagnosticError(
@@ -165,7 +182,7 @@ def _resolve_includes(
     for item in file.items:
         if not isinstance(item, n.Include):
             continue
-        target = (path.parent / item.path.value).resolve()
+        target = resolve_path(path.parent, item.path.value)
         if target in stack:
             cycle = " -> ".join(p.name for p in [*stack[stack.index(target) :], target])
             raise remap_all(

@@ -67,15 +67,17 @@ def unescape(body: str, span: Span) -> str:
         esc = m.group(1)
         if esc in _ESCAPES:
             return _ESCAPES[esc]
-        if esc.startswith("u") and len(esc) == 5:
-            return chr(int(esc[1:], 16))
-        col = span.col + m.start()
+        if esc.startswith("u") and len(esc) == 5 and not 0xD800 <= int(esc[1:], 16) <= 0xDFFF:
+            return chr(int(esc[1:], 16))  # (a lone surrogate half is not a character)
+        col = span.col + 1 + m.start()  # +1: the opening quote
         raise DiagnosticError(
             [
                 Diagnostic(
                     "invalid-escape",
-                    f"unknown escape `\\{esc[:1]}` in string",
-                    Span(span.file, span.line, col, span.line, col + 2),
+                    f"`\\{esc}` is a lone surrogate half, not a character"
+                    if len(esc) == 5
+                    else f"unknown escape `\\{esc[:1]}` in string",
+                    Span(span.file, span.line, col, span.line, col + 1 + len(esc)),
                     label="not a valid escape",
                     help='use `\\\\` for a backslash, `\\"` for a quote, `\\n` for a new line',
                 )
@@ -461,17 +463,21 @@ def _translate(file: str, exc: UnexpectedInput, text: str, parser: Lark) -> Diag
 # ------------------------------------------------------------------------------------ public
 
 
+_NOT_TEXT = re.compile("[\x00\ud800-\udfff]")
+
+
 def parse(text: str, file: str = "<string>") -> n.File:
     """Parse scene-language ``text``; raises DiagnosticError (one syntax error) on bad input."""
-    if "\x00" in text:
-        idx = text.index("\x00")
+    bad = _NOT_TEXT.search(text)  # NUL, or a lone surrogate (from a template variable)
+    if bad is not None:
+        idx = bad.start()
         line = text.count("\n", 0, idx) + 1
         col = idx - (text.rfind("\n", 0, idx) + 1) + 1
         raise DiagnosticError(
             [
                 Diagnostic(
                     "unexpected-character",
-                    "unexpected character U+0000",
+                    f"unexpected character U+{ord(bad.group()):04X}",
                     Span(file, line, col, line, col + 1),
                     help="the file looks binary; scene files are UTF-8 text",
                 )
