@@ -96,7 +96,7 @@ def describe(subject: Subject) -> str:
     parts = []
     for verb, text in subject.attributes:
         lead = ATTRIBUTE_VERBS.get(verb, verb)
-        parts.append(f"{lead} {text}" if lead else text)
+        parts.append(f"{lead} {text}".strip() if lead else text)
     return " ".join([subject.words, " and ".join(parts)]) if parts else subject.words
 
 

@@ -118,13 +118,14 @@ class _Checker:
         self.scenes: dict[str, SceneInfo] = {}
         self.tokens: dict[str, ConceptInfo] = {}
         self.missing: list[tuple[str, n.Concept, Diagnostic]] = []  # reported once usage is known
+        self.defaults: dict[str, Any] = dict(DEFAULTS)  # filled before scenes are checked
 
     # -- top level --------------------------------------------------------------------------
     def run(self) -> Checked:
         files = [*self.program.includes, self.program.main]
         model = None
         merge: n.Merge | None = None
-        defaults: dict[str, Any] = dict(DEFAULTS)
+        defaults = self.defaults
         for f in files:
             is_main = f is self.program.main
             for item in f.items:
@@ -361,6 +362,16 @@ class _Checker:
         from scenecraft.language.check_scene import check_scene_body
 
         settings, objects = check_scene_body(self, item)
+        images = len(settings.get("seeds", self.defaults["seeds"])) * settings.get(
+            "images_per_seed", self.defaults["images_per_seed"]
+        )
+        if images > schema.MAX_SEEDS:
+            self.c.error(
+                "too-many-images",
+                f"scene `{name}` asks for {images} images (at most {schema.MAX_SEEDS})",
+                item.name.span if item.name.name else item.span,
+                help="use fewer seeds or a smaller `images_per_seed`",
+            )
         return SceneInfo(name, item, settings, objects, storyboard)
 
     def check_storyboards(self) -> dict[str, StoryboardInfo]:
