@@ -128,9 +128,9 @@ class RenderPlan(_Model):
 
 
 def generator_seed(job: RenderJob) -> int:
-    """The torch generator seed of a job: its seed, offset by 2**32 per extra image of that seed,
-    so ``seeds 1..4`` with ``images_per_seed 2`` gives 8 distinct images."""
-    return job.seed + job.index * 2**32
+    """The torch generator seed of a job: image n of seed s uses s + n (A1111's batch
+    convention, so the `Seed:` written into each PNG reproduces it elsewhere)."""
+    return job.seed + job.index
 
 
 def stable_hash(data: Any, length: int = 16) -> str:

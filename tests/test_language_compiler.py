@@ -132,7 +132,16 @@ def test_seed_lists_ranges_and_images_per_seed(scene_file: ScenePath) -> None:
     ]
     assert plan.images_per_seed == 2
     assert len({j.id for j in plan.jobs}) == 8
-    assert len({generator_seed(j) for j in plan.jobs}) == 8
+    # image n of seed s uses seed s + n (A1111's convention)
+    assert [generator_seed(j) for j in plan.jobs[:2]] == [3, 4]
+
+
+def test_overlapping_seeds_are_reported(scene_file: ScenePath) -> None:
+    spaced = load(scene_file(HEAD + "scene s {\n  gosling\n  seeds 1, 3\n  images_per_seed 2\n}\n"))
+    assert "overlapping-seeds" not in {w.code for w in spaced.warnings}
+    assert {generator_seed(j) for j in spaced.plan.jobs} == {1, 2, 3, 4}
+    close = load(scene_file(HEAD + "scene s {\n  gosling\n  seeds 1, 2\n  images_per_seed 2\n}\n"))
+    assert "overlapping-seeds" in {w.code for w in close.warnings}
 
 
 def test_render_settings_reach_the_jobs(scene_file: ScenePath) -> None:

@@ -211,6 +211,7 @@ def scene_jobs(
         if c.is_placement
     )
     width, height = settings["size"]
+    _warn_overlapping_seeds(scene, settings, anchor, warnings)
     jobs = []
     for seed in settings["seeds"]:
         for k in range(settings["images_per_seed"]):
@@ -241,6 +242,28 @@ def scene_jobs(
                 )
             )
     return jobs
+
+
+def _warn_overlapping_seeds(
+    scene: SceneInfo, settings: dict[str, Any], anchor: n.Node, warnings: list[Diagnostic]
+) -> None:
+    """Image n of seed s uses seed s + n (A1111's convention): say when two images coincide."""
+    per_seed = settings["images_per_seed"]
+    if per_seed <= 1:
+        return
+    used = [s + k for s in settings["seeds"] for k in range(per_seed)]
+    if len(set(used)) < len(used):
+        warnings.append(
+            Diagnostic(
+                "overlapping-seeds",
+                f"scene `{scene.name}` renders some images twice: with `images_per_seed "
+                f"{per_seed}`, seed s also renders "
+                + ("seed s+1" if per_seed == 2 else f"seeds s+1 to s+{per_seed - 1}"),
+                anchor.span,
+                severity="warning",
+                help=f"space the seeds at least {per_seed} apart, e.g. `seeds 1, {1 + per_seed}`",
+            )
+        )
 
 
 def _names(text: SceneText, checked: Checked) -> list[str]:

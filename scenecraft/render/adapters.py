@@ -1,0 +1,123 @@
+"""Preparing the model's weights: the merged model in place, or LoRAs as runtime adapters.
+
+Merged: ``scenecraft.merge.api.merge`` builds (or fetches from its cache) W* for every layer
+and ``scenecraft.merge.apply.apply_merge`` writes it into the pipeline in place: the renderer
+then pays exactly the base model's cost per step. Adapters: each concept's LoRA is loaded with
+``load_lora_weights(path, adapter_name=...)`` and all are activated with ``set_adapters``
+(W0 + Σ_c w_c ΔW_c evaluated at run time), for side-by-side comparison with the merge.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from scenecraft.diagnostics import error
+from scenecraft.events import Notice, Reporter, emit
+from scenecraft.plan import ConceptSpec, MergeSpec
+
+
+def adapter_name(concept: ConceptSpec) -> str:
+    """A PEFT-safe adapter name (no dots: PEFT uses them as module separators)."""
+    return re.sub(r"\W+", "_", concept.name) or "concept"
+
+
+def load_adapters(
+    pipe: Any, concepts: Sequence[ConceptSpec], reporter: Reporter | None
+) -> list[str]:
+    """Load every concept's LoRA as a named adapter and activate all with their weights w_c.
+
+    All or nothing: when one file fails, the adapters loaded before it are removed again.
+    """
+    try:
+        return _load_all(pipe, concepts, reporter)
+    except BaseException:
+        unload_adapters(pipe)
+        raise
+
+
+def _load_all(pipe: Any, concepts: Sequence[ConceptSpec], reporter: Reporter | None) -> list[str]:
+    names: list[str] = []
+    weights: list[float] = []
+    for concept in concepts:
+        if concept.embedding is not None:
+            load_embedding(pipe, concept)
+        if concept.lora is None:
+            continue
+        path = Path(concept.lora)
+        if concept.placeholder or not path.is_file():
+            raise error(
+                "lora-not-found",
+                f"LoRA file `{concept.lora}` of concept `{concept.name}` does not exist",
+                help="train or download it first, or drop --adapters",
+            )
+        name = adapter_name(concept)
+        try:
+            with warnings.catch_warnings():  # peft warns on every adapter after the first
+                warnings.filterwarnings("ignore", message=".*multiple adapters.*")
+                pipe.load_lora_weights(str(path), adapter_name=name)
+        except Exception as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+            raise error(
+                "adapter-load-failed",
+                f"cannot load `{concept.lora}` as a runtime adapter: {first}",
+                help="--adapters takes diffusers/PEFT or kohya LoRA files made for this base model",
+            ) from None
+        names.append(name)
+        weights.append(concept.weight)
+    if names:
+        pipe.set_adapters(names, adapter_weights=weights)
+        emit(reporter, Notice("info", f"runtime adapters: {', '.join(names)}"))
+    return names
+
+
+def load_embedding(pipe: Any, concept: ConceptSpec) -> None:
+    """Bind a textual-inversion file to the concept's token(s) with diffusers' own loader."""
+    path = Path(str(concept.embedding))
+    if not path.is_file():
+        raise error(
+            "embedding-not-found",
+            f"embedding `{concept.embedding}` of concept `{concept.name}` does not exist",
+            help="fix the path, or drop the `embedding` line",
+        )
+    token = concept.tokens[0] if len(concept.tokens) == 1 else None
+    try:
+        pipe.load_textual_inversion(str(path), token=token)
+        pipe._scenecraft_ti = True
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        raise error(
+            "adapter-load-failed",
+            f"cannot load `{concept.embedding}` as a textual-inversion embedding: {first}",
+            help="--adapters takes diffusers or A1111 textual-inversion files",
+        ) from None
+
+
+def unload_adapters(pipe: Any) -> None:
+    """Remove the runtime adapters (and embeddings) again, so the pipeline can render the merge."""
+    unload = getattr(pipe, "unload_lora_weights", None)
+    if unload is not None:
+        unload()
+    unload_ti = getattr(pipe, "unload_textual_inversion", None)
+    if unload_ti is not None and getattr(pipe, "_scenecraft_ti", False):
+        unload_ti()
+        pipe._scenecraft_ti = False
+
+
+def apply_merged(pipe: Any, spec: MergeSpec, cache_dir: Any, reporter: Reporter | None) -> str:
+    """Merge (or reuse the cached merge) and write it into ``pipe``; returns the merge key."""
+    try:
+        from scenecraft.merge.api import merge
+        from scenecraft.merge.apply import apply_merge
+    except ImportError as exc:
+        raise error(
+            "merge-unavailable",
+            f"the merge engine cannot be imported: {exc}",
+            help="render the base with `merge none`, or the LoRAs with --adapters",
+        ) from None
+    result = merge(spec, pipe, cache_dir=cache_dir, force=False, reporter=reporter)
+    apply_merge(pipe, result)
+    return str(getattr(result, "key", ""))

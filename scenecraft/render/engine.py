@@ -1,0 +1,362 @@
+"""The render engine: a RenderPlan to PNGs, a manifest and storyboards; progress as events.
+
+``render`` runs these steps:
+  1. select jobs (``only`` scenes/storyboards, ``shard``) and expand them to images;
+  2. skip images whose PNG (or manifest entry) already carries the same image key;
+  3. load the base model (unless a pipeline is given) and prepare it: the merged model applied
+     in place (merge method != none), the base as is (none), or runtime LoRA adapters;
+  4. render batches of compatible settings, one generator per image, halving on CUDA OOM;
+  5. write each PNG atomically with provenance, and the manifest after every batch;
+  6. draw the storyboards whose panels are on disk.
+Ctrl-C (KeyboardInterrupt) keeps every finished image and leaves a valid manifest.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from scenecraft import __version__
+from scenecraft.diagnostics import did_you_mean, error
+from scenecraft.events import (
+    BatchStarted,
+    ImageWritten,
+    JobSkipped,
+    Notice,
+    RenderFinished,
+    RenderStarted,
+    Reporter,
+    StepDone,
+    emit,
+)
+from scenecraft.plan import RenderJob, RenderPlan, generator_seed, stable_hash
+from scenecraft.render import adapters as adapter_mod
+from scenecraft.render.batching import (
+    ImageTask,
+    generators,
+    image_key,
+    in_shard,
+    make_batches,
+    run_halving,
+)
+from scenecraft.render.outputs import (
+    METADATA_VERSION,
+    Manifest,
+    a1111_parameters,
+    confined,
+    existing_key,
+    image_path,
+    write_png,
+)
+from scenecraft.render.samplers import make_scheduler, sampler_def
+
+
+@dataclass
+class RenderResult:
+    out_dir: Path  # the output root
+    written: list[Path] = field(default_factory=list)  # images rendered by this run
+    skipped: list[Path] = field(default_factory=list)  # images already up to date
+    storyboards: list[Path] = field(default_factory=list)  # contact sheets and HTML pages
+    manifest: Path | None = None  # the manifest written by this run
+    seconds: float = 0.0  # wall time of the run
+    mode: str = "merged"  # "merged", "base" or "adapters"
+    merge_key: str = ""  # merge key recorded in every image
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "out_dir": str(self.out_dir),
+            "written": [str(p) for p in self.written],
+            "skipped": [str(p) for p in self.skipped],
+            "storyboards": [str(p) for p in self.storyboards],
+            "manifest": str(self.manifest) if self.manifest else None,
+            "seconds": round(self.seconds, 3),
+            "mode": self.mode,
+            "merge_key": self.merge_key,
+        }
+
+
+# ---------------------------------------------------------------------------- planning
+
+
+def render_mode(plan: RenderPlan, adapters: bool) -> str:
+    if adapters:
+        return "adapters"
+    return "base" if plan.merge.method == "none" else "merged"
+
+
+def weights_key(plan: RenderPlan, mode: str) -> str:
+    """The key of the weights an image is rendered with (base only, or base + LoRAs)."""
+    if mode == "base":
+        return stable_hash(plan.merge.base.model_dump(mode="json"))
+    return plan.merge.key or stable_hash(plan.merge.model_dump(mode="json"))
+
+
+def select_jobs(
+    plan: RenderPlan, only: Iterable[str] = (), shard: tuple[int, int] | None = None
+) -> list[RenderJob]:
+    """Jobs of the scenes or storyboards named in ``only`` (all if empty) in shard ``shard``."""
+    wanted = set(only)
+    names = {j.scene for j in plan.jobs} | {s.name for s in plan.storyboards}
+    for name in sorted(wanted - names):
+        raise error(
+            "unknown-scene",
+            f"no scene or storyboard named `{name}` in `{plan.file}`",
+            help=did_you_mean(name, names) or f"known: {', '.join(sorted(names)) or 'none'}",
+        )
+    return [
+        j
+        for j in plan.jobs
+        if (not wanted or j.scene in wanted or j.storyboard in wanted) and in_shard(j, shard)
+    ]
+
+
+def plan_images(
+    plan: RenderPlan,
+    out_dir: str | Path,
+    *,
+    only: Iterable[str] = (),
+    shard: tuple[int, int] | None = None,
+    adapters: bool = False,
+) -> list[ImageTask]:
+    """Every image the selection asks for, with its path and key (nothing is rendered)."""
+    out = Path(out_dir)
+    mode = render_mode(plan, adapters)
+    wkey = weights_key(plan, mode)
+    suffix = ".adapters" if adapters else ""
+    tasks = []
+    for job in select_jobs(plan, only, shard):
+        sampler_def(job.sampler)  # unknown samplers fail before any work
+        path = image_path(out, job, suffix)
+        key = image_key(job, job.index, wkey, mode)
+        tasks.append(ImageTask(job, job.index, generator_seed(job), path, key))
+    return tasks
+
+
+def is_up_to_date(task: ImageTask, manifest: Manifest, out_dir: Path) -> bool:
+    """The PNG's own key decides; a PNG without one counts if the manifest vouches for it."""
+    found = existing_key(task.path)
+    if found is not None:
+        return found == task.key
+    rel = task.path.relative_to(out_dir.resolve()).as_posix()
+    return task.path.is_file() and manifest.key_for(rel) == task.key
+
+
+# ----------------------------------------------------------------------------- rendering
+
+
+def render(
+    plan: RenderPlan,
+    out_dir: str | Path,
+    *,
+    pipe: Any = None,
+    batch_size: int | None = None,
+    only: Iterable[str] = (),
+    shard: tuple[int, int] | None = None,
+    force: bool = False,
+    adapters: bool = False,
+    reporter: Reporter | None = None,
+    device: str | None = None,
+    dtype: str | None = None,
+    cache_dir: str | Path | None = None,
+) -> RenderResult:
+    """Render ``plan`` into ``out_dir``; see the module docstring for the steps."""
+    start = time.perf_counter()
+    out = Path(out_dir)
+    mode = render_mode(plan, adapters)
+    result = RenderResult(out.resolve(), mode=mode, merge_key=weights_key(plan, mode))
+    # 1. Select and expand
+    tasks = plan_images(plan, out, only=only, shard=shard, adapters=adapters)
+    manifest = open_manifest(plan, out, mode, shard)
+    result.manifest = manifest.path
+    # 2. Skip what is up to date
+    todo = []
+    for task in tasks:
+        if not force and is_up_to_date(task, manifest, result.out_dir):
+            result.skipped.append(task.path)
+            emit(reporter, JobSkipped(task.job.id, str(task.path), "up to date"))
+        else:
+            todo.append(task)
+    size = max(1, batch_size or plan.batch_size)
+    batches = make_batches(todo, size)
+    emit(reporter, RenderStarted(len(todo), len(result.skipped), len(batches)))
+    interrupted = ok = False
+    try:
+        if todo:
+            session = _Session(plan, result, manifest, reporter, mode)
+            pipe = session.prepare(pipe, device, dtype, cache_dir)
+            session.run(pipe, batches, size)
+        ok = True
+    except KeyboardInterrupt:
+        interrupted = True
+        raise
+    finally:
+        result.seconds = time.perf_counter() - start
+        if ok or result.written:  # an error part-way still records the images it finished
+            manifest.save(finished=ok, interrupted=interrupted)
+        if ok:
+            from scenecraft.render.storyboard import write_storyboards
+
+            result.storyboards = write_storyboards(plan, out, adapters=adapters)
+        if ok or interrupted:
+            emit(
+                reporter,
+                RenderFinished(
+                    len(result.written), len(result.skipped), result.seconds, interrupted
+                ),
+            )
+    return result
+
+
+def open_manifest(
+    plan: RenderPlan, out: Path, mode: str, shard: tuple[int, int] | None
+) -> Manifest:
+    name = "manifest"
+    if mode == "adapters":
+        name += ".adapters"
+    if shard is not None:
+        name += f".shard-{shard[0]}-of-{shard[1]}"
+    path = confined(out, Path(plan.file).stem or "scene", name + ".json")
+    header = {
+        "scenecraft": __version__,
+        "plan_file": plan.file,
+        "source_sha256": plan.source_sha256,
+        "template_vars": plan.template_vars,
+        "mode": mode,
+        "merge_method": plan.merge.method,
+        "merge_key": weights_key(plan, mode),
+        "base": plan.merge.base.model_dump(mode="json"),
+        "shard": list(shard) if shard else None,
+    }
+    return Manifest.open(path, header)
+
+
+class _Session:
+    """State of one run: the prepared pipeline, schedulers by sampler, the output records."""
+
+    def __init__(
+        self,
+        plan: RenderPlan,
+        result: RenderResult,
+        manifest: Manifest,
+        reporter: Reporter | None,
+        mode: str,
+    ):
+        from scenecraft.models import model_info
+
+        self.plan, self.result, self.manifest, self.reporter = plan, result, manifest, reporter
+        self.mode = mode
+        self.model = model_info(plan.merge.base)
+        self.schedulers: dict[str, Any] = {}
+        self.merge_entry = ""  # the merge engine's cache key, once the merge is applied
+
+    # 3. Prepare the model
+    def prepare(self, pipe: Any, device: str | None, dtype: str | None, cache_dir: Any) -> Any:
+        if pipe is None:
+            from scenecraft.models import load_pipeline
+
+            pipe = load_pipeline(self.plan.merge.base, device, dtype)
+        pipe.set_progress_bar_config(disable=True)
+        if self.mode == "adapters":
+            adapter_mod.load_adapters(pipe, self.plan.merge.concepts, self.reporter)
+        elif self.mode == "merged":
+            self.merge_entry = adapter_mod.apply_merged(
+                pipe, self.plan.merge, cache_dir, self.reporter
+            )
+        return pipe
+
+    # 4. Batches
+    def run(self, pipe: Any, batches: Sequence[Sequence[ImageTask]], size: int) -> None:
+        original = pipe.scheduler
+        limit = size
+        try:
+            for index, batch in enumerate(batches):
+                emit(
+                    self.reporter,
+                    BatchStarted(
+                        index, len(batches), tuple(t.job.id for t in batch), batch[0].job.steps
+                    ),
+                )
+                for start in range(0, len(batch), limit):
+                    chunk = batch[start : start + limit]
+                    for done in run_halving(chunk, lambda part: self.call(pipe, part), self.on_oom):
+                        limit = min(limit, done)
+        finally:
+            pipe.scheduler = original
+            if self.mode == "adapters":
+                adapter_mod.unload_adapters(pipe)
+
+    def on_oom(self, old: int, new: int) -> None:
+        emit(self.reporter, Notice("warning", f"out of memory at batch {old}; retrying with {new}"))
+
+    def scheduler(self, pipe: Any, sampler: str) -> Any:
+        if sampler not in self.schedulers:
+            self.schedulers[sampler] = make_scheduler(sampler, pipe.scheduler.config)
+        return self.schedulers[sampler]
+
+    def call(self, pipe: Any, tasks: Sequence[ImageTask]) -> None:
+        job = tasks[0].job
+        pipe.scheduler = self.scheduler(pipe, job.sampler)
+        reporter = self.reporter
+
+        def on_step(p: Any, i: int, t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+            emit(reporter, StepDone(i + 1, int(getattr(p, "num_timesteps", job.steps))))
+            return kwargs
+
+        images = pipe(
+            prompt=[t.job.prompt for t in tasks],
+            negative_prompt=[job.negative_prompt] * len(tasks) if job.negative_prompt else None,
+            width=job.width,
+            height=job.height,
+            num_inference_steps=job.steps,
+            guidance_scale=job.guidance,
+            generator=generators(tasks),
+            callback_on_step_end=on_step,
+        ).images
+        for task, image in zip(tasks, images, strict=True):
+            self.write(task, image)
+        self.manifest.save(finished=False, interrupted=False)
+
+    # 5. Outputs
+    def write(self, task: ImageTask, image: Any) -> None:
+        job = task.job
+        fields: dict[str, Any] = {
+            "Steps": job.steps,
+            "Sampler": job.sampler,
+            "CFG scale": job.guidance,
+            "Seed": task.seed,
+            "Size": f"{job.width}x{job.height}",
+            "Model hash": self.model.hash,
+            "Model": self.model.name,
+        }
+        if self.mode == "merged":
+            fields["Merge"] = f"{self.plan.merge.method} {self.result.merge_key[:10]}"
+        elif self.mode == "adapters":
+            fields["Lora"] = " ".join(c.name for c in self.plan.merge.concepts if c.lora)
+        fields["Version"] = f"scenecraft {__version__}"
+        provenance = {
+            "version": METADATA_VERSION,
+            "key": task.key,
+            "job": job.model_dump(mode="json"),
+            "n": task.n,
+            "seed": task.seed,
+            "span": job.span.model_dump(mode="json") if job.span else None,
+            "merge_key": self.result.merge_key,
+            "merge_method": self.plan.merge.method,
+            "merge_entry": self.merge_entry,
+            "mode": self.mode,
+            "model": {"name": self.model.name, "hash": self.model.hash},
+            "plan": {"file": self.plan.file, "source_sha256": self.plan.source_sha256},
+        }
+        write_png(
+            task.path, image, a1111_parameters(job.prompt, job.negative_prompt, fields), provenance
+        )
+        rel = task.path.relative_to(self.result.out_dir).as_posix()
+        self.manifest.record(
+            rel,
+            {"key": task.key, "job": job.id, "scene": job.scene, "seed": task.seed, "n": task.n},
+        )
+        self.result.written.append(task.path)
+        emit(self.reporter, ImageWritten(job.id, str(task.path), job.scene, task.seed))

@@ -1,0 +1,155 @@
+"""Storyboards: a contact sheet PNG and a self-contained HTML page per storyboard.
+
+Panels appear in order, ``columns`` per row; each cell shows the panel's first image with its
+caption (PIL's default font). The HTML page inlines every panel image as a ``data:`` URI, so it
+can be mailed or archived as one file, and lists each panel's caption and prompt (escaped).
+Panels whose images are not on disk yet are drawn as grey placeholders.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from scenecraft.plan import RenderJob, RenderPlan, StoryboardSpec
+from scenecraft.render.outputs import atomic_write, atomic_write_text, confined, image_path
+
+CELL = 256  # longest side of a panel in the contact sheet, pixels
+CAPTION_H = 18  # caption strip under each panel, pixels
+PAD = 8  # gap between cells and around the sheet, pixels
+
+
+@dataclass(frozen=True)
+class Panel:
+    index: int  # 0-based panel index
+    caption: str  # caption as written (may be empty)
+    prompt: str  # prompt of the panel's first job
+    images: tuple[Path, ...]  # images on disk, in job order
+
+
+def collect_panels(plan: RenderPlan, board: StoryboardSpec, out: Path, suffix: str) -> list[Panel]:
+    jobs: dict[str, RenderJob] = {j.id: j for j in plan.jobs}
+    panels = []
+    for spec in sorted(board.panels, key=lambda p: p.index):
+        pj = [jobs[i] for i in spec.job_ids if i in jobs]
+        paths = [image_path(out, j, suffix) for j in pj]
+        panels.append(
+            Panel(
+                spec.index,
+                spec.caption or "",
+                pj[0].prompt if pj else "",
+                tuple(p for p in paths if p.is_file()),
+            )
+        )
+    return panels
+
+
+def contact_sheet(panels: list[Panel], columns: int) -> Any:
+    """The sheet as a PIL image: a grid of ``columns`` cells, caption strip under each."""
+    from PIL import Image, ImageDraw, ImageFont, ImageOps
+
+    font = ImageFont.load_default()
+    cols = max(1, min(columns, len(panels) or 1))
+    rows = max(1, -(-len(panels) // cols))
+    cell_w, cell_h = CELL, CELL + CAPTION_H
+    sheet = Image.new("RGB", (PAD + cols * (cell_w + PAD), PAD + rows * (cell_h + PAD)), "white")
+    draw = ImageDraw.Draw(sheet)
+    for k, panel in enumerate(panels):
+        x = PAD + (k % cols) * (cell_w + PAD)
+        y = PAD + (k // cols) * (cell_h + PAD)
+        if panel.images:
+            with Image.open(panel.images[0]) as im:
+                thumb = ImageOps.contain(im.convert("RGB"), (CELL, CELL))  # up or down
+            sheet.paste(thumb, (x + (CELL - thumb.width) // 2, y + (CELL - thumb.height) // 2))
+        else:
+            draw.rectangle((x, y, x + CELL - 1, y + CELL - 1), fill=(200, 200, 200))
+            draw.text((x + 6, y + 6), "not rendered", fill=(80, 80, 80), font=font)
+        text = f"{panel.index + 1}. {panel.caption}".strip()
+        draw.text((x + 2, y + CELL + 3), _fit(draw, text, font, CELL - 4), fill="black", font=font)
+    return sheet
+
+
+def _fit(draw: Any, text: str, font: Any, width: int) -> str:
+    """Truncate ``text`` with an ellipsis so it fits ``width`` pixels."""
+    if draw.textlength(text, font=font) <= width:
+        return text
+    while text and draw.textlength(text + "…", font=font) > width:
+        text = text[:-1]
+    return text + "…"
+
+
+def _data_uri(path: Path) -> str:
+    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+
+
+_SCRIPT = """
+window.addEventListener("load", function () {
+  var imgs = Array.prototype.slice.call(document.images);
+  var ok = imgs.filter(function (i) { return i.complete && i.naturalWidth > 0; }).length;
+  document.body.setAttribute("data-images", ok + "/" + imgs.length);
+  document.body.setAttribute("data-loaded", ok === imgs.length ? "true" : "false");
+});
+"""
+
+
+def html_page(title: str, panels: list[Panel], columns: int) -> str:
+    """One self-contained page: a CSS grid of panels, captions and prompts escaped."""
+    cells = []
+    for panel in panels:
+        imgs = (
+            "".join(
+                f'<img src="{_data_uri(p)}" alt="{html.escape(panel.caption or p.stem)}">'
+                for p in panel.images
+            )
+            or '<div class="missing">not rendered</div>'
+        )
+        cells.append(
+            f'<figure data-panel="{panel.index}">{imgs}<figcaption>'
+            f"<b>{panel.index + 1}. {html.escape(panel.caption)}</b>"
+            f'<p class="prompt">{html.escape(panel.prompt)}</p></figcaption></figure>'
+        )
+    return (
+        '<!DOCTYPE html>\n<html><head><meta charset="utf-8">'
+        f"<title>{html.escape(title)}</title><style>"
+        f"body{{font-family:sans-serif;margin:16px}}"
+        f".grid{{display:grid;grid-template-columns:repeat({max(1, columns)},1fr);gap:12px}}"
+        "figure{margin:0}img{max-width:100%;display:block}"
+        ".prompt{color:#555;font-size:12px}.missing{background:#ccc;padding:40px}"
+        f"</style></head><body><h1>{html.escape(title)}</h1>"
+        f'<div class="grid">{"".join(cells)}</div><script>{_SCRIPT}</script></body></html>\n'
+    )
+
+
+def write_storyboards(
+    plan: RenderPlan, out_dir: str | Path, *, adapters: bool = False
+) -> list[Path]:
+    """Write ``<stem>/<storyboard>.png`` and ``.html`` for every storyboard with an image on disk."""
+    out = Path(out_dir)
+    suffix = ".adapters" if adapters else ""
+    stem = Path(plan.file).stem or "scene"
+    written: list[Path] = []
+    for board in plan.storyboards:
+        panels = collect_panels(plan, board, out, suffix)
+        if not any(p.images for p in panels):
+            continue
+        png = confined(out, stem, board.name + suffix + ".png")
+        sheet = contact_sheet(panels, board.columns)
+        meta = {"storyboard": board.name, "panels": [[str(i) for i in p.images] for p in panels]}
+        atomic_write(png, _sheet_writer(sheet, meta))
+        page = confined(out, stem, board.name + suffix + ".html")
+        atomic_write_text(page, html_page(board.name, panels, board.columns))
+        written += [png, page]
+    return written
+
+
+def _sheet_writer(sheet: Any, meta: dict[str, Any]) -> Callable[[IO[bytes]], None]:
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    info.add_itxt("scenecraft", json.dumps(meta))
+    return lambda f: sheet.save(f, format="PNG", pnginfo=info)

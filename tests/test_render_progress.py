@@ -1,0 +1,121 @@
+"""The progress UI: Rich live display on a StringIO console, plain log, JSON lines, quiet."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+
+from rich.console import Console
+
+from scenecraft.events import (
+    BatchStarted,
+    Event,
+    ImageWritten,
+    JobSkipped,
+    MergeFinished,
+    MergeStage,
+    MergeStarted,
+    Notice,
+    RenderFinished,
+    RenderStarted,
+    StepDone,
+)
+from scenecraft.ui.progress import JsonLines, progress_reporter
+
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+def script() -> list[Event]:
+    events: list[Event] = [
+        MergeStarted("loraclr", ("ziggy", "momo"), "abc123"),
+        MergeStage("text-encoder", 3, 3),
+        MergeFinished("abc123", False, 1.5),
+        RenderStarted(total=3, skipped=1, batches=2),
+        JobSkipped("j0", "out/story/duo/0.png", "up to date"),
+        BatchStarted(0, 2, ("j1", "j2"), 4),
+    ]
+    events += [StepDone(i, 4) for i in range(1, 5)]
+    events += [
+        ImageWritten("j1", "out/story/duo/1.png", "duo", 1),
+        ImageWritten("j2", "out/story/duo/2.png", "duo", 2),
+        Notice("warning", "out of memory at batch 2; retrying with 1"),
+        BatchStarted(1, 2, ("j3",), 4),
+    ]
+    events += [StepDone(i, 4) for i in range(1, 5)]
+    events += [
+        ImageWritten("j3", "out/story/solo/3.png", "solo", 3),
+        RenderFinished(written=3, skipped=1, seconds=2.0),
+    ]
+    return events
+
+
+def test_live_display_on_a_terminal() -> None:
+    buf = io.StringIO()
+    console = Console(file=buf, force_terminal=True, width=80, color_system=None)
+    with progress_reporter(console) as report:
+        for event in script():
+            report(event)
+    out = ANSI.sub("", buf.getvalue())
+    last = out[out.rindex("images") :]  # the final frame
+    assert re.search(r"images\s.*3/3", last)
+    assert re.search(r"batch 2/2\s", out) and re.search(r"\d+\.\d\d it/s", out)
+    assert "duo/1.png" in last and "solo/3.png" in last  # last finished images
+    assert "merge ready (1.5 s)" in out and "merge: text-encoder" in out
+    assert "warning: out of memory at batch 2; retrying with 1" in out
+    assert "1 image(s) up to date, skipped" in out
+    assert "wrote 3 image(s), skipped 1 up to date, 2.0 s" in last
+    assert "\x1b[" in buf.getvalue()  # it really drew a live display (cursor movement)
+
+
+def test_plain_log_when_not_a_terminal() -> None:
+    buf = io.StringIO()
+    console = Console(file=buf, force_terminal=False, width=200)
+    with progress_reporter(console) as report:
+        for event in script():
+            report(event)
+    lines = buf.getvalue().splitlines()
+    assert "\x1b[" not in buf.getvalue()
+    assert lines == [
+        "merging 2 concept(s) with loraclr (abc123)",
+        "merge: text-encoder done (3)",
+        "merge abc123 ready in 1.5 s",
+        "rendering 3 image(s) in 2 batch(es), 1 up to date",
+        "[1/3] duo seed 1 -> out/story/duo/1.png",
+        "[2/3] duo seed 2 -> out/story/duo/2.png",
+        "warning: out of memory at batch 2; retrying with 1",
+        "[3/3] solo seed 3 -> out/story/solo/3.png",
+        "wrote 3 image(s), skipped 1 up to date, 2.0 s",
+    ]
+
+
+def test_quiet_prints_only_warnings() -> None:
+    buf = io.StringIO()
+    with progress_reporter(Console(file=buf, width=200), quiet=True) as report:
+        for event in script():
+            report(event)
+    assert buf.getvalue() == "warning: out of memory at batch 2; retrying with 1\n"
+
+
+def test_events_json_lines() -> None:
+    buf = io.StringIO()
+    with progress_reporter(Console(file=io.StringIO()), events="json", stream=buf) as report:
+        assert isinstance(report, JsonLines)
+        for event in script():
+            report(event)
+    rows = [json.loads(line) for line in buf.getvalue().splitlines()]
+    assert len(rows) == len(script())
+    assert rows[0] == {
+        "type": "merge-started",
+        "method": "loraclr",
+        "concepts": ["ziggy", "momo"],
+        "key": "abc123",
+    }
+    assert rows[-1] == {
+        "type": "render-finished",
+        "written": 3,
+        "skipped": 1,
+        "seconds": 2.0,
+        "interrupted": False,
+    }
+    assert [r["type"] for r in rows].count("step-done") == 8

@@ -1,0 +1,98 @@
+"""Storyboards: the contact sheet and the HTML page, opened in headless Chromium."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from scenecraft.render.engine import render
+from scenecraft.render.storyboard import CAPTION_H, CELL, PAD, write_storyboards
+from tests._fixtures_render import (
+    make_plan,
+    one_thread,  # noqa: F401  (autouse)
+    pixels,
+    tiny_pipe,
+)
+
+
+def chromium_dom(page: Path, tmp_path: Path) -> str:
+    """The DOM of ``page`` after load, as headless Chromium sees it (fails if none installed)."""
+    exe = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert exe is not None, "chromium is not on PATH (CI installs it: apt-get install chromium)"
+    cmd = [
+        exe,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'chromium-profile'}",
+        "--dump-dom",
+        page.as_uri(),
+    ]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=90, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
+
+
+def test_storyboard_sheet_and_page(tmp_path: Path) -> None:
+    plan = make_plan(storyboard=True)
+    result = render(plan, tmp_path, pipe=tiny_pipe(), only=["tale"], batch_size=3)
+    assert len(result.written) == 3
+    sheet_path, page = result.storyboards
+    assert sheet_path.name == "tale.png" and page.name == "tale.html"
+    # contact sheet: 3 panels in 2 columns -> 2 rows; each cell shows its panel scaled to CELL
+    sheet = pixels(sheet_path)
+    assert sheet.shape == (PAD + 2 * (CELL + CAPTION_H + PAD), PAD + 2 * (CELL + PAD), 3)
+    order = sorted(result.written, key=lambda p: p.parent.name)  # 01-duo, 02-solo, 03-duo
+    for k, path in enumerate(order):
+        x, y = PAD + (k % 2) * (CELL + PAD), PAD + (k // 2) * (CELL + CAPTION_H + PAD)
+        cell = sheet[y : y + CELL, x : x + CELL].astype(int)
+        want = np.asarray(Image.open(path).convert("RGB").resize((CELL, CELL), Image.LANCZOS))
+        assert np.abs(cell - want).mean() < 6
+        caption = sheet[y + CELL : y + CELL + CAPTION_H, x : x + CELL]
+        assert (caption < 128).any()  # caption text drawn
+    assert (
+        sheet[PAD + CELL + CAPTION_H + PAD :, PAD + CELL + PAD :] == 255
+    ).all()  # 4th cell empty
+    # HTML: captions and prompts escaped, never raw markup
+    html = page.read_text()
+    assert "Arrival &lt;b&gt;&amp;&lt;/b&gt; &quot;hello&quot;" in html
+    assert "panel 0: a man &amp; &lt;a dog&gt;" in html and "<a dog>" not in html
+    assert html.count('src="data:image/png;base64,') == 3
+    dom = chromium_dom(page, tmp_path)
+    assert 'data-images="3/3"' in dom and 'data-loaded="true"' in dom
+    assert dom.count("<figure") == 3
+
+
+def test_page_script_reports_a_broken_image(tmp_path: Path) -> None:
+    plan = make_plan(storyboard=True)
+    render(plan, tmp_path, pipe=tiny_pipe(), only=["tale"], batch_size=3)
+    page = tmp_path / "story" / "tale.html"
+    broken = page.read_text().replace('src="data:image/png;base64,', 'src="missing.png#', 1)
+    page.write_text(broken)
+    dom = chromium_dom(page, tmp_path)
+    assert 'data-images="2/3"' in dom and 'data-loaded="false"' in dom
+
+
+def test_missing_panels_are_placeholders(tmp_path: Path) -> None:
+    plan = make_plan(storyboard=True)
+    result = render(plan, tmp_path, pipe=tiny_pipe(), only=["tale"], batch_size=3)
+    middle = next(p for p in result.written if p.parent.name == "02-solo")
+    middle.unlink()
+    sheet_path, page = write_storyboards(plan, tmp_path)
+    sheet = pixels(sheet_path)
+    x = PAD + CELL + PAD
+    assert (sheet[PAD + CELL // 2, x + CELL // 2] == 200).all()  # grey placeholder
+    assert page.read_text().count("not rendered") == 1
+    for p in result.written:
+        if p.exists():
+            p.unlink()
+    assert write_storyboards(plan, tmp_path) == []  # nothing on disk: no sheet
