@@ -545,7 +545,9 @@ def test_real_engine_linear_merge_applies_in_process(tmp_path: Path, fresh_pipe:
         ConceptSpec(name="c", tokens=("<c1>",), lora=str(folder / "c.pth")),
     )
     result = merge(
-        _spec(folder, concepts=concepts, method="linear"), fresh_pipe, cache_dir=tmp_path / "cache"
+        _spec(folder, concepts=concepts, method="linear", params={}),
+        fresh_pipe,
+        cache_dir=tmp_path / "cache",
     )
     assert all(torch.equal(module_weight(fresh_pipe, m), w0[m]) for m in a)  # merge leaves W0
     assert apply_merge(fresh_pipe, result) == {"text_encoder": ["<c1>", "<c1>_1"]}

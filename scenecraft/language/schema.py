@@ -72,26 +72,33 @@ _STAGE_KEYS: dict[str, Key] = {
     "max_rows": Key("int", 16, 1_000_000, doc="feature rows kept per concept and layer"),
 }
 
+# Names as users write them; scenecraft.merge.params maps them onto the engine's names.
+# Defaults are the engine's (docs/loraclr.md); only what a file sets is passed on.
+_SEED = {"seed": Key("int", 0, 2**31 - 1, doc="random seed of subsampling and masks")}
 MERGE_KEYS: dict[str, dict[str, Key]] = {
     "loraclr": {
-        "margin": Key("float", 0, 10, lo_open=True),
-        "iterations": Key("int", 1, 10_000),
-        "lr": Key("float", 0, 1, lo_open=True),
-        "lambda_con": Key("float", 0, 100),
-        "lambda_mse": Key("float", 0, 100),
-        "lambda_reg": Key("float", 0, 100),
+        "margin": Key("float", 0, 10, lo_open=True, doc="repel margin, relative (default 1)"),
+        "iterations": Key("int", 1, 10_000, doc="optimiser steps per layer batch (default 50)"),
+        "lr": Key("float", 0, 1, lo_open=True, doc="step size (default 0.1, relative)"),
+        "lambda_con": Key("float", 0, 100, doc="weight of the contrastive terms (default 1)"),
+        "lambda_mse": Key("float", 0, 100, doc="weight of output matching (default 0.1)"),
+        "lambda_reg": Key("float", 0, 100, doc="weight of the ‖Δ‖ regulariser (default 1e-3)"),
+        "weight_decay": Key("float", 0, 1, doc="AdamW weight decay (default 0)"),
+        "patience": Key("int", 0, 10_000, doc="early stop after this many flat steps (0: never)"),
         "recipe": Key("word", choices=("ours", "reference")),
-        "init": Key("word", choices=("gradient-fusion", "zero")),
+        "init": Key("word", choices=("gradient-fusion", "fusion", "zero")),
         **_STAGE_KEYS,
+        **_SEED,
     },
-    "gradient-fusion": {"ridge": Key("float", 0, 1), **_STAGE_KEYS},
+    "gradient-fusion": {
+        "ridge": Key("float", 0, 1, doc="ridge relative to the trace (default 1e-6)"),
+        **_STAGE_KEYS,
+        **_SEED,
+    },
     "linear": {},
     "average": {},
-    "ties": {
-        "density": Key("float", 0, 1, lo_open=True),
-        "majority_sign": Key("word", choices=("total", "frequency")),
-    },
-    "dare": {"density": Key("float", 0, 1, lo_open=True), "rescale": Key("bool")},
+    "ties": {"density": Key("float", 0, 1, lo_open=True), **_SEED},
+    "dare": {"density": Key("float", 0, 1, lo_open=True), **_SEED},
     "none": {},
 }
 

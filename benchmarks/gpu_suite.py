@@ -1,0 +1,218 @@
+"""GPU merge suite: a full SD 1.5-shaped pipeline (random weights, no downloads), 12 concepts,
+all three feature stages, every method of interest. Target: the 12-concept LoRACLR merge in
+under 60 s on one H100.
+
+    OUT=/tmp/out python benchmarks/gpu_suite.py                 # on the lent GPU
+    OUT=/tmp/out python benchmarks/gpu_suite.py --tiny          # CPU smoke test (tiny pipeline)
+
+Writes $OUT/gpu_suite.json after every method (partial results survive a timeout).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from scenecraft.merge.engine import MergeConfig, run_merge  # noqa: E402
+from scenecraft.merge.types import ConceptLoRA, LoRALayer  # noqa: E402
+from scenecraft.testing import quiet_libraries, tiny_pipeline, tiny_tokenizer  # noqa: E402
+
+METHODS: dict[str, tuple[str, dict[str, Any]]] = {
+    "loraclr": ("loraclr", {}),
+    "gradient-fusion": ("gradient-fusion", {}),
+    "linear": ("linear", {}),
+    "loraclr-reference": ("loraclr", {"recipe": "reference"}),
+}
+TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2", "proj_in", "proj_out")
+TE_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")
+
+
+def sd15_pipeline(device: torch.device) -> Any:
+    """SD 1.5-shaped StableDiffusionPipeline with random weights, built on ``device``."""
+    from diffusers import (
+        AutoencoderKL,
+        DPMSolverMultistepScheduler,
+        StableDiffusionPipeline,
+        UNet2DConditionModel,
+    )
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    tokenizer = tiny_tokenizer(("photo", "of", "a", "man", "woman", "dog", "cat"))
+    torch.manual_seed(0)
+    with device:
+        unet = UNet2DConditionModel(
+            sample_size=64,
+            block_out_channels=(320, 640, 1280, 1280),
+            layers_per_block=2,
+            down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+            up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+            cross_attention_dim=768,
+            attention_head_dim=8,
+        )
+        vae = AutoencoderKL(
+            block_out_channels=(128, 256, 512, 512),
+            down_block_types=("DownEncoderBlock2D",) * 4,
+            up_block_types=("UpDecoderBlock2D",) * 4,
+            latent_channels=4,
+            layers_per_block=2,
+            sample_size=512,
+        )
+        text_encoder = CLIPTextModel(
+            CLIPTextConfig(
+                hidden_size=768,
+                intermediate_size=3072,
+                num_attention_heads=12,
+                num_hidden_layers=12,
+                vocab_size=49408,
+                max_position_embeddings=77,
+                bos_token_id=tokenizer.bos_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+                pad_token_id=tokenizer.pad_token_id,
+            )
+        )
+    scheduler = DPMSolverMultistepScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1
+    )
+    pipe = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def lora_paths(pipe: Any) -> list[str]:
+    """Every attention / feed-forward / projection layer of the UNet and text encoder."""
+    paths = [
+        f"unet.{n}"
+        for n, m in pipe.unet.named_modules()
+        if ".transformer_blocks." in n + "." or n.endswith(("proj_in", "proj_out"))
+        if n.endswith(TARGETS) and hasattr(m, "weight")
+    ]
+    paths += [
+        f"text_encoder.{n}"
+        for n, m in pipe.text_encoder.named_modules()
+        if n.endswith(TE_TARGETS) and isinstance(m, torch.nn.Linear)
+    ]
+    return sorted(set(paths))
+
+
+def random_concepts(pipe: Any, count: int, rank: int, device: torch.device) -> list[ConceptLoRA]:
+    """``count`` random rank-``rank`` LoRAs on every target layer, each with its own token."""
+    paths = lora_paths(pipe)
+    dim = pipe.text_encoder.get_input_embeddings().weight.shape[1]
+    concepts = []
+    for c in range(count):
+        g = torch.Generator(device="cpu").manual_seed(100 + c)
+        layers = {}
+        for path in paths:
+            component, _, sub = path.partition(".")
+            w = getattr(pipe, component).get_submodule(sub).weight
+            n_out, n_in = w.shape[0], w[0].numel()
+            up = (torch.randn(n_out, rank, generator=g) * 0.5 / rank**0.5).to(device)
+            down = (torch.randn(rank, n_in, generator=g) / n_in**0.5).to(device)
+            layers[path] = LoRALayer(path, up, down, alpha=float(rank))
+        token = f"<c{c}>"
+        emb = {"text_encoder": {token: torch.randn(1, dim, generator=g).to(device) * 0.02}}
+        concepts.append(
+            ConceptLoRA(f"c{c}", (token,), layers, 1.0, emb, metadata={"class_noun": "man"})
+        )
+    return concepts
+
+
+def _compact(figures: dict[str, Any]) -> dict[str, Any]:
+    """Figures without the per-layer table (kept in a separate key, it is long)."""
+    return {k: v for k, v in figures.items() if k != "layers"}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--tiny", action="store_true", help="CPU smoke test on the tiny pipeline")
+    parser.add_argument("--concepts", type=int, default=12)
+    parser.add_argument("--rank", type=int, default=16)
+    parser.add_argument("--steps", type=int, default=10, help="sampling steps of stage 3")
+    parser.add_argument("--size", type=int, default=512, help="image side of stage 3")
+    parser.add_argument("--rows", type=int, default=1024, help="spatial rows per concept/layer")
+    parser.add_argument("--methods", nargs="*", default=list(METHODS), choices=list(METHODS))
+    args = parser.parse_args(argv)
+    out_dir = Path(os.environ.get("OUT", "benchmarks/results"))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    quiet_libraries()
+    device = torch.device("cuda" if torch.cuda.is_available() and not args.tiny else "cpu")
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = False  # fp32 features and solves, as documented
+    t0 = time.perf_counter()
+    if args.tiny:
+        torch.set_num_threads(1)  # tiny ops: one thread is far faster on a shared CPU
+        pipe = tiny_pipeline(0)
+        args.concepts, args.steps, args.size, args.rows = min(args.concepts, 3), 2, 32, 64
+    else:
+        pipe = sd15_pipeline(device)
+    build_s = time.perf_counter() - t0
+    concepts = random_concepts(pipe, args.concepts, args.rank, device)
+    cfg = MergeConfig(
+        spatial=True,
+        spatial_steps=args.steps,
+        spatial_size=args.size,
+        spatial_max_rows=args.rows,
+        batch_elements=2**28 if device.type == "cuda" else 2**26,
+    )
+    report: dict[str, Any] = {
+        "suite": "gpu_suite",
+        "device": torch.cuda.get_device_name() if device.type == "cuda" else platform.processor(),
+        "tiny": args.tiny,
+        "concepts": args.concepts,
+        "rank": args.rank,
+        "lora_layers_per_concept": len(concepts[0].layers),
+        "config": {"steps": args.steps, "size": args.size, "rows": args.rows},
+        "build_seconds": round(build_s, 2),
+        "torch": torch.__version__,
+        "runs": {},
+    }
+    for label in args.methods:
+        method, params = METHODS[label]
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        start = time.perf_counter()
+        outcome = run_merge(pipe, concepts, method, params, config=cfg)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - start
+        run = {"seconds": round(seconds, 2), "changed_modules": len(outcome.weights)}
+        if device.type == "cuda":
+            run["peak_gpu_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+        run["figures"] = _compact(outcome.figures)
+        report["runs"][label] = run
+        stages = outcome.figures["stages"]
+        summary = {
+            s: (round(v["fidelity"]["mean"] or 0, 3), round(v["fidelity"]["worst"] or 0, 3))
+            for s, v in stages.items()
+        }
+        print(f"{label}: {seconds:.1f} s, fidelity (mean, worst) by stage {summary}", flush=True)
+        tmp = out_dir / "gpu_suite.json.tmp"
+        tmp.write_text(json.dumps(report, indent=2))
+        os.replace(tmp, out_dir / "gpu_suite.json")
+        del outcome
+    print(f"wrote {out_dir / 'gpu_suite.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

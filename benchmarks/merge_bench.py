@@ -1,0 +1,241 @@
+"""Merge-method benchmark on SD 1.5-shaped layers with random weights and synthetic features.
+
+Layers (SD 1.5 shapes): the text encoder's 12 blocks (q/k/v/out 768→768, fc1 768→3072,
+fc2 3072→768) and the UNet's 16 cross-attention blocks' to_k / to_v (768 → 320/640/1280).
+Per concept: a random rank-16 LoRA on every layer and synthetic features with overlapping
+input distributions (`scenecraft.merge.synthetic`), ragged row counts (text: ~28 rows per
+concept and layer, like 4 prompts × 7 tokens; K/V: ~8 token rows). Every method sees the SAME
+W0, ΔW_c and X_c; the reference LoRACLR recipe runs beside ours.
+
+For C in {2, 4, 8, 12} × method: wall time of the merge (solve only), peak RSS growth during it,
+mean / worst fidelity error e_c and separation s_c over all layers and concepts. By default a
+few layers of every shape group are run (synthetic layers are i.i.d.) and the time is also
+scaled to SD 1.5's full layer count (``full est``); ``--all-layers`` runs all of them.
+
+    python benchmarks/merge_bench.py [--quick] [--out benchmarks/results/merge_bench.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from scenecraft.merge.methods import merge_batch  # noqa: E402
+from scenecraft.merge.quality import batch_quality  # noqa: E402
+from scenecraft.merge.synthetic import conflicting_layers  # noqa: E402
+
+# (stage, out, in, number of layers in SD 1.5)
+SD15_GROUPS = [
+    ("text-encoder", 768, 768, 48),  # q, k, v, out_proj × 12 layers
+    ("text-encoder", 3072, 768, 12),  # fc1
+    ("text-encoder", 768, 3072, 12),  # fc2
+    ("cross-attention", 320, 768, 10),  # to_k / to_v of 5 blocks at 320 channels
+    ("cross-attention", 640, 768, 10),  # … 5 blocks at 640
+    ("cross-attention", 1280, 768, 12),  # … 6 blocks at 1280 (incl. the mid block)
+]
+# layers actually run per group (synthetic layers are i.i.d.; times are scaled to the full count)
+SAMPLED = {"default": (3, 1, 1, 2, 2, 2), "quick": (2, 1, 1, 1, 1, 1)}
+METHODS: list[tuple[str, str, dict[str, Any]]] = [
+    ("linear", "linear", {}),
+    ("average", "average", {}),
+    ("ties", "ties", {"density": 0.5}),
+    ("dare", "dare", {"density": 0.5}),
+    ("magnitude-prune", "magnitude-prune", {"density": 0.5}),
+    ("gradient-fusion", "gradient-fusion", {}),
+    ("loraclr", "loraclr", {}),
+    ("loraclr-reference", "loraclr", {"recipe": "reference"}),
+]
+ROWS = {"text-encoder": 28, "cross-attention": 8}  # rows per concept and layer (± ragged)
+SHARED = {"text-encoder": 10, "cross-attention": 0}  # rows identical across concepts
+
+
+class PeakRSS:
+    """Peak resident memory growth over a block, sampled every 2 ms from /proc/self/statm."""
+
+    def __init__(self) -> None:
+        self.page = os.sysconf("SC_PAGE_SIZE")
+        self.peak = 0
+        self._stop = threading.Event()
+
+    def _rss(self) -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * self.page
+
+    def __enter__(self) -> PeakRSS:
+        self.base = self._rss()
+        self.peak = self.base
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.002):
+            self.peak = max(self.peak, self._rss())
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._rss())
+
+    @property
+    def growth_mb(self) -> float:
+        return (self.peak - self.base) / 2**20
+
+
+def _chunks(n_layers: int, concepts: int, n_out: int, n_in: int, budget: int) -> list[int]:
+    size = max(1, budget // (concepts * n_out * n_in))
+    return [min(size, n_layers - i) for i in range(0, n_layers, size)]
+
+
+def run(concept_counts: list[int], sampled: tuple[int, ...], budget: int) -> dict[str, Any]:
+    results: dict[str, Any] = {}
+    for C in concept_counts:
+        acc: dict[str, dict[str, Any]] = {
+            label: {
+                "seconds": 0.0,
+                "seconds_full": 0.0,
+                "peak_mb": 0.0,
+                "e": [],
+                "s": [],
+                "repel": [],
+                "stage_e": {},
+            }
+            for label, _, _ in METHODS
+        }
+        for g_index, (stage, n_out, n_in, n_full) in enumerate(SD15_GROUPS):
+            n_layers = sampled[g_index]
+            for k_index, L in enumerate(_chunks(n_layers, C, n_out, n_in, budget)):
+                base_rows = ROWS[stage]
+                rows = tuple(base_rows - 2 + (c % 5) for c in range(C))  # ragged
+                sy = conflicting_layers(
+                    n_out,
+                    n_in,
+                    C,
+                    layers=L,
+                    rank=16,
+                    rows=rows,
+                    seed=1000 * g_index + k_index,
+                    shared_rows=SHARED[stage],
+                )
+                for label, method, params in METHODS:
+                    feats = sy.X if method in ("gradient-fusion", "loraclr") else None
+                    with PeakRSS() as mem:
+                        t0 = time.perf_counter()
+                        W, stats = merge_batch(method, sy.W0, sy.deltas, feats, params)
+                        seconds = time.perf_counter() - t0
+                    e, s = batch_quality(W, sy.W0, sy.deltas, sy.X)
+                    a = acc[label]
+                    a["seconds"] += seconds
+                    a["seconds_full"] += seconds * n_full / n_layers
+                    a["peak_mb"] = max(a["peak_mb"], mem.growth_mb)
+                    a["e"] += e.flatten().tolist()
+                    a["s"] += s.flatten().tolist()
+                    a["stage_e"].setdefault(stage, []).extend(e.flatten().tolist())
+                    a["repel"] += [st["repel_active"] for st in stats if "repel_active" in st]
+                del sy
+        results[str(C)] = {label: _summary(a) for label, a in acc.items()}
+        _print_table(C, results[str(C)])
+    return results
+
+
+def _summary(a: dict[str, Any]) -> dict[str, Any]:
+    e, s = a["e"], a["s"]
+    out = {
+        "seconds": round(a["seconds"], 3),
+        "seconds_all_sd15_layers_est": round(a["seconds_full"], 1),
+        "peak_rss_growth_mb": round(a["peak_mb"], 1),
+        "fidelity_mean": sum(e) / len(e),
+        "fidelity_worst": max(e),
+        "separation_mean": sum(s) / len(s),
+        "separation_worst": max(s),
+        "fidelity_by_stage": {
+            stage: {"mean": sum(v) / len(v), "worst": max(v)} for stage, v in a["stage_e"].items()
+        },
+    }
+    if a["repel"]:
+        out["repel_active"] = sum(a["repel"]) / len(a["repel"])
+    return out
+
+
+def _print_table(C: int, rows: dict[str, dict[str, Any]]) -> None:
+    print(f"\n{C} concepts")
+    print(
+        f"{'method':<18} {'time s':>7} {'full est':>8} {'peak MB':>7} {'e mean':>7} {'e worst':>7} "
+        f"{'s mean':>7} {'s worst':>7} {'repel':>6}"
+    )
+    for label, r in rows.items():
+        repel = f"{r['repel_active']:.2f}" if "repel_active" in r else "-"
+        print(
+            f"{label:<18} {r['seconds']:>7.2f} {r['seconds_all_sd15_layers_est']:>8.1f} "
+            f"{r['peak_rss_growth_mb']:>7.0f} "
+            f"{r['fidelity_mean']:>7.3f} {r['fidelity_worst']:>7.3f} "
+            f"{r['separation_mean']:>7.3f} {r['separation_worst']:>7.3f} {repel:>6}",
+            flush=True,
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer layers, 2 and 4 concepts")
+    parser.add_argument(
+        "--all-layers", action="store_true", help="run every SD 1.5 layer (slow: tens of minutes)"
+    )
+    parser.add_argument("--concepts", type=int, nargs="*", help="concept counts (default 2 4 8 12)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads (1 is faster on a busy 2-core machine)",
+    )
+    parser.add_argument("--budget", type=int, default=2**26, help="C·L·out·in per solve batch")
+    parser.add_argument("--out", default="benchmarks/results/merge_bench.json")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    counts = args.concepts or ([2, 4] if args.quick else [2, 4, 8, 12])
+    if args.all_layers:
+        sampled = tuple(g[3] for g in SD15_GROUPS)
+    else:
+        sampled = SAMPLED["quick" if args.quick else "default"]
+    start = time.perf_counter()
+    results = run(counts, sampled, args.budget)
+    report = {
+        "benchmark": "merge_bench",
+        "quick": args.quick,
+        "groups": [
+            {"stage": g[0], "out": g[1], "in": g[2], "layers_sd15": g[3], "layers_run": n}
+            for g, n in zip(SD15_GROUPS, sampled, strict=True)
+        ],
+        "rows_per_concept": ROWS,
+        "shared_rows": SHARED,
+        "rank": 16,
+        "torch": torch.__version__,
+        "threads": args.threads,
+        "machine": platform.platform(),
+        "load_average": os.getloadavg(),
+        "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "total_seconds": round(time.perf_counter() - start, 1),
+        "results": results,
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(report, indent=2))
+    os.replace(tmp, out)
+    print(f"\nwrote {out} ({report['total_seconds']} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

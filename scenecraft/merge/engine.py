@@ -1,0 +1,364 @@
+"""The merge engine: C concept LoRAs -> one dense W* per changed module (LORACLR.md).
+
+    outcome = run_merge(pipe, concepts, "loraclr", params)   # MergeOutcome(weights, embeddings, figures)
+
+Stages (each uses the merged result of the one before):
+  1. text-encoder    Linear layers; X_c from each concept's OWN text encoder (base + its LoRA +
+                     its token embeddings) on "photo of a {token}", "{token}" (+ class noun);
+  2. cross-attention UNet attn2.to_k / to_v; X_c = the MERGED text encoder's final hidden states
+                     at concept-token positions + end token;
+  3. spatial         (optional, ``MergeConfig.spatial``) other UNet Linear / 1×1 conv layers;
+                     X_c from a short sampling run of concept c's own UNet.
+A layer no concept touches is left alone; a layer one concept touches gets W0 + ΔW_c; a layer
+several touch is solved by the method, batched over layers of equal shape. Multi-concept layers
+that no stage covers (3×3 convs, spatial layers with stage 3 off, …) use ``MergeConfig.fallback``.
+The pipeline's weights are patched only temporarily and come back unchanged.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from scenecraft.diagnostics import error
+from scenecraft.events import MergeStage, Reporter, emit
+from scenecraft.merge import features as F
+from scenecraft.merge.methods import (
+    DATA_FREE,
+    FEATURE_BASED,
+    check_method,
+    check_params,
+    merge_batch,
+)
+from scenecraft.merge.quality import QualityLog, batch_quality
+from scenecraft.merge.types import ConceptLoRA
+
+TEXT, KV, SPATIAL, FALLBACK = "text-encoder", "cross-attention", "spatial", "fallback"
+
+
+@dataclass(frozen=True)
+class MergeConfig:
+    templates: tuple[str, ...] = ("photo of a {token}", "{token}")  # prompts per concept token
+    figures: bool = True  # collect features (and report quality) for data-free methods too
+    spatial: bool = False  # stage 3 (a sampling run per concept); on in the GPU suite
+    spatial_steps: int = 4  # denoising steps of that run
+    spatial_size: int = 64  # image side in pixels of that run
+    spatial_guidance: float = 7.5  # classifier-free guidance of that run (both halves recorded)
+    spatial_max_rows: int = 2048  # rows kept per concept and layer in stage 3
+    text_max_rows: int = 4096  # rows kept per concept and layer in stages 1-2
+    fallback: str = "linear"  # data-free method for multi-concept layers without features
+    solve_single: bool = False  # also solve layers only one concept touches (default: W0 + ΔW_c)
+    batch_elements: int = 2**26  # cap on C·L·out·in per solve batch (memory)
+    seed: int = 0  # subsampling, sampling noise, DARE masks
+
+
+@dataclass
+class MergeOutcome:
+    weights: dict[str, torch.Tensor]  # module path -> merged W* (out, in), changed modules only
+    embeddings: dict[str, dict[str, torch.Tensor]]  # component -> token -> (n, dim) rows
+    figures: dict[str, Any] = field(default_factory=dict)  # JSON-able quality figures
+
+
+def stage_of(path: str, module: nn.Module, spatial: bool) -> str:
+    """Which feature stage covers a module (or FALLBACK)."""
+    if not F.has_rows(module):
+        return FALLBACK
+    if path.startswith("text_encoder."):
+        return TEXT
+    if path.startswith("unet.") and (".attn2.to_k" in path or ".attn2.to_v" in path):
+        return KV
+    if path.startswith("unet.") and spatial:
+        return SPATIAL
+    return FALLBACK
+
+
+# ------------------------------------------------------------------------------- 1. checks
+
+
+def _check(
+    pipe: Any, concepts: list[ConceptLoRA], method: str, params: dict[str, Any], cfg: MergeConfig
+) -> dict[str, nn.Module]:
+    if not concepts:
+        raise error(
+            "merge-no-concepts",
+            "nothing to merge: no concepts given",
+            help="list the concepts' LoRAs in the merge block",
+        )
+    check_method(method)
+    check_params(method, params)
+    check_method(cfg.fallback, DATA_FREE)
+    names = [c.name for c in concepts]
+    if len(set(names)) != len(names):
+        raise error(
+            "merge-duplicate-concept",
+            f"concept names repeat: {names}",
+            help="give every concept its own name",
+        )
+    seen: dict[str, str] = {}
+    for c in concepts:
+        for rows in c.embeddings.values():
+            for token in rows:
+                if token in seen and seen[token] != c.name:
+                    raise error(
+                        "merge-duplicate-token",
+                        f"token `{token}` is bound by `{seen[token]}` and `{c.name}`",
+                        help="give each concept its own trigger token",
+                    )
+                seen[token] = c.name
+    paths = sorted({p for c in concepts for p in c.layers})
+    modules = F.resolve_modules(pipe, paths)
+    for c in concepts:
+        for p, layer in c.layers.items():
+            shape = tuple(F.weight_matrix(modules[p]).shape)
+            got = (layer.up.shape[0], layer.down.shape[1])
+            if got != shape or layer.up.shape[1] != layer.down.shape[0]:
+                raise error(
+                    "lora-shape-mismatch",
+                    f"LoRA of `{c.name}` at `{p}` is {got} (rank {layer.down.shape[0]}), "
+                    f"the base layer {shape}",
+                    help="the LoRA was trained for a different base model",
+                )
+    if method in FEATURE_BASED and getattr(pipe, "text_encoder_2", None) is not None:
+        raise error(
+            "merge-unsupported-family",
+            f"`{method}` does not support SDXL pipelines yet",
+            help="use a data-free method (linear, average, ties, dare) for SDXL",
+        )
+    return modules
+
+
+# ----------------------------------------------------------------------------- 2. solving
+
+
+class _Run:
+    """State of one merge: modules, concepts, results, figures."""
+
+    def __init__(
+        self,
+        pipe: Any,
+        concepts: list[ConceptLoRA],
+        method: str,
+        params: dict[str, Any],
+        cfg: MergeConfig,
+        modules: dict[str, nn.Module],
+        reporter: Reporter | None,
+    ):
+        self.pipe, self.concepts, self.method, self.params = pipe, concepts, method, params
+        self.cfg, self.modules, self.reporter = cfg, modules, reporter
+        self.weights: dict[str, torch.Tensor] = {}  # path -> W* fp32 on the module's device
+        self.log = QualityLog([c.name for c in concepts])
+        self.layer_stats: dict[str, dict[str, Any]] = {}
+        self.rows: dict[str, dict[str, int]] = defaultdict(dict)  # stage -> concept -> rows
+        self.seconds: dict[str, float] = defaultdict(float)
+
+    def base(self, path: str) -> torch.Tensor:
+        return F.weight_matrix(self.modules[path]).detach().float()
+
+    def delta(self, c: int, path: str) -> torch.Tensor:
+        concept = self.concepts[c]
+        if path not in concept.layers:
+            return torch.zeros_like(self.base(path))
+        return concept.delta(path).to(self.base(path).device)
+
+    def members(self, path: str, method: str) -> tuple[int, ...]:
+        """Concepts taking part at a layer: all for feature methods (ΔW_c = 0 where a concept has
+        no LoRA: its inputs should keep the base behaviour), only those with the layer otherwise."""
+        if method in FEATURE_BASED:
+            return tuple(range(len(self.concepts)))
+        return tuple(c for c, concept in enumerate(self.concepts) if path in concept.layers)
+
+    def solve(
+        self, stage: str, paths: list[str], X: list[dict[str, torch.Tensor]] | None, method: str
+    ) -> None:
+        """Merge ``paths``, batched by (shape, members); X[c][path] (n_c, in), None = data-free."""
+        if not paths:
+            return
+        start = time.perf_counter()
+        groups: dict[tuple[Any, ...], list[str]] = defaultdict(list)
+        for p in paths:
+            groups[(tuple(self.base(p).shape), self.members(p, method))].append(p)
+        batches = []
+        for (shape, members), group in sorted(groups.items()):
+            size = max(1, self.cfg.batch_elements // (len(members) * shape[0] * shape[1]))
+            batches += [(group[i : i + size], members) for i in range(0, len(group), size)]
+        for done, (batch, members) in enumerate(batches):
+            detail = f"{len(batch)} × {tuple(self.base(batch[0]).shape)}"
+            emit(self.reporter, MergeStage(stage, done, len(batches), detail))
+            self._solve_batch(stage, batch, members, X, method)
+        emit(self.reporter, MergeStage(stage, len(batches), len(batches)))
+        self.seconds[stage] += time.perf_counter() - start
+
+    def _solve_batch(
+        self,
+        stage: str,
+        batch: list[str],
+        members: tuple[int, ...],
+        X: list[dict[str, torch.Tensor]] | None,
+        method: str,
+    ) -> None:
+        W0 = torch.stack([self.base(p) for p in batch])  # (L, out, in)
+        deltas = [
+            torch.stack([self.delta(c, p) for p in batch]) for c in members
+        ]  # C × (L, out, in)
+        Xs = None if X is None else [_stack_rows([X[c][p] for p in batch]) for c in members]
+        params = self.params if method == self.method else {}  # fallback: its defaults
+        W, stats = merge_batch(method, W0, deltas, Xs if method in FEATURE_BASED else None, params)
+        for p, w, st in zip(batch, W, stats, strict=True):
+            self.weights[p] = w
+            self.layer_stats[p] = {"stage": stage, "method": method, **st}
+        if method == self.method:
+            self.log.stage(stage).solved += len(batch)
+        if Xs is not None:
+            e, s = batch_quality(W, W0, deltas, Xs)
+            self.log.add(stage, e, s, stats, list(members))
+
+
+def _stack_rows(rows: list[torch.Tensor]) -> torch.Tensor:
+    """L × (n_l, in) -> (L, max n_l, in), zero-padded (zero rows change no X-based quantity)."""
+    n = max(r.shape[0] for r in rows)
+    out = rows[0].new_zeros(len(rows), n, rows[0].shape[1])
+    for i, r in enumerate(rows):
+        out[i, : r.shape[0]] = r
+    return out
+
+
+# ------------------------------------------------------------------------------- 3. stages
+
+
+def _text_stage(
+    run: _Run, paths: list[str], prompts: list[list[str]]
+) -> list[dict[str, torch.Tensor]]:
+    """X_c for text-encoder ``paths`` from each concept's own text encoder."""
+    cfg, out = run.cfg, []
+    for c, concept in enumerate(run.concepts):
+        emit(run.reporter, MergeStage(TEXT, c, len(run.concepts), f"features: {concept.name}"))
+        own = F.own_weights(concept, run.modules, "text_encoder.")
+        watched = {p: run.modules[p] for p in paths}
+        with F.patched(run.modules, own):
+            X = F.text_rows(run.pipe, watched, prompts[c], cfg.text_max_rows, cfg.seed + c)
+        run.rows[TEXT][concept.name] = int(next(iter(X.values())).shape[0])
+        out.append(X)
+    return out
+
+
+def _kv_stage(
+    run: _Run, paths: list[str], prompts: list[list[str]], texts: dict[str, str]
+) -> list[dict[str, torch.Tensor]]:
+    """X_c for to_k / to_v ``paths``: merged text encoder states at the concept's tokens."""
+    out = []
+    for c, concept in enumerate(run.concepts):
+        words = [texts.get(t, t) for t in concept.tokens]
+        x = F.token_states(run.pipe, prompts[c], words)[: run.cfg.text_max_rows]
+        run.rows[KV][concept.name] = int(x.shape[0])
+        out.append({p: x for p in paths})
+    return out
+
+
+def _spatial_stage(
+    run: _Run, paths: list[str], prompts: list[list[str]]
+) -> list[dict[str, torch.Tensor]]:
+    """X_c for spatial ``paths`` from a short sampling run of concept c's own UNet."""
+    cfg, out = run.cfg, []
+    for c, concept in enumerate(run.concepts):
+        emit(run.reporter, MergeStage(SPATIAL, c, len(run.concepts), f"features: {concept.name}"))
+        own = F.own_weights(concept, run.modules, "unet.")
+        watched = {p: run.modules[p] for p in paths}
+        with F.patched(run.modules, own):
+            X = F.spatial_rows(
+                run.pipe,
+                watched,
+                prompts[c][0],
+                cfg.spatial_steps,
+                cfg.spatial_size,
+                cfg.spatial_guidance,
+                cfg.spatial_max_rows,
+                cfg.seed + c,
+            )
+        run.rows[SPATIAL][concept.name] = max(int(x.shape[0]) for x in X.values())
+        out.append(X)
+    return out
+
+
+def run_merge(
+    pipe: Any,
+    concepts: list[ConceptLoRA],
+    method: str,
+    params: dict[str, Any] | None = None,
+    reporter: Reporter | None = None,
+    config: MergeConfig | None = None,
+) -> MergeOutcome:
+    """Merge ``concepts`` into ``pipe``'s base weights with ``method`` (module docstring)."""
+    from scenecraft.merge.params import engine_params
+
+    params, cfg = engine_params(method, dict(params or {}), config)
+    start = time.perf_counter()
+    # 1. check inputs, sort modules into stages
+    modules = _check(pipe, concepts, method, params, cfg)
+    run = _Run(pipe, concepts, method, params, cfg, modules, reporter)
+    touched = {p: [c for c in concepts if p in c.layers] for p in modules}
+    single = [p for p, cs in touched.items() if len(cs) == 1 and not cfg.solve_single]
+    stages: dict[str, list[str]] = defaultdict(list)
+    for p in sorted(set(modules) - set(single)):
+        stages[stage_of(p, modules[p], cfg.spatial)].append(p)
+    for p in single:
+        run.weights[p] = run.base(p) + touched[p][0].delta(p).to(run.base(p).device)
+    features = method in FEATURE_BASED or cfg.figures
+    fallback = method if method in DATA_FREE else cfg.fallback
+    emb: dict[str, dict[str, torch.Tensor]] = {}
+    for concept in concepts:
+        for component, rows in concept.embeddings.items():
+            emb.setdefault(component, {}).update(rows)
+    needs_text = features and any(stages[s] for s in (TEXT, KV, SPATIAL))
+    with F.token_embeddings(pipe, concepts) if needs_text else nullcontext() as texts:
+        prompts = [F.concept_prompts(c, texts or {}, cfg.templates) for c in concepts]
+        # 2. text encoder
+        X = _text_stage(run, stages[TEXT], prompts) if features and stages[TEXT] else None
+        run.solve(TEXT, stages[TEXT], X, method if X is not None else fallback)
+        merged_te = {p: w for p, w in run.weights.items() if p.startswith("text_encoder.")}
+        with F.patched(modules, merged_te):
+            # 3. cross-attention K/V from the merged text encoder
+            X = (
+                _kv_stage(run, stages[KV], prompts, texts or {})
+                if features and stages[KV]
+                else None
+            )
+            run.solve(KV, stages[KV], X, method if X is not None else fallback)
+            # 4. spatial layers from each concept's own sampling run
+            X = (
+                _spatial_stage(run, stages[SPATIAL], prompts)
+                if features and stages[SPATIAL]
+                else None
+            )
+            run.solve(SPATIAL, stages[SPATIAL], X, method if X is not None else fallback)
+        # 5. layers no stage covers
+        run.solve(FALLBACK, stages[FALLBACK], None, fallback)
+    weights = {
+        p: w.detach().to("cpu", F.weight_matrix(modules[p]).dtype).clone()
+        for p, w in run.weights.items()
+    }
+    figures = {
+        "method": method,
+        "params": params,
+        "config": asdict(cfg),
+        "concepts": [c.name for c in concepts],
+        "modules": {
+            "changed": len(weights),
+            "single": len(single),
+            **{stage: len(stages[stage]) for stage in (TEXT, KV, SPATIAL, FALLBACK)},
+        },
+        "fallback_method": fallback,
+        "feature_rows": {k: dict(v) for k, v in run.rows.items()},
+        "stages": run.log.summary(),
+        "layers": run.layer_stats,
+        "seconds": {
+            **{k: round(v, 3) for k, v in run.seconds.items()},
+            "total": round(time.perf_counter() - start, 3),
+        },
+    }
+    return MergeOutcome(weights, emb, figures)

@@ -1,0 +1,288 @@
+"""Feature collection for the merge (LORACLR.md, "Features per concept and layer").
+
+X_c at a layer = rows of the layer's input activations that concept c's OWN model produces on
+prompts containing its token(s). Concept models are made by patching weights in place
+(W0 + ΔW_c, restored afterwards) — exact, and no adapter machinery. Forward hooks record
+inputs in fp32; rows are capped per concept and layer by a seeded subsample.
+
+- `text_rows`:  text encoder Linear inputs, every real token position (BOS … EOS) of the prompts;
+- `token_states`: final hidden states of the (merged) text encoder at the concept-token
+  positions plus the end token — the inputs of every UNet cross-attention to_k / to_v;
+- `spatial_rows`: inputs of UNet Linear / 1×1 conv layers during a short sampling run.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch import nn
+
+from scenecraft.diagnostics import did_you_mean, error
+from scenecraft.merge.types import ConceptLoRA
+
+# --------------------------------------------------------------------------------- modules
+
+
+def resolve_modules(pipe: Any, paths: list[str]) -> dict[str, nn.Module]:
+    """Component-prefixed module paths ("unet.…attn2.to_k") -> modules; unknown paths fail loudly."""
+    found: dict[str, nn.Module] = {}
+    named: dict[str, dict[str, nn.Module]] = {}
+    for path in paths:
+        component, _, sub = path.partition(".")
+        root = getattr(pipe, component, None)
+        if not isinstance(root, nn.Module):
+            raise error(
+                "lora-unknown-module",
+                f"LoRA layer `{path}` names no pipeline component `{component}`",
+                help="the LoRA was made for a different model family",
+            )
+        if component not in named:
+            named[component] = dict(root.named_modules())
+        module = named[component].get(sub)
+        if module is None or not hasattr(module, "weight"):
+            hint = did_you_mean(sub, named[component])
+            raise error(
+                "lora-unknown-module",
+                f"LoRA layer `{path}` names no weighted module of the base model",
+                help=hint or "the LoRA was made for a different base model",
+            )
+        found[path] = module
+    return found
+
+
+def weight_matrix(module: nn.Module) -> torch.Tensor:
+    """The module's weight as a (out, in) view (conv kernels flattened)."""
+    w = module.weight
+    assert isinstance(w, torch.Tensor)
+    return w.view(w.shape[0], -1)
+
+
+def has_rows(module: nn.Module) -> bool:
+    """True for layers whose input rows we can record: Linear and 1×1 Conv2d."""
+    if isinstance(module, nn.Linear):
+        return True
+    return isinstance(module, nn.Conv2d) and tuple(module.kernel_size) == (1, 1)
+
+
+@contextmanager
+def patched(modules: dict[str, nn.Module], weights: dict[str, torch.Tensor]) -> Iterator[None]:
+    """Temporarily set module weights (path -> (out, in)); the originals come back on exit."""
+    saved = {p: weight_matrix(modules[p]).detach().clone() for p in weights}
+    try:
+        with torch.no_grad():
+            for p, w in weights.items():
+                target = weight_matrix(modules[p])
+                target.copy_(w.to(target.dtype))
+        yield
+    finally:
+        with torch.no_grad():
+            for p, w in saved.items():
+                weight_matrix(modules[p]).copy_(w)
+
+
+def own_weights(
+    concept: ConceptLoRA, modules: dict[str, nn.Module], prefix: str
+) -> dict[str, torch.Tensor]:
+    """W0 + ΔW_c for every layer of ``concept`` under component ``prefix`` (fp32)."""
+    return {
+        p: weight_matrix(modules[p]).detach().float()
+        + concept.delta(p).to(weight_matrix(modules[p]).device)
+        for p in concept.layers
+        if p.startswith(prefix)
+    }
+
+
+# ---------------------------------------------------------------------------------- tokens
+
+
+def token_words(token: str, rows: int) -> list[str]:
+    """Vocabulary entries of a token with ``rows`` embedding vectors (A1111 multi-vector style)."""
+    return [token] + [f"{token}_{i}" for i in range(1, rows)]
+
+
+@contextmanager
+def token_embeddings(pipe: Any, concepts: list[ConceptLoRA]) -> Iterator[dict[str, str]]:
+    """Install the concepts' new text-encoder token embeddings; yields token -> prompt text.
+
+    Unknown tokens are added to the tokenizer (that stays: the merged model needs them too);
+    rows that existed before are restored on exit.
+    """
+    tokenizer, encoder = pipe.tokenizer, pipe.text_encoder
+    table: dict[str, torch.Tensor] = {}
+    for concept in concepts:
+        for token, rows in concept.embeddings.get("text_encoder", {}).items():
+            words = token_words(token, rows.shape[0])
+            for word, row in zip(words, rows, strict=True):
+                table[word] = row
+    missing = [w for w in table if w not in tokenizer.get_vocab()]
+    if missing:
+        tokenizer.add_tokens(missing)
+        encoder.resize_token_embeddings(len(tokenizer))
+    emb = encoder.get_input_embeddings().weight
+    ids = {w: tokenizer.convert_tokens_to_ids(w) for w in table}
+    saved = {w: emb[i].detach().clone() for w, i in ids.items() if w not in missing}
+    for word, row in table.items():
+        if row.shape[0] != emb.shape[1]:
+            raise error(
+                "embedding-shape-mismatch",
+                f"embedding for `{word}` has width {row.shape[0]}, the text encoder {emb.shape[1]}",
+                help="the embedding was trained for a different base model",
+            )
+    try:
+        with torch.no_grad():
+            for word, row in table.items():
+                emb[ids[word]] = row.to(emb)
+        texts = {
+            token: " ".join(token_words(token, rows.shape[0]))
+            for c in concepts
+            for token, rows in c.embeddings.get("text_encoder", {}).items()
+        }
+        yield texts
+    finally:
+        with torch.no_grad():
+            for word, row in saved.items():
+                emb[ids[word]] = row
+
+
+def concept_prompts(
+    concept: ConceptLoRA, texts: dict[str, str], templates: tuple[str, ...]
+) -> list[str]:
+    """Prompts "photo of a {token}", "{token}" (+ "… {class}" when the class noun is known)."""
+    noun = concept.metadata.get("class_noun")
+    prompts = []
+    for token in concept.tokens:
+        word = texts.get(token, token)
+        for template in templates:
+            prompts.append(template.format(token=word))
+            if noun:
+                prompts.append(template.format(token=f"{word} {noun}"))
+    return prompts
+
+
+def _encode(pipe: Any, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids (B, T) padded to the longest prompt, and the mask of real tokens (B, T)."""
+    enc = pipe.tokenizer(prompts, padding="longest", truncation=True, return_tensors="pt")
+    device = pipe.text_encoder.device
+    return enc.input_ids.to(device), enc.attention_mask.to(device).bool()
+
+
+def _token_mask(pipe: Any, ids: torch.Tensor, words: list[str]) -> torch.Tensor:
+    """(B, T) mask of the positions where ``words``' token-id sequences occur, plus each
+    prompt's end token."""
+    mask = torch.zeros_like(ids, dtype=torch.bool)
+    rows = ids.tolist()
+    for w in words:
+        seq = pipe.tokenizer(w, add_special_tokens=False).input_ids
+        for b, row in enumerate(rows):
+            for t in range(len(row) - len(seq) + 1):
+                if seq and row[t : t + len(seq)] == seq:
+                    mask[b, t : t + len(seq)] = True
+    eos = pipe.tokenizer.eos_token_id
+    first_eos = (ids == eos).int().argmax(1)  # (B,)
+    mask[torch.arange(ids.shape[0], device=ids.device), first_eos] = True
+    return mask
+
+
+# ------------------------------------------------------------------------------- recording
+
+
+class RowRecorder:
+    """Forward hooks that keep (capped) input rows of some modules, fp32, on their device."""
+
+    def __init__(self, modules: dict[str, nn.Module], per_call: int | None, seed: int):
+        self.rows: dict[str, list[torch.Tensor]] = {p: [] for p in modules}
+        self.mask: torch.Tensor | None = None  # (B, T) rows to keep for sequence inputs
+        self.per_call = per_call
+        self.gen = torch.Generator().manual_seed(seed)
+        self.handles = [m.register_forward_hook(self._hook(p)) for p, m in modules.items()]
+
+    def _hook(self, path: str) -> Any:
+        def hook(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+            x = args[0].detach()
+            if x.dim() == 4:  # conv input (B, C, H, W) -> (B·H·W, C)
+                x = x.permute(0, 2, 3, 1).reshape(-1, x.shape[1])
+            elif self.mask is not None and x.shape[:2] == self.mask.shape:
+                x = x[self.mask]  # (n, in): real / selected token positions
+            else:
+                x = x.reshape(-1, x.shape[-1])
+            if self.per_call is not None and x.shape[0] > self.per_call:
+                keep = torch.randperm(x.shape[0], generator=self.gen)[: self.per_call]
+                x = x[keep.to(x.device)]
+            self.rows[path].append(x.float())
+
+        return hook
+
+    def take(self, cap: int) -> dict[str, torch.Tensor]:
+        """Rows per module (n ≤ cap, seeded subsample); clears the buffers."""
+        out = {}
+        for p, chunks in self.rows.items():
+            x = torch.cat(chunks) if chunks else torch.empty(0)
+            if x.shape[0] > cap:
+                keep = torch.randperm(x.shape[0], generator=self.gen)[:cap].sort().values
+                x = x[keep.to(x.device)]
+            out[p] = x
+            chunks.clear()
+        return out
+
+    def close(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+
+# ---------------------------------------------------------------------------------- stages
+
+
+@torch.no_grad()
+def text_rows(
+    pipe: Any, modules: dict[str, nn.Module], prompts: list[str], cap: int, seed: int
+) -> dict[str, torch.Tensor]:
+    """Stage 1: inputs of text-encoder ``modules`` at every real token of ``prompts``. (n, in)."""
+    ids, real = _encode(pipe, prompts)
+    rec = RowRecorder(modules, None, seed)
+    rec.mask = real
+    try:
+        pipe.text_encoder(ids)
+    finally:
+        rec.close()
+    return rec.take(cap)
+
+
+@torch.no_grad()
+def token_states(pipe: Any, prompts: list[str], words: list[str]) -> torch.Tensor:
+    """Stage 2: final hidden states at concept-token positions + end token, (n, dim) fp32."""
+    ids, _ = _encode(pipe, prompts)
+    hidden = pipe.text_encoder(ids)[0]  # (B, T, dim), what the UNet's to_k / to_v read
+    return hidden[_token_mask(pipe, ids, words)].float()
+
+
+@torch.no_grad()
+def spatial_rows(
+    pipe: Any,
+    modules: dict[str, nn.Module],
+    prompt: str,
+    steps: int,
+    size: int,
+    guidance: float,
+    cap: int,
+    seed: int,
+) -> dict[str, torch.Tensor]:
+    """Stage 3: inputs of UNet ``modules`` during one ``steps``-step sampling run. (n ≤ cap, in)."""
+    rec = RowRecorder(modules, per_call=max(1, math.ceil(cap / max(steps, 1))), seed=seed)
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    try:
+        pipe(
+            prompt=prompt,
+            num_inference_steps=steps,
+            height=size,
+            width=size,
+            guidance_scale=guidance,
+            generator=gen,
+            output_type="latent",
+        )
+    finally:
+        rec.close()
+    return rec.take(cap)

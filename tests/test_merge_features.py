@@ -1,0 +1,194 @@
+"""Feature collection and run_merge on the tiny pipeline with random concept LoRAs."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+import torch
+
+from scenecraft.diagnostics import DiagnosticError
+from scenecraft.events import Event, MergeStage
+from scenecraft.merge import features as F
+from scenecraft.merge.engine import MergeConfig, MergeOutcome, run_merge
+from scenecraft.merge.types import ConceptLoRA, LoRALayer
+from tests._fixtures_merge_engine import (  # noqa: F401  (fixtures)
+    engine_concepts_fixture,
+    engine_pipe_fixture,
+    linear_paths,
+    one_thread_fixture,
+    random_concept,
+)
+
+
+def _snapshot(pipe: Any) -> dict[str, torch.Tensor]:
+    return {
+        f"{comp}.{k}": v.clone()
+        for comp in ("unet", "text_encoder")
+        for k, v in getattr(pipe, comp).state_dict().items()
+    }
+
+
+@pytest.fixture(scope="module")
+def loraclr_run(engine_pipe: Any, engine_concepts: list[ConceptLoRA]) -> tuple[Any, ...]:
+    before = _snapshot(engine_pipe)
+    events: list[Event] = []
+    outcome = run_merge(engine_pipe, engine_concepts, "loraclr", {}, reporter=events.append)
+    return outcome, events, before
+
+
+# ------------------------------------------------------------------------------ run_merge
+
+
+def test_run_merge_changes_only_lora_modules(
+    engine_pipe: Any, engine_concepts: list[ConceptLoRA], loraclr_run: tuple[Any, ...]
+) -> None:
+    outcome, events, before = loraclr_run
+    assert isinstance(outcome, MergeOutcome)
+    assert set(outcome.weights) == {p for c in engine_concepts for p in c.layers}
+    modules = F.resolve_modules(engine_pipe, list(outcome.weights))
+    for path, w in outcome.weights.items():
+        assert w.shape == F.weight_matrix(modules[path]).shape
+        assert torch.isfinite(w).all()
+        assert not torch.equal(w, F.weight_matrix(modules[path])), path
+    after = _snapshot(engine_pipe)
+    # the pipe is left as it was, except for the new tokens' rows appended to the vocabulary
+    assert all(torch.equal(before[k], after[k][: len(before[k])]) for k in before)
+    emb = "text_encoder.embeddings.token_embedding.weight"
+    assert after[emb].shape[0] == before[emb].shape[0] + 3
+    assert any(isinstance(e, MergeStage) and e.stage == "cross-attention" for e in events)
+
+
+def test_single_concept_layer_gets_its_own_update(
+    engine_pipe: Any, engine_concepts: list[ConceptLoRA], loraclr_run: tuple[Any, ...]
+) -> None:
+    outcome = loraclr_run[0]
+    solo = engine_concepts[2]
+    (path,) = solo.layers
+    base = F.weight_matrix(F.resolve_modules(engine_pipe, [path])[path]).float()
+    torch.testing.assert_close(outcome.weights[path], base + solo.delta(path))
+    assert outcome.figures["modules"]["single"] == 1
+
+
+def test_run_merge_figures(
+    loraclr_run: tuple[Any, ...], engine_concepts: list[ConceptLoRA]
+) -> None:
+    figures = json.loads(json.dumps(loraclr_run[0].figures))  # JSON-able
+    stages = figures["stages"]
+    assert set(stages) >= {"text-encoder", "cross-attention"}
+    for name in ("text-encoder", "cross-attention"):
+        assert stages[name]["solved"] > 0
+        assert 0 <= stages[name]["fidelity"]["mean"] <= stages[name]["fidelity"]["worst"]
+        assert 0 <= stages[name]["repel_active"] <= 1
+        assert set(stages[name]["per_concept"]) == {c.name for c in engine_concepts}
+    rows = figures["feature_rows"]
+    assert all(n > 0 for n in rows["text-encoder"].values())
+    # spatial layers (attn1.to_q) with stage 3 off fall back to the linear sum
+    spatial = [p for p in engine_concepts[0].layers if ".attn1." in p]
+    assert figures["modules"]["fallback"] == len(spatial) > 0
+    assert figures["fallback_method"] == "linear"
+    for p in spatial:
+        expected = sum(c.delta(p) for c in engine_concepts[:2])
+        torch.testing.assert_close(
+            loraclr_run[0].weights[p] - loraclr_run[2][p + ".weight"], expected
+        )
+
+
+def test_embeddings_pass_through(loraclr_run: tuple[Any, ...]) -> None:
+    emb = loraclr_run[0].embeddings["text_encoder"]
+    assert set(emb) == {"<ziggy>", "<rex>", "<solo>"}
+
+
+def test_gradient_fusion_is_exact_on_cross_attention_with_few_rows(
+    engine_pipe: Any, engine_concepts: list[ConceptLoRA]
+) -> None:
+    """3 concepts × 8 token rows < 32 input dims: stage 2 can match every concept exactly —
+    which also checks that its features come from the merged text encoder consistently."""
+    outcome = run_merge(engine_pipe, engine_concepts, "gradient-fusion", {"eps_rel": 1e-10})
+    kv = outcome.figures["stages"]["cross-attention"]
+    assert kv["fidelity"]["worst"] < 1e-3
+    assert outcome.figures["stages"]["text-encoder"]["fidelity"]["worst"] > 1e-3
+
+
+def test_spatial_stage_and_data_free_figures(
+    engine_pipe: Any, engine_concepts: list[ConceptLoRA]
+) -> None:
+    cfg = MergeConfig(spatial=True, spatial_steps=2, spatial_size=32, spatial_max_rows=64)
+    outcome = run_merge(engine_pipe, engine_concepts[:2], "ties", {"density": 0.5}, config=cfg)
+    figures = outcome.figures
+    assert figures["modules"]["spatial"] > 0
+    assert "spatial" in figures["stages"]  # data-free methods get quality figures too
+    assert all(0 < n <= 64 for n in figures["feature_rows"]["spatial"].values())
+    linear = run_merge(engine_pipe, engine_concepts[:2], "linear", {}, config=cfg)
+    # TIES drops half of each update: on these random LoRAs it keeps less of each concept
+    assert figures["stages"]["text-encoder"]["fidelity"]["mean"] != pytest.approx(
+        linear.figures["stages"]["text-encoder"]["fidelity"]["mean"]
+    )
+
+
+# ------------------------------------------------------------------------------- features
+
+
+def test_text_rows_cover_every_real_token(
+    engine_pipe: Any, engine_concepts: list[ConceptLoRA]
+) -> None:
+    path = linear_paths(engine_pipe, "text_encoder", "layers.0.self_attn.q_proj")[0]
+    modules = F.resolve_modules(engine_pipe, [path])
+    prompts = ["photo of a man", "dog"]
+    X = F.text_rows(engine_pipe, modules, prompts, cap=1000, seed=0)[path]
+    n_real = sum(len(engine_pipe.tokenizer(p).input_ids) for p in prompts)
+    assert X.shape == (n_real, modules[path].in_features) and X.dtype == torch.float32
+    assert F.text_rows(engine_pipe, modules, prompts, cap=5, seed=0)[path].shape[0] == 5
+
+
+def test_concept_model_is_patched_then_restored(
+    engine_pipe: Any, engine_concepts: list[ConceptLoRA]
+) -> None:
+    concept = engine_concepts[0]
+    paths = sorted(p for p in concept.layers if p.startswith("text_encoder."))
+    modules = F.resolve_modules(engine_pipe, paths)
+    watched = {paths[-1]: modules[paths[-1]]}
+    base = F.text_rows(engine_pipe, watched, ["photo of a man"], 100, 0)[paths[-1]]
+    with F.patched(modules, F.own_weights(concept, modules, "text_encoder.")):
+        own = F.text_rows(engine_pipe, watched, ["photo of a man"], 100, 0)[paths[-1]]
+    again = F.text_rows(engine_pipe, watched, ["photo of a man"], 100, 0)[paths[-1]]
+    assert not torch.allclose(base, own)
+    torch.testing.assert_close(base, again, rtol=0, atol=0)
+
+
+def test_token_states_pick_concept_tokens_and_end(
+    engine_pipe: Any, engine_concepts: list[ConceptLoRA]
+) -> None:
+    with F.token_embeddings(engine_pipe, engine_concepts) as texts:
+        prompts = F.concept_prompts(engine_concepts[0], texts, ("photo of a {token}", "{token}"))
+        X = F.token_states(engine_pipe, prompts, ["<ziggy>"])
+    assert prompts == ["photo of a <ziggy>", "photo of a <ziggy> man", "<ziggy>", "<ziggy> man"]
+    assert X.shape == (2 * len(prompts), engine_pipe.text_encoder.config.hidden_size)
+
+
+# ------------------------------------------------------------------------------ bad input
+
+
+def test_bad_concepts_fail_loudly(engine_pipe: Any, engine_concepts: list[ConceptLoRA]) -> None:
+    path = linear_paths(engine_pipe, "unet", "attn2.to_k")[0]
+    wrong = ConceptLoRA(
+        "bad", ("<bad>",), {path: LoRALayer(path, torch.ones(3, 2), torch.ones(2, 7))}
+    )
+    unknown = random_concept(engine_pipe, "typo", "<typo>", [path], seed=9)
+    unknown.layers = {path + "x": unknown.layers[path]}
+    clash = random_concept(engine_pipe, "clash", "<ziggy>", [path], seed=9)
+    cases = [
+        ([wrong], "lora-shape-mismatch"),
+        ([unknown], "lora-unknown-module"),
+        ([engine_concepts[0], clash], "merge-duplicate-token"),
+        ([], "merge-no-concepts"),
+    ]
+    for concepts, code in cases:
+        with pytest.raises(DiagnosticError) as info:
+            run_merge(engine_pipe, concepts, "loraclr", {})
+        assert info.value.diagnostics[0].code == code
+        assert info.value.diagnostics[0].help
+    with pytest.raises(DiagnosticError) as info:
+        run_merge(engine_pipe, engine_concepts, "loraclrr", {})
+    assert info.value.diagnostics[0].help == "did you mean `loraclr`?"
