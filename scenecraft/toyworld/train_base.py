@@ -1,0 +1,323 @@
+"""Train the toy world's base model: first the 4x VAE, then UNet + text encoder (v-prediction).
+
+    python -m scenecraft.toyworld.train_base --vae-minutes 6 --minutes 40 --out DIR
+
+Deterministic for a seed (data, init and noise come from seeded generators; wall-clock budgets
+only decide when to stop). Logs loss to stdout and writes the pipeline to ``--out`` (a diffusers
+folder) at every checkpoint and at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import random
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from scenecraft.toyworld.model import BASE_DIR, TINY, ModelConfig, assemble, build_components
+from scenecraft.toyworld.world import caption, random_scene, render
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Schedule of one base-model run."""
+
+    vae_minutes: float = 6.0  # wall-clock budget of the VAE stage
+    vae_steps: int = 100_000  # step cap of the VAE stage (tests use a handful)
+    minutes: float = 40.0  # wall-clock budget of the UNet stage
+    steps: int = 1_000_000  # step cap of the UNet stage
+    batch: int = 32  # UNet batch size
+    vae_batch: int = 16  # VAE batch size
+    lr: float = 1e-3  # peak AdamW learning rate (UNet and text encoder)
+    vae_lr: float = 2e-3  # VAE learning rate
+    warmup: int = 200  # linear warm-up steps
+    n_data: int = 12_000  # cached training scenes (latents + captions)
+    drop_caption: float = 0.1  # probability of an empty caption (for classifier-free guidance)
+    ema: float = 0.999  # EMA decay of the saved UNet/text-encoder weights
+    checkpoint_minutes: float = 5.0  # write the pipeline this often
+    seed: int = 0  # data / noise seed
+
+
+def images_tensor(images: list[Any]) -> torch.Tensor:
+    """PIL images -> (N, 3, 64, 64) float in [-1, 1]."""
+    arr = np.stack([np.asarray(im, dtype=np.float32) for im in images])  # (N, 64, 64, 3)
+    return torch.from_numpy(arr).permute(0, 3, 1, 2) / 127.5 - 1.0
+
+
+def scene_batch(rng: random.Random, n: int) -> tuple[torch.Tensor, list[str]]:
+    scenes = [random_scene(rng) for _ in range(n)]
+    return images_tensor([render(s) for s in scenes]), [caption(s) for s in scenes]
+
+
+def train_vae(vae: Any, cfg: TrainConfig, log: Any = print) -> None:
+    """Reconstruction (L1 + 1e-6 KL) on freshly drawn scenes; stops at the time or step budget."""
+    rng = random.Random(cfg.seed + 1)
+    opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
+    start = time.time()
+    step = 0
+    vae.train()
+    while step < cfg.vae_steps and time.time() - start < cfg.vae_minutes * 60:
+        x, _ = scene_batch(rng, cfg.vae_batch)  # (B, 3, 64, 64)
+        posterior = vae.encode(x).latent_dist
+        recon = vae.decode(posterior.mean + 0.1 * torch.randn_like(posterior.mean)).sample
+        loss = F.l1_loss(recon, x) + 1e-6 * posterior.kl().mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if step % 50 == 0:
+            log(f"vae step {step} loss {loss.item():.4f} t {time.time() - start:.0f}s")
+        step += 1
+    vae.eval()
+
+
+def finetune_decoder(vae: Any, cfg: TrainConfig, minutes: float, log: Any = print) -> None:
+    """Decoder-only reconstruction training with the encoder frozen: latents (and so the
+    trained UNet) stay valid while the decoded images get sharper. Latents get 0.1 noise so the
+    decoder tolerates the UNet's imperfect samples."""
+    rng = random.Random(cfg.seed + 4)
+    vae.requires_grad_(False)
+    params = [*vae.decoder.parameters(), *vae.post_quant_conv.parameters()]
+    for p in params:
+        p.requires_grad_(True)
+    opt = torch.optim.AdamW(params, lr=cfg.vae_lr / 2, weight_decay=0.0)
+    start, step = time.time(), 0
+    while time.time() - start < minutes * 60 and step < cfg.vae_steps:
+        x, _ = scene_batch(rng, cfg.vae_batch)  # (B, 3, 64, 64)
+        with torch.no_grad():
+            z = vae.encode(x).latent_dist.mean  # (B, 4, 16, 16)
+        loss = F.l1_loss(vae.decode(z + 0.1 * torch.randn_like(z)).sample, x)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if step % 50 == 0:
+            log(f"decoder step {step} loss {loss.item():.4f} t {time.time() - start:.0f}s")
+        step += 1
+    vae.requires_grad_(False)
+    vae.eval()
+
+
+@torch.no_grad()
+def cache_latents(components: dict[str, Any], cfg: TrainConfig) -> tuple[torch.Tensor, list[str]]:
+    """Encode ``n_data`` scenes; sets the VAE's scaling_factor so latents have unit std."""
+    rng = random.Random(cfg.seed + 2)
+    vae = components["vae"]
+    latents, captions = [], []
+    for i in range(0, cfg.n_data, 256):
+        x, caps = scene_batch(rng, min(256, cfg.n_data - i))
+        latents.append(vae.encode(x).latent_dist.mean)  # (b, 4, 16, 16)
+        captions += caps
+    z = torch.cat(latents)
+    vae.register_to_config(scaling_factor=float(1.0 / z.std()))
+    return z * vae.config.scaling_factor, captions
+
+
+def tokenize(tokenizer: Any, captions: list[str]) -> torch.Tensor:
+    return tokenizer(
+        captions,
+        padding="max_length",
+        max_length=tokenizer.model_max_length,
+        truncation=True,
+        return_tensors="pt",
+    ).input_ids
+
+
+def diffusion_loss(
+    unet: Any,
+    text_encoder: Any,
+    scheduler: Any,
+    z0: torch.Tensor,
+    ids: torch.Tensor,
+    gen: torch.Generator,
+) -> torch.Tensor:
+    """v-prediction loss: ||v_theta(z_t, t, c) - (alpha_t eps - sigma_t z0)||^2."""
+    b = z0.shape[0]
+    eps = torch.randn(z0.shape, generator=gen)  # (B, 4, 16, 16)
+    t = torch.randint(0, scheduler.config.num_train_timesteps, (b,), generator=gen)
+    zt = scheduler.add_noise(z0, eps, t)
+    v = scheduler.get_velocity(z0, eps, t)
+    c = text_encoder(ids)[0]  # (B, T, D)
+    return F.mse_loss(unet(zt, t, c).sample, v)
+
+
+def save_pipeline(components: dict[str, Any], out: Path) -> None:
+    """Write the diffusers folder next to ``out`` and swap it in (no half-written folder)."""
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    assemble(components).save_pretrained(tmp)
+    old = out.with_name(out.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if out.exists():
+        out.rename(old)
+    tmp.rename(out)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def train_unet(
+    components: dict[str, Any], cfg: TrainConfig, out: Path | None, log: Any = print
+) -> None:
+    """Joint UNet + text-encoder training on cached latents; EMA weights are what gets saved."""
+    z, captions = cache_latents(components, cfg)
+    ids = tokenize(components["tokenizer"], captions)
+    empty = tokenize(components["tokenizer"], [""])[0]
+    unet, te, sched = components["unet"], components["text_encoder"], components["scheduler"]
+    params = [*unet.parameters(), *te.parameters()]
+    ema = [p.detach().clone() for p in params]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+    gen = torch.Generator().manual_seed(cfg.seed + 3)
+    start, last_ckpt, step, avg = time.time(), time.time(), 0, 0.0
+    unet.train()
+    te.train()
+    budget = cfg.minutes * 60
+    while step < cfg.steps and (elapsed := time.time() - start) < budget:
+        # cosine over the step cap when one is set (bit-reproducible), else over the time budget
+        frac = step / cfg.steps if cfg.steps < TrainConfig.steps else min(1.0, elapsed / budget)
+        lr = (
+            cfg.lr
+            * min(1.0, (step + 1) / cfg.warmup)
+            * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
+        )
+        for group in opt.param_groups:
+            group["lr"] = lr
+        idx = torch.randint(0, len(z), (cfg.batch,), generator=gen)
+        batch_ids = ids[idx].clone()
+        drop = torch.rand(cfg.batch, generator=gen) < cfg.drop_caption
+        batch_ids[drop] = empty
+        loss = diffusion_loss(unet, te, sched, z[idx], batch_ids, gen)
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        decay = min(cfg.ema, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for e, p in zip(ema, params, strict=True):
+                e.lerp_(p, 1 - decay)
+        avg = 0.98 * avg + 0.02 * loss.item() if step else loss.item()
+        if step % 100 == 0:
+            log(f"step {step} loss {avg:.4f} lr {lr:.2e} t {elapsed:.0f}s")
+        step += 1
+        if out is not None and time.time() - last_ckpt > cfg.checkpoint_minutes * 60:
+            _save_ema(components, params, ema, out, log)
+            last_ckpt = time.time()
+            log(f"checkpoint at step {step}")
+    log(f"done: {step} steps in {time.time() - start:.0f}s")
+    _swap_in(params, ema)
+    unet.eval()
+    te.eval()
+    if out is not None:
+        save_pipeline(components, out)
+
+
+def _swap_in(params: list[torch.Tensor], ema: list[torch.Tensor]) -> None:
+    with torch.no_grad():
+        for p, e in zip(params, ema, strict=True):
+            p.copy_(e)
+
+
+def _save_ema(
+    components: dict[str, Any],
+    params: list[torch.Tensor],
+    ema: list[torch.Tensor],
+    out: Path,
+    log: Any,
+) -> None:
+    """Save the EMA weights and log the judge's scores of 16 single and 16 paired scenes."""
+    from scenecraft.toyworld.evaluate import plain_scenes, score
+
+    live = [p.detach().clone() for p in params]
+    _swap_in(params, ema)
+    components["unet"].eval()
+    components["text_encoder"].eval()
+    save_pipeline(components, out)
+    t0 = time.time()
+    with torch.no_grad():
+        for label, pairs in (("single", False), ("pairs", True)):
+            means, _ = score(assemble(components), plain_scenes(16, 1, pairs), seed=1000)
+            log(f"judge {label}: " + " ".join(f"{k} {v:.2f}" for k, v in means.items()))
+    log(f"judged in {time.time() - t0:.0f}s")
+    components["unet"].train()
+    components["text_encoder"].train()
+    _swap_in(params, live)
+
+
+def train_base(
+    model: ModelConfig,
+    cfg: TrainConfig,
+    out: Path | None = BASE_DIR,
+    log: Any = print,
+    vae_dir: Path | None = None,
+    vae_only: bool = False,
+) -> dict[str, Any]:
+    """The whole recipe: build, train the VAE (or load it from ``vae_dir``), cache latents,
+    train UNet + text encoder. ``vae_only`` stops after the VAE and saves it to ``out``."""
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(cfg.seed)
+    components = build_components(model)
+    if vae_dir is not None:
+        components["vae"] = AutoencoderKL.from_pretrained(vae_dir)
+    else:
+        train_vae(components["vae"], cfg, log)
+    components["vae"].requires_grad_(False)
+    if vae_only:
+        if out is not None:
+            components["vae"].save_pretrained(out)
+        return components
+    train_unet(components, cfg, out, log)
+    return components
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--out", type=Path, default=BASE_DIR)
+    parser.add_argument("--vae-minutes", type=float, default=TrainConfig.vae_minutes)
+    parser.add_argument("--minutes", type=float, default=TrainConfig.minutes)
+    parser.add_argument("--steps", type=int, default=TrainConfig.steps)
+    parser.add_argument("--vae-steps", type=int, default=TrainConfig.vae_steps)
+    parser.add_argument("--n-data", type=int, default=TrainConfig.n_data)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--tiny", action="store_true", help="tiny model (smoke tests)")
+    parser.add_argument(
+        "--vae-only", action="store_true", help="train the VAE and save it to --out"
+    )
+    parser.add_argument(
+        "--vae", type=Path, default=None, help="a trained VAE folder (skips stage 1)"
+    )
+    parser.add_argument(
+        "--decoder-minutes", type=float, default=0.0, help="only fine-tune --out's decoder"
+    )
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    from scenecraft.testing import quiet_libraries
+
+    quiet_libraries()
+    cfg = TrainConfig(
+        vae_minutes=args.vae_minutes,
+        minutes=args.minutes,
+        steps=args.steps,
+        vae_steps=args.vae_steps,
+        n_data=args.n_data,
+    )
+    if args.decoder_minutes:  # stage 3: sharpen the decoder of a trained base, in place
+        from diffusers import AutoencoderKL
+
+        vae = AutoencoderKL.from_pretrained(args.out / "vae")
+        finetune_decoder(vae, cfg, args.decoder_minutes, lambda m: print(m, flush=True))
+        tmp = args.out / "vae.tmp"
+        vae.save_pretrained(tmp)
+        shutil.rmtree(args.out / "vae")
+        tmp.rename(args.out / "vae")
+        return
+    model = TINY if args.tiny else ModelConfig()
+    train_base(model, cfg, args.out, lambda m: print(m, flush=True), args.vae, args.vae_only)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,159 @@
+"""Train one concept LoRA on the toy base model, DreamBooth-style, alone.
+
+    python -m scenecraft.toyworld.train_lora ziggy --minutes 3
+
+Images show the concept's sprite (alone, or placed next to a plain sprite, in random settings),
+captioned in the compiler's English with the concept token (``<ZIGGY> circle left of red
+star, on grass``). Rank-r LoRA on the UNet attention (to_q/to_k/to_v/to_out.0) and the text
+encoder attention (q/k/v/out_proj); the base stays frozen. Saved in diffusers/PEFT form
+(``StableDiffusionPipeline.save_lora_weights``), loadable with ``pipe.load_lora_weights(path)``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from scenecraft.toyworld.model import BASE_DIR, LORA_DIR, load_toyworld_pipeline
+from scenecraft.toyworld.train_base import diffusion_loss, images_tensor, tokenize
+from scenecraft.toyworld.world import CONCEPTS, caption, random_scene, render
+
+UNET_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
+TEXT_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
+
+
+@dataclass(frozen=True)
+class LoraConfig:
+    """Schedule of one concept LoRA."""
+
+    rank: int = 4  # LoRA rank r (alpha = r, so the scale alpha/r is 1)
+    minutes: float = 3.0  # wall-clock budget
+    steps: int = 1_000  # step cap
+    batch: int = 16  # batch size
+    lr: float = 2e-3  # AdamW learning rate of the LoRA factors
+    n_data: int = 512  # cached concept scenes
+    pair_p: float = 0.5  # share of scenes that place the concept next to a plain sprite
+    attribute_p: float = 0.2  # share of scenes where the concept wears a hat or crown
+    seed: int = 0  # data / init / noise seed
+
+
+def concept_scenes(name: str, cfg: LoraConfig) -> list[Any]:
+    """Training scenes with the concept as sprite 0 (captioned by its token)."""
+    rng = random.Random(cfg.seed)
+    concept = CONCEPTS[name]
+    scenes = []
+    for _ in range(cfg.n_data):
+        attribute = rng.choice(["a crown", "a hat"]) if rng.random() < cfg.attribute_p else None
+        scenes.append(random_scene(rng, cfg.pair_p, first=concept.as_sprite(attribute)))
+    return scenes
+
+
+def add_adapters(pipe: Any, rank: int) -> list[torch.nn.Parameter]:
+    """Attach fresh LoRA adapters (peft) to the UNet and text encoder; return their parameters."""
+    from peft import LoraConfig as PeftLoraConfig
+    from peft import inject_adapter_in_model
+
+    pipe.unet.requires_grad_(False)
+    pipe.text_encoder.requires_grad_(False)
+    pipe.vae.requires_grad_(False)
+    pipe.unet.add_adapter(
+        PeftLoraConfig(
+            r=rank, lora_alpha=rank, init_lora_weights="gaussian", target_modules=UNET_TARGETS
+        )
+    )
+    # transformers' own add_adapter wants peft >= 0.22; peft's injector does the same job
+    text_config = PeftLoraConfig(
+        r=rank, lora_alpha=rank, init_lora_weights="gaussian", target_modules=TEXT_TARGETS
+    )
+    inject_adapter_in_model(text_config, pipe.text_encoder)
+    pipe.text_encoder.peft_config = {"default": text_config}
+    return [p for m in (pipe.unet, pipe.text_encoder) for p in m.parameters() if p.requires_grad]
+
+
+def save_lora(pipe: Any, path: Path) -> None:
+    """Write the adapters in diffusers form to ``path`` atomically (temp file, then os.replace)."""
+    from diffusers import StableDiffusionPipeline
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft.utils import get_peft_model_state_dict
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
+        StableDiffusionPipeline.save_lora_weights(
+            tmp,
+            unet_lora_layers=convert_state_dict_to_diffusers(get_peft_model_state_dict(pipe.unet)),
+            text_encoder_lora_layers=convert_state_dict_to_diffusers(
+                get_peft_model_state_dict(pipe.text_encoder)
+            ),
+            weight_name=path.name,
+        )
+        os.chmod(Path(tmp) / path.name, 0o644)
+        os.replace(Path(tmp) / path.name, path)
+
+
+def train_lora(
+    name: str, cfg: LoraConfig, base: Path = BASE_DIR, out: Path | None = None, log: Any = print
+) -> Any:
+    """Train the concept's LoRA; returns the pipeline with the adapter attached (and saves it)."""
+    torch.manual_seed(cfg.seed)
+    pipe = load_toyworld_pipeline(path=base)
+    scenes = concept_scenes(name, cfg)
+    with torch.no_grad():
+        x = images_tensor([render(s) for s in scenes])  # (N, 3, 64, 64)
+        z = pipe.vae.encode(x).latent_dist.mean * pipe.vae.config.scaling_factor  # (N, 4, 16, 16)
+    ids = tokenize(pipe.tokenizer, [caption(s) for s in scenes])
+    params = add_adapters(pipe, cfg.rank)
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+    gen = torch.Generator().manual_seed(cfg.seed + 1)
+    pipe.unet.train()
+    pipe.text_encoder.train()
+    start, step, avg = time.time(), 0, 0.0
+    while step < cfg.steps and time.time() - start < cfg.minutes * 60:
+        idx = torch.randint(0, len(z), (cfg.batch,), generator=gen)
+        loss = diffusion_loss(pipe.unet, pipe.text_encoder, pipe.scheduler, z[idx], ids[idx], gen)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        avg = 0.95 * avg + 0.05 * loss.item() if step else loss.item()
+        if step % 50 == 0:
+            log(f"{name} step {step} loss {avg:.4f} t {time.time() - start:.0f}s")
+        step += 1
+    log(f"{name}: {step} steps in {time.time() - start:.0f}s")
+    pipe.unet.eval()
+    pipe.text_encoder.eval()
+    if out is not None:
+        save_lora(pipe, out)
+    return pipe
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("concepts", nargs="+", choices=sorted(CONCEPTS))
+    parser.add_argument("--base", type=Path, default=BASE_DIR)
+    parser.add_argument("--out-dir", type=Path, default=LORA_DIR)
+    parser.add_argument("--minutes", type=float, default=LoraConfig.minutes)
+    parser.add_argument("--steps", type=int, default=LoraConfig.steps)
+    parser.add_argument("--rank", type=int, default=LoraConfig.rank)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    cfg = LoraConfig(rank=args.rank, minutes=args.minutes, steps=args.steps)
+    for name in args.concepts:
+        train_lora(
+            name,
+            cfg,
+            args.base,
+            args.out_dir / f"{name}.safetensors",
+            lambda m: print(m, flush=True),
+        )
+
+
+if __name__ == "__main__":
+    main()
