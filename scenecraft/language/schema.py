@@ -87,6 +87,7 @@ MERGE_KEYS: dict[str, dict[str, Key]] = {
         "patience": Key("int", 0, 10_000, doc="early stop after this many flat steps (0: never)"),
         "recipe": Key("word", choices=("ours", "reference")),
         "init": Key("word", choices=("gradient-fusion", "fusion", "zero")),
+        "ridge": Key("float", 0, 1, doc="ridge of the gradient-fusion start (default 1e-6)"),
         **_STAGE_KEYS,
         **_SEED,
     },

@@ -13,7 +13,7 @@ from typing import Any
 from scenecraft.merge.engine import MergeConfig
 
 RENAMES: dict[str, dict[str, str]] = {
-    "loraclr": {"iterations": "max_iters"},
+    "loraclr": {"iterations": "max_iters", "ridge": "eps_rel"},
     "gradient-fusion": {"ridge": "eps_rel"},
 }
 VALUES: dict[tuple[str, str], dict[Any, Any]] = {
