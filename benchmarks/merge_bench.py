@@ -53,7 +53,10 @@ METHODS: list[tuple[str, str, dict[str, Any]]] = [
     ("ties", "ties", {"density": 0.5}),
     ("dare", "dare", {"density": 0.5}),
     ("magnitude-prune", "magnitude-prune", {"density": 0.5}),
+    # ridge 1e-6: plain least squares (Mix-of-Show, the reference); the default ridge is 1e-2
+    ("gradient-fusion ridge 1e-6", "gradient-fusion", {"eps_rel": 1e-6}),
     ("gradient-fusion", "gradient-fusion", {}),
+    ("loraclr ridge 1e-6", "loraclr", {"eps_rel": 1e-6}),
     ("loraclr", "loraclr", {}),
     ("loraclr-reference", "loraclr", {"recipe": "reference"}),
 ]

@@ -47,13 +47,14 @@ from scenecraft.toyworld import (
 from scenecraft.toyworld.judge import judge
 
 SETS = {2: ("ziggy", "blip"), 3: ("ziggy", "blip", "kiki"), 4: ("ziggy", "zaza", "blip", "kiki")}
-# (label, method, params); "ridge" pulls the least-squares solve towards the base weights
+# (label, method, params). The default ridge is 1e-2 (scenecraft.merge.methods.DEFAULT_RIDGE);
+# "ridge 1e-6" is plain least squares, as Mix-of-Show and the LoRACLR reference solve it.
 MERGED: tuple[tuple[str, str, dict[str, Any]], ...] = (
     ("linear", "linear", {}),
+    ("gradient-fusion ridge 1e-6", "gradient-fusion", {"ridge": 1e-6}),
     ("gradient-fusion", "gradient-fusion", {}),
-    ("gradient-fusion ridge 0.01", "gradient-fusion", {"ridge": 0.01}),
+    ("loraclr ridge 1e-6", "loraclr", {"ridge": 1e-6}),
     ("loraclr", "loraclr", {}),
-    ("loraclr ridge 0.01", "loraclr", {"ridge": 0.01}),
 )
 SETTINGS = (None, "on grass", "at sea", "in the desert", "under a night sky")
 RELATIONS = ("left-of", "right-of", "on-top-of")
