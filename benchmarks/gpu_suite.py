@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from scenecraft.merge.engine import MergeConfig, run_merge  # noqa: E402
 from scenecraft.merge.types import ConceptLoRA, LoRALayer  # noqa: E402
-from scenecraft.testing import quiet_libraries, tiny_pipeline, tiny_tokenizer  # noqa: E402
+from scenecraft.testing import quiet_libraries, tiny_pipeline  # noqa: E402
 
 METHODS: dict[str, tuple[str, dict[str, Any]]] = {
     "loraclr": ("loraclr", {}),
@@ -38,62 +38,13 @@ TE_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")
 
 
 def sd15_pipeline(device: torch.device) -> Any:
-    """SD 1.5-shaped StableDiffusionPipeline with random weights, built on ``device``."""
-    from diffusers import (
-        AutoencoderKL,
-        DPMSolverMultistepScheduler,
-        StableDiffusionPipeline,
-        UNet2DConditionModel,
-    )
-    from transformers import CLIPTextConfig, CLIPTextModel
+    """SD 1.5-shaped pipeline with random weights on ``device``, DPM-Solver for stage 3."""
+    from diffusers import DPMSolverMultistepScheduler
 
-    tokenizer = tiny_tokenizer(("photo", "of", "a", "man", "woman", "dog", "cat"))
-    torch.manual_seed(0)
-    with device:
-        unet = UNet2DConditionModel(
-            sample_size=64,
-            block_out_channels=(320, 640, 1280, 1280),
-            layers_per_block=2,
-            down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-            up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
-            cross_attention_dim=768,
-            attention_head_dim=8,
-        )
-        vae = AutoencoderKL(
-            block_out_channels=(128, 256, 512, 512),
-            down_block_types=("DownEncoderBlock2D",) * 4,
-            up_block_types=("UpDecoderBlock2D",) * 4,
-            latent_channels=4,
-            layers_per_block=2,
-            sample_size=512,
-        )
-        text_encoder = CLIPTextModel(
-            CLIPTextConfig(
-                hidden_size=768,
-                intermediate_size=3072,
-                num_attention_heads=12,
-                num_hidden_layers=12,
-                vocab_size=49408,
-                max_position_embeddings=77,
-                bos_token_id=tokenizer.bos_token_id,
-                eos_token_id=tokenizer.eos_token_id,
-                pad_token_id=tokenizer.pad_token_id,
-            )
-        )
-    scheduler = DPMSolverMultistepScheduler(
-        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1
-    )
-    pipe = StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        unet=unet,
-        scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    pipe.set_progress_bar_config(disable=True)
+    from scenecraft.testing import sd15_pipeline as build
+
+    pipe = build(device)
+    pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)
     return pipe
 
 

@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 from scenecraft.diagnostics import Collector, did_you_mean
 from scenecraft.language import nodes as n
+from scenecraft.language.fmt import value as fmt_value
 
 Kind = Literal["str", "int", "float", "bool", "size", "seeds", "word", "strs", "words"]
 
@@ -118,24 +119,10 @@ _TYPE_WORDS = {
 MAX_SEEDS = 10_000
 
 
-def _value_text(v: n.Value) -> str:
-    if isinstance(v, n.Str):
-        return f'"{v.value}"'
-    if isinstance(v, n.Num):
-        return str(int(v.value)) if v.is_int else str(v.value)
-    if isinstance(v, n.Size):
-        return f"{v.width}x{v.height}"
-    if isinstance(v, n.Range):
-        return f"{v.start}..{v.stop}"
-    if isinstance(v, n.Bool):
-        return "true" if v.value else "false"
-    return v.name
-
-
 def _wrong_type(c: Collector, key: str, spec: Key, v: n.Value) -> None:
     c.error(
         "wrong-value-type",
-        f"`{key}` expects {_TYPE_WORDS[spec.kind]}, found `{_value_text(v)}`",
+        f"`{key}` expects {_TYPE_WORDS[spec.kind]}, found `{fmt_value(v)}`",
         v.span,
         label=f"expected {_TYPE_WORDS[spec.kind]}",
         help=_type_help(key, spec, v),
@@ -158,7 +145,7 @@ def _check_range(c: Collector, key: str, spec: Key, x: float, v: n.Value) -> boo
         hi = "" if spec.hi is None else f"{_num(spec.hi)}]"
         c.error(
             "value-out-of-range",
-            f"`{key}` must be in {lo}, {hi}, found {_value_text(v)}",
+            f"`{key}` must be in {lo}, {hi}, found {fmt_value(v)}",
             v.span,
             label="out of range",
         )
