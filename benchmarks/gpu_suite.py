@@ -101,6 +101,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=512, help="image side of stage 3")
     parser.add_argument("--rows", type=int, default=1024, help="spatial rows per concept/layer")
     parser.add_argument("--methods", nargs="*", default=list(METHODS), choices=list(METHODS))
+    parser.add_argument(
+        "--no-render", action="store_true", help="skip the render comparison after the merges"
+    )
     args = parser.parse_args(argv)
     out_dir = Path(os.environ.get("OUT", "benchmarks/results"))
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -161,6 +164,19 @@ def main(argv: list[str] | None = None) -> int:
         tmp.write_text(json.dumps(report, indent=2))
         os.replace(tmp, out_dir / "gpu_suite.json")
         del outcome
+    if device.type == "cuda" and not args.no_render:
+        # the render issue's comparison at SD 1.5 size: overhead vs bare diffusers, merged model
+        # vs 4 and 8 runtime adapters (fp16, 512x512, 30 steps, batch 4)
+        del pipe, concepts
+        torch.cuda.empty_cache()
+        sys.path.insert(0, str(Path(__file__).parent))
+        from render_bench import render_comparison_gpu
+
+        report["render"] = render_comparison_gpu()
+        print(f"render: {json.dumps(report['render'])}", flush=True)
+        tmp = out_dir / "gpu_suite.json.tmp"
+        tmp.write_text(json.dumps(report, indent=2))
+        os.replace(tmp, out_dir / "gpu_suite.json")
     print(f"wrote {out_dir / 'gpu_suite.json'}")
     return 0
 
