@@ -253,6 +253,6 @@ CONCEPTS: dict[str, Concept] = {
     "ziggy": Concept("<ZIGGY>", "circle", Sprite("circle", "yellow", "striped")),
     "zaza": Concept("<ZAZA>", "circle", Sprite("circle", "yellow", "spotted")),
     "blip": Concept("<BLIP>", "square", Sprite("square", "purple", "spotted")),
-    "kiki": Concept("<KIKI>", "triangle", Sprite("triangle", "pink", "striped")),
+    "kiki": Concept("<KIKI>", "triangle", Sprite("triangle", "red", "striped")),
     "momo": Concept("<MOMO>", "star", Sprite("star", "red", "plain")),
 }
