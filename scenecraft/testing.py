@@ -58,7 +58,7 @@ def tiny_tokenizer(words: tuple[str, ...] = ("photo", "of", "a", "man", "dog")) 
 
 def tiny_components(seed: int = 0, cross_attention_dim: int = 32) -> dict[str, Any]:
     """The parts of a tiny SD 1.x pipeline; identical for the same seed."""
-    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
     tokenizer = tiny_tokenizer()
@@ -97,14 +97,7 @@ def tiny_components(seed: int = 0, cross_attention_dim: int = 32) -> dict[str, A
         pad_token_id=tokenizer.pad_token_id,
     )
     text_encoder = CLIPTextModel(text_config)
-    scheduler = DDIMScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        clip_sample=False,
-        set_alpha_to_one=False,
-        steps_offset=1,
-    )
+    scheduler = sd_scheduler()
     return {
         "unet": unet,
         "vae": vae,
@@ -114,18 +107,35 @@ def tiny_components(seed: int = 0, cross_attention_dim: int = 32) -> dict[str, A
     }
 
 
-def tiny_pipeline(seed: int = 0) -> Any:
-    """A tiny StableDiffusionPipeline on CPU in fp32; a 64x64, 4-step call takes < 1 s."""
+def sd_scheduler(**overrides: Any) -> Any:
+    """Stable Diffusion's DDIM schedule (scaled-linear betas 0.00085..0.012), with overrides."""
+    from diffusers import DDIMScheduler
+
+    config: dict[str, Any] = {
+        "beta_start": 0.00085,
+        "beta_end": 0.012,
+        "beta_schedule": "scaled_linear",
+        "clip_sample": False,
+        "set_alpha_to_one": False,
+        "steps_offset": 1,
+    }
+    return DDIMScheduler(**{**config, **overrides})
+
+
+def assemble_pipeline(components: dict[str, Any]) -> Any:
+    """A StableDiffusionPipeline from its parts, no safety checker, progress bars off."""
     from diffusers import StableDiffusionPipeline
 
     pipe = StableDiffusionPipeline(
-        **tiny_components(seed),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
+        **components, safety_checker=None, feature_extractor=None, requires_safety_checker=False
     )
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def tiny_pipeline(seed: int = 0) -> Any:
+    """A tiny StableDiffusionPipeline on CPU in fp32; a 64x64, 4-step call takes < 1 s."""
+    return assemble_pipeline(tiny_components(seed))
 
 
 def sd15_pipeline(
@@ -139,8 +149,6 @@ def sd15_pipeline(
     """
     from diffusers import (
         AutoencoderKL,
-        DDIMScheduler,
-        StableDiffusionPipeline,
         UNet2DConditionModel,
     )
     from transformers import CLIPTextConfig, CLIPTextModel
@@ -178,25 +186,15 @@ def sd15_pipeline(
                 pad_token_id=tokenizer.pad_token_id,
             )
         )
-    scheduler = DDIMScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        clip_sample=False,
-        set_alpha_to_one=False,
-        steps_offset=1,
+    pipe = assemble_pipeline(
+        {
+            "vae": vae,
+            "text_encoder": text_encoder,
+            "tokenizer": tokenizer,
+            "unet": unet,
+            "scheduler": sd_scheduler(),
+        }
     )
-    pipe = StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        unet=unet,
-        scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    pipe.set_progress_bar_config(disable=True)
     return pipe.to(device, dtype)
 
 

@@ -115,18 +115,10 @@ def build_vae(config: ModelConfig) -> Any:
 
 def build_scheduler() -> Any:
     """DDIM, v-prediction, zero terminal SNR with trailing timesteps (flat backdrops stay true)."""
-    from diffusers import DDIMScheduler
+    from scenecraft.testing import sd_scheduler
 
-    return DDIMScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        clip_sample=False,
-        set_alpha_to_one=False,
-        steps_offset=1,
-        prediction_type="v_prediction",
-        rescale_betas_zero_snr=True,
-        timestep_spacing="trailing",
+    return sd_scheduler(
+        prediction_type="v_prediction", rescale_betas_zero_snr=True, timestep_spacing="trailing"
     )
 
 
@@ -144,13 +136,9 @@ def build_components(config: ModelConfig) -> dict[str, Any]:
 
 def assemble(components: dict[str, Any]) -> Any:
     """A StableDiffusionPipeline from components (no safety checker)."""
-    from diffusers import StableDiffusionPipeline
+    from scenecraft.testing import assemble_pipeline
 
-    pipe = StableDiffusionPipeline(
-        **components, safety_checker=None, feature_extractor=None, requires_safety_checker=False
-    )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return assemble_pipeline(components)
 
 
 def load_toyworld_pipeline(device: str = "cpu", path: str | Path | None = None) -> Any:
