@@ -130,11 +130,11 @@ class _Checker:
             is_main = f is self.program.main
             for item in f.items:
                 if isinstance(item, n.Model):
-                    model = self.check_model(item, model, is_main)
+                    model = self.check_model(item, model)
                 elif isinstance(item, n.Concept):
                     self.check_concept(item)
                 elif isinstance(item, n.Merge):
-                    merge = self.check_merge_dup(item, merge, is_main)
+                    merge = self.check_merge_dup(item, merge)
                 elif isinstance(item, n.Defaults):
                     defaults.update(self.check_defaults(item))
                 elif isinstance(item, n.Scene | n.Storyboard) and not is_main:
@@ -182,7 +182,7 @@ class _Checker:
             self.c.warnings,
         )
 
-    def check_model(self, item: n.Model, prev: dict[str, Any] | None, is_main: bool) -> Any:
+    def check_model(self, item: n.Model, prev: dict[str, Any] | None) -> Any:
         if prev is not None and prev["node"].span.file == item.span.file:
             self.duplicate("model", item, prev["node"])
             return prev
@@ -300,7 +300,7 @@ class _Checker:
         return str(path), True
 
     # -- merge and defaults -----------------------------------------------------------------
-    def check_merge_dup(self, item: n.Merge, prev: n.Merge | None, is_main: bool) -> n.Merge:
+    def check_merge_dup(self, item: n.Merge, prev: n.Merge | None) -> n.Merge:
         if prev is not None and prev.span.file == item.span.file:
             self.duplicate("merge", item, prev)
             return prev
