@@ -21,7 +21,7 @@ from scenecraft.plan import RenderPlan
 ScenePath = Callable[..., Path]
 ROOT = Path(__file__).parent.parent
 
-GOOD = """model "runwayml/stable-diffusion-v1-5"
+GOOD = """model "example-org/sd15-base"
 
 concept gosling {
   token "<GOSLING>"

@@ -29,7 +29,7 @@ MUTANTS = 3000
 CLI_SAMPLE = 60
 
 SNIPPETS = [
-    'model "runwayml/stable-diffusion-v1-5" family sd15 revision "main"\n',
+    'model "example-org/sd15-base" family sd15 revision "main"\n',
     'concept ziggy {\n  token "<Z>", "<Z2>"\n  class "man"\n  weight 0.8\n  kind subject\n}\n',
     "merge loraclr {\n  margin 0.5\n  iterations 10\n  spatial true\n}\n",
     "merge ties {\n  density 0.5\n}\n",

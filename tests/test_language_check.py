@@ -12,7 +12,7 @@ from scenecraft.diagnostics import Diagnostic, DiagnosticError
 
 ScenePath = Callable[..., Path]
 
-MODEL = 'model "runwayml/stable-diffusion-v1-5"\n'
+MODEL = 'model "example-org/sd15-base"\n'
 CAST = """
 concept gosling {
   token "<GOSLING>"
@@ -186,7 +186,7 @@ def test_include_brings_concepts_model_and_defaults(scene_file: ScenePath) -> No
     scene_file(MODEL + CAST + "defaults {\n  steps 12\n}\n", "lib/cast.scene")
     main = scene_file('include "lib/cast.scene"\nscene s {\n  gosling hugs taylor\n}\n')
     loaded = load(main)
-    assert loaded.plan.merge.base.source == "runwayml/stable-diffusion-v1-5"
+    assert loaded.plan.merge.base.source == "example-org/sd15-base"
     assert [c.name for c in loaded.plan.merge.concepts] == ["gosling", "taylor"]
     assert loaded.plan.jobs[0].steps == 12
     assert set(loaded.sources) == {str(main), str(main.parent / "lib" / "cast.scene")}

@@ -12,7 +12,7 @@ from scenecraft.plan import Placement, RenderJob, RenderPlan, generator_seed
 ScenePath = Callable[..., Path]
 ROOT = Path(__file__).parent.parent
 
-HEAD = """model "runwayml/stable-diffusion-v1-5"
+HEAD = """model "example-org/sd15-base"
 
 concept gosling {
   token "<GOSLING>"

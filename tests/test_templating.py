@@ -15,7 +15,7 @@ from scenecraft.language.templating import parse_var, read_vars_file, render_tem
 ScenePath = Callable[..., Path]
 ROOT = Path(__file__).parent.parent
 
-HEAD = """model "runwayml/stable-diffusion-v1-5"
+HEAD = """model "example-org/sd15-base"
 concept gosling {
   token "<GOSLING>"
 }
