@@ -30,9 +30,11 @@ from typing import Any
 
 import torch
 
+from scenecraft import load
 from scenecraft.merge.api import merge
 from scenecraft.merge.apply import apply_merge
-from scenecraft.plan import BaseModelSpec, ConceptSpec, MergeSpec
+from scenecraft.plan import BaseModelSpec, ConceptSpec, MergeSpec, RenderJob
+from scenecraft.render.regions import regional
 from scenecraft.toyworld import (
     BASE_DIR,
     CONCEPTS,
@@ -85,25 +87,67 @@ def single_cases(name: str, n: int, seed: int) -> list[Case]:
     return [Case(expected_scene([name], setting=rng.choice(SETTINGS)), 2000 + i) for i in range(n)]
 
 
-def render(pipe: Any, cases: list[Case], batch: int = 16) -> list[Any]:
-    """One image per case; case i uses its own generator seed (independent of batching)."""
+def scene_file(cases: list[Case], regions: bool) -> str:
+    """The cases as a scene file: one scene per case, compiled by scenecraft's own compiler."""
+    names = sorted({s.name for c in cases for s in c.scene.sprites})
+    lines = [f'model "{BASE_DIR}" family sd15']
+    for n in names:
+        lines += [
+            f"concept {n} {{",
+            f'  token "{CONCEPTS[n].token}"',
+            f'  class "{CONCEPTS[n].class_noun}"',
+            f'  lora "{lora_path(n)}"',
+            "}",
+        ]
+    lines += ["merge none", "defaults {", "  size 64x64", f"  regions {'on' if regions else 'off'}"]
+    lines += [f"  steps {DEFAULT_STEPS}", f"  guidance {DEFAULT_GUIDANCE}", "}"]
+    for i, c in enumerate(cases):
+        lines += [f"scene c{i} {{", f"  seeds {c.seed}"]
+        if c.scene.setting:
+            lines.append(f'  setting "{c.scene.setting}"')
+        lines += [
+            f"  {p.subject} {p.relation.replace('-', ' ')} {p.target}" for p in c.scene.placements
+        ]
+        placed = {x for p in c.scene.placements for x in (p.subject, p.target)}
+        lines += [f"  {s.name}" for s in c.scene.sprites if s.name not in placed]
+        lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+def compiled_jobs(cases: list[Case], regions: bool) -> list[RenderJob]:
+    """One compiled job per case (global prompt only when ``regions`` is False)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "cases.scene"
+        path.write_text(scene_file(cases, regions))
+        jobs = list(load(path).plan.jobs)
+    assert len(jobs) == len(cases)
+    if not regions:  # the compiler's prompt is exactly the world's caption
+        assert all(j.prompt == expected_prompt(c.scene) for j, c in zip(jobs, cases, strict=True))
+    return jobs
+
+
+def render(pipe: Any, jobs: list[RenderJob], batch: int = 16) -> list[Any]:
+    """One image per job, through the renderer's regional sampling when jobs have regions;
+    each image uses its own generator seed (independent of batching)."""
     images = []
-    for i in range(0, len(cases), batch):
-        chunk = cases[i : i + batch]
-        out = pipe(
-            [expected_prompt(c.scene) for c in chunk],
-            height=64,
-            width=64,
-            num_inference_steps=DEFAULT_STEPS,
-            guidance_scale=DEFAULT_GUIDANCE,
-            generator=[torch.Generator().manual_seed(c.seed) for c in chunk],
-        )
+    for i in range(0, len(jobs), batch):
+        chunk = jobs[i : i + batch]
+        with regional(pipe, chunk):
+            out = pipe(
+                [j.prompt for j in chunk],
+                height=64,
+                width=64,
+                num_inference_steps=DEFAULT_STEPS,
+                guidance_scale=DEFAULT_GUIDANCE,
+                generator=[torch.Generator().manual_seed(j.seed) for j in chunk],
+            )
         images += out.images
     return images
 
 
-def scores(pipe: Any, cases: list[Case]) -> dict[str, list[float]]:
-    results = [judge(im, c.scene) for im, c in zip(render(pipe, cases), cases, strict=True)]
+def scores(pipe: Any, cases: list[Case], regions: bool = False) -> dict[str, list[float]]:
+    images = render(pipe, compiled_jobs(cases, regions))
+    results = [judge(im, c.scene) for im, c in zip(images, cases, strict=True)]
     return {m: [float(getattr(r, m)) for r in results] for m in METRICS}
 
 

@@ -75,6 +75,16 @@ class Placement(_Model):
     target: str  # concept name or object name
 
 
+class Region(_Model):
+    """One subject's part of a regional job: its box and the prompt sampled inside it."""
+
+    subject: str  # concept or object name
+    box: tuple[float, float, float, float]  # (x0, y0, x1, y1), fractions of the canvas
+    prompt: str  # the subject alone: token, class, its own attributes, setting and style
+    negative_prompt: str | None = None  # None: the job's negative prompt
+    prompt_tokens: int = 0  # CLIP tokens of `prompt` (estimate)
+
+
 class RenderJob(_Model):
     id: str  # stable hash of everything that determines the image
     file: str  # scene file it came from
@@ -96,6 +106,7 @@ class RenderJob(_Model):
     placements: tuple[Placement, ...] = ()  # structured layout for regional guidance
     span: SourceSpan | None = None  # where the scene (or panel) is written
     prompt_tokens: int = 0  # CLIP tokens the prompt uses (incl. start/end), 77 is the window
+    regions: tuple[Region, ...] = ()  # regional sampling: `prompt` is then the global prompt
 
 
 class PanelSpec(_Model):

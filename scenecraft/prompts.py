@@ -10,12 +10,20 @@ Rules:
 - concepts mentioned nowhere else are listed; a group activity follows them;
 - setting, lighting and style close the prompt: ``in a library, during sunset, noir style``.
 Clauses are joined with ", ".
+
+Regional sampling writes two more kinds of prompt from the same scene:
+- a region prompt is the subject alone, as a single-subject scene would say it (its token, class
+  and own attributes, then setting, lighting and style): ``<TAYLOR> woman wearing a crown, in a
+  library``; another subject's words never reach it;
+- the global prompt keeps the structure (interactions, placements, objects, activity, setting,
+  lighting, style) but names each concept by its class noun only: ``man waves at woman, in a
+  library``; the regions supply who they are.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 ATTRIBUTE_VERBS: dict[str, str] = {
     "wears": "wearing",
@@ -156,3 +164,18 @@ def scene_prompt(scene: SceneText) -> str:
     if scene.style:
         clauses.append(style_words(scene.style))
     return ", ".join(c for c in clauses if c)
+
+
+def alone(scene: SceneText, name: str) -> SceneText:
+    """The region text of subject ``name``: that subject in the scene's setting and style."""
+    subject = next(s for s in scene.subjects if s.name == name)
+    return replace(scene, subjects=(subject,), clauses=(), activity=None, extra=())
+
+
+def anonymous(scene: SceneText, plain: dict[str, str]) -> SceneText:
+    """The global text: subjects named in ``plain`` (name -> class words) lose their identity
+    and their attributes; everything else stays."""
+    subjects = tuple(
+        Subject(s.name, plain[s.name]) if s.name in plain else s for s in scene.subjects
+    )
+    return replace(scene, subjects=subjects)

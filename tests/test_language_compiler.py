@@ -46,21 +46,29 @@ def prompt_of(scene_file: ScenePath, body: str, extra: str = "") -> str:
 
 def test_docs_example_prompt() -> None:
     [job, *_] = load(ROOT / "scenes" / "garden.scene").plan.jobs
-    assert job.prompt.startswith(
-        "<GOSLING> man waves at <LEBRON> man, <TAYLOR> woman and <MESSI> man, "
-        "in a blooming summer garden"
+    # four concepts: a global prompt without identities, one region prompt per concept
+    assert job.prompt.startswith("man waves at man, woman and man, in a blooming summer garden")
+    assert [r.subject for r in job.regions] == ["gosling", "lebron", "taylor", "messi"]
+    assert job.regions[0].prompt.startswith(
+        "<GOSLING> man waves at man, woman and man, in a blooming summer garden"
+    )
+    assert job.regions[2].prompt.startswith(
+        "man waves at man, <TAYLOR> woman and man, in a blooming summer garden"
     )
 
 
 def test_listed_concepts_and_setting(scene_file: ScenePath) -> None:
-    prompt = prompt_of(scene_file, '  gosling, messi, taylor\n  setting "an ancient library"')
+    prompt = prompt_of(
+        scene_file, '  regions off\n  gosling, messi, taylor\n  setting "an ancient library"'
+    )
     assert prompt == "<GOSLING> man, <MESSI> man and <TAYLOR> woman, in an ancient library"
 
 
 def test_attributes_stay_with_their_subject(scene_file: ScenePath) -> None:
     prompt = prompt_of(
         scene_file,
-        '  gosling dressed as "a medieval knight" waves at taylor\n  taylor wears "a crown"',
+        '  regions off\n  gosling dressed as "a medieval knight" waves at taylor\n'
+        '  taylor wears "a crown"',
     )
     assert prompt == (
         "<GOSLING> man dressed as a medieval knight waves at <TAYLOR> woman wearing a crown"
@@ -73,12 +81,12 @@ def test_several_attributes_are_joined_with_and(scene_file: ScenePath) -> None:
 
 
 def test_free_verb_and_group_activity(scene_file: ScenePath) -> None:
-    assert prompt_of(scene_file, '  taylor "high-fives" messi') == (
+    assert prompt_of(scene_file, '  regions off\n  taylor "high-fives" messi') == (
         "<TAYLOR> woman high-fives <MESSI> man"
     )
-    assert prompt_of(scene_file, '  gosling, messi\n  together "cooking in a kitchen"') == (
-        "<GOSLING> man and <MESSI> man cooking in a kitchen"
-    )
+    assert prompt_of(
+        scene_file, '  regions off\n  gosling, messi\n  together "cooking in a kitchen"'
+    ) == ("<GOSLING> man and <MESSI> man cooking in a kitchen")
 
 
 def test_objects_and_placements_are_structured(scene_file: ScenePath) -> None:
@@ -179,7 +187,11 @@ def test_storyboard_panels_become_jobs(scene_file: ScenePath) -> None:
     by_id = {j.id: j for j in plan.jobs}
     first, second = board.panels
     assert (first.index, first.scene, first.caption) == (0, "meet", "They meet")
-    assert [by_id[i].prompt for i in first.job_ids] == ["<GOSLING> man greets <TAYLOR> woman"]
+    assert [by_id[i].prompt for i in first.job_ids] == ["man greets woman"]
+    assert [r.prompt for r in by_id[first.job_ids[0]].regions] == [
+        "<GOSLING> man greets woman",
+        "man greets <TAYLOR> woman",
+    ]
     assert (second.index, second.scene, second.caption) == (1, "trip-2", "The end")
     [inline] = [by_id[i] for i in second.job_ids]
     assert (inline.storyboard, inline.panel, inline.caption) == ("trip", 1, "The end")

@@ -15,6 +15,7 @@ from scenecraft.diagnostics import Collector, Diagnostic, DiagnosticError, Label
 from scenecraft.language import nodes as n
 from scenecraft.language import schema
 from scenecraft.language.loader import Program, is_file, remap, resolve_path
+from scenecraft.layout import Box
 
 SAMPLERS_FALLBACK = (
     "Euler",
@@ -46,6 +47,7 @@ class ConceptInfo:
     embedding: str | None = None
     references: tuple[str, ...] = ()
     placeholder: bool = False  # the LoRA file is missing (allowed by allow_missing)
+    negative: str | None = None  # negative prompt of the concept's region
 
 
 @dataclass
@@ -55,6 +57,7 @@ class SceneInfo:
     settings: dict[str, Any]  # overrides read from the scene body
     objects: dict[str, str]  # object name -> prompt words
     storyboard: str | None = None  # set for inline storyboard panels
+    areas: dict[str, Box] = field(default_factory=dict)  # explicit boxes: `ziggy at left half`
 
 
 @dataclass
@@ -243,6 +246,7 @@ class _Checker:
             weight=get.get("weight", 1.0),
             class_noun=get.get("class"),
             kind=get.get("kind", "subject"),
+            negative=get.get("negative"),
             references=tuple(
                 str(resolve_path(_base_dir(item), r)) for r in get.get("references", [])
             ),
@@ -361,7 +365,7 @@ class _Checker:
     def check_scene(self, item: n.Scene, name: str, storyboard: str | None = None) -> SceneInfo:
         from scenecraft.language.check_scene import check_scene_body
 
-        settings, objects = check_scene_body(self, item)
+        settings, objects, areas = check_scene_body(self, item)
         images = len(settings.get("seeds", self.defaults["seeds"])) * settings.get(
             "images_per_seed", self.defaults["images_per_seed"]
         )
@@ -372,7 +376,7 @@ class _Checker:
                 item.name.span if item.name.name else item.span,
                 help="use fewer seeds or a smaller `images_per_seed`",
             )
-        return SceneInfo(name, item, settings, objects, storyboard)
+        return SceneInfo(name, item, settings, objects, storyboard, areas)
 
     def check_storyboards(self) -> dict[str, StoryboardInfo]:
         out: dict[str, StoryboardInfo] = {}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from scenecraft import layout
 from scenecraft.diagnostics import Label, did_you_mean
 from scenecraft.language import nodes as n
 from scenecraft.language import schema
@@ -24,13 +25,17 @@ _AXES: dict[str, tuple[str, int]] = {
 }
 
 
-def check_scene_body(ck: _Checker, scene: n.Scene) -> tuple[dict[str, Any], dict[str, str]]:
-    """Validate ``scene``; returns its setting overrides and its objects (name -> words)."""
+def check_scene_body(
+    ck: _Checker, scene: n.Scene
+) -> tuple[dict[str, Any], dict[str, str], dict[str, layout.Box]]:
+    """Validate ``scene``; returns its setting overrides, its objects (name -> words) and the
+    explicit areas of its subjects (name -> box)."""
     c = ck.c
     objects = _declare_objects(ck, scene)
     scope = {**{k: "concept" for k in ck.concepts}, **{k: "object" for k in objects}}
     settings: dict[str, tuple[Any, n.Setting]] = {}
     placements: list[tuple[str, str, str, n.Placement]] = []
+    areas: dict[str, tuple[layout.Box, n.Area]] = {}
     together: n.Together | None = None
     mentioned = False
     for stmt in scene.body:
@@ -39,7 +44,7 @@ def check_scene_body(ck: _Checker, scene: n.Scene) -> tuple[dict[str, Any], dict
             _scene_setting(ck, stmt, settings)
         elif isinstance(stmt, n.SubjectStmt):
             mentioned = True
-            _subject(ck, stmt, scope, placements)
+            _subject(ck, stmt, scope, placements, areas)
         elif isinstance(stmt, n.Presence):
             mentioned = True
             for name in stmt.names:
@@ -55,6 +60,8 @@ def check_scene_body(ck: _Checker, scene: n.Scene) -> tuple[dict[str, Any], dict
                 )
             together = stmt
     _contradictions(ck, placements)
+    _cycles(ck, placements)
+    _explicit_layout(ck, placements, areas)
     if not mentioned and not objects:
         c.warn(
             "empty-scene",
@@ -62,7 +69,8 @@ def check_scene_body(ck: _Checker, scene: n.Scene) -> tuple[dict[str, Any], dict
             scene.name.span if scene.name.name else scene.span,
             help="add a line such as `gosling waves at taylor`",
         )
-    return {k: v for k, (v, _) in settings.items()}, objects
+    boxes = {name: box for name, (box, _) in areas.items()}
+    return {k: v for k, (v, _) in settings.items()}, objects, boxes
 
 
 def _declare_objects(ck: _Checker, scene: n.Scene) -> dict[str, str]:
@@ -169,10 +177,15 @@ def _subject(
     stmt: n.SubjectStmt,
     scope: dict[str, str],
     placements: list[tuple[str, str, str, n.Placement]],
+    areas: dict[str, tuple[layout.Box, n.Area]],
 ) -> None:
     ok = _resolve(ck, stmt.subject, scope)
     subject = stmt.subject.name
     action = stmt.action
+    if isinstance(action, n.Area):
+        if ok and not _is_style(ck, subject, action):
+            _area(ck, subject, action, areas)
+        return
     if isinstance(action, n.Interaction):
         for t in action.targets:
             if _resolve(ck, t, scope) and t.name == subject:
@@ -182,19 +195,140 @@ def _subject(
         if target_ok and action.target.name == subject:
             _self_reference(ck, action.target, subject)
         elif ok and target_ok:
-            for who in (subject, action.target.name):
-                info = ck.concepts.get(who)
-                if info is not None and info.kind == "style":
-                    ck.c.error(
-                        "style-not-placeable",
-                        f"`{who}` is a style concept and has no place in the picture",
-                        action.span,
-                        label="a style cannot be placed",
-                        help=f"write `style {who}` (or `{who}` on a line of its own): "
-                        "a style applies to the whole picture",
-                    )
-                    return
+            if any(_is_style(ck, who, action) for who in (subject, action.target.name)):
+                return
             placements.append((subject, action.relation, action.target.name, action))
+
+
+def _is_style(ck: _Checker, who: str, action: n.Node) -> bool:
+    """A style concept has no place in the picture: say so (``style-not-placeable``)."""
+    info = ck.concepts.get(who)
+    if info is None or info.kind != "style":
+        return False
+    ck.c.error(
+        "style-not-placeable",
+        f"`{who}` is a style concept and has no place in the picture",
+        action.span,
+        label="a style cannot be placed",
+        help=f"write `style {who}` (or `{who}` on a line of its own): "
+        "a style applies to the whole picture",
+    )
+    return True
+
+
+def _area(
+    ck: _Checker, subject: str, node: n.Area, areas: dict[str, tuple[layout.Box, n.Area]]
+) -> None:
+    """``subject at AREA``: a named area or a box inside the canvas, once per subject."""
+    if subject in areas:
+        ck.c.error(
+            "duplicate-area",
+            f"`{subject}` is given two areas",
+            node.span,
+            label="second area",
+            labels=(Label(areas[subject][1].span, "first area"),),
+            help="keep one `at` line per subject",
+        )
+        return
+    if node.box is None:
+        words = node.words or ""
+        if words not in layout.AREAS:
+            ck.c.error(
+                "unknown-area",
+                f"unknown area `{words}`",
+                node.span,
+                label="not a named area",
+                notes=("areas: " + ", ".join(f"`{a}`" for a in layout.AREAS),),
+                help=did_you_mean(words, layout.AREAS)
+                or "or give a box of fractions: `at (x0, y0, x1, y1)`, e.g. `at (0, 0, 0.5, 1)`",
+            )
+            return
+        areas[subject] = (layout.AREAS[words], node)
+        return
+    x0, y0, x1, y1 = (v.value for v in node.box)
+    outside = [v for v in node.box if not 0 <= v.value <= 1]
+    if outside:
+        ck.c.error(
+            "box-outside-canvas",
+            f"the box of `{subject}` reaches outside the canvas",
+            outside[0].span,
+            label="not between 0 and 1",
+            help="box values are fractions of the canvas: (x0, y0, x1, y1), each from 0 to 1",
+        )
+        return
+    if x0 >= x1 or y0 >= y1:
+        ck.c.error(
+            "empty-box",
+            f"the box of `{subject}` is empty",
+            node.span,
+            label="x0 < x1 and y0 < y1 are needed",
+            help="write the box as (left, top, right, bottom), e.g. `at (0.1, 0.2, 0.5, 0.9)`",
+        )
+        return
+    areas[subject] = ((x0, y0, x1, y1), node)
+
+
+def _cycles(ck: _Checker, placements: list[tuple[str, str, str, n.Placement]]) -> None:
+    """``a left of b``, ``b left of c``, ``c left of a``: no layout can keep all three."""
+    triples = [(a, rel, b) for a, rel, b, _ in placements]
+    nodes = {(a, rel, b): node for a, rel, b, node in placements}
+    for axis, words in (("x", "left to right"), ("y", "top to bottom")):
+        cycle = layout.find_cycle(layout.edges(triples, axis))
+        if cycle is None or len(cycle) <= 3:  # two subjects: `contradictory-placement`
+            continue
+        pairs = set(zip(cycle, cycle[1:], strict=False))
+        involved = [
+            node
+            for (a, rel, b), node in nodes.items()
+            if rel in layout.AXES
+            and layout.AXES[rel][0] == axis
+            and ((a, b) if layout.AXES[rel][1] < 0 else (b, a)) in pairs
+        ]
+        involved.sort(key=lambda x: (x.span.line, x.span.col))
+        ck.c.error(
+            "placement-cycle",
+            "placements go round in a circle: " + " -> ".join(f"`{x}`" for x in cycle),
+            involved[-1].span,
+            label="closes the circle",
+            labels=tuple(Label(x.span, "part of the circle") for x in involved[:-1]),
+            notes=(f"no order of these subjects from {words} keeps every placement",),
+            help="drop or reverse one of these placements",
+        )
+
+
+def _explicit_layout(
+    ck: _Checker,
+    placements: list[tuple[str, str, str, n.Placement]],
+    areas: dict[str, tuple[layout.Box, n.Area]],
+) -> None:
+    """Explicit areas must keep the placements between them; heavy overlap is a warning."""
+    for a, rel, b, node in placements:
+        if a in areas and b in areas and not layout.holds(rel, areas[a][0], areas[b][0]):
+            ck.c.error(
+                "layout-contradiction",
+                f"the areas of `{a}` and `{b}` contradict `{a} {rel.replace('-', ' ')} {b}`",
+                node.span,
+                label="this placement",
+                labels=(
+                    Label(areas[a][1].span, f"area of `{a}`"),
+                    Label(areas[b][1].span, f"area of `{b}`"),
+                ),
+                help="move one of the areas, or drop the placement",
+            )
+    names = list(areas)
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            share = layout.overlap(areas[a][0], areas[b][0])
+            if share > 0.5:
+                ck.c.warn(
+                    "regions-overlap",
+                    f"the areas of `{a}` and `{b}` overlap by {share:.0%}",
+                    areas[b][1].span,
+                    label="overlaps",
+                    labels=(Label(areas[a][1].span, f"area of `{a}`"),),
+                    notes=("where regions overlap, their prompts are averaged",),
+                    help="give each subject an area of its own",
+                )
 
 
 def _self_reference(ck: _Checker, t: n.Ident, subject: str) -> None:

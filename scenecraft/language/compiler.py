@@ -12,11 +12,12 @@ import re
 import stat
 from typing import Any
 
+from scenecraft import layout
 from scenecraft import plan as p
 from scenecraft.diagnostics import Diagnostic
 from scenecraft.language import nodes as n
 from scenecraft.language.check import Checked, ConceptInfo, SceneInfo
-from scenecraft.prompts import Clause, SceneText, Subject, scene_prompt
+from scenecraft.prompts import Clause, SceneText, Subject, alone, anonymous, scene_prompt
 
 CLIP_WINDOW = 77
 # CLIP's pre-tokenizer: words, single digits, runs of punctuation.
@@ -183,25 +184,78 @@ def _span(node: n.Node) -> p.SourceSpan:
     return p.SourceSpan(file=s.file, line=s.line, col=s.col, end_line=s.end_line, end_col=s.end_col)
 
 
-def scene_jobs(
-    checked: Checked, scene: SceneInfo, merge_key: str, warnings: list[Diagnostic]
-) -> list[p.RenderJob]:
-    settings = {**checked.defaults, **scene.settings}
-    text = scene_text(checked, scene, settings)
-    prompt = scene_prompt(text)
-    tokens = estimate_tokens(prompt)
-    anchor = scene.node.name if scene.node.name.name else scene.node
+def scene_regions(
+    checked: Checked, scene: SceneInfo, settings: dict[str, Any], text: SceneText
+) -> tuple[SceneText, tuple[p.Region, ...]]:
+    """The global text and one region per subject, or (text, ()) when the scene has none.
+
+    A scene is regional with two or more concepts, or any explicit area, unless `regions off`.
+    Single-concept scenes keep their one prompt (and so their images) exactly. A region's
+    prompt is the whole scene with only its subject's identity and attributes (`regions on`:
+    the other concepts by their class noun, as in the global prompt), or the subject alone in
+    the setting (`regions alone`, Mix-of-Show's region prompts).
+    """
+    concepts = [s.name for s in text.subjects if s.name in checked.concepts]
+    mode = settings.get("regions", "on")
+    if mode == "off" or (len(concepts) < 2 and not scene.areas):
+        return text, ()
+    placements = [(c.subject, c.verb, c.targets[0]) for c in text.clauses if c.is_placement]
+    names = [s.name for s in text.subjects]
+    boxes = layout.derive(names, placements, scene.areas, settings.get("layout", "auto"))
+    plain = {c: checked.concepts[c].class_noun or "someone" for c in concepts}
+    regions = []
+    for name in names:
+        info = checked.concepts.get(name)
+        if mode == "alone":  # Mix-of-Show: the subject alone in the setting
+            prompt = scene_prompt(alone(text, name))
+        else:  # the whole scene, with only this subject's identity and attributes
+            prompt = scene_prompt(anonymous(text, {k: v for k, v in plain.items() if k != name}))
+        regions.append(
+            p.Region(
+                subject=name,
+                box=boxes[name],
+                prompt=prompt,
+                negative_prompt=clean(info.negative) if info and info.negative else None,
+                prompt_tokens=estimate_tokens(prompt),
+            )
+        )
+    return anonymous(text, plain), tuple(regions)
+
+
+def _warn_long(
+    what: str, prompt: str, tokens: int, anchor: n.Node, warnings: list[Diagnostic]
+) -> None:
     if tokens > CLIP_WINDOW:
         warnings.append(
             Diagnostic(
                 "prompt-too-long",
-                f"the prompt of scene `{scene.name}` uses about {tokens} tokens; "
+                f"the prompt of {what} uses about {tokens} tokens; "
                 f"the text encoder reads only {CLIP_WINDOW}",
                 anchor.span,
                 severity="warning",
                 notes=(f"prompt: {prompt}",),
                 help="Stable Diffusion silently drops the rest: shorten attributes or the setting",
             )
+        )
+
+
+def scene_jobs(
+    checked: Checked, scene: SceneInfo, merge_key: str, warnings: list[Diagnostic]
+) -> list[p.RenderJob]:
+    settings = {**checked.defaults, **scene.settings}
+    text = scene_text(checked, scene, settings)
+    global_text, regions = scene_regions(checked, scene, settings, text)
+    prompt = scene_prompt(global_text)
+    tokens = estimate_tokens(prompt)
+    anchor = scene.node.name if scene.node.name.name else scene.node
+    _warn_long(f"scene `{scene.name}`", prompt, tokens, anchor, warnings)
+    for r in regions:
+        _warn_long(
+            f"region `{r.subject}` of scene `{scene.name}`",
+            r.prompt,
+            r.prompt_tokens,
+            anchor,
+            warnings,
         )
     concepts = tuple(x for x in _names(text, checked) if x in checked.concepts)
     objects = tuple(s.name for s in text.subjects if s.name in scene.objects)
@@ -226,7 +280,18 @@ def scene_jobs(
                 "guidance": settings["guidance"],
                 "sampler": settings["sampler"],
             }
-            job_id = p.stable_hash({**fields, "merge": merge_key}, 16)
+            if regions:  # region-less jobs keep the ids (and image keys) they always had
+                fields["regions"] = regions
+            job_id = p.stable_hash(
+                {
+                    **fields,
+                    "regions": [r.model_dump(mode="json") for r in regions],
+                    "merge": merge_key,
+                }
+                if regions
+                else {**fields, "merge": merge_key},
+                16,
+            )
             jobs.append(
                 p.RenderJob(
                     id=job_id,

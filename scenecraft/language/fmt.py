@@ -62,6 +62,9 @@ def subject_stmt(s: n.SubjectStmt) -> str:
         parts.append(f"{verb} {names(act.targets)}")
     elif isinstance(act, n.Placement):
         parts.append(f"{RELATION_WORDS[act.relation]} {act.target.name}")
+    elif isinstance(act, n.Area):
+        where = act.words if act.box is None else "(" + ", ".join(map(value, act.box)) + ")"
+        parts.append(f"at {where}")
     return " ".join(parts)
 
 

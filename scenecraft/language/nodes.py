@@ -121,10 +121,18 @@ class Placement(Node):
 
 
 @dataclass(frozen=True)
+class Area(Node):
+    """`at left half` (a named area) or `at (0.1, 0.5, 0.45, 0.95)` (x0, y0, x1, y1)."""
+
+    words: str | None = None  # the area's name as written, words joined by one space
+    box: tuple[Num, Num, Num, Num] | None = None  # fractions of the canvas, origin top left
+
+
+@dataclass(frozen=True)
 class SubjectStmt(Node):
     subject: Ident
     attributes: tuple[Attribute, ...] = ()
-    action: Interaction | Placement | None = None
+    action: Interaction | Placement | Area | None = None
 
 
 @dataclass(frozen=True)

@@ -141,6 +141,16 @@ class _ToNodes(Transformer[Token, Any]):
     def setting(self, meta: Any, c: list[Any]) -> n.Setting:
         return n.Setting(c[0], tuple(c[1:]), span=self._s(meta))
 
+    def setting_on(self, meta: Any, c: list[Any]) -> n.Setting:
+        # `regions on`: the word `on` also starts `on top of`, so it has a rule of its own
+        on = n.Ident(
+            "on",
+            span=Span(
+                self.file, meta.end_line, meta.end_column - 2, meta.end_line, meta.end_column
+            ),
+        )
+        return n.Setting(c[0], (on,), span=self._s(meta))
+
     def settings_block(self, meta: Any, c: list[Any]) -> tuple[n.Setting, ...]:
         return tuple(c)
 
@@ -176,7 +186,7 @@ class _ToNodes(Transformer[Token, Any]):
 
     def subject_stmt(self, meta: Any, c: list[Any]) -> n.SubjectStmt:
         attrs = tuple(x for x in c[1:] if isinstance(x, n.Attribute))
-        actions = [x for x in c[1:] if isinstance(x, n.Interaction | n.Placement)]
+        actions = [x for x in c[1:] if isinstance(x, n.Interaction | n.Placement | n.Area)]
         return n.SubjectStmt(c[0], attrs, actions[0] if actions else None, span=self._s(meta))
 
     def attribute(self, meta: Any, c: list[Any]) -> n.Attribute:
@@ -203,6 +213,12 @@ class _ToNodes(Transformer[Token, Any]):
 
     def placement(self, meta: Any, c: list[Any]) -> n.Placement:
         return n.Placement(c[0], c[1], span=self._s(meta))
+
+    def area_named(self, meta: Any, c: list[Any]) -> n.Area:
+        return n.Area(words=" ".join(x.name for x in c), span=self._s(meta))
+
+    def area_box(self, meta: Any, c: list[Any]) -> n.Area:
+        return n.Area(box=(c[0], c[1], c[2], c[3]), span=self._s(meta))
 
     def caption(self, meta: Any, c: list[Any]) -> n.Str:
         return c[0]
@@ -236,6 +252,8 @@ _TERMINAL_WORDS = {
     "LBRACE": "`{`",
     "RBRACE": "`}`",
     "COMMA": "`,`",
+    "LPAR": "`(`",
+    "RPAR": "`)`",
 }
 
 _STATEMENT_KEYWORDS = {

@@ -12,6 +12,7 @@ from typing import Any, Literal
 from scenecraft.diagnostics import Collector, did_you_mean
 from scenecraft.language import nodes as n
 from scenecraft.language.fmt import value as fmt_value
+from scenecraft.layout import LAYOUTS
 
 Kind = Literal["str", "int", "float", "bool", "size", "seeds", "word", "strs", "words"]
 
@@ -41,6 +42,12 @@ RENDER_KEYS: dict[str, Key] = {
     "lighting": Key("str", doc="lighting: 'soft candlelight'"),
     "style": Key("str", doc="visual style"),
     "extra": Key("strs", doc="free prompt fragments appended before the setting"),
+    "regions": Key(
+        "word",
+        choices=("on", "off"),
+        doc="a region per subject in scenes with two or more concepts",
+    ),
+    "layout": Key("word", choices=LAYOUTS, doc="how subjects without a placement share the canvas"),
 }
 DEFAULTS_KEYS: dict[str, Key] = {
     **RENDER_KEYS,
@@ -56,6 +63,7 @@ CONCEPT_KEYS: dict[str, Key] = {
     "kind": Key("word", choices=("subject", "object", "style")),
     "embedding": Key("str", doc="textual-inversion embedding file"),
     "references": Key("strs", doc="reference images"),
+    "negative": Key("str", doc="negative prompt of the concept's region"),
 }
 
 MODEL_KEYS: dict[str, Key] = {

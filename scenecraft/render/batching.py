@@ -28,10 +28,19 @@ class ImageTask:
     key: str  # content key: job id, n, merge key, mode; a PNG with this key is up to date
 
     @property
-    def group(self) -> tuple[int, int, int, float, str, str]:
-        """Settings that must agree inside one pipeline call."""
+    def group(self) -> tuple[int, int, int, float, str, str, bool]:
+        """Settings that must agree inside one pipeline call (regional jobs go together: the
+        regional processors run only for them)."""
         j = self.job
-        return (j.width, j.height, j.steps, j.guidance, j.sampler, j.negative_prompt)
+        return (
+            j.width,
+            j.height,
+            j.steps,
+            j.guidance,
+            j.sampler,
+            j.negative_prompt,
+            bool(j.regions),
+        )
 
 
 def image_key(job: RenderJob, n: int, merge_key: str, mode: str) -> str:
@@ -66,7 +75,7 @@ def in_shard(job: RenderJob, shard: tuple[int, int] | None) -> bool:
 
 def make_batches(tasks: Iterable[ImageTask], batch_size: int) -> list[list[ImageTask]]:
     """Group by compatible settings (first-seen order), then cut into batches of ``batch_size``."""
-    groups: dict[tuple[int, int, int, float, str, str], list[ImageTask]] = {}
+    groups: dict[tuple[int, int, int, float, str, str, bool], list[ImageTask]] = {}
     for task in tasks:
         groups.setdefault(task.group, []).append(task)
     size = max(1, batch_size)

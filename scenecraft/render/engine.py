@@ -51,6 +51,7 @@ from scenecraft.render.outputs import (
     image_path,
     write_png,
 )
+from scenecraft.render.regions import regional
 from scenecraft.render.samplers import make_scheduler, sampler_def
 
 
@@ -305,16 +306,17 @@ class _Session:
             emit(reporter, StepDone(i + 1, int(getattr(p, "num_timesteps", job.steps))))
             return kwargs
 
-        images = pipe(
-            prompt=[t.job.prompt for t in tasks],
-            negative_prompt=[job.negative_prompt] * len(tasks) if job.negative_prompt else None,
-            width=job.width,
-            height=job.height,
-            num_inference_steps=job.steps,
-            guidance_scale=job.guidance,
-            generator=generators(tasks),
-            callback_on_step_end=on_step,
-        ).images
+        with regional(pipe, [t.job for t in tasks]):
+            images = pipe(
+                prompt=[t.job.prompt for t in tasks],
+                negative_prompt=[job.negative_prompt] * len(tasks) if job.negative_prompt else None,
+                width=job.width,
+                height=job.height,
+                num_inference_steps=job.steps,
+                guidance_scale=job.guidance,
+                generator=generators(tasks),
+                callback_on_step_end=on_step,
+            ).images
         for task, image in zip(tasks, images, strict=True):
             self.write(task, image)
         self.manifest.save(finished=False, interrupted=False)
