@@ -61,6 +61,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--check", action="store_true", help="exit 1 if a file would change")
     p.add_argument("--stdout", action="store_true", help="print instead of rewriting")
 
+    p = sub.add_parser("layout", help="draw each scene's regions as boxes (no model needed)")
+    p.add_argument("file", metavar="FILE")
+    p.add_argument("--only", action="append", default=[], metavar="SCENE", help="these scenes")
+    p.add_argument("--out", default="./out", metavar="DIR", help="output folder (default ./out)")
+    _add_source_args(p)
+
     for name, module, text in (
         ("merge", "scenecraft.merge.command", "merge a scene file's LoRAs into one model"),
         ("render", "scenecraft.render.command", "render a scene file's images and storyboards"),
@@ -215,7 +221,19 @@ def cmd_engine(args: argparse.Namespace, out: _Output) -> int:
     return int(_import(args._module).run(args, loaded))
 
 
-COMMANDS = {"check": cmd_check, "compile": cmd_compile, "fmt": cmd_fmt}
+def cmd_layout(args: argparse.Namespace, out: _Output) -> int:
+    from scenecraft.api import load
+    from scenecraft.render.sketch import write_sketches
+
+    loaded = load(args.file, variables(args))
+    out.sources.update(loaded.sources)
+    out.show(loaded.warnings)
+    for path in write_sketches(loaded.plan, args.out, args.only):
+        print(path)
+    return EXIT_OK
+
+
+COMMANDS = {"check": cmd_check, "compile": cmd_compile, "fmt": cmd_fmt, "layout": cmd_layout}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

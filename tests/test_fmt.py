@@ -169,7 +169,12 @@ interactions = st.one_of(
     st.builds(n.Interaction, texts, targets, st.just(True)),
 )
 placements = st.builds(n.Placement, st.sampled_from(sorted(RELATION_WORDS)), idents)
-actions = st.one_of(interactions, placements)
+area_words = st.lists(idents, min_size=1, max_size=2).map(lambda xs: " ".join(x.name for x in xs))
+areas = st.one_of(
+    st.builds(n.Area, area_words),
+    st.builds(n.Area, st.none(), st.tuples(floats, floats, floats, floats)),
+)
+actions = st.one_of(interactions, placements, areas)
 subject_stmts = st.one_of(
     st.builds(n.SubjectStmt, idents, st.lists(attributes, min_size=1, max_size=3).map(tuple),
               st.none() | actions),
@@ -179,6 +184,7 @@ scene_stmts = st.one_of(
     settings_,
     subject_stmts,
     st.builds(n.Presence, st.lists(idents, min_size=1, max_size=4).map(tuple)),
+    st.builds(n.Setting, idents, st.just((n.Ident("on"),))),  # `regions on`
     st.builds(n.ObjectDecl, idents, st.none() | strs),
     st.builds(n.Together, strs),
 )

@@ -44,8 +44,9 @@ RENDER_KEYS: dict[str, Key] = {
     "extra": Key("strs", doc="free prompt fragments appended before the setting"),
     "regions": Key(
         "word",
-        choices=("on", "off"),
-        doc="a region per subject in scenes with two or more concepts",
+        choices=("on", "alone", "off"),
+        doc="a region per subject in scenes with two or more concepts (alone: region prompts "
+        "name only their subject)",
     ),
     "layout": Key("word", choices=LAYOUTS, doc="how subjects without a placement share the canvas"),
 }

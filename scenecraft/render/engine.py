@@ -51,7 +51,7 @@ from scenecraft.render.outputs import (
     image_path,
     write_png,
 )
-from scenecraft.render.regions import regional
+from scenecraft.render.regions import regional, regions_text
 from scenecraft.render.samplers import make_scheduler, sampler_def
 
 
@@ -337,6 +337,8 @@ class _Session:
             fields["Merge"] = f"{self.plan.merge.method} {self.result.merge_key[:10]}"
         elif self.mode == "adapters":
             fields["Lora"] = " ".join(c.name for c in self.plan.merge.concepts if c.lora)
+        if job.regions:  # one value, quoted by a1111_parameters: A1111's PNG Info keeps it whole
+            fields["Regions"] = regions_text(job)
         fields["Version"] = f"scenecraft {__version__}"
         provenance = {
             "version": METADATA_VERSION,
@@ -349,6 +351,7 @@ class _Session:
             "merge_method": self.plan.merge.method,
             "merge_entry": self.merge_entry,
             "mode": self.mode,
+            "regions": [r.model_dump(mode="json") for r in job.regions],
             "model": {"name": self.model.name, "hash": self.model.hash},
             "plan": {"file": self.plan.file, "source_sha256": self.plan.source_sha256},
         }
@@ -358,7 +361,18 @@ class _Session:
         rel = task.path.relative_to(self.result.out_dir).as_posix()
         self.manifest.record(
             rel,
-            {"key": task.key, "job": job.id, "scene": job.scene, "seed": task.seed, "n": task.n},
+            {
+                "key": task.key,
+                "job": job.id,
+                "scene": job.scene,
+                "seed": task.seed,
+                "n": task.n,
+                **(
+                    {"regions": [r.model_dump(mode="json") for r in job.regions]}
+                    if job.regions
+                    else {}
+                ),
+            },
         )
         self.result.written.append(task.path)
         emit(self.reporter, ImageWritten(job.id, str(task.path), job.scene, task.seed))

@@ -74,6 +74,16 @@ def masks_for(boxes: Sequence[Sequence[Box | None]], h: int, w: int) -> torch.Te
     return out
 
 
+def regions_text(job: RenderJob) -> str:
+    """The regions of a job on one line, for A1111's ``parameters`` (``Regions:`` key):
+    ``ziggy [0,0,0.5,1] <ZIGGY> circle, at sea | blip [0.5,0,1,1] ...``."""
+    return " | ".join(
+        f"{r.subject} [{','.join(f'{v:g}' for v in r.box)}] {r.prompt}"
+        + (f" (negative: {r.negative_prompt})" if r.negative_prompt else "")
+        for r in job.regions
+    )
+
+
 # -------------------------------------------------------------------------------- the state
 
 

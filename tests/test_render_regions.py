@@ -1,0 +1,226 @@
+"""The regional sampler on the tiny pipeline: masks, CFG, one UNet pass, restoring processors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from scenecraft.plan import Region, RenderJob
+from scenecraft.render.regions import (
+    RegionalAttnProcessor,
+    coverage,
+    cross_attention_names,
+    masks_for,
+    regional,
+    token_grid,
+)
+from tests._fixtures_render import SIZE, STEPS, make_job, tiny_pipe
+from tests._fixtures_render import one_thread as one_thread  # noqa: F401  (autouse)
+
+GLOBAL = "a photo of a man"
+OTHER = "a dog"
+
+
+def regional_job(regions: tuple[Region, ...], seed: int = 7, **kw: Any) -> RenderJob:
+    job = make_job("duo", seed, GLOBAL, **kw)
+    return job.model_copy(update={"regions": regions})
+
+
+def region(box: tuple[float, float, float, float], prompt: str = OTHER, **kw: Any) -> Region:
+    return Region(subject="ziggy", box=box, prompt=prompt, **kw)
+
+
+def render(jobs: list[RenderJob], prompts: list[str] | None = None) -> np.ndarray:
+    """The pipeline's images (float, 0..1) for ``jobs``, as the engine calls it."""
+    pipe = tiny_pipe()
+    job = jobs[0]
+    with regional(pipe, jobs):
+        out = pipe(
+            prompt=prompts or [j.prompt for j in jobs],
+            negative_prompt=[job.negative_prompt] * len(jobs),
+            width=SIZE,
+            height=SIZE,
+            num_inference_steps=STEPS,
+            guidance_scale=job.guidance,
+            generator=[torch.Generator().manual_seed(j.seed) for j in jobs],
+            output_type="np",
+        )
+    return np.asarray(out.images)
+
+
+# ------------------------------------------------------------------------------------ masks
+
+
+def test_token_grid_at_every_level() -> None:
+    # a 512x768 SD image: 64x96 latents, then 32x48, 16x24, 8x12
+    for k, (h, w) in enumerate([(64, 96), (32, 48), (16, 24), (8, 12)]):
+        assert token_grid((64, 96), h * w) == (h, w), k
+    assert token_grid((9, 9), 25) == (5, 5)  # odd sides round up, as padded convolutions do
+    with pytest.raises(ValueError):
+        token_grid((64, 96), 1000)
+
+
+def test_coverage_is_exact_area() -> None:
+    left = coverage((0.0, 0.0, 0.5, 1.0), 4, 4)
+    assert left.tolist() == [[1.0, 1.0, 0.0, 0.0]] * 4
+    # a box edge through the middle of a cell covers half of it
+    third = coverage((0.0, 0.0, 1 / 3, 1.0), 2, 2)
+    assert third[:, 0].tolist() == pytest.approx([2 / 3, 2 / 3])
+    assert third[:, 1].tolist() == [0.0, 0.0]
+    for h, w in [(4, 4), (8, 12), (5, 7)]:
+        box = (0.1, 0.2, 0.65, 0.9)
+        assert float(coverage(box, h, w).sum()) == pytest.approx(0.55 * 0.7 * h * w, rel=1e-5)
+
+
+def test_masks_pad_missing_regions_with_zero() -> None:
+    m = masks_for([[(0.0, 0.0, 1.0, 1.0), None], [None, (0.0, 0.0, 0.5, 0.5)]], 2, 2)
+    assert m.shape == (2, 2, 4)
+    assert m[0, 0].tolist() == [1, 1, 1, 1] and m[0, 1].tolist() == [0, 0, 0, 0]
+    assert m[1, 1].tolist() == [1, 0, 0, 0]
+
+
+# ----------------------------------------------------------------------------- the sampler
+
+
+def test_region_less_jobs_install_nothing_and_keep_their_pixels() -> None:
+    pipe = tiny_pipe()
+    before = dict(pipe.unet.attn_processors)
+    job = make_job("solo", 3, GLOBAL)
+    seen: list[bool] = []
+    hook = pipe.unet.register_forward_pre_hook(
+        lambda m, a: seen.append(
+            any(isinstance(p, RegionalAttnProcessor) for p in m.attn_processors.values())
+        )
+    )
+    try:
+        a = render([job])
+    finally:
+        hook.remove()
+    assert seen and not any(seen)
+    b = np.asarray(
+        pipe(
+            prompt=[GLOBAL],
+            negative_prompt=["blurry"],
+            width=SIZE,
+            height=SIZE,
+            num_inference_steps=STEPS,
+            guidance_scale=7.5,
+            generator=[torch.Generator().manual_seed(3)],
+            output_type="np",
+        ).images
+    )
+    assert np.array_equal(a, b)
+    assert dict(pipe.unet.attn_processors) == before
+
+
+def test_whole_canvas_region_equals_its_prompt_alone() -> None:
+    regional_image = render([regional_job((region((0.0, 0.0, 1.0, 1.0)),))])
+    alone = render([make_job("duo", 7, OTHER)])
+    assert np.abs(regional_image - alone).max() < 1e-4
+    assert np.abs(regional_image - render([make_job("duo", 7, GLOBAL)])).max() > 1e-3
+
+
+def test_region_with_the_global_prompt_changes_nothing() -> None:
+    same = render([regional_job((region((0.0, 0.0, 0.5, 1.0), prompt=GLOBAL),))])
+    plain = render([make_job("duo", 7, GLOBAL)])
+    assert np.abs(same - plain).max() < 1e-4
+
+
+def test_a_half_box_changes_only_its_half_most() -> None:
+    left = render([regional_job((region((0.0, 0.0, 0.5, 1.0)),))])
+    plain = render([make_job("duo", 7, GLOBAL)])
+    diff = np.abs(left - plain).mean(axis=(0, 3))  # (H, W)
+    assert diff.max() > 1e-3
+    assert diff[:, : SIZE // 2].mean() > diff[:, SIZE // 2 :].mean()
+
+
+def test_unconditional_branch_uses_the_region_negative() -> None:
+    box = (0.0, 0.0, 1.0, 1.0)
+    own = render([regional_job((region(box, negative_prompt="a man"),))])
+    default = render([regional_job((region(box),))])  # the job's negative: "blurry"
+    assert np.abs(own - default).max() > 1e-3
+    # = the region prompt rendered alone with that negative
+    alone = render([make_job("duo", 7, OTHER, negative="a man")])
+    assert np.abs(own - alone).max() < 1e-4
+
+
+def test_without_guidance_the_regions_still_apply() -> None:
+    box = (0.0, 0.0, 1.0, 1.0)
+    regional_image = render([regional_job((region(box),), guidance=1.0)])
+    alone = render([make_job("duo", 7, OTHER, guidance=1.0)])
+    assert np.abs(regional_image - alone).max() < 1e-4
+
+
+def test_batched_images_equal_their_single_renders() -> None:
+    a = regional_job((region((0.0, 0.0, 0.5, 1.0)), region((0.5, 0.0, 1.0, 1.0), "a man")))
+    b = regional_job((region((0.0, 0.0, 1.0, 0.5)),), seed=9)  # fewer regions: padded
+    both = render([a, b])
+    assert np.abs(both[0] - render([a])[0]).max() < 1e-4
+    assert np.abs(both[1] - render([b])[0]).max() < 1e-4
+
+
+def test_one_unet_pass_per_step() -> None:
+    pipe = tiny_pipe()
+    calls: list[int] = []
+    hook = pipe.unet.register_forward_pre_hook(lambda m, a: calls.append(1))
+    four = tuple(
+        region((i / 4, 0.0, (i + 1) / 4, 1.0), p)
+        for i, p in enumerate(["a dog", "a man", "a photo", "a dog"])
+    )
+    try:
+        render([regional_job(four)])
+    finally:
+        hook.remove()
+    assert len(calls) == STEPS
+
+
+def test_processors_are_put_back_even_on_error() -> None:
+    pipe = tiny_pipe()
+    before = dict(pipe.unet.attn_processors)
+    job = regional_job((region((0.0, 0.0, 0.5, 1.0)),))
+    with pytest.raises(RuntimeError, match="boom"), regional(pipe, [job]):
+        assert all(
+            isinstance(pipe.unet.attn_processors[n], RegionalAttnProcessor)
+            for n in cross_attention_names(pipe.unet)
+        )
+        assert not any(
+            isinstance(p, RegionalAttnProcessor)
+            for n, p in pipe.unet.attn_processors.items()
+            if n not in cross_attention_names(pipe.unet)
+        )
+        raise RuntimeError("boom")
+    assert dict(pipe.unet.attn_processors) == before
+
+
+def test_regions_round_trip_through_the_png_and_the_manifest(tmp_path: Any) -> None:
+    import json
+
+    from scenecraft.render.engine import render as render_plan
+    from scenecraft.render.outputs import parse_parameters, read_png_metadata
+    from tests._fixtures_render import make_plan
+
+    plan = make_plan(scenes=("duo",), seeds=(1,))
+    regions = (
+        region((0.0, 0.0, 0.5, 1.0), "a man, in a park", negative_prompt="a dog"),
+        Region(subject="momo", box=(0.5, 0.0, 1.0, 1.0), prompt="a dog, in a park"),
+    )
+    jobs = tuple(j.model_copy(update={"regions": regions}) for j in plan.jobs)
+    plan = plan.model_copy(update={"jobs": jobs})
+    result = render_plan(plan, tmp_path, pipe=tiny_pipe())
+    [path] = result.written
+    meta = read_png_metadata(path)
+    assert meta.scenecraft is not None
+    assert [Region(**r) for r in meta.scenecraft["regions"]] == list(regions)
+    assert RenderJob(**meta.scenecraft["job"]).regions == regions
+    fields = parse_parameters(meta.parameters or "")
+    assert fields["Regions"] == (
+        "ziggy [0,0,0.5,1] a man, in a park (negative: a dog) | momo [0.5,0,1,1] a dog, in a park"
+    )
+    assert fields["Steps"] == str(STEPS) and fields["Prompt"] == jobs[0].prompt
+    manifest = json.loads(Path(result.manifest or "").read_text())
+    [entry] = manifest["images"].values()
+    assert [Region(**r) for r in entry["regions"]] == list(regions)
