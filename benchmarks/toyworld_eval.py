@@ -34,7 +34,7 @@ from scenecraft import load
 from scenecraft.merge.api import merge
 from scenecraft.merge.apply import apply_merge
 from scenecraft.plan import BaseModelSpec, ConceptSpec, MergeSpec, RenderJob
-from scenecraft.render.regions import regional
+from scenecraft.render.regions import Adapters, regional
 from scenecraft.toyworld import (
     BASE_DIR,
     CONCEPTS,
@@ -49,13 +49,12 @@ from scenecraft.toyworld import (
 from scenecraft.toyworld.judge import judge
 
 SETS = {2: ("ziggy", "blip"), 3: ("ziggy", "blip", "kiki"), 4: ("ziggy", "zaza", "blip", "kiki")}
-# (label, method, params). The default ridge is 1e-2 (scenecraft.merge.methods.DEFAULT_RIDGE);
-# "ridge 1e-6" is plain least squares, as Mix-of-Show and the LoRACLR reference solve it.
+# (label, method, params), each with the engine's defaults (ridge 1e-2 for the feature methods;
+# plain least squares, ridge 1e-6, broke settings and placements: docs/loraclr.md).
 MERGED: tuple[tuple[str, str, dict[str, Any]], ...] = (
     ("linear", "linear", {}),
-    ("gradient-fusion ridge 1e-6", "gradient-fusion", {"ridge": 1e-6}),
+    ("ties", "ties", {}),
     ("gradient-fusion", "gradient-fusion", {}),
-    ("loraclr ridge 1e-6", "loraclr", {"ridge": 1e-6}),
     ("loraclr", "loraclr", {}),
 )
 SETTINGS = (None, "on grass", "at sea", "in the desert", "under a night sky")
@@ -87,7 +86,7 @@ def single_cases(name: str, n: int, seed: int) -> list[Case]:
     return [Case(expected_scene([name], setting=rng.choice(SETTINGS)), 2000 + i) for i in range(n)]
 
 
-def scene_file(cases: list[Case], regions: bool) -> str:
+def scene_file(cases: list[Case], regions: str) -> str:
     """The cases as a scene file: one scene per case, compiled by scenecraft's own compiler."""
     names = sorted({s.name for c in cases for s in c.scene.sprites})
     lines = [f'model "{BASE_DIR}" family sd15']
@@ -99,7 +98,7 @@ def scene_file(cases: list[Case], regions: bool) -> str:
             f'  lora "{lora_path(n)}"',
             "}",
         ]
-    lines += ["merge none", "defaults {", "  size 64x64", f"  regions {'on' if regions else 'off'}"]
+    lines += ["merge none", "defaults {", "  size 64x64", f"  regions {regions}"]
     lines += [f"  steps {DEFAULT_STEPS}", f"  guidance {DEFAULT_GUIDANCE}", "}"]
     for i, c in enumerate(cases):
         lines += [f"scene c{i} {{", f"  seeds {c.seed}"]
@@ -114,27 +113,30 @@ def scene_file(cases: list[Case], regions: bool) -> str:
     return "\n".join(lines) + "\n"
 
 
-def compiled_jobs(cases: list[Case], regions: bool) -> list[RenderJob]:
-    """One compiled job per case (global prompt only when ``regions`` is False)."""
+def compiled_jobs(cases: list[Case], regions: str) -> list[RenderJob]:
+    """One compiled job per case (``regions``: on, alone or off, as the scene setting)."""
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "cases.scene"
         path.write_text(scene_file(cases, regions))
         jobs = list(load(path).plan.jobs)
     assert len(jobs) == len(cases)
-    if not regions:  # the compiler's prompt is exactly the world's caption
+    if regions == "off":  # the compiler's prompt is exactly the world's caption
         assert all(j.prompt == expected_prompt(c.scene) for j, c in zip(jobs, cases, strict=True))
     return jobs
 
 
-def render(pipe: Any, jobs: list[RenderJob], batch: int = 16) -> list[Any]:
-    """One image per job, through the renderer's regional sampling when jobs have regions;
-    each image uses its own generator seed (independent of batching)."""
+def render(
+    pipe: Any, jobs: list[RenderJob], batch: int = 16, adapters: Adapters | None = None
+) -> list[Any]:
+    """One image per job, through the renderer's regional sampling when jobs have regions
+    (with ``adapters``: each confined to its subject's region); each image uses its own
+    generator seed (independent of batching)."""
     images = []
     for i in range(0, len(jobs), batch):
         chunk = jobs[i : i + batch]
-        with regional(pipe, chunk):
+        with regional(pipe, chunk, adapters) as extra:
             out = pipe(
-                [j.prompt for j in chunk],
+                **(extra or {"prompt": [j.prompt for j in chunk]}),
                 height=64,
                 width=64,
                 num_inference_steps=DEFAULT_STEPS,
@@ -145,8 +147,10 @@ def render(pipe: Any, jobs: list[RenderJob], batch: int = 16) -> list[Any]:
     return images
 
 
-def scores(pipe: Any, cases: list[Case], regions: bool = False) -> dict[str, list[float]]:
-    images = render(pipe, compiled_jobs(cases, regions))
+def scores(
+    pipe: Any, cases: list[Case], regions: str = "off", adapters: Adapters | None = None
+) -> dict[str, list[float]]:
+    images = render(pipe, compiled_jobs(cases, regions), adapters=adapters)
     results = [judge(im, c.scene) for im, c in zip(images, cases, strict=True)]
     return {m: [float(getattr(r, m)) for r in results] for m in METRICS}
 
@@ -195,29 +199,51 @@ def adapters_pipe(names: tuple[str, ...]) -> Any:
     return pipe
 
 
-def evaluate(n_seeds: int) -> dict[str, Any]:
+def confined(names: tuple[str, ...]) -> Adapters:
+    """Each concept's adapter confined to its own region (adapter name = concept name)."""
+    return Adapters({n: (n, 1.0) for n in names})
+
+
+# pair-scene variants: (label, regions in the plan, region prompts, adapters confined)
+VARIANTS: tuple[tuple[str, str, bool], ...] = (
+    ("off", "off", False),  # one global prompt (what every row measured before regions)
+    ("on", "on", False),  # a region per concept: the scene with only that concept's identity
+    ("alone", "alone", False),  # Mix-of-Show's region prompts: the concept alone
+)
+
+
+def evaluate(n_seeds: int, methods: tuple[str, ...] | None = None) -> dict[str, Any]:
     rows: list[dict[str, Any]] = []
     singles_per_concept = max(4, n_seeds // 2)
+    chosen = [m for m in MERGED if methods is None or m[0] in methods]
     with tempfile.TemporaryDirectory() as tmp:
         for size, names in SETS.items():
             pairs = pair_cases(names, n_seeds, seed=size)
             singles = [c for n in names for c in single_cases(n, singles_per_concept, seed=size)]
             setups: list[tuple[str, Any, float]] = []
-            for label, method, params in MERGED:
+            for label, method, params in chosen:
                 pipe, seconds = merged_pipe(method, params, names, Path(tmp))
                 setups.append((label, pipe, seconds))
             setups.append(("adapters", adapters_pipe(names), 0.0))
             for method, pipe, seconds in setups:
-                for kind, cases in (("pairs", pairs), ("singles", singles)):
+                runs: list[tuple[str, str, list[Case], str, Adapters | None]] = [
+                    ("pairs", label, pairs, mode, None) for label, mode, _ in VARIANTS
+                ]
+                if method == "adapters":
+                    runs.append(("pairs", "confined", pairs, "on", confined(names)))
+                runs.append(("singles", "off", singles, "off", None))
+                for kind, label, cases, mode, ad in runs:
                     start = time.perf_counter()
-                    s = scores(pipe, cases)
+                    s = scores(pipe, cases, mode, ad)
+                    seconds_per_image = (time.perf_counter() - start) / len(cases)
                     rows.append(
                         {
                             "concepts": size,
                             "method": method,
                             "scenes": kind,
+                            "regions": label,
                             "merge_seconds": round(seconds, 2),
-                            "render_seconds": round(time.perf_counter() - start, 2),
+                            "render_seconds_per_image": round(seconds_per_image, 3),
                             **{m: summary(v) for m, v in s.items()},
                         }
                     )
@@ -235,6 +261,7 @@ def evaluate(n_seeds: int) -> dict[str, Any]:
                     "concepts": size,
                     "method": "own LoRA (ceiling)",
                     "scenes": "singles",
+                    "regions": "off",
                     **{m: summary(v) for m, v in ceiling.items()},
                 }
             )
@@ -247,18 +274,18 @@ def _cell(s: dict[str, float]) -> str:
 
 
 def _line(row: dict[str, Any]) -> str:
-    return f"{row['concepts']} {row['method']:>20} {row['scenes']:>7} " + "  ".join(
-        f"{m} {row[m]['mean']:.2f}" for m in METRICS
-    )
+    head = f"{row['concepts']} {row['method']:>20} {row['scenes']:>7} {row['regions']:>8} "
+    return head + "  ".join(f"{m} {row[m]['mean']:.2f}" for m in METRICS)
 
 
 def markdown(result: dict[str, Any]) -> str:
-    head = "| concepts | method | scenes | Accuracy | Identity | Placement | merge s |\n"
-    head += "|---|---|---|---|---|---|---|\n"
+    head = "| concepts | method | scenes | regions | Accuracy | Identity | Placement | merge s "
+    head += "| s/image |\n|---|---|---|---|---|---|---|---|---|\n"
     lines = [
         f"| {r['concepts']} | {r['method']} | {r['scenes']} (n={r['accuracy']['n']}) | "
+        f"{r['regions']} | "
         + " | ".join(_cell(r[m]) for m in METRICS)
-        + f" | {r.get('merge_seconds', '')} |"
+        + f" | {r.get('merge_seconds', '')} | {r.get('render_seconds_per_image', '')} |"
         for r in result["rows"]
     ]
     return head + "\n".join(lines) + "\n"
@@ -269,10 +296,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", type=int, default=16, help="pair scenes per concept set")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/toyworld_eval.json"))
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument(
+        "--methods", nargs="*", default=None, help="merge rows to run (default: all)"
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
-    result = evaluate(args.seeds)
+    result = evaluate(args.seeds, tuple(args.methods) if args.methods else None)
     result["seconds"] = round(time.perf_counter() - start, 1)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))

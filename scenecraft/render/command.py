@@ -57,7 +57,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--adapters",
         action="store_true",
-        help="render with the LoRAs as runtime adapters instead of the merged model",
+        help="render with the LoRAs as runtime adapters instead of the merged model (in a "
+        "regional scene each adapter acts only inside its subject's region)",
     )
     p.add_argument("--quiet", action="store_true", help="print warnings and errors only")
     p.add_argument(

@@ -51,7 +51,7 @@ from scenecraft.render.outputs import (
     image_path,
     write_png,
 )
-from scenecraft.render.regions import regional, regions_text
+from scenecraft.render.regions import Adapters, regional, regions_text
 from scenecraft.render.samplers import make_scheduler, sampler_def
 
 
@@ -252,6 +252,7 @@ class _Session:
         self.model = model_info(plan.merge.base)
         self.schedulers: dict[str, Any] = {}
         self.merge_entry = ""  # the merge engine's cache key, once the merge is applied
+        self.confined: Adapters | None = None  # runtime adapters, confined to their regions
 
     # 3. Prepare the model
     def prepare(self, pipe: Any, device: str | None, dtype: str | None, cache_dir: Any) -> Any:
@@ -262,6 +263,13 @@ class _Session:
         pipe.set_progress_bar_config(disable=True)
         if self.mode == "adapters":
             adapter_mod.load_adapters(pipe, self.plan.merge.concepts, self.reporter)
+            self.confined = Adapters(
+                {
+                    c.name: (adapter_mod.adapter_name(c), c.weight)
+                    for c in self.plan.merge.concepts
+                    if c.lora is not None
+                }
+            )
         elif self.mode == "merged":
             self.merge_entry = adapter_mod.apply_merged(
                 pipe, self.plan.merge, cache_dir, self.reporter
@@ -306,10 +314,15 @@ class _Session:
             emit(reporter, StepDone(i + 1, int(getattr(p, "num_timesteps", job.steps))))
             return kwargs
 
-        with regional(pipe, [t.job for t in tasks]):
+        with regional(pipe, [t.job for t in tasks], self.confined) as extra:
+            prompts: dict[str, Any] = extra or {
+                "prompt": [t.job.prompt for t in tasks],
+                "negative_prompt": [job.negative_prompt] * len(tasks)
+                if job.negative_prompt
+                else None,
+            }
             images = pipe(
-                prompt=[t.job.prompt for t in tasks],
-                negative_prompt=[job.negative_prompt] * len(tasks) if job.negative_prompt else None,
+                **prompts,
                 width=job.width,
                 height=job.height,
                 num_inference_steps=job.steps,

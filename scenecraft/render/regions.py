@@ -95,7 +95,11 @@ class RegionalState:
     negative: torch.Tensor  # (R, B, T, D) region negative embeddings (the uncond half)
     boxes: list[list[Box | None]]  # per image, per region slot (None: padding)
     latent_hw: tuple[int, int]  # latent height, width
+    adapters: list[list[str | None]] | None = None  # confined adapters: one per region slot
     _masks: dict[tuple[int, bool], torch.Tensor] = field(default_factory=dict)
+    _adapter_masks: dict[tuple[int, int, bool], dict[str, torch.Tensor]] = field(
+        default_factory=dict
+    )
 
     def context(self, batch: int) -> torch.Tensor:
         """(R, batch, T, D): with CFG (batch = 2B) ``[negative; prompt]``, else the prompts."""
@@ -114,6 +118,23 @@ class RegionalState:
                 m = torch.cat([m, m])  # (2B, R, N): uncond and cond halves see the same boxes
             self._masks[key] = m.transpose(0, 1)[:, :, None, :, None]
         return self._masks[key].to(device=like.device, dtype=like.dtype)
+
+    def adapter_masks(self, hw: tuple[int, int], batch: int) -> dict[str, torch.Tensor]:
+        """adapter -> (batch, h·w) coverage of the union of its regions, for confined adapters."""
+        cfg = batch == 2 * len(self.boxes)
+        key = (*hw, cfg)
+        if key not in self._adapter_masks:
+            assert self.adapters is not None
+            m = masks_for(self.boxes, *hw)  # (B, R, N)
+            out: dict[str, torch.Tensor] = {}
+            for name in {a for image in self.adapters for a in image if a is not None}:
+                pick = torch.tensor(
+                    [[a == name for a in image] for image in self.adapters], dtype=m.dtype
+                )  # (B, R)
+                union = (m * pick[:, :, None]).sum(1).clamp(max=1)  # (B, N)
+                out[name] = torch.cat([union, union]) if cfg else union
+            self._adapter_masks[key] = out
+        return self._adapter_masks[key]
 
 
 # ---------------------------------------------------------------------------- the processor
@@ -158,6 +179,9 @@ class RegionalAttnProcessor:
         query = attn.to_q(hidden_states)  # (batch, N, C)
         key = attn.to_k(context)  # ((1+R)·batch, T, C)
         value = attn.to_v(context)
+        if self.state.adapters is not None:  # region r's keys and values get its adapter only
+            key = key + self.confined_text_delta(attn.to_k, context, batch, R)
+            value = value + self.confined_text_delta(attn.to_v, context, batch, R)
         heads = attn.heads
         head_dim = key.shape[-1] // heads
         q = query.view(batch, -1, heads, head_dim).transpose(1, 2)  # (batch, h, N, d)
@@ -184,6 +208,85 @@ class RegionalAttnProcessor:
         if attn.residual_connection:
             hidden_states = hidden_states + residual
         return hidden_states / attn.rescale_output_factor
+
+    def confined_text_delta(
+        self, layer: Any, context: torch.Tensor, batch: int, R: int
+    ) -> torch.Tensor:
+        """((1+R)·batch, T, C): each region row's own adapter's LoRA output, zero elsewhere."""
+        assert self.state.adapters is not None
+        names = lora_names(layer)
+        delta = torch.zeros(
+            (*context.shape[:2], layer.base_layer.out_features),
+            dtype=context.dtype,
+            device=context.device,
+        )
+        if not names:
+            return delta
+        images = len(self.state.boxes)
+        for r in range(R):
+            for row in range(batch):
+                name = self.state.adapters[row % images][r]
+                if name in names:
+                    i = (1 + r) * batch + row
+                    delta[i] = lora_delta(layer, name, context[i])
+        return delta
+
+
+# ------------------------------------------------------------------ region-confined adapters
+
+
+def lora_names(layer: Any) -> set[str]:
+    """Adapter names a PEFT LoRA layer holds (none for a plain layer)."""
+    return set(getattr(layer, "lora_A", {}) or {})
+
+
+def lora_delta(layer: Any, name: str, x: torch.Tensor) -> torch.Tensor:
+    """One adapter's LoRA output of a PEFT layer: s · B(A(x)) (what PEFT adds to the base)."""
+    a, b = layer.lora_A[name], layer.lora_B[name]
+    return b(a(layer.lora_dropout[name](x.to(a.weight.dtype)))) * layer.scaling[name]
+
+
+def _spatial_hook(state: RegionalState, name_set: set[str]) -> Any:
+    """A forward hook adding each adapter's LoRA output inside its regions only."""
+
+    def hook(layer: Any, args: tuple[Any, ...], output: torch.Tensor) -> torch.Tensor:
+        x = args[0]
+        if x.ndim == 4:  # (B, C, H, W): a convolution
+            hw = (x.shape[2], x.shape[3])
+            for name, m in state.adapter_masks(hw, x.shape[0]).items():
+                if name in name_set:
+                    mask = m.view(x.shape[0], 1, *hw).to(output)
+                    output = output + mask * lora_delta(layer, name, x)
+            return output
+        tokens = x.shape[1]  # (B, N, C): image tokens of a transformer block
+        hw = token_grid(state.latent_hw, tokens)
+        for name, m in state.adapter_masks(hw, x.shape[0]).items():
+            if name in name_set:
+                output = output + m[:, :, None].to(output) * lora_delta(layer, name, x)
+        return output
+
+    return hook
+
+
+TEXT_SIDE = ("attn2.to_k", "attn2.to_v")  # inputs are prompt tokens: confined per region row
+
+
+@contextmanager
+def confined_adapters(unet: Any, state: RegionalState) -> Iterator[None]:
+    """The UNet's own LoRA forward off; each adapter's output added inside its regions only
+    (image-side layers by hooks, text-side K/V by the regional processor)."""
+    hooks = []
+    for name, module in unet.named_modules():
+        names = lora_names(module)
+        if names and not name.endswith(TEXT_SIDE):
+            hooks.append(module.register_forward_hook(_spatial_hook(state, names)))
+    unet.disable_adapters()
+    try:
+        yield
+    finally:
+        unet.enable_adapters()
+        for h in hooks:
+            h.remove()
 
 
 # ------------------------------------------------------------------------- installing them
@@ -217,11 +320,38 @@ def encode(pipe: Any, prompts: list[str], negatives: list[str]) -> tuple[torch.T
     return pos, neg
 
 
-def regional_state(pipe: Any, jobs: Sequence[RenderJob]) -> RegionalState:
-    """Encode every region prompt of a batch once; pad images with fewer regions."""
+@dataclass(frozen=True)
+class Adapters:
+    """Runtime adapters to confine to their regions: subject -> (adapter name, weight w_c)."""
+
+    of: dict[str, tuple[str, float]]
+
+    def activate(self, pipe: Any, name: str | None) -> None:
+        """Only adapter ``name`` active (in the text encoder too); None: no adapter at all."""
+        if name is None:
+            pipe.disable_lora()
+            return
+        pipe.enable_lora()
+        weight = next(w for n, w in self.of.values() if n == name)
+        pipe.set_adapters([name], adapter_weights=[weight])
+
+    def restore(self, pipe: Any) -> None:
+        """Every adapter active with its weight again (what ``load_adapters`` left)."""
+        pipe.enable_lora()
+        names = list(dict.fromkeys(n for n, _ in self.of.values()))
+        weights = [next(w for n2, w in self.of.values() if n2 == n) for n in names]
+        pipe.set_adapters(names, adapter_weights=weights)
+
+
+def regional_state(
+    pipe: Any, jobs: Sequence[RenderJob], adapters: Adapters | None = None
+) -> RegionalState:
+    """Encode every region prompt of a batch once; pad images with fewer regions. With
+    ``adapters``, each region's prompt is encoded with only its subject's adapter active."""
     R = max(len(j.regions) for j in jobs)
     prompts: list[str] = []
     negatives: list[str] = []
+    owners: list[str | None] = []
     boxes: list[list[Box | None]] = []
     for job in jobs:
         slots = list(job.regions) + [None] * (R - len(job.regions))
@@ -229,8 +359,13 @@ def regional_state(pipe: Any, jobs: Sequence[RenderJob]) -> RegionalState:
             prompts.append(region.prompt if region else job.prompt)
             negative = region.negative_prompt if region else None
             negatives.append(job.negative_prompt if negative is None else negative)
+            owner = adapters.of.get(region.subject) if adapters and region else None
+            owners.append(owner[0] if owner else None)
         boxes.append([r.box if r else None for r in slots])
-    pos, neg = encode(pipe, prompts, negatives)  # (B·R, T, D), image-major
+    if adapters is None:
+        pos, neg = encode(pipe, prompts, negatives)  # (B·R, T, D), image-major
+    else:
+        pos, neg = _encode_per_adapter(pipe, prompts, negatives, owners, adapters)
     B = len(jobs)
     scale = pipe.vae_scale_factor
     return RegionalState(
@@ -238,16 +373,57 @@ def regional_state(pipe: Any, jobs: Sequence[RenderJob]) -> RegionalState:
         negative=neg.view(B, R, *neg.shape[1:]).transpose(0, 1).contiguous(),
         boxes=boxes,
         latent_hw=(jobs[0].height // scale, jobs[0].width // scale),
+        adapters=[owners[i * R : (i + 1) * R] for i in range(B)] if adapters else None,
     )
 
 
+def _encode_per_adapter(
+    pipe: Any,
+    prompts: list[str],
+    negatives: list[str],
+    owners: list[str | None],
+    adapters: Adapters,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    pos: list[torch.Tensor | None] = [None] * len(prompts)
+    neg: list[torch.Tensor | None] = [None] * len(prompts)
+    try:
+        for owner in dict.fromkeys(owners):
+            idx = [i for i, o in enumerate(owners) if o == owner]
+            adapters.activate(pipe, owner)
+            p, n = encode(pipe, [prompts[i] for i in idx], [negatives[i] for i in idx])
+            for k, i in enumerate(idx):
+                pos[i], neg[i] = p[k], n[k]
+    finally:
+        adapters.restore(pipe)
+    return torch.stack(pos), torch.stack(neg)  # type: ignore[arg-type]
+
+
 @contextmanager
-def regional(pipe: Any, jobs: Sequence[RenderJob]) -> Iterator[None]:
-    """Regional sampling for one pipeline call over ``jobs`` (a no-op when none has regions)."""
+def regional(
+    pipe: Any, jobs: Sequence[RenderJob], adapters: Adapters | None = None
+) -> Iterator[dict[str, Any]]:
+    """Regional sampling for one pipeline call over ``jobs`` (a no-op when none has regions).
+
+    Yields extra pipeline arguments: with confined ``adapters`` the global prompt is encoded
+    with no adapter active, and each adapter acts only inside its subject's regions.
+    """
     if not any(j.regions for j in jobs):
-        yield
+        yield {}
         return
+    extra: dict[str, Any] = {}
     with torch.no_grad():
-        state = regional_state(pipe, jobs)
-    with installed(pipe.unet, state):
-        yield
+        state = regional_state(pipe, jobs, adapters)
+        if adapters is not None:
+            adapters.activate(pipe, None)
+            try:
+                job = jobs[0]
+                pos, neg = encode(pipe, [j.prompt for j in jobs], [job.negative_prompt] * len(jobs))
+            finally:
+                adapters.restore(pipe)
+            extra = {"prompt_embeds": pos, "negative_prompt_embeds": neg}
+    if adapters is None:
+        with installed(pipe.unet, state):
+            yield extra
+        return
+    with installed(pipe.unet, state), confined_adapters(pipe.unet, state):
+        yield extra
