@@ -10,6 +10,9 @@
    shape; `apply_merge` only changes values), so "merged" is timed as the base pipeline; against
    it the same pipeline with 4 and 8 random LoRAs loaded as runtime PEFT adapters (all active).
    speed-up = adapters time / merged time.
+3. regional vs global: one UNet step (CFG batch) with diffusers' stock attention processors vs
+   scenecraft's regional processor with 2 and 4 regions (ratio = regional / stock; targets
+   <= 1.15 and <= 1.3), on the toy model and the SD 1.5-shaped UNet (`--regional-only`).
 Runs alternate the variants and report medians. On CPU the clock is the process's CPU time
 and torch runs on one thread (the machine is shared: wall time there measures the neighbours,
 and tiny models spin-wait badly with two threads on a busy 2-core machine); on CUDA it is wall
@@ -139,6 +142,63 @@ def adapters_vs_merged(
     }
 
 
+def regional_step_cost(
+    unet: Any, latent: int, context_dim: int, repeats: int, regions: tuple[int, ...] = (2, 4)
+) -> dict[str, Any]:
+    """Seconds of one UNet step (CFG batch of 2) with diffusers' stock processors vs the
+    regional processor with R side-by-side regions; ratio = regional / stock, same run."""
+    from scenecraft.render.regions import RegionalState, installed
+
+    dtype = next(unet.parameters()).dtype
+    device = next(unet.parameters()).device
+    g = torch.Generator("cpu").manual_seed(0)
+    x = torch.randn(2, 4, latent, latent, generator=g).to(device, dtype)
+    ctx = torch.randn(2, 77, context_dim, generator=g).to(device, dtype)
+    t = torch.tensor(500, device=device)
+
+    def step() -> None:
+        with torch.no_grad():
+            unet(x, t, encoder_hidden_states=ctx)
+
+    def state(r: int) -> RegionalState:
+        emb = torch.randn(r, 1, 77, context_dim, generator=g).to(device, dtype)
+        boxes: list[list[Any]] = [[(i / r, 0.0, (i + 1) / r, 1.0) for i in range(r)]]
+        return RegionalState(emb, emb.clone(), boxes, (latent, latent))
+
+    step()  # warm-up
+    runs: dict[str, list[float]] = {"global": [], **{f"regions_{r}": [] for r in regions}}
+    for _ in range(repeats):  # alternate the variants
+        runs["global"].append(timed(step))
+        for r in regions:
+            with installed(unet, state(r)):
+                step()  # warm-up (masks are cached per level)
+                runs[f"regions_{r}"].append(timed(step))
+    med = {k: statistics.median(v) for k, v in runs.items()}
+    return {
+        "s_per_step": med,
+        **{f"ratio_{r}_regions": med[f"regions_{r}"] / med["global"] for r in regions},
+        "latent": latent,
+        "repeats": repeats,
+    }
+
+
+def regional_comparison_cpu(repeats: int = 5) -> dict[str, Any]:
+    """Regional vs global UNet step cost on the toy world's model (64x64) and on the SD
+    1.5-shaped random UNet at 256x256 (CPU; the GPU suite runs 512x512)."""
+    from scenecraft.testing import sd15_pipeline
+    from scenecraft.toyworld import load_toyworld_pipeline
+
+    torch.set_num_threads(1)
+    toy = load_toyworld_pipeline()
+    out = {
+        "toy_64x64": regional_step_cost(toy.unet, 16, toy.unet.config.cross_attention_dim, repeats)
+    }
+    del toy
+    sd = sd15_pipeline("cpu", torch.float32)
+    out["sd15_256x256"] = regional_step_cost(sd.unet, 32, 768, max(2, repeats // 2))
+    return out
+
+
 def render_comparison_cpu(repeats: int = 5) -> dict[str, Any]:
     """The tiny in-process model on CPU, 64x64, 10 steps."""
     from scenecraft.testing import tiny_pipeline
@@ -154,6 +214,7 @@ def render_comparison_cpu(repeats: int = 5) -> dict[str, Any]:
         "overhead_batch1": overhead(pipe, 8, size, steps, 1, repeats),
         "overhead_batch4": overhead(pipe, 8, size, steps, 4, repeats),
         "merged_vs_adapters": adapters_vs_merged(pipe, size, steps, 1, repeats, rank=4),
+        "regional": regional_comparison_cpu(repeats),
     }
 
 
@@ -177,6 +238,7 @@ def render_comparison_gpu(repeats: int = 3) -> dict[str, Any]:
         "batch": batch,
         "overhead": overhead(pipe, 8, size, steps, batch, repeats),
         "merged_vs_adapters": adapters_vs_merged(pipe, size, steps, batch, repeats, rank=16),
+        "regional_512x512": regional_step_cost(pipe.unet, 64, 768, repeats),
     }
 
 
@@ -185,13 +247,20 @@ def main() -> None:
     parser.add_argument("--gpu", action="store_true", help="SD 1.5-sized comparison on CUDA")
     parser.add_argument("--repeats", type=int, default=None)
     parser.add_argument("--out", default=None, help="JSON file (default benchmarks/results/)")
+    parser.add_argument(
+        "--regional-only", action="store_true", help="only the regional step-cost figures (CPU)"
+    )
     args = parser.parse_args()
     quiet_libraries()
-    if args.gpu:
+    if args.regional_only:
+        figures = {"regional": regional_comparison_cpu(args.repeats or 5)}
+    elif args.gpu:
         figures = render_comparison_gpu(args.repeats or 3)
     else:
         figures = render_comparison_cpu(args.repeats or 5)
     name = "render_bench_gpu.json" if args.gpu else "render_bench.json"
+    if args.regional_only:
+        name = "render_bench_regional.json"
     out = Path(args.out or Path(__file__).parent / "results" / name)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(figures, indent=2) + "\n")

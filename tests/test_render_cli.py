@@ -41,7 +41,12 @@ def test_render_two_concepts_end_to_end(tmp_path: Path, capsys: pytest.CaptureFi
     assert [p.relative_to(out).as_posix() for p in images] == ["duo/park/1.png", "duo/park/2.png"]
     meta = read_png_metadata(images[0])
     assert meta.fields["Seed"] == "1" and meta.fields["Size"] == "64x64"
-    assert meta.fields["Prompt"] == "<ZIGGY> man wearing a hat waves at <MOMO> dog, in a park"
+    # two concepts: a global prompt, and a region per concept rendered with the merged model
+    assert meta.fields["Prompt"] == "man waves at dog, in a park"
+    assert meta.fields["Regions"] == (
+        "ziggy [0,0,0.5,1] <ZIGGY> man wearing a hat waves at dog, in a park | "
+        "momo [0.5,0,1,1] man waves at <MOMO> dog, in a park"
+    )
     assert meta.scenecraft is not None
     assert meta.scenecraft["job"]["concepts"] == ["ziggy", "momo"]
     assert list(cache.iterdir()), "the merge was cached"

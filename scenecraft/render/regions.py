@@ -312,12 +312,26 @@ def installed(unet: Any, state: RegionalState) -> Iterator[None]:
         unet.set_attn_processor(dict(saved))
 
 
-def encode(pipe: Any, prompts: list[str], negatives: list[str]) -> tuple[torch.Tensor, ...]:
-    """(prompt embeds, negative embeds), each (n, T, D), with the pipeline's own encoder."""
-    pos, neg = pipe.encode_prompt(
-        prompts, pipe._execution_device, 1, True, negative_prompt=negatives
+def encode_kwargs(pipe: Any, prompts: list[str], negatives: list[str]) -> dict[str, Any]:
+    """The pipeline's own encoding of ``prompts`` as its call arguments: ``prompt_embeds`` and
+    ``negative_prompt_embeds`` (n, T, D), and for SDXL (two text encoders) the pooled ones."""
+    out = pipe.encode_prompt(
+        prompt=prompts,
+        device=pipe._execution_device,
+        num_images_per_prompt=1,
+        do_classifier_free_guidance=True,
+        negative_prompt=negatives,
     )
-    return pos, neg
+    names = ["prompt_embeds", "negative_prompt_embeds"]
+    if len(out) == 4:  # SDXL: (embeds, negative, pooled, negative pooled)
+        names += ["pooled_prompt_embeds", "negative_pooled_prompt_embeds"]
+    return dict(zip(names, out, strict=True))
+
+
+def encode(pipe: Any, prompts: list[str], negatives: list[str]) -> tuple[torch.Tensor, ...]:
+    """(prompt embeds, negative embeds), each (n, T, D): what a region's attention reads."""
+    kw = encode_kwargs(pipe, prompts, negatives)
+    return kw["prompt_embeds"], kw["negative_prompt_embeds"]
 
 
 @dataclass(frozen=True)
@@ -417,10 +431,11 @@ def regional(
             adapters.activate(pipe, None)
             try:
                 job = jobs[0]
-                pos, neg = encode(pipe, [j.prompt for j in jobs], [job.negative_prompt] * len(jobs))
+                extra = encode_kwargs(
+                    pipe, [j.prompt for j in jobs], [job.negative_prompt] * len(jobs)
+                )
             finally:
                 adapters.restore(pipe)
-            extra = {"prompt_embeds": pos, "negative_prompt_embeds": neg}
     if adapters is None:
         with installed(pipe.unet, state):
             yield extra
