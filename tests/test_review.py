@@ -197,7 +197,7 @@ def test_api_items_images_and_references(server: ReviewServer) -> None:
 
 def test_api_writes_ratings_atomically(server: ReviewServer, run_dir: Path) -> None:
     status, entry = rate(server, image="story/duo/1.png", concept="momo", identity=4)
-    assert status == 200 and entry["identity"] == {"momo": 4}
+    assert status == 200 and entry["identity"] == {"momo": 4} and "method" not in entry
     assert rate(server, image="story/duo/1.png", keep=False)[0] == 200
     assert rate(server, image="story/duo/1.png", concept="momo", identity=2)[0] == 200
     saved = stored(run_dir)["story/duo/1.png"]
@@ -339,6 +339,7 @@ def test_ratings_survive_a_restart(run_dir: Path) -> None:
     try:
         data = json.loads(request(second, "GET", "/api/items")[1])
         assert data["ratings"]["story/solo/2.png"]["identity"] == {"ziggy": 5}
+        assert "method" not in data["ratings"]["story/solo/2.png"]  # blind
         assert rate(second, image="story/solo/2.png", keep=True)[0] == 200
     finally:
         second.stop()
@@ -501,3 +502,16 @@ def test_toyworld_scene_names_its_references() -> None:
     for c in plan.merge.concepts:
         assert [Path(r).name for r in c.references] == [f"{c.name}.png"]
         assert Path(c.references[0]).is_file()
+
+
+def test_a_busy_port_is_a_diagnostic(run_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import socket
+
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        assert main(["review", str(run_dir), "--port", str(port)]) == 2
+    assert "error[review-port-busy]" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["review", str(run_dir), "--port", "70000"])  # argparse: usage error, exit 2

@@ -110,14 +110,18 @@ class ReviewServer(ThreadingHTTPServer):
                 }
                 for n, item in enumerate(cat.items)
             ],
-            "ratings": ratings["images"],
+            "ratings": {
+                k: {f: v for f, v in e.items() if f != "method"}
+                for k, e in ratings["images"].items()
+                if isinstance(e, dict)
+            },
         }
 
     def rate(self, body: Any) -> dict[str, Any]:
         with self.lock:
             entry = apply_rating(self.catalog, self.ratings, body)
             save_ratings(self.catalog.root, self.ratings)
-        return entry
+        return {k: v for k, v in entry.items() if k != "method"}  # blind, as in items_json
 
 
 class _Handler(BaseHTTPRequestHandler):
