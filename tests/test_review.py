@@ -151,6 +151,10 @@ def test_catalog_reads_manifests_and_provenance(run_dir: Path) -> None:
     # blind order: within a scene, the two methods are interleaved by a fixed hash, not grouped
     assert [i.scene for i in cat.items] == ["duo"] * 4 + ["solo"] * 4
     assert method_of({"merge_method": "ties", "mode": "merged"}) == "ties"
+    regional = {"merge_method": "loraclr", "mode": "merged", "regions": [{"concept": "ziggy"}]}
+    assert method_of(regional) == "loraclr + regions"
+    assert method_of({**regional, "mode": "adapters"}) == "adapters + regions"
+    assert method_of({"merge_method": "loraclr", "mode": "merged", "regions": []}) == "loraclr"
 
 
 def test_engine_manifest_names_the_concepts_references(tmp_path: Path) -> None:

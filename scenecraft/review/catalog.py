@@ -12,7 +12,8 @@ Ratings live in ``OUT/ratings.json`` (written atomically, temp + ``os.replace``)
         "identity": {"ziggy": 4, "momo": 2}, "keep": true, "updated": "2026-12-01T15:04:05Z"}}}
 
 ``method`` is the merge method from the provenance; images rendered with ``--adapters`` are
-method ``adapters`` (runtime LoRA adapters, no merge), images of ``merge none`` are ``none``.
+method ``adapters`` (runtime LoRA adapters, no merge), images of ``merge none`` are ``none``;
+`` + regions`` is appended for images sampled with regions (e.g. ``loraclr + regions``).
 """
 
 from __future__ import annotations
@@ -76,9 +77,13 @@ def inside(root: Path, path: Path) -> Path | None:
 
 
 def method_of(provenance: dict[str, Any]) -> str:
+    """``loraclr``, ``ties``, …; ``adapters`` for runtime adapters; `` + regions`` appended when
+    the image was sampled regionally (its provenance lists regions)."""
     if provenance.get("mode") == "adapters":
-        return "adapters"
-    return str(provenance.get("merge_method") or "none")
+        method = "adapters"
+    else:
+        method = str(provenance.get("merge_method") or "none")
+    return method + " + regions" if provenance.get("regions") else method
 
 
 def _is_image(path: Path) -> bool:
