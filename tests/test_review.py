@@ -37,6 +37,18 @@ def needs_chromium() -> None:
         pytest.skip("chromium is not installed (apt-get install chromium); SCENECRAFT_CI=1 fails")
 
 
+def test_the_browser_guard_skips_locally_and_fails_under_ci(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(_cdp, "chromium_path", lambda: None)
+    monkeypatch.delenv("SCENECRAFT_CI", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="chromium is not installed"):
+        needs_chromium()
+    monkeypatch.setenv("SCENECRAFT_CI", "1")
+    with pytest.raises(pytest.fail.Exception, match="SCENECRAFT_CI=1"):
+        needs_chromium()
+
+
 # ------------------------------------------------------------------------------ fixtures
 
 
