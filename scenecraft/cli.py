@@ -80,6 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
             _import(module).add_arguments(p)
         except ImportError:  # pragma: no cover - a partial install
             pass
+
+    p = sub.add_parser("review", help="rate rendered images against their references (a page)")
+    _import("scenecraft.review.command").add_arguments(p)
     return parser
 
 
@@ -233,7 +236,17 @@ def cmd_layout(args: argparse.Namespace, out: _Output) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"check": cmd_check, "compile": cmd_compile, "fmt": cmd_fmt, "layout": cmd_layout}
+def cmd_review(args: argparse.Namespace, out: _Output) -> int:
+    return int(_import("scenecraft.review.command").run(args))
+
+
+COMMANDS = {
+    "check": cmd_check,
+    "compile": cmd_compile,
+    "fmt": cmd_fmt,
+    "layout": cmd_layout,
+    "review": cmd_review,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -230,6 +230,15 @@ def open_manifest(
         "merge_key": weights_key(plan, mode),
         "base": plan.merge.base.model_dump(mode="json"),
         "shard": list(shard) if shard else None,
+        # what `scenecraft review` shows beside each image (references are absolute paths)
+        "concepts": {
+            c.name: {
+                "tokens": list(c.tokens),
+                "class": c.class_noun,
+                "references": list(c.references),
+            }
+            for c in plan.merge.concepts
+        },
     }
     return Manifest.open(path, header)
 

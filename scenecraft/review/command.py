@@ -1,0 +1,84 @@
+"""``scenecraft review OUT_DIR``: serve the rating page, or print the ratings' summary."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+from scenecraft.diagnostics import error
+
+
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"expected 0..65535 (0 picks a free port), not {text!r}")
+    return port
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("out_dir", metavar="OUT_DIR", help="the folder `scenecraft render --out` wrote")
+    p.add_argument(
+        "--port",
+        type=_port,
+        default=8765,
+        metavar="N",
+        help="port on 127.0.0.1 (default 8765; 0 picks a free one)",
+    )
+    p.add_argument(
+        "--summary",
+        action="store_true",
+        help="print identity mean ± std per method and scene from ratings.json, serve nothing",
+    )
+    p.add_argument("--json", action="store_true", help="with --summary: JSON on stdout")
+
+
+def run(args: argparse.Namespace) -> int:
+    from scenecraft.review.catalog import format_summary, load_ratings, ratings_path, summarize
+
+    out = Path(args.out_dir)
+    if not out.is_dir():
+        raise error(
+            "review-folder-not-found",
+            f"`{out}` is not a folder",
+            help="pass the folder given to `scenecraft render --out` (default ./out)",
+        )
+    if args.summary:
+        root = out.resolve()
+        if not ratings_path(root).is_file():
+            print(
+                f"no ratings yet in {root} (run `scenecraft review {out}` first)", file=sys.stderr
+            )
+        rows = summarize(load_ratings(root))
+        if args.json:
+            print(json.dumps([asdict(r) for r in rows]))
+        else:
+            print(format_summary(rows))
+        return 0
+    from scenecraft.review.server import ReviewServer
+
+    try:
+        server = ReviewServer(out, args.port)
+    except OSError as exc:
+        raise error(
+            "review-port-busy",
+            f"cannot listen on 127.0.0.1:{args.port}: {exc.strerror or exc}",
+            help="pass --port 0 to pick a free port",
+        ) from None
+    cat = server.catalog
+    for problem in cat.problems:
+        print(f"skipped: {problem}", file=sys.stderr)
+    print(f"{len(cat.items)} image(s) to rate; ratings go to {cat.root / 'ratings.json'}")
+    print(f"serving {server.url}  (Ctrl-C stops)", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+    return 0

@@ -1,0 +1,225 @@
+"""The rating page's HTTP server: stdlib ``ThreadingHTTPServer`` on 127.0.0.1 only.
+
+Routes (everything else is 404):
+
+  GET  /                  the page (page.html)
+  GET  /api/items         the images to rate, their concepts and reference URLs, and the ratings
+  GET  /api/ratings       the ratings file as stored
+  POST /api/rate          one rating, JSON: {"image", "concept", "identity": 1..5 | null}
+                          or {"image", "keep": true | false | null}; answers the image's entry
+  GET  /image/<n>         the n-th image of the catalog
+  GET  /ref/<n>           the n-th reference picture the manifests name
+
+URLs carry indexes, never paths, so nothing outside the catalog can be asked for; the catalog
+keeps only images whose resolved path lies inside OUT and references that are image files.
+Requests must name the server itself in ``Host`` (no DNS rebinding) and POSTs must be JSON
+(no cross-site form posts). Ratings are written atomically after every change.
+"""
+
+from __future__ import annotations
+
+import json
+import mimetypes
+import threading
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from scenecraft.review.catalog import (
+    Catalog,
+    RatingError,
+    apply_rating,
+    load_catalog,
+    load_ratings,
+    save_ratings,
+)
+
+HOST = "127.0.0.1"
+MAX_BODY = 64 * 1024
+
+
+def page_html() -> str:
+    return resources.files("scenecraft.review").joinpath("page.html").read_text(encoding="utf-8")
+
+
+class ReviewServer(ThreadingHTTPServer):
+    """Serves one output folder's catalog until ``shutdown()``."""
+
+    daemon_threads = True
+
+    def __init__(self, out_dir: str | Path, port: int = 0) -> None:
+        self.catalog: Catalog = load_catalog(out_dir)
+        self.ratings = load_ratings(self.catalog.root)
+        self.lock = threading.Lock()
+        self.page = page_html()
+        super().__init__((HOST, port), _Handler)
+        self._thread: threading.Thread | None = None
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        import sys
+
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return  # the browser went away mid-answer (a reload, a closed tab): nothing to do
+        super().handle_error(request, client_address)
+
+    @property
+    def port(self) -> int:
+        return int(self.server_address[1])
+
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self.port}/"
+
+    def start(self) -> ReviewServer:
+        """Serve on a background thread (tests); ``stop()`` ends it."""
+        self._thread = threading.Thread(target=self.serve_forever, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.shutdown()
+        self.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def items_json(self) -> dict[str, Any]:
+        """What the page needs; the method is left out (the raters are blind to it)."""
+        cat = self.catalog
+        with self.lock:
+            ratings = json.loads(json.dumps(self.ratings))
+        return {
+            "root": str(cat.root),
+            "items": [
+                {
+                    "id": item.id,
+                    "image": f"/image/{n}",
+                    "scene": item.scene,
+                    "storyboard": item.storyboard,
+                    "seed": item.seed,
+                    "prompt": item.prompt,
+                    "concepts": [
+                        {
+                            "name": c.name,
+                            "references": [f"/ref/{r}" for r in c.references],
+                            "missing": list(c.missing),
+                        }
+                        for c in item.concepts
+                    ],
+                }
+                for n, item in enumerate(cat.items)
+            ],
+            "ratings": {
+                k: {f: v for f, v in e.items() if f != "method"}
+                for k, e in ratings["images"].items()
+                if isinstance(e, dict)
+            },
+        }
+
+    def rate(self, body: Any) -> dict[str, Any]:
+        with self.lock:
+            entry = apply_rating(self.catalog, self.ratings, body)
+            save_ratings(self.catalog.root, self.ratings)
+        return {k: v for k, v in entry.items() if k != "method"}  # blind, as in items_json
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: ReviewServer
+    server_version = "scenecraft-review"
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base's name
+        pass  # quiet: the CLI prints the URL, the page shows what was saved
+
+    # -- helpers
+    def _send(self, status: int, body: bytes, ctype: str) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        self.send_header("X-Content-Type-Options", "nosniff")
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def _json(self, status: int, data: Any) -> None:
+        self._send(status, json.dumps(data).encode(), "application/json; charset=utf-8")
+
+    def _error(self, status: HTTPStatus, message: str) -> None:
+        self._json(status, {"error": message})
+
+    def _host_ok(self) -> bool:
+        host = self.headers.get("Host", "")
+        return host in {f"{HOST}:{self.server.port}", f"localhost:{self.server.port}"}
+
+    def _file(self, path: Path) -> None:
+        ctype = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+        try:
+            data = path.read_bytes()
+        except OSError:
+            self._error(HTTPStatus.NOT_FOUND, "not found")
+            return
+        self._send(HTTPStatus.OK, data, ctype)
+
+    @staticmethod
+    def _index(text: str, size: int) -> int | None:
+        if not text.isascii() or not text.isdigit() or len(text) > 9:
+            return None
+        n = int(text)
+        return n if n < size else None
+
+    # -- routes
+    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        if not self._host_ok():
+            self._error(HTTPStatus.FORBIDDEN, "unexpected Host header")
+            return
+        path = self.path.split("?", 1)[0]
+        srv = self.server
+        if path in ("/", "/index.html"):
+            self._send(HTTPStatus.OK, srv.page.encode(), "text/html; charset=utf-8")
+        elif path == "/api/items":
+            self._json(HTTPStatus.OK, srv.items_json())
+        elif path == "/api/ratings":
+            with srv.lock:
+                self._json(HTTPStatus.OK, srv.ratings)
+        elif path.startswith("/image/"):
+            n = self._index(path.removeprefix("/image/"), len(srv.catalog.items))
+            if n is None:
+                self._error(HTTPStatus.NOT_FOUND, "not found")
+            else:
+                self._file(srv.catalog.items[n].path)
+        elif path.startswith("/ref/"):
+            n = self._index(path.removeprefix("/ref/"), len(srv.catalog.references))
+            if n is None:
+                self._error(HTTPStatus.NOT_FOUND, "not found")
+            else:
+                self._file(srv.catalog.references[n])
+        else:
+            self._error(HTTPStatus.NOT_FOUND, "not found")
+
+    do_HEAD = do_GET
+
+    def do_POST(self) -> None:  # noqa: N802
+        if not self._host_ok():
+            self._error(HTTPStatus.FORBIDDEN, "unexpected Host header")
+            return
+        if self.path != "/api/rate":
+            self._error(HTTPStatus.NOT_FOUND, "not found")
+            return
+        if not self.headers.get("Content-Type", "").startswith("application/json"):
+            self._error(HTTPStatus.UNSUPPORTED_MEDIA_TYPE, "send application/json")
+            return
+        try:
+            length = int(self.headers.get("Content-Length", "0"))
+        except ValueError:
+            length = -1
+        if not 0 < length <= MAX_BODY:
+            self._error(HTTPStatus.BAD_REQUEST, "bad Content-Length")
+            return
+        try:
+            body = json.loads(self.rfile.read(length))
+            entry = self.server.rate(body)
+        except (ValueError, RatingError) as exc:  # RatingError is a ValueError; JSON errors too
+            self._error(HTTPStatus.BAD_REQUEST, str(exc))
+            return
+        self._json(HTTPStatus.OK, entry)
