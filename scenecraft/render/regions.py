@@ -96,7 +96,9 @@ class RegionalState:
     boxes: list[list[Box | None]]  # per image, per region slot (None: padding)
     latent_hw: tuple[int, int]  # latent height, width
     adapters: list[list[str | None]] | None = None  # confined adapters: one per region slot
+    kv: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
     _masks: dict[tuple[int, bool], torch.Tensor] = field(default_factory=dict)
+    _mixing: dict[tuple[int, int, Any, Any], tuple[torch.Tensor, ...]] = field(default_factory=dict)
     _adapter_masks: dict[tuple[int, int, bool], dict[str, torch.Tensor]] = field(
         default_factory=dict
     )
@@ -118,6 +120,15 @@ class RegionalState:
                 m = torch.cat([m, m])  # (2B, R, N): uncond and cond halves see the same boxes
             self._masks[key] = m.transpose(0, 1)[:, :, None, :, None]
         return self._masks[key].to(device=like.device, dtype=like.dtype)
+
+    def mixing(self, tokens: int, batch: int, like: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """(m, 1/max(W, 1), 1 - min(W, 1)) at one level: W = Σ_r m_r; cached per level."""
+        key = (tokens, batch, like.dtype, like.device)
+        if key not in self._mixing:
+            m = self.masks(tokens, batch, like)  # (R, batch, 1, N, 1)
+            cover = m.sum(0)
+            self._mixing[key] = (m, 1 / cover.clamp(min=1), 1 - cover.clamp(max=1))
+        return self._mixing[key]
 
     def adapter_masks(self, hw: tuple[int, int], batch: int) -> dict[str, torch.Tensor]:
         """adapter -> (batch, h·w) coverage of the union of its regions, for confined adapters."""
@@ -171,33 +182,30 @@ class RegionalAttnProcessor:
         if attn.norm_cross:
             encoder_hidden_states = attn.norm_encoder_hidden_states(encoder_hidden_states)
 
-        regions = self.state.context(batch).to(encoder_hidden_states)  # (R, batch, T, D)
-        R = regions.shape[0]
-        context = torch.cat([encoder_hidden_states[None], regions])  # (1+R, batch, T, D)
-        context = context.flatten(0, 1)  # ((1+R)·batch, T, D)
-
         query = attn.to_q(hidden_states)  # (batch, N, C)
-        key = attn.to_k(context)  # ((1+R)·batch, T, C)
-        value = attn.to_v(context)
-        if self.state.adapters is not None:  # region r's keys and values get its adapter only
-            key = key + self.confined_text_delta(attn.to_k, context, batch, R)
-            value = value + self.confined_text_delta(attn.to_v, context, batch, R)
+        key = attn.to_k(encoder_hidden_states)  # (batch, T, C)
+        value = attn.to_v(encoder_hidden_states)
+        k_r, v_r = self.region_kv(attn, batch, encoder_hidden_states)  # (R, batch, T, C) each
         heads = attn.heads
         head_dim = key.shape[-1] // heads
-        q = query.view(batch, -1, heads, head_dim).transpose(1, 2)  # (batch, h, N, d)
-        k = key.view((1 + R) * batch, -1, heads, head_dim).transpose(1, 2)  # (.., h, T, d)
-        v = value.view((1 + R) * batch, -1, heads, head_dim).transpose(1, 2)
+
+        def split(x: torch.Tensor) -> torch.Tensor:  # (..., L, C) -> (..., h, L, d)
+            return x.unflatten(-1, (heads, head_dim)).transpose(-3, -2)
+
+        q = split(query)[None]  # (1, batch, h, N, d): the same queries for every prompt
+        k = torch.cat([split(key)[None], split(k_r)])  # (1+R, batch, h, T, d)
+        v = torch.cat([split(value)[None], split(v_r)])
         if attn.norm_q is not None:
             q = attn.norm_q(q)
         if attn.norm_k is not None:
             k = attn.norm_k(k)
-        q = q.repeat(1 + R, 1, 1, 1)  # ((1+R)·batch, h, N, d)
-        o = F.scaled_dot_product_attention(q, k, v, dropout_p=0.0, is_causal=False)
-        o = o.view(1 + R, batch, heads, tokens, head_dim)  # [global, region 1..R]
+        n = k.shape[0]  # 1 + R; 4-D inputs keep SDPA on its fused kernels
+        o = F.scaled_dot_product_attention(
+            q.expand(n, *q.shape[1:]).flatten(0, 1), k.flatten(0, 1), v.flatten(0, 1)
+        ).unflatten(0, (n, batch))  # (1+R, batch, h, N, d) = [global, region 1..R]
 
-        m = self.state.masks(tokens, batch, o)  # (R, batch, 1, N, 1)
-        cover = m.sum(0)  # (batch, 1, N, 1)
-        mixed = (m * o[1:]).sum(0) / cover.clamp(min=1) + (1 - cover.clamp(max=1)) * o[0]
+        m, inv, rest = self.state.mixing(tokens, batch, o)  # (R, batch, 1, N, 1), (batch, 1, N, 1)
+        mixed = (m * o[1:]).sum(0) * inv + rest * o[0]
 
         hidden_states = mixed.transpose(1, 2).reshape(batch, -1, heads * head_dim)
         hidden_states = hidden_states.to(query.dtype)
@@ -208,6 +216,25 @@ class RegionalAttnProcessor:
         if attn.residual_connection:
             hidden_states = hidden_states + residual
         return hidden_states / attn.rescale_output_factor
+
+    def region_kv(
+        self, attn: Any, batch: int, like: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values of every region prompt at this layer, (R, batch, T, C) each:
+        computed once per layer and call (the prompts do not change between steps)."""
+        key = (id(attn), batch)
+        if key not in self.state.kv:
+            regions = self.state.context(batch).to(like)  # (R, batch, T, D)
+            if attn.norm_cross:
+                regions = attn.norm_encoder_hidden_states(regions.flatten(0, 1)).view_as(regions)
+            k, v = attn.to_k(regions), attn.to_v(regions)
+            if self.state.adapters is not None:  # region r's keys and values: its adapter only
+                R = regions.shape[0]
+                context = torch.cat([regions[:1], regions]).flatten(0, 1)  # (row 0: unused)
+                k = k + self.confined_text_delta(attn.to_k, context, batch, R)[batch:].view_as(k)
+                v = v + self.confined_text_delta(attn.to_v, context, batch, R)[batch:].view_as(v)
+            self.state.kv[key] = (k, v)
+        return self.state.kv[key]
 
     def confined_text_delta(
         self, layer: Any, context: torch.Tensor, batch: int, R: int
