@@ -224,3 +224,90 @@ def test_regions_round_trip_through_the_png_and_the_manifest(tmp_path: Any) -> N
     manifest = json.loads(Path(result.manifest or "").read_text())
     [entry] = manifest["images"].values()
     assert [Region(**r) for r in entry["regions"]] == list(regions)
+
+
+# ------------------------------------------------------------------ region-confined adapters
+
+
+@pytest.fixture
+def two_adapters() -> Any:
+    """The tiny pipeline with two random LoRAs loaded as adapters `ziggy` and `momo`."""
+    import warnings
+
+    from tests._fixtures_render import lora_files
+
+    pipe = tiny_pipe()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for name, path in zip(("ziggy", "momo"), lora_files(), strict=True):
+            pipe.load_lora_weights(str(path), adapter_name=name)
+    pipe.set_adapters(["ziggy", "momo"], adapter_weights=[1.0, 0.8])
+    yield pipe
+    pipe.unload_lora_weights()
+
+
+def confined_render(pipe: Any, jobs: list[RenderJob], adapters: Any) -> np.ndarray:
+    with regional(pipe, jobs, adapters) as extra:
+        out = pipe(
+            **extra,
+            width=SIZE,
+            height=SIZE,
+            num_inference_steps=STEPS,
+            guidance_scale=jobs[0].guidance,
+            generator=[torch.Generator().manual_seed(j.seed) for j in jobs],
+            output_type="np",
+        )
+    return np.asarray(out.images)
+
+
+def test_a_confined_adapter_over_the_whole_canvas_is_that_adapter_alone(two_adapters: Any) -> None:
+    from scenecraft.render.regions import Adapters
+
+    pipe = two_adapters
+    adapters = Adapters({"ziggy": ("ziggy", 1.0), "momo": ("momo", 0.8)})
+    job = regional_job((region((0.0, 0.0, 1.0, 1.0)),))  # subject ziggy, prompt OTHER
+    confined = confined_render(pipe, [job], adapters)
+    active = pipe.get_active_adapters()
+    assert sorted(active) == ["momo", "ziggy"]  # every adapter active again afterwards
+
+    pipe.set_adapters(["ziggy"], adapter_weights=[1.0])
+    alone = render([make_job("duo", 7, OTHER)])
+    pipe.set_adapters(["ziggy", "momo"], adapter_weights=[1.0, 0.8])
+    both = render([make_job("duo", 7, OTHER)])
+    assert np.abs(confined - alone).max() < 1e-4
+    assert np.abs(confined - both).max() > 1e-3
+
+
+def test_confined_adapters_act_only_inside_their_regions(two_adapters: Any) -> None:
+    from scenecraft.render.regions import (
+        Adapters,
+        confined_adapters,
+        lora_delta,
+        regional_state,
+    )
+
+    pipe = two_adapters
+    adapters = Adapters({"ziggy": ("ziggy", 1.0), "momo": ("momo", 0.8)})
+    job = regional_job(
+        (region((0.0, 0.0, 0.5, 1.0)), Region(subject="momo", box=(0.5, 0, 1, 0.5), prompt="a"))
+    )
+    with torch.no_grad():
+        state = regional_state(pipe, [job], adapters)
+    name, layer = next(
+        (n, m)
+        for n, m in pipe.unet.named_modules()
+        if n.endswith("attn1.to_q") and hasattr(m, "lora_A")
+    )
+    h, w = SIZE // 2 // 2, SIZE // 2 // 2  # the tiny UNet's attention level: 8x8 tokens
+    x = torch.randn(2, h * w, layer.base_layer.in_features)  # a CFG batch of one image
+    with torch.no_grad(), confined_adapters(pipe.unet, state):
+        delta = (layer(x) - layer.base_layer(x)).view(2, h, w, -1)
+        ziggy = lora_delta(layer, "ziggy", x).view(2, h, w, -1)
+        momo = lora_delta(layer, "momo", x).view(2, h, w, -1)
+    assert torch.allclose(delta[:, :, : w // 2], ziggy[:, :, : w // 2], atol=1e-6), name
+    assert torch.allclose(delta[:, : h // 2, w // 2 :], momo[:, : h // 2, w // 2 :], atol=1e-6)
+    assert delta[:, h // 2 :, w // 2 :].abs().max() == 0  # no region: no adapter
+    with torch.no_grad():  # afterwards the layer is the normal PEFT layer again: both adapters
+        everywhere = (layer(x) - layer.base_layer(x)).view(2, h, w, -1)
+    assert torch.allclose(everywhere, ziggy + momo, atol=1e-5)
+    assert sorted(pipe.get_active_adapters()) == ["momo", "ziggy"]
