@@ -14,8 +14,8 @@ from typing import Any
 from scenecraft.diagnostics import Collector, Diagnostic, DiagnosticError, Label, did_you_mean
 from scenecraft.language import nodes as n
 from scenecraft.language import schema
+from scenecraft.language.check_scene import SceneBody, check_scene_body
 from scenecraft.language.loader import Program, is_file, remap, resolve_path
-from scenecraft.layout import Box
 
 SAMPLERS_FALLBACK = (
     "Euler",
@@ -54,10 +54,29 @@ class ConceptInfo:
 class SceneInfo:
     name: str
     node: n.Scene
-    settings: dict[str, Any]  # overrides read from the scene body
-    objects: dict[str, str]  # object name -> prompt words
+    body: SceneBody  # what the scene says: settings, objects, areas, subjects, clauses
     storyboard: str | None = None  # set for inline storyboard panels
-    areas: dict[str, Box] = field(default_factory=dict)  # explicit boxes: `ziggy at left half`
+
+    @property
+    def settings(self) -> dict[str, Any]:  # overrides read from the scene body
+        return self.body.settings
+
+    @property
+    def objects(self) -> dict[str, str]:  # object name -> prompt words
+        return self.body.objects
+
+    @property
+    def anchor(self) -> n.Span:
+        """Where diagnostics about the whole scene point: its name, or the inline panel."""
+        return self.node.name.span if self.node.name.name else self.node.span
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    source: str  # hub id, or a resolved local path
+    family: str | None  # declared family; None: detected when loading
+    revision: str | None  # hub revision
+    node: n.Model
 
 
 @dataclass
@@ -79,7 +98,7 @@ class StoryboardInfo:
 @dataclass
 class Checked:
     program: Program
-    model: dict[str, Any] | None  # {"source", "family", "revision", "node"}
+    model: ModelInfo | None
     concepts: dict[str, ConceptInfo]
     merge_method: str
     merge_params: dict[str, Any]
@@ -112,7 +131,7 @@ def _base_dir(node: n.Node) -> Path:
     return Path(node.span.file).parent
 
 
-class _Checker:
+class Checker:
     def __init__(self, program: Program, allow_missing: bool) -> None:
         self.program = program
         self.allow_missing = allow_missing
@@ -185,9 +204,9 @@ class _Checker:
             self.c.warnings,
         )
 
-    def check_model(self, item: n.Model, prev: dict[str, Any] | None) -> Any:
-        if prev is not None and prev["node"].span.file == item.span.file:
-            self.duplicate("model", item, prev["node"])
+    def check_model(self, item: n.Model, prev: ModelInfo | None) -> ModelInfo | None:
+        if prev is not None and prev.node.span.file == item.span.file:
+            self.duplicate("model", item, prev.node)
             return prev
         src = item.source
         if not isinstance(src, n.Str):
@@ -212,12 +231,9 @@ class _Checker:
                     help="render needs it; give a hub id or an existing folder or file",
                 )
             source = str(resolved)
-        return {
-            "source": source,
-            "family": opts.get("family", (None,))[0],
-            "revision": opts.get("revision", (None,))[0],
-            "node": item,
-        }
+        return ModelInfo(
+            source, opts.get("family", (None,))[0], opts.get("revision", (None,))[0], item
+        )
 
     def duplicate(self, what: str, item: n.Node, first: n.Node, name: str = "") -> None:
         self.c.error(
@@ -363,9 +379,8 @@ class _Checker:
         self.scenes[name] = self.check_scene(item, name)
 
     def check_scene(self, item: n.Scene, name: str, storyboard: str | None = None) -> SceneInfo:
-        from scenecraft.language.check_scene import check_scene_body
-
-        settings, objects, areas = check_scene_body(self, item)
+        body = check_scene_body(self, item)
+        settings = body.settings
         images = len(settings.get("seeds", self.defaults["seeds"])) * settings.get(
             "images_per_seed", self.defaults["images_per_seed"]
         )
@@ -376,7 +391,7 @@ class _Checker:
                 item.name.span if item.name.name else item.span,
                 help="use fewer seeds or a smaller `images_per_seed`",
             )
-        return SceneInfo(name, item, settings, objects, storyboard, areas)
+        return SceneInfo(name, item, body, storyboard)
 
     def check_storyboards(self) -> dict[str, StoryboardInfo]:
         out: dict[str, StoryboardInfo] = {}
@@ -433,7 +448,7 @@ class _Checker:
         """Missing files matter for concepts this file uses or defines, not a library's others."""
         used: set[str] = set()
         for scene in self.scenes.values():
-            used |= _mentions(scene.node)
+            used |= scene.body.mentions
         for concept, item, diag in self.missing:
             if concept in used or item.span.file == self.program.main.path:
                 self.c.add(diag)
@@ -441,7 +456,7 @@ class _Checker:
     def warn_unused(self) -> None:
         used: set[str] = set()
         for scene in self.scenes.values():
-            used.update(_mentions(scene.node))
+            used.update(scene.body.mentions)
         if not self.scenes:
             return
         for name, info in self.concepts.items():
@@ -454,27 +469,9 @@ class _Checker:
                 )
 
 
-def _mentions(scene: n.Scene) -> set[str]:
-    out: set[str] = set()
-    for stmt in scene.body:
-        if isinstance(stmt, n.SubjectStmt):
-            out.add(stmt.subject.name)
-            if isinstance(stmt.action, n.Interaction):
-                out.update(t.name for t in stmt.action.targets)
-            elif isinstance(stmt.action, n.Placement):
-                out.add(stmt.action.target.name)
-        elif isinstance(stmt, n.Presence):
-            out.update(x.name for x in stmt.names)
-        elif isinstance(stmt, n.Setting):
-            out.add(stmt.key.name)  # `ziggy "a hat"` (a missing-verb error) still mentions ziggy
-            if stmt.key.name == "style":
-                out.update(v.name for v in stmt.values if isinstance(v, n.Ident))
-    return out
-
-
 def check(program: Program, *, allow_missing: bool = True) -> Checked:
     """Check a loaded program; raises DiagnosticError with every error (mapped to templates)."""
-    checker = _Checker(program, allow_missing)
+    checker = Checker(program, allow_missing)
     try:
         checked = checker.run()
     except DiagnosticError as exc:

@@ -1,16 +1,23 @@
-"""Checks for one scene body: names in scope, settings, placements that contradict each other."""
+"""Checks for one scene body: names in scope, settings, placements that contradict each other.
+
+``check_scene_body`` also records what the scene says, typed, so that the compiler never walks
+the syntax tree: its subjects in order of first mention, each subject's attributes, the
+interactions and placements as clauses, the group activity, and every name it mentions.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from scenecraft import layout
 from scenecraft.diagnostics import Label, did_you_mean
 from scenecraft.language import nodes as n
 from scenecraft.language import schema
+from scenecraft.prompts import Clause
 
 if TYPE_CHECKING:
-    from scenecraft.language.check import _Checker
+    from scenecraft.language.check import Checker
 
 # relation -> (axis, direction); two placements contradict when they put the same pair on the
 # same axis in opposite directions.
@@ -25,11 +32,56 @@ _AXES: dict[str, tuple[str, int]] = {
 }
 
 
-def check_scene_body(
-    ck: _Checker, scene: n.Scene
-) -> tuple[dict[str, Any], dict[str, str], dict[str, layout.Box]]:
-    """Validate ``scene``; returns its setting overrides, its objects (name -> words) and the
-    explicit areas of its subjects (name -> box)."""
+@dataclass
+class SceneBody:
+    """What one scene says, as the checker resolved it."""
+
+    settings: dict[str, Any]  # setting overrides read from the body
+    objects: dict[str, str]  # object name -> prompt words
+    areas: dict[str, layout.Box]  # explicit boxes: `ziggy at left half`
+    order: list[str] = field(default_factory=list)  # subjects in order of first mention
+    attributes: dict[str, list[tuple[str, str]]] = field(default_factory=dict)  # (verb, text)
+    clauses: list[Clause] = field(default_factory=list)  # interactions and placements, in order
+    activity: str | None = None  # `together "..."`
+    mentions: set[str] = field(default_factory=set)  # every name the scene mentions
+
+    def see(self, name: str) -> None:
+        self.mentions.add(name)
+        if name not in self.order:
+            self.order.append(name)
+
+    def record(self, stmt: n.SceneStmt) -> None:
+        """Add one statement's subjects, attributes, clause or activity."""
+        if isinstance(stmt, n.SubjectStmt):
+            self.see(stmt.subject.name)
+            for a in stmt.attributes:
+                verb = a.verb.replace(" ", "-")
+                self.attributes.setdefault(stmt.subject.name, []).append((verb, a.text.value))
+            action = stmt.action
+            if isinstance(action, n.Interaction):
+                for t in action.targets:
+                    self.see(t.name)
+                targets = tuple(t.name for t in action.targets)
+                self.clauses.append(Clause(stmt.subject.name, action.verb, targets))
+            elif isinstance(action, n.Placement):
+                self.see(action.target.name)
+                target = (action.target.name,)
+                self.clauses.append(Clause(stmt.subject.name, action.relation, target, True))
+        elif isinstance(stmt, n.Presence):
+            for x in stmt.names:
+                self.see(x.name)
+        elif isinstance(stmt, n.ObjectDecl):
+            self.see(stmt.name.name)  # a declared object is in the picture
+        elif isinstance(stmt, n.Together):
+            self.activity = stmt.text.value
+        elif isinstance(stmt, n.Setting):
+            self.mentions.add(stmt.key.name)  # `ziggy "a hat"` (missing verb) mentions ziggy
+            if stmt.key.name == "style":
+                self.mentions.update(v.name for v in stmt.values if isinstance(v, n.Ident))
+
+
+def check_scene_body(ck: Checker, scene: n.Scene) -> SceneBody:
+    """Validate ``scene``; returns what it says (settings, objects, areas, subjects, clauses)."""
     c = ck.c
     objects = _declare_objects(ck, scene)
     scope = {**{k: "concept" for k in ck.concepts}, **{k: "object" for k in objects}}
@@ -38,7 +90,9 @@ def check_scene_body(
     areas: dict[str, tuple[layout.Box, n.Area]] = {}
     together: n.Together | None = None
     mentioned = False
+    body = SceneBody({}, objects, {})
     for stmt in scene.body:
+        body.record(stmt)
         if isinstance(stmt, n.Setting):
             mentioned = mentioned or stmt.key.name in ck.concepts  # a missing-verb line
             _scene_setting(ck, stmt, settings)
@@ -69,11 +123,12 @@ def check_scene_body(
             scene.name.span if scene.name.name else scene.span,
             help="add a line such as `gosling waves at taylor`",
         )
-    boxes = {name: box for name, (box, _) in areas.items()}
-    return {k: v for k, (v, _) in settings.items()}, objects, boxes
+    body.settings = {k: v for k, (v, _) in settings.items()}
+    body.areas = {name: box for name, (box, _) in areas.items()}
+    return body
 
 
-def _declare_objects(ck: _Checker, scene: n.Scene) -> dict[str, str]:
+def _declare_objects(ck: Checker, scene: n.Scene) -> dict[str, str]:
     objects: dict[str, str] = {}
     first: dict[str, n.ObjectDecl] = {}
     for stmt in scene.body:
@@ -97,7 +152,7 @@ def _declare_objects(ck: _Checker, scene: n.Scene) -> dict[str, str]:
     return objects
 
 
-def _scene_setting(ck: _Checker, s: n.Setting, out: dict[str, tuple[Any, n.Setting]]) -> None:
+def _scene_setting(ck: Checker, s: n.Setting, out: dict[str, tuple[Any, n.Setting]]) -> None:
     key = s.key.name
     if key in ck.concepts:
         value = s.values[0]
@@ -135,7 +190,7 @@ def _scene_setting(ck: _Checker, s: n.Setting, out: dict[str, tuple[Any, n.Setti
             ck.check_sampler(s)
 
 
-def _style_concept(ck: _Checker, s: n.Setting, out: dict[str, tuple[Any, n.Setting]]) -> bool:
+def _style_concept(ck: Checker, s: n.Setting, out: dict[str, tuple[Any, n.Setting]]) -> bool:
     """`style noir` where `noir` is a concept of kind style: the scene uses that concept."""
     value = s.values[0]
     if len(s.values) != 1 or not isinstance(value, n.Ident) or value.name not in ck.concepts:
@@ -153,7 +208,7 @@ def _style_concept(ck: _Checker, s: n.Setting, out: dict[str, tuple[Any, n.Setti
     return True
 
 
-def _resolve(ck: _Checker, name: n.Ident, scope: dict[str, str]) -> bool:
+def _resolve(ck: Checker, name: n.Ident, scope: dict[str, str]) -> bool:
     if name.name in scope:
         return True
     ck.c.error(
@@ -173,7 +228,7 @@ def _resolve(ck: _Checker, name: n.Ident, scope: dict[str, str]) -> bool:
 
 
 def _subject(
-    ck: _Checker,
+    ck: Checker,
     stmt: n.SubjectStmt,
     scope: dict[str, str],
     placements: list[tuple[str, str, str, n.Placement]],
@@ -200,7 +255,7 @@ def _subject(
             placements.append((subject, action.relation, action.target.name, action))
 
 
-def _is_style(ck: _Checker, who: str, action: n.Node) -> bool:
+def _is_style(ck: Checker, who: str, action: n.Node) -> bool:
     """A style concept has no place in the picture: say so (``style-not-placeable``)."""
     info = ck.concepts.get(who)
     if info is None or info.kind != "style":
@@ -217,7 +272,7 @@ def _is_style(ck: _Checker, who: str, action: n.Node) -> bool:
 
 
 def _area(
-    ck: _Checker, subject: str, node: n.Area, areas: dict[str, tuple[layout.Box, n.Area]]
+    ck: Checker, subject: str, node: n.Area, areas: dict[str, tuple[layout.Box, n.Area]]
 ) -> None:
     """``subject at AREA``: a named area or a box inside the canvas, once per subject."""
     if subject in areas:
@@ -268,7 +323,7 @@ def _area(
     areas[subject] = ((x0, y0, x1, y1), node)
 
 
-def _cycles(ck: _Checker, placements: list[tuple[str, str, str, n.Placement]]) -> None:
+def _cycles(ck: Checker, placements: list[tuple[str, str, str, n.Placement]]) -> None:
     """``a left of b``, ``b left of c``, ``c left of a``: no layout can keep all three."""
     triples = [(a, rel, b) for a, rel, b, _ in placements]
     nodes = {(a, rel, b): node for a, rel, b, node in placements}
@@ -297,7 +352,7 @@ def _cycles(ck: _Checker, placements: list[tuple[str, str, str, n.Placement]]) -
 
 
 def _explicit_layout(
-    ck: _Checker,
+    ck: Checker,
     placements: list[tuple[str, str, str, n.Placement]],
     areas: dict[str, tuple[layout.Box, n.Area]],
 ) -> None:
@@ -331,7 +386,7 @@ def _explicit_layout(
                 )
 
 
-def _self_reference(ck: _Checker, t: n.Ident, subject: str) -> None:
+def _self_reference(ck: Checker, t: n.Ident, subject: str) -> None:
     ck.c.error(
         "self-reference",
         f"`{subject}` refers to itself",
@@ -341,7 +396,7 @@ def _self_reference(ck: _Checker, t: n.Ident, subject: str) -> None:
     )
 
 
-def _contradictions(ck: _Checker, placements: list[tuple[str, str, str, n.Placement]]) -> None:
+def _contradictions(ck: Checker, placements: list[tuple[str, str, str, n.Placement]]) -> None:
     seen: dict[tuple[str, str, str], tuple[int, n.Placement]] = {}
     for a, rel, b, node in placements:
         if rel not in _AXES:

@@ -17,7 +17,7 @@ from scenecraft import plan as p
 from scenecraft.diagnostics import Diagnostic
 from scenecraft.language import nodes as n
 from scenecraft.language.check import Checked, ConceptInfo, SceneInfo
-from scenecraft.prompts import Clause, SceneText, Subject, alone, anonymous, scene_prompt
+from scenecraft.prompts import SceneText, Subject, alone, anonymous, scene_prompt
 
 CLIP_WINDOW = 77
 # CLIP's pre-tokenizer: words, single digits, runs of punctuation.
@@ -83,9 +83,11 @@ def concept_spec(info: ConceptInfo) -> p.ConceptSpec:
 
 
 def merge_spec(checked: Checked, used: list[str]) -> p.MergeSpec:
-    model = checked.model or {"source": "", "family": None, "revision": None}
-    base = p.BaseModelSpec(
-        source=model["source"], family=model["family"], revision=model["revision"]
+    model = checked.model
+    base = (
+        p.BaseModelSpec(source=model.source, family=model.family, revision=model.revision)  # type: ignore[arg-type]
+        if model
+        else p.BaseModelSpec(source="")
     )
     concepts = tuple(concept_spec(checked.concepts[c]) for c in checked.concepts if c in used)
     spec = p.MergeSpec(
@@ -113,45 +115,12 @@ def _opt(settings: dict[str, Any], key: str) -> str | None:
 
 
 def scene_text(checked: Checked, scene: SceneInfo, settings: dict[str, Any]) -> SceneText:
-    order: list[str] = []
-    attrs: dict[str, list[tuple[str, str]]] = {}
-    clauses: list[Clause] = []
-    activity = None
-
-    def see(name: str) -> None:
-        if name not in order:
-            order.append(name)
-
-    for stmt in scene.node.body:
-        if isinstance(stmt, n.SubjectStmt):
-            see(stmt.subject.name)
-            for a in stmt.attributes:
-                verb = a.verb.replace(" ", "-")
-                attrs.setdefault(stmt.subject.name, []).append((verb, clean(a.text.value)))
-            if isinstance(stmt.action, n.Interaction):
-                for t in stmt.action.targets:
-                    see(t.name)
-                clauses.append(
-                    Clause(
-                        stmt.subject.name,
-                        stmt.action.verb,
-                        tuple(t.name for t in stmt.action.targets),
-                    )
-                )
-            elif isinstance(stmt.action, n.Placement):
-                see(stmt.action.target.name)
-                clauses.append(
-                    Clause(
-                        stmt.subject.name, stmt.action.relation, (stmt.action.target.name,), True
-                    )
-                )
-        elif isinstance(stmt, n.Presence):
-            for x in stmt.names:
-                see(x.name)
-        elif isinstance(stmt, n.ObjectDecl):
-            see(stmt.name.name)  # a declared object is in the picture even if nothing else says so
-        elif isinstance(stmt, n.Together):
-            activity = clean(stmt.text.value)
+    """The scene as prompt structure, from what the checker resolved (``scene.body``)."""
+    body = scene.body
+    order = body.order
+    attrs = {name: [(verb, clean(text)) for verb, text in a] for name, a in body.attributes.items()}
+    clauses = body.clauses
+    activity = clean(body.activity) if body.activity else None
     subjects = []
     styles = []
     for name in order:
@@ -179,8 +148,7 @@ def scene_text(checked: Checked, scene: SceneInfo, settings: dict[str, Any]) -> 
     )
 
 
-def _span(node: n.Node) -> p.SourceSpan:
-    s = node.span
+def _span(s: n.Span) -> p.SourceSpan:
     return p.SourceSpan(file=s.file, line=s.line, col=s.col, end_line=s.end_line, end_col=s.end_col)
 
 
@@ -197,11 +165,11 @@ def scene_regions(
     """
     concepts = [s.name for s in text.subjects if s.name in checked.concepts]
     mode = settings.get("regions", "on")
-    if mode == "off" or (len(concepts) < 2 and not scene.areas):
+    if mode == "off" or (len(concepts) < 2 and not scene.body.areas):
         return text, ()
     placements = [(c.subject, c.verb, c.targets[0]) for c in text.clauses if c.is_placement]
     names = [s.name for s in text.subjects]
-    boxes = layout.derive(names, placements, scene.areas, settings.get("layout", "auto"))
+    boxes = layout.derive(names, placements, scene.body.areas, settings.get("layout", "auto"))
     plain = {c: checked.concepts[c].class_noun or "someone" for c in concepts}
     regions = []
     for name in names:
@@ -223,7 +191,7 @@ def scene_regions(
 
 
 def _warn_long(
-    what: str, prompt: str, tokens: int, anchor: n.Node, warnings: list[Diagnostic]
+    what: str, prompt: str, tokens: int, anchor: n.Span, warnings: list[Diagnostic]
 ) -> None:
     if tokens > CLIP_WINDOW:
         warnings.append(
@@ -231,7 +199,7 @@ def _warn_long(
                 "prompt-too-long",
                 f"the prompt of {what} uses about {tokens} tokens; "
                 f"the text encoder reads only {CLIP_WINDOW}",
-                anchor.span,
+                anchor,
                 severity="warning",
                 notes=(f"prompt: {prompt}",),
                 help="Stable Diffusion silently drops the rest: shorten attributes or the setting",
@@ -247,7 +215,7 @@ def scene_jobs(
     global_text, regions = scene_regions(checked, scene, settings, text)
     prompt = scene_prompt(global_text)
     tokens = estimate_tokens(prompt)
-    anchor = scene.node.name if scene.node.name.name else scene.node
+    anchor = scene.anchor
     _warn_long(f"scene `{scene.name}`", prompt, tokens, anchor, warnings)
     for r in regions:
         _warn_long(
@@ -310,7 +278,7 @@ def scene_jobs(
 
 
 def _warn_overlapping_seeds(
-    scene: SceneInfo, settings: dict[str, Any], anchor: n.Node, warnings: list[Diagnostic]
+    scene: SceneInfo, settings: dict[str, Any], anchor: n.Span, warnings: list[Diagnostic]
 ) -> None:
     """Image n of seed s uses seed s + n (A1111's convention): say when two images coincide."""
     per_seed = settings["images_per_seed"]
@@ -324,7 +292,7 @@ def _warn_overlapping_seeds(
                 f"scene `{scene.name}` renders some images twice: with `images_per_seed "
                 f"{per_seed}`, seed s also renders "
                 + ("seed s+1" if per_seed == 2 else f"seeds s+1 to s+{per_seed - 1}"),
-                anchor.span,
+                anchor,
                 severity="warning",
                 help=f"space the seeds at least {per_seed} apart, e.g. `seeds 1, {1 + per_seed}`",
             )
@@ -342,11 +310,9 @@ def _names(text: SceneText, checked: Checked) -> list[str]:
 
 
 def used_concepts(checked: Checked) -> list[str]:
-    from scenecraft.language.check import _mentions
-
     used: set[str] = set()
     for scene in checked.scenes.values():
-        used |= _mentions(scene.node)
+        used |= scene.body.mentions
     return [c for c in checked.concepts if c in used]
 
 
