@@ -27,7 +27,11 @@ def print_plan(plan: RenderPlan, console: Console | None = None) -> None:
             str(job.steps),
             job.sampler,
             str(job.prompt_tokens),
-            job.prompt,
+            job.prompt
+            + "".join(
+                f"\n  [dim]{r.subject} [{', '.join(f'{v:g}' for v in r.box)}][/] {r.prompt}"
+                for r in job.regions
+            ),
         )
     console.print(table)
     for board in plan.storyboards:
