@@ -84,8 +84,9 @@ def _factors(layer: LoRALayer, shape: tuple[int, ...]) -> tuple[torch.Tensor, to
 def save_peft_lora(
     path: str | Path, layers: Mapping[str, LoRALayer], shapes: Mapping[str, tuple[int, ...]]
 ) -> None:
-    """Write with diffusers' own ``save_lora_weights`` (alpha in ``lora_adapter_metadata``)."""
-    from diffusers import StableDiffusionPipeline
+    """Write with diffusers' own ``save_lora_weights`` (alpha in ``lora_adapter_metadata``);
+    the SDXL pipeline's when a layer is in ``text_encoder_2``."""
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
     path = Path(path)
     per_component: dict[str, dict[str, torch.Tensor]] = {}
@@ -104,9 +105,10 @@ def save_peft_lora(
     for component in per_component:
         kwargs[f"{component}_lora_layers"] = per_component[component]
         kwargs[f"{component}_lora_adapter_metadata"] = meta[component]
-    StableDiffusionPipeline.save_lora_weights(
-        save_directory=str(path.parent), weight_name=path.name, **kwargs
+    cls = (
+        StableDiffusionXLPipeline if "text_encoder_2" in per_component else StableDiffusionPipeline
     )
+    cls.save_lora_weights(save_directory=str(path.parent), weight_name=path.name, **kwargs)
 
 
 def write_peft_lora(
@@ -125,10 +127,36 @@ def write_peft_lora(
 # ------------------------------------------------------------------------------------- kohya
 
 
-def kohya_key(module: str, sdxl: bool = False) -> str:
+_DIFFUSERS_BLOCK = re.compile(r"^(down_blocks|up_blocks)\.(\d+)\.(attentions|resnets)\.(\d+)\.")
+_MID_BLOCK = re.compile(r"^mid_block\.(attentions|resnets)\.(\d+)\.")
+
+
+def sgm_name(rel: str, layers_per_block: int) -> str:
+    """A diffusers UNet module name in the original (SGM) layout kohya's SDXL LoRAs use:
+    ``down_blocks.1.attentions.0.x`` -> ``input_blocks.4.1.x``, ``mid_block.attentions.0.x`` ->
+    ``middle_block.1.x``, ``up_blocks.0.attentions.2.x`` -> ``output_blocks.2.1.x``."""
+    m = _DIFFUSERS_BLOCK.match(rel)
+    if m:
+        kind, block, inner, layer = m.group(1), int(m.group(2)), m.group(3), int(m.group(4))
+        inner_id = 1 if inner == "attentions" else 0
+        if kind == "down_blocks":
+            return f"input_blocks.{block * (layers_per_block + 1) + layer + 1}.{inner_id}.{rel[m.end() :]}"
+        return f"output_blocks.{block * (layers_per_block + 1) + layer}.{inner_id}.{rel[m.end() :]}"
+    m = _MID_BLOCK.match(rel)
+    if m:
+        inner, layer = m.group(1), int(m.group(2))
+        index = 1 if inner == "attentions" else 2 * layer
+        return f"middle_block.{index}.{rel[m.end() :]}"
+    return rel
+
+
+def kohya_key(module: str, sdxl: bool = False, sgm_layers_per_block: int | None = None) -> str:
     """``unet.a.b`` -> ``lora_unet_a_b``; ``text_encoder.encoder.x`` -> ``lora_te_text_model_encoder_x``
-    (``lora_te1_``/``lora_te2_`` with ``sdxl``; ``text_projection`` sits outside ``text_model``)."""
+    (``lora_te1_``/``lora_te2_`` with ``sdxl``; ``text_projection`` sits outside ``text_model``).
+    ``sgm_layers_per_block`` writes UNet names in the SGM layout (kohya's SDXL files)."""
     component, _, rel = module.partition(".")
+    if component == "unet" and sgm_layers_per_block is not None:
+        rel = sgm_name(rel, sgm_layers_per_block)
     prefixes = {"unet": "lora_unet", "text_encoder": "lora_te1" if sdxl else "lora_te"}
     prefix = prefixes.get(component, "lora_te2")
     if component.startswith("text_encoder") and not rel.startswith(
@@ -139,11 +167,14 @@ def kohya_key(module: str, sdxl: bool = False) -> str:
 
 
 def kohya_state(
-    layers: Mapping[str, LoRALayer], shapes: Mapping[str, tuple[int, ...]], sdxl: bool = False
+    layers: Mapping[str, LoRALayer],
+    shapes: Mapping[str, tuple[int, ...]],
+    sdxl: bool = False,
+    sgm_layers_per_block: int | None = None,
 ) -> dict[str, torch.Tensor]:
     state: dict[str, torch.Tensor] = {}
     for module, layer in layers.items():
-        key = kohya_key(module, sdxl)
+        key = kohya_key(module, sdxl, sgm_layers_per_block)
         down, up = _factors(layer, shapes[module])
         state[f"{key}.lora_down.weight"], state[f"{key}.lora_up.weight"] = down, up
         alpha = layer.alpha if layer.alpha is not None else float(layer.rank)

@@ -3,10 +3,12 @@
     outcome = run_merge(pipe, concepts, "loraclr", params)   # MergeOutcome(weights, embeddings, figures)
 
 Stages (each uses the merged result of the one before):
-  1. text-encoder    Linear layers; X_c from each concept's OWN text encoder (base + its LoRA +
-                     its token embeddings) on "photo of a {token}", "{token}" (+ class noun);
-  2. cross-attention UNet attn2.to_k / to_v; X_c = the MERGED text encoder's final hidden states
-                     at concept-token positions + end token;
+  1. text-encoder    Linear layers of every text encoder (SDXL: both); X_c from each concept's
+                     OWN text encoders (base + its LoRA + its token embeddings) on
+                     "photo of a {token}", "{token}" (+ class noun);
+  2. cross-attention UNet attn2.to_k / to_v; X_c = the context the MERGED text encoder(s) give
+                     (SDXL: both encoders' penultimate states concatenated, 2048 wide) at
+                     concept-token positions + end token;
   3. spatial         (optional, ``MergeConfig.spatial``) other UNet Linear / 1×1 conv layers;
                      X_c from a short sampling run of concept c's own UNet.
 A layer no concept touches is left alone; a layer one concept touches gets W0 + ΔW_c; a layer
@@ -69,7 +71,7 @@ def stage_of(path: str, module: nn.Module, spatial: bool) -> str:
     """Which feature stage covers a module (or FALLBACK)."""
     if not F.has_rows(module):
         return FALLBACK
-    if path.startswith("text_encoder."):
+    if path.startswith(F.TEXT_PREFIXES):
         return TEXT
     if path.startswith("unet.") and (".attn2.to_k" in path or ".attn2.to_v" in path):
         return KV
@@ -93,6 +95,17 @@ def _check(
     check_method(method)
     check_params(method, params)
     check_method(cfg.fallback, DATA_FREE)
+    reason = F.unsupported_reason(pipe)
+    if method in FEATURE_BASED and reason is not None:
+        raise error(
+            "merge-unsupported-family",
+            f"`{method}` cannot collect features from this `{type(pipe).__name__}`: {reason}",
+            notes=(
+                "feature-based merges support SD 1.x, SD 2.x and SDXL (CLIP text encoders and "
+                "a cross-attention UNet); not supported: " + "; ".join(F.UNSUPPORTED_FAMILIES),
+            ),
+            help="use a data-free method (linear, average, ties, dare) for this pipeline",
+        )
     names = [c.name for c in concepts]
     if len(set(names)) != len(names):
         raise error(
@@ -124,12 +137,6 @@ def _check(
                     f"the base layer {shape}",
                     help="the LoRA was trained for a different base model",
                 )
-    if method in FEATURE_BASED and getattr(pipe, "text_encoder_2", None) is not None:
-        raise error(
-            "merge-unsupported-family",
-            f"`{method}` does not support SDXL pipelines yet",
-            help="use a data-free method (linear, average, ties, dare) for SDXL",
-        )
     return modules
 
 
@@ -238,7 +245,7 @@ def _text_stage(
     cfg, out = run.cfg, []
     for c, concept in enumerate(run.concepts):
         emit(run.reporter, MergeStage(TEXT, c, len(run.concepts), f"features: {concept.name}"))
-        own = F.own_weights(concept, run.modules, "text_encoder.")
+        own = F.own_weights(concept, run.modules, F.TEXT_PREFIXES)
         watched = {p: run.modules[p] for p in paths}
         with F.patched(run.modules, own):
             X = F.text_rows(run.pipe, watched, prompts[c], cfg.text_max_rows, cfg.seed + c)
@@ -308,7 +315,8 @@ def run_merge(
         stages[stage_of(p, modules[p], cfg.spatial)].append(p)
     for p in single:
         run.weights[p] = run.base(p) + touched[p][0].delta(p).to(run.base(p).device)
-    features = method in FEATURE_BASED or cfg.figures
+    # data-free methods on a pipeline whose features cannot be read merge without figures
+    features = method in FEATURE_BASED or (cfg.figures and F.unsupported_reason(pipe) is None)
     fallback = method if method in DATA_FREE else cfg.fallback
     emb: dict[str, dict[str, torch.Tensor]] = {}
     for concept in concepts:
@@ -320,7 +328,7 @@ def run_merge(
         # 2. text encoder
         X = _text_stage(run, stages[TEXT], prompts) if features and stages[TEXT] else None
         run.solve(TEXT, stages[TEXT], X, method if X is not None else fallback)
-        merged_te = {p: w for p, w in run.weights.items() if p.startswith("text_encoder.")}
+        merged_te = {p: w for p, w in run.weights.items() if p.startswith(F.TEXT_PREFIXES)}
         with F.patched(modules, merged_te):
             # 3. cross-attention K/V from the merged text encoder
             X = (

@@ -9,13 +9,20 @@ inputs in fp32; rows are capped per concept and layer by a seeded subsample.
 - `token_states`: final hidden states of the (merged) text encoder at the concept-token
   positions plus the end token — the inputs of every UNet cross-attention to_k / to_v;
 - `spatial_rows`: inputs of UNet Linear / 1×1 conv layers during a short sampling run.
+
+SDXL (a pipeline with ``text_encoder_2``): stage 1 runs each encoder on its own tokenizer's ids
+(``text_encoder_2.text_projection`` sees one pooled row per prompt); the UNet's context is what
+``StableDiffusionXLPipeline.encode_prompt`` builds — both encoders' penultimate hidden states
+concatenated position by position (768 + 1280 = 2048 wide); new tokens go into both
+tokenizers. Stage 3 calls the pipeline itself, which fills in SDXL's added conditioning
+(pooled text, time ids).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from typing import Any
 
 import torch
@@ -23,6 +30,58 @@ from torch import nn
 
 from scenecraft.diagnostics import did_you_mean, error
 from scenecraft.merge.types import ConceptLoRA
+
+# --------------------------------------------------------------------------------- families
+
+# (text encoder, its tokenizer) in the order their states are concatenated into the context.
+TEXT_ENCODERS: tuple[tuple[str, str], ...] = (
+    ("text_encoder", "tokenizer"),
+    ("text_encoder_2", "tokenizer_2"),
+)
+TEXT_PREFIXES: tuple[str, ...] = tuple(f"{name}." for name, _ in TEXT_ENCODERS)
+_CLIP_TEXT = ("CLIPTextModel", "CLIPTextModelWithProjection")
+# What feature-based merges cannot read, for the `merge-unsupported-family` diagnostic.
+UNSUPPORTED_FAMILIES = (
+    "transformer-based pipelines (SD3, Flux, PixArt, Sana, AuraFlow, …)",
+    "SDXL refiner-style pipelines without the first text encoder",
+    "pipelines whose text encoder is not CLIP (Kandinsky, DeepFloyd IF, …)",
+    "pipelines without a cross-attention UNet",
+)
+
+
+def text_components(pipe: Any) -> list[str]:
+    """The pipeline's text encoders that have a tokenizer, in context order."""
+    return [
+        name
+        for name, tok in TEXT_ENCODERS
+        if getattr(pipe, name, None) is not None and getattr(pipe, tok, None) is not None
+    ]
+
+
+def is_sdxl(pipe: Any) -> bool:
+    """Two text encoders whose states are concatenated (SDXL and SDXL-derived bases)."""
+    return len(text_components(pipe)) == 2
+
+
+def unsupported_reason(pipe: Any) -> str | None:
+    """Why feature collection cannot run on ``pipe`` (None: SD 1.x, 2.x or SDXL)."""
+    if getattr(pipe, "transformer", None) is not None:
+        return f"it has a `transformer` ({type(pipe.transformer).__name__}), not a UNet"
+    if getattr(pipe, "text_encoder_3", None) is not None:
+        return "it has a third text encoder"
+    unet = getattr(pipe, "unet", None)
+    if unet is None or not getattr(getattr(unet, "config", None), "cross_attention_dim", None):
+        return "it has no cross-attention UNet"
+    if getattr(pipe, "text_encoder", None) is None or getattr(pipe, "tokenizer", None) is None:
+        return "it has no first text encoder and tokenizer (an SDXL refiner?)"
+    for name in text_components(pipe):
+        kind = type(getattr(pipe, name)).__name__
+        if kind not in _CLIP_TEXT:
+            return f"its `{name}` is a {kind}, not a CLIP text model"
+    if getattr(pipe, "text_encoder_2", None) is not None and not is_sdxl(pipe):
+        return "it has a `text_encoder_2` but no `tokenizer_2`"
+    return None
+
 
 # --------------------------------------------------------------------------------- modules
 
@@ -85,9 +144,9 @@ def patched(modules: dict[str, nn.Module], weights: dict[str, torch.Tensor]) -> 
 
 
 def own_weights(
-    concept: ConceptLoRA, modules: dict[str, nn.Module], prefix: str
+    concept: ConceptLoRA, modules: dict[str, nn.Module], prefix: str | tuple[str, ...]
 ) -> dict[str, torch.Tensor]:
-    """W0 + ΔW_c for every layer of ``concept`` under component ``prefix`` (fp32)."""
+    """W0 + ΔW_c for every layer of ``concept`` under component ``prefix``(es) (fp32)."""
     return {
         p: weight_matrix(modules[p]).detach().float()
         + concept.delta(p).to(weight_matrix(modules[p]).device)
@@ -106,15 +165,28 @@ def token_words(token: str, rows: int) -> list[str]:
 
 @contextmanager
 def token_embeddings(pipe: Any, concepts: list[ConceptLoRA]) -> Iterator[dict[str, str]]:
-    """Install the concepts' new text-encoder token embeddings; yields token -> prompt text.
+    """Install the concepts' new token embeddings in every text encoder; yields token -> prompt
+    text (``tok tok_1 …`` for an n-row embedding).
 
-    Unknown tokens are added to the tokenizer (that stays: the merged model needs them too);
+    Unknown tokens are added to the tokenizers (that stays: the merged model needs them too);
     rows that existed before are restored on exit.
     """
-    tokenizer, encoder = pipe.tokenizer, pipe.text_encoder
+    texts: dict[str, str] = {}
+    with ExitStack() as stack:
+        for name, tok in TEXT_ENCODERS:
+            if name in text_components(pipe):
+                texts.update(stack.enter_context(_component_tokens(pipe, name, tok, concepts)))
+        yield texts
+
+
+@contextmanager
+def _component_tokens(
+    pipe: Any, component: str, tokenizer_name: str, concepts: list[ConceptLoRA]
+) -> Iterator[dict[str, str]]:
+    tokenizer, encoder = getattr(pipe, tokenizer_name), getattr(pipe, component)
     table: dict[str, torch.Tensor] = {}
     for concept in concepts:
-        for token, rows in concept.embeddings.get("text_encoder", {}).items():
+        for token, rows in concept.embeddings.get(component, {}).items():
             words = token_words(token, rows.shape[0])
             for word, row in zip(words, rows, strict=True):
                 table[word] = row
@@ -129,7 +201,8 @@ def token_embeddings(pipe: Any, concepts: list[ConceptLoRA]) -> Iterator[dict[st
         if row.shape[0] != emb.shape[1]:
             raise error(
                 "embedding-shape-mismatch",
-                f"embedding for `{word}` has width {row.shape[0]}, the text encoder {emb.shape[1]}",
+                f"embedding for `{word}` has width {row.shape[0]}, the `{component}` "
+                f"{emb.shape[1]}",
                 help="the embedding was trained for a different base model",
             )
     try:
@@ -139,7 +212,7 @@ def token_embeddings(pipe: Any, concepts: list[ConceptLoRA]) -> Iterator[dict[st
         texts = {
             token: " ".join(token_words(token, rows.shape[0]))
             for c in concepts
-            for token, rows in c.embeddings.get("text_encoder", {}).items()
+            for token, rows in c.embeddings.get(component, {}).items()
         }
         yield texts
     finally:
@@ -163,25 +236,37 @@ def concept_prompts(
     return prompts
 
 
-def _encode(pipe: Any, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token ids (B, T) padded to the longest prompt, and the mask of real tokens (B, T)."""
-    enc = pipe.tokenizer(prompts, padding="longest", truncation=True, return_tensors="pt")
-    device = pipe.text_encoder.device
-    return enc.input_ids.to(device), enc.attention_mask.to(device).bool()
+def _encode(
+    pipe: Any, prompts: list[str], tokenizer: str = "tokenizer", length: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids (B, T) padded to the longest prompt (or to ``length``), and the mask of real
+    tokens (B, T)."""
+    tok = getattr(pipe, tokenizer)
+    if length is None:
+        enc = tok(prompts, padding="longest", truncation=True, return_tensors="pt")
+    else:
+        enc = tok(
+            prompts, padding="max_length", max_length=length, truncation=True, return_tensors="pt"
+        )
+    encoder = getattr(pipe, dict((t, e) for e, t in TEXT_ENCODERS)[tokenizer])
+    return enc.input_ids.to(encoder.device), enc.attention_mask.to(encoder.device).bool()
 
 
-def _token_mask(pipe: Any, ids: torch.Tensor, words: list[str]) -> torch.Tensor:
+def _token_mask(
+    pipe: Any, ids: torch.Tensor, words: list[str], tokenizer: str = "tokenizer"
+) -> torch.Tensor:
     """(B, T) mask of the positions where ``words``' token-id sequences occur, plus each
     prompt's end token."""
+    tok = getattr(pipe, tokenizer)
     mask = torch.zeros_like(ids, dtype=torch.bool)
     rows = ids.tolist()
     for w in words:
-        seq = pipe.tokenizer(w, add_special_tokens=False).input_ids
+        seq = tok(w, add_special_tokens=False).input_ids
         for b, row in enumerate(rows):
             for t in range(len(row) - len(seq) + 1):
                 if seq and row[t : t + len(seq)] == seq:
                     mask[b, t : t + len(seq)] = True
-    eos = pipe.tokenizer.eos_token_id
+    eos = tok.eos_token_id
     first_eos = (ids == eos).int().argmax(1)  # (B,)
     mask[torch.arange(ids.shape[0], device=ids.device), first_eos] = True
     return mask
@@ -205,7 +290,7 @@ class RowRecorder:
             x = args[0].detach()
             if x.dim() == 4:  # conv input (B, C, H, W) -> (B·H·W, C)
                 x = x.permute(0, 2, 3, 1).reshape(-1, x.shape[1])
-            elif self.mask is not None and x.shape[:2] == self.mask.shape:
+            elif self.mask is not None and x.dim() == 3 and x.shape[:2] == self.mask.shape:
                 x = x[self.mask]  # (n, in): real / selected token positions
             else:
                 x = x.reshape(-1, x.shape[-1])
@@ -240,23 +325,65 @@ class RowRecorder:
 def text_rows(
     pipe: Any, modules: dict[str, nn.Module], prompts: list[str], cap: int, seed: int
 ) -> dict[str, torch.Tensor]:
-    """Stage 1: inputs of text-encoder ``modules`` at every real token of ``prompts``. (n, in)."""
-    ids, real = _encode(pipe, prompts)
-    rec = RowRecorder(modules, None, seed)
-    rec.mask = real
-    try:
-        pipe.text_encoder(ids)
-    finally:
-        rec.close()
-    return rec.take(cap)
+    """Stage 1: inputs of text-encoder ``modules`` at every real token of ``prompts``. (n, in).
+
+    Each encoder reads its own tokenizer's ids; SDXL's ``text_projection`` sees one pooled row
+    per prompt."""
+    out: dict[str, torch.Tensor] = {}
+    for name, tokenizer in TEXT_ENCODERS:
+        group = {p: m for p, m in modules.items() if p.startswith(f"{name}.")}
+        if not group:
+            continue
+        ids, real = _encode(pipe, prompts, tokenizer)
+        rec = RowRecorder(group, None, seed)
+        rec.mask = real
+        try:
+            getattr(pipe, name)(ids)
+        finally:
+            rec.close()
+        out.update(rec.take(cap))
+    return out
+
+
+@torch.no_grad()
+def context_states(
+    pipe: Any, prompts: list[str], words: Sequence[str] = ()
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """What the UNet's cross-attention reads for ``prompts`` — (B, T, dim) fp32 — and the
+    (B, T) mask of the ``words``' positions plus each prompt's end token.
+
+    SD 1.x / 2.x: the text encoder's final hidden states. SDXL: as
+    ``StableDiffusionXLPipeline.encode_prompt`` builds them (no clip skip), both encoders'
+    penultimate hidden states concatenated; both tokenizers pad to one length, the mask is
+    the union of the positions either tokenizer gives (they agree unless a token is known
+    to one tokenizer only).
+    """
+    if not is_sdxl(pipe):
+        ids, _ = _encode(pipe, prompts)
+        hidden = pipe.text_encoder(ids)[0]  # (B, T, dim)
+        return hidden.float(), _token_mask(pipe, ids, list(words))
+    length = max(
+        len(ids)
+        for _, tok in TEXT_ENCODERS
+        for ids in getattr(pipe, tok)(prompts, truncation=True).input_ids
+    )
+    states, mask = [], None
+    for name, tokenizer in TEXT_ENCODERS:
+        ids, _ = _encode(pipe, prompts, tokenizer, length)
+        out = getattr(pipe, name)(ids, output_hidden_states=True)
+        states.append(out.hidden_states[-2].float())
+        found = _token_mask(pipe, ids, list(words), tokenizer)
+        mask = found if mask is None else mask | found
+    assert mask is not None
+    return torch.cat(states, dim=-1), mask
 
 
 @torch.no_grad()
 def token_states(pipe: Any, prompts: list[str], words: list[str]) -> torch.Tensor:
-    """Stage 2: final hidden states at concept-token positions + end token, (n, dim) fp32."""
-    ids, _ = _encode(pipe, prompts)
-    hidden = pipe.text_encoder(ids)[0]  # (B, T, dim), what the UNet's to_k / to_v read
-    return hidden[_token_mask(pipe, ids, words)].float()
+    """Stage 2: the context at concept-token positions + end token, (n, dim) fp32 — the
+    rows every UNet cross-attention to_k / to_v reads (see `context_states`)."""
+    hidden, mask = context_states(pipe, prompts, words)
+    return hidden[mask]
 
 
 @torch.no_grad()

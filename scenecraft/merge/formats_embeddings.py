@@ -99,4 +99,38 @@ def embeddings_from_state(
                 help="the embedding was saved from a diverged training run; use an earlier one",
             )
         out[component] = {token: rows}
+    _check_pair(out, token, index, concept=concept, source=source)
     return out
+
+
+def _check_pair(
+    out: dict[str, dict[str, torch.Tensor]],
+    token: str,
+    index: ModuleIndex,
+    *,
+    concept: str,
+    source: str,
+) -> None:
+    """A base with two text encoders (SDXL) needs rows for both, the same number in each: the
+    token must read as the same sequence in both tokenizers, or the two encoders' states,
+    concatenated position by position, would not line up."""
+    encoders = sorted(c for c in index.embedding_dims if c in _SDXL_KEYS.values())
+    if len(encoders) < 2:
+        return
+    if sorted(out) != encoders:
+        have = ", ".join(f"`{c}`" for c in sorted(out))
+        raise error(
+            "embedding-shape-mismatch",
+            f"concept `{concept}`: the embedding in `{source}` has rows for {have} only, but "
+            "the base model has two text encoders (SDXL)",
+            notes=("SDXL embeddings hold `clip_l` (text_encoder) and `clip_g` (text_encoder_2)",),
+            help="use an SDXL embedding with both `clip_l` and `clip_g`",
+        )
+    counts = {c: int(rows[token].shape[0]) for c, rows in out.items()}
+    if len(set(counts.values())) > 1:
+        raise error(
+            "embedding-shape-mismatch",
+            f"concept `{concept}`: the embedding in `{source}` has "
+            + " and ".join(f"{n} vector(s) for `{c}`" for c, n in sorted(counts.items())),
+            help="use an embedding with as many `clip_l` as `clip_g` vectors",
+        )
