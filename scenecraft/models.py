@@ -51,6 +51,32 @@ def quiet_libraries() -> None:
     transformers.logging.disable_progress_bar()
     diffusers.utils.logging.set_verbosity_error()
     diffusers.utils.logging.disable_progress_bar()
+    # SDXL in fp16 decodes with an fp32 VAE (see `sdxl_vae_note`); diffusers warns on every call
+    # that its helper for that is deprecated, which is not the user's business
+    warnings.filterwarnings("ignore", message=".*upcast_vae.*", category=FutureWarning)
+
+
+def sdxl_vae_note(pipe: Any) -> str | None:
+    """What happens to an SDXL pipeline's VAE in half precision (None when nothing special).
+
+    SDXL's VAE overflows in fp16 (NaN latents decode to black images). scenecraft keeps the
+    diffusers behaviour: when ``vae.config.force_upcast`` is true — SDXL's own VAE config says
+    so — each decode runs on an fp32 copy of the VAE; the UNet and text encoders stay fp16.
+    A VAE whose config says false (the fp16-fixed SDXL VAE) decodes in fp16. bf16 has fp32's
+    range and needs no upcast.
+    """
+    vae = getattr(pipe, "vae", None)
+    if getattr(pipe, "text_encoder_2", None) is None or vae is None or vae.dtype != torch.float16:
+        return None
+    if getattr(vae.config, "force_upcast", False):
+        return (
+            "SDXL in float16: the VAE decodes in float32 (its config's force_upcast), as SDXL's "
+            "VAE overflows in float16; --dtype bfloat16 or an fp16-fixed VAE avoids the upcast"
+        )
+    return (
+        "SDXL in float16 with a VAE that decodes in float16 (force_upcast false): right for the "
+        "fp16-fixed SDXL VAE; black images mean this VAE overflows, use --dtype bfloat16"
+    )
 
 
 def is_offline() -> bool:

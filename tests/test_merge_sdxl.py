@@ -319,3 +319,23 @@ def test_lora_modules_cover_both_text_encoders() -> None:
     modules = sdxl_lora_modules()
     assert any(m.startswith("text_encoder_2.text_model.") for m in modules)
     assert any(".attn2.to_k" in m for m in modules)
+
+
+def test_sdxl_in_fp16_decodes_with_an_fp32_vae() -> None:
+    """The fp16 VAE caveat: scenecraft loads SDXL in fp16 with the VAE's force_upcast kept, so
+    the decode runs in fp32 (no NaN / black images) and the VAE is fp16 again afterwards."""
+    import numpy as np
+
+    from scenecraft.models import load_pipeline, sdxl_vae_note
+
+    base = BaseModelSpec(source=str(sdxl_dir()), family="sdxl")
+    pipe = load_pipeline(base, device="cpu", dtype="float16")
+    assert pipe.unet.dtype == pipe.vae.dtype == torch.float16
+    note = sdxl_vae_note(pipe)
+    assert note is not None and "float32" in note and "bfloat16" in note
+    seen: list[torch.dtype] = []
+    pipe.vae.decoder.conv_in.register_forward_pre_hook(lambda m, a: seen.append(a[0].dtype))
+    out = pipe("photo of a man", num_inference_steps=2, height=32, width=32, output_type="np")
+    assert seen == [torch.float32] and pipe.vae.dtype == torch.float16
+    assert np.isfinite(out.images).all()
+    assert sdxl_vae_note(sdxl_pipe()) is None  # fp32: nothing to say

@@ -269,6 +269,10 @@ class _Session:
             from scenecraft.models import load_pipeline
 
             pipe = load_pipeline(self.plan.merge.base, device, dtype)
+        from scenecraft.models import sdxl_vae_note
+
+        if (note := sdxl_vae_note(pipe)) is not None:
+            emit(self.reporter, Notice("info", note))
         pipe.set_progress_bar_config(disable=True)
         if self.mode == "adapters":
             adapter_mod.load_adapters(pipe, self.plan.merge.concepts, self.reporter)
