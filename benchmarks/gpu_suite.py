@@ -4,8 +4,16 @@ under 60 s on one H100.
 
     OUT=/tmp/out python benchmarks/gpu_suite.py                 # on the lent GPU
     OUT=/tmp/out python benchmarks/gpu_suite.py --tiny          # CPU smoke test (tiny pipeline)
+    OUT=/tmp/out python benchmarks/gpu_suite.py --family sdxl   # SDXL-shaped, on the GPU
+    OUT=/tmp/out python benchmarks/gpu_suite.py --family sdxl --tiny   # … smoke test, tiny SDXL
 
-Writes $OUT/gpu_suite.json after every method (partial results survive a timeout).
+``--family sdxl``: a full SDXL-shaped pipeline (2.6B UNet, CLIP ViT-L + OpenCLIP bigG, random
+weights from the published shapes), LoRAs on every attention / feed-forward / projection layer of
+the UNet and both text encoders (plus text_encoder_2's projection), an SDXL embedding (clip_l,
+clip_g) per concept, stage 3 at 1024² by default; no render comparison.
+
+Writes $OUT/gpu_suite.json (``gpu_suite_sdxl.json``) after every method (partial results survive
+a timeout).
 """
 
 from __future__ import annotations
@@ -25,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from scenecraft.merge.engine import MergeConfig, run_merge  # noqa: E402
 from scenecraft.merge.types import ConceptLoRA, LoRALayer  # noqa: E402
-from scenecraft.testing import quiet_libraries, tiny_pipeline  # noqa: E402
+from scenecraft.testing import quiet_libraries, tiny_pipeline, tiny_sdxl_pipeline  # noqa: E402
 
 METHODS: dict[str, tuple[str, dict[str, Any]]] = {
     "loraclr": ("loraclr", {}),
@@ -48,26 +56,45 @@ def sd15_pipeline(device: torch.device) -> Any:
     return pipe
 
 
+def sdxl_pipeline(device: torch.device) -> Any:
+    """SDXL-shaped pipeline with random weights on ``device`` (fp32 features, as documented)."""
+    from diffusers import DPMSolverMultistepScheduler
+
+    from scenecraft.testing import sdxl_pipeline as build
+
+    pipe = build(device)
+    pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)
+    return pipe
+
+
 def lora_paths(pipe: Any) -> list[str]:
-    """Every attention / feed-forward / projection layer of the UNet and text encoder."""
+    """Every attention / feed-forward / projection layer of the UNet and the text encoder(s)."""
     paths = [
         f"unet.{n}"
         for n, m in pipe.unet.named_modules()
         if ".transformer_blocks." in n + "." or n.endswith(("proj_in", "proj_out"))
         if n.endswith(TARGETS) and hasattr(m, "weight")
     ]
-    paths += [
-        f"text_encoder.{n}"
-        for n, m in pipe.text_encoder.named_modules()
-        if n.endswith(TE_TARGETS) and isinstance(m, torch.nn.Linear)
-    ]
+    for component in ("text_encoder", "text_encoder_2"):
+        encoder = getattr(pipe, component, None)
+        if encoder is None:
+            continue
+        paths += [
+            f"{component}.{n}"
+            for n, m in encoder.named_modules()
+            if n.endswith((*TE_TARGETS, "text_projection")) and isinstance(m, torch.nn.Linear)
+        ]
     return sorted(set(paths))
 
 
 def random_concepts(pipe: Any, count: int, rank: int, device: torch.device) -> list[ConceptLoRA]:
     """``count`` random rank-``rank`` LoRAs on every target layer, each with its own token."""
     paths = lora_paths(pipe)
-    dim = pipe.text_encoder.get_input_embeddings().weight.shape[1]
+    dims = {
+        name: getattr(pipe, name).get_input_embeddings().weight.shape[1]
+        for name in ("text_encoder", "text_encoder_2")
+        if getattr(pipe, name, None) is not None
+    }
     concepts = []
     for c in range(count):
         g = torch.Generator(device="cpu").manual_seed(100 + c)
@@ -80,7 +107,10 @@ def random_concepts(pipe: Any, count: int, rank: int, device: torch.device) -> l
             down = (torch.randn(rank, n_in, generator=g) / n_in**0.5).to(device)
             layers[path] = LoRALayer(path, up, down, alpha=float(rank))
         token = f"<c{c}>"
-        emb = {"text_encoder": {token: torch.randn(1, dim, generator=g).to(device) * 0.02}}
+        emb = {
+            name: {token: torch.randn(1, dim, generator=g).to(device) * 0.02}
+            for name, dim in dims.items()
+        }
         concepts.append(
             ConceptLoRA(f"c{c}", (token,), layers, 1.0, emb, metadata={"class_noun": "man"})
         )
@@ -95,16 +125,23 @@ def _compact(figures: dict[str, Any]) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--tiny", action="store_true", help="CPU smoke test on the tiny pipeline")
+    parser.add_argument("--family", choices=("sd15", "sdxl"), default="sd15")
     parser.add_argument("--concepts", type=int, default=12)
     parser.add_argument("--rank", type=int, default=16)
     parser.add_argument("--steps", type=int, default=10, help="sampling steps of stage 3")
-    parser.add_argument("--size", type=int, default=512, help="image side of stage 3")
-    parser.add_argument("--rows", type=int, default=1024, help="spatial rows per concept/layer")
+    parser.add_argument("--size", type=int, help="image side of stage 3 (512; SDXL 1024)")
+    parser.add_argument(
+        "--rows", type=int, help="spatial rows per concept/layer (1024; SDXL 512: ~30 GB of rows)"
+    )
     parser.add_argument("--methods", nargs="*", default=list(METHODS), choices=list(METHODS))
     parser.add_argument(
         "--no-render", action="store_true", help="skip the render comparison after the merges"
     )
     args = parser.parse_args(argv)
+    sdxl = args.family == "sdxl"
+    args.size = args.size or (1024 if sdxl else 512)
+    args.rows = args.rows or (512 if sdxl else 1024)
+    name = "gpu_suite_sdxl.json" if sdxl else "gpu_suite.json"
     out_dir = Path(os.environ.get("OUT", "benchmarks/results"))
     out_dir.mkdir(parents=True, exist_ok=True)
     quiet_libraries()
@@ -114,10 +151,10 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     if args.tiny:
         torch.set_num_threads(1)  # tiny ops: one thread is far faster on a shared CPU
-        pipe = tiny_pipeline(0)
+        pipe = tiny_sdxl_pipeline(0) if sdxl else tiny_pipeline(0)
         args.concepts, args.steps, args.size, args.rows = min(args.concepts, 3), 2, 32, 64
     else:
-        pipe = sd15_pipeline(device)
+        pipe = sdxl_pipeline(device) if sdxl else sd15_pipeline(device)
     build_s = time.perf_counter() - t0
     concepts = random_concepts(pipe, args.concepts, args.rank, device)
     cfg = MergeConfig(
@@ -129,6 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     report: dict[str, Any] = {
         "suite": "gpu_suite",
+        "family": args.family,
         "device": torch.cuda.get_device_name() if device.type == "cuda" else platform.processor(),
         "tiny": args.tiny,
         "concepts": args.concepts,
@@ -160,11 +198,11 @@ def main(argv: list[str] | None = None) -> int:
             for s, v in stages.items()
         }
         print(f"{label}: {seconds:.1f} s, fidelity (mean, worst) by stage {summary}", flush=True)
-        tmp = out_dir / "gpu_suite.json.tmp"
+        tmp = out_dir / f"{name}.tmp"
         tmp.write_text(json.dumps(report, indent=2))
-        os.replace(tmp, out_dir / "gpu_suite.json")
+        os.replace(tmp, out_dir / name)
         del outcome
-    if device.type == "cuda" and not args.no_render:
+    if device.type == "cuda" and not args.no_render and not sdxl:
         # the render issue's comparison at SD 1.5 size: overhead vs bare diffusers, merged model
         # vs 4 and 8 runtime adapters (fp16, 512x512, 30 steps, batch 4)
         del pipe, concepts
@@ -177,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
         tmp = out_dir / "gpu_suite.json.tmp"
         tmp.write_text(json.dumps(report, indent=2))
         os.replace(tmp, out_dir / "gpu_suite.json")
-    print(f"wrote {out_dir / 'gpu_suite.json'}")
+    print(f"wrote {out_dir / name}")
     return 0
 
 

@@ -1,4 +1,4 @@
-"""Merge-method benchmark on SD 1.5-shaped layers with random weights and synthetic features.
+"""Merge-method benchmark on SD 1.5- or SDXL-shaped layers with random weights and synthetic features.
 
 Layers (SD 1.5 shapes): the text encoder's 12 blocks (q/k/v/out 768→768, fc1 768→3072,
 fc2 3072→768) and the UNet's 16 cross-attention blocks' to_k / to_v (768 → 320/640/1280).
@@ -12,7 +12,14 @@ mean / worst fidelity error e_c and separation s_c over all layers and concepts.
 few layers of every shape group are run (synthetic layers are i.i.d.) and the time is also
 scaled to SD 1.5's full layer count (``full est``); ``--all-layers`` runs all of them.
 
+``--family sdxl``: SDXL's layers instead — CLIP ViT-L (768) and OpenCLIP bigG (1280, 32 blocks)
+text encoders, text_encoder_2's projection (one pooled row per prompt), and the UNet's 70
+transformer blocks' to_k / to_v reading the 2048-wide context (640 channels: 2 + 3 attentions ×
+2 blocks; 1280: 2 + 3 attentions × 10 blocks, the mid block's 10); the time is scaled to all
+405 SDXL text/K/V layers. Results go to ``merge_bench_sdxl.json``.
+
     python benchmarks/merge_bench.py [--quick] [--out benchmarks/results/merge_bench.json]
+    python benchmarks/merge_bench.py --family sdxl
 """
 
 from __future__ import annotations
@@ -45,8 +52,26 @@ SD15_GROUPS = [
     ("cross-attention", 640, 768, 10),  # … 5 blocks at 640
     ("cross-attention", 1280, 768, 12),  # … 6 blocks at 1280 (incl. the mid block)
 ]
+# (stage, out, in, number of layers in SDXL)
+SDXL_GROUPS = [
+    ("text-encoder", 768, 768, 48),  # CLIP ViT-L: q, k, v, out_proj × 12 layers
+    ("text-encoder", 3072, 768, 12),  # fc1
+    ("text-encoder", 768, 3072, 12),  # fc2
+    ("text-encoder-2", 1280, 1280, 128),  # OpenCLIP bigG: q, k, v, out_proj × 32 layers
+    ("text-encoder-2", 5120, 1280, 32),  # fc1
+    ("text-encoder-2", 1280, 5120, 32),  # fc2
+    ("pooled", 1280, 1280, 1),  # text_encoder_2.text_projection: one pooled row per prompt
+    ("cross-attention", 640, 2048, 20),  # to_k / to_v of 10 transformer blocks at 640 channels
+    ("cross-attention", 1280, 2048, 120),  # … of 60 blocks at 1280 (10-deep, incl. mid block)
+]
+GROUPS = {"sd15": SD15_GROUPS, "sdxl": SDXL_GROUPS}
 # layers actually run per group (synthetic layers are i.i.d.; times are scaled to the full count)
-SAMPLED = {"default": (3, 1, 1, 2, 2, 2), "quick": (2, 1, 1, 1, 1, 1)}
+SAMPLED = {
+    ("sd15", "default"): (3, 1, 1, 2, 2, 2),
+    ("sd15", "quick"): (2, 1, 1, 1, 1, 1),
+    ("sdxl", "default"): (2, 1, 1, 2, 1, 1, 1, 2, 2),
+    ("sdxl", "quick"): (1, 1, 1, 1, 1, 1, 1, 1, 1),
+}
 METHODS: list[tuple[str, str, dict[str, Any]]] = [
     ("linear", "linear", {}),
     ("average", "average", {}),
@@ -60,8 +85,19 @@ METHODS: list[tuple[str, str, dict[str, Any]]] = [
     ("loraclr", "loraclr", {}),
     ("loraclr-reference", "loraclr", {"recipe": "reference"}),
 ]
-ROWS = {"text-encoder": 28, "cross-attention": 8}  # rows per concept and layer (± ragged)
-SHARED = {"text-encoder": 10, "cross-attention": 0}  # rows identical across concepts
+# SDXL by default leaves out the ridge 1e-6 variants (the SD 1.5 rows show they change < 0.002)
+# and the two slowest (magnitude-prune and the reference recipe: 53 s and 121 s of a 389 s
+# 12-concept run on this CPU); `--methods` names the ones to run
+SDXL_SKIP = (
+    "gradient-fusion ridge 1e-6",
+    "loraclr ridge 1e-6",
+    "magnitude-prune",
+    "loraclr-reference",
+)
+# rows per concept and layer (± ragged): 4 prompts × ~7 tokens in the text encoders, one pooled
+# row per prompt, ~8 concept-token + end rows at K/V
+ROWS = {"text-encoder": 28, "text-encoder-2": 28, "pooled": 4, "cross-attention": 8}
+SHARED = {"text-encoder": 10, "text-encoder-2": 10, "pooled": 0, "cross-attention": 0}
 
 
 class PeakRSS:
@@ -102,7 +138,13 @@ def _chunks(n_layers: int, concepts: int, n_out: int, n_in: int, budget: int) ->
     return [min(size, n_layers - i) for i in range(0, n_layers, size)]
 
 
-def run(concept_counts: list[int], sampled: tuple[int, ...], budget: int) -> dict[str, Any]:
+def run(
+    concept_counts: list[int],
+    sampled: tuple[int, ...],
+    budget: int,
+    groups: list[tuple[str, int, int, int]] = SD15_GROUPS,
+    methods: list[tuple[str, str, dict[str, Any]]] = METHODS,
+) -> dict[str, Any]:
     results: dict[str, Any] = {}
     for C in concept_counts:
         acc: dict[str, dict[str, Any]] = {
@@ -114,14 +156,15 @@ def run(concept_counts: list[int], sampled: tuple[int, ...], budget: int) -> dic
                 "s": [],
                 "repel": [],
                 "stage_e": {},
+                "concept_e": [[] for _ in range(C)],
             }
-            for label, _, _ in METHODS
+            for label, _, _ in methods
         }
-        for g_index, (stage, n_out, n_in, n_full) in enumerate(SD15_GROUPS):
+        for g_index, (stage, n_out, n_in, n_full) in enumerate(groups):
             n_layers = sampled[g_index]
             for k_index, L in enumerate(_chunks(n_layers, C, n_out, n_in, budget)):
                 base_rows = ROWS[stage]
-                rows = tuple(base_rows - 2 + (c % 5) for c in range(C))  # ragged
+                rows = tuple(max(1, base_rows - 2 + (c % 5)) for c in range(C))  # ragged
                 sy = conflicting_layers(
                     n_out,
                     n_in,
@@ -132,7 +175,7 @@ def run(concept_counts: list[int], sampled: tuple[int, ...], budget: int) -> dic
                     seed=1000 * g_index + k_index,
                     shared_rows=SHARED[stage],
                 )
-                for label, method, params in METHODS:
+                for label, method, params in methods:
                     feats = sy.X if method in ("gradient-fusion", "loraclr") else None
                     with PeakRSS() as mem:
                         t0 = time.perf_counter()
@@ -146,18 +189,30 @@ def run(concept_counts: list[int], sampled: tuple[int, ...], budget: int) -> dic
                     a["e"] += e.flatten().tolist()
                     a["s"] += s.flatten().tolist()
                     a["stage_e"].setdefault(stage, []).extend(e.flatten().tolist())
+                    for c in range(C):
+                        a["concept_e"][c] += e[:, c].tolist()
                     a["repel"] += [st["repel_active"] for st in stats if "repel_active" in st]
                 del sy
         results[str(C)] = {label: _summary(a) for label, a in acc.items()}
+        _ahead_of_linear(results[str(C)])
         _print_table(C, results[str(C)])
     return results
+
+
+def _ahead_of_linear(rows: dict[str, dict[str, Any]]) -> None:
+    """Per method: is its mean fidelity error lower than linear's for EVERY concept?"""
+    linear = rows["linear"]["fidelity_per_concept"]
+    for r in rows.values():
+        r["ahead_of_linear_every_concept"] = all(
+            ours < base for ours, base in zip(r["fidelity_per_concept"], linear, strict=True)
+        )
 
 
 def _summary(a: dict[str, Any]) -> dict[str, Any]:
     e, s = a["e"], a["s"]
     out = {
         "seconds": round(a["seconds"], 3),
-        "seconds_all_sd15_layers_est": round(a["seconds_full"], 1),
+        "seconds_all_layers_est": round(a["seconds_full"], 1),
         "peak_rss_growth_mb": round(a["peak_mb"], 1),
         "fidelity_mean": sum(e) / len(e),
         "fidelity_worst": max(e),
@@ -166,6 +221,7 @@ def _summary(a: dict[str, Any]) -> dict[str, Any]:
         "fidelity_by_stage": {
             stage: {"mean": sum(v) / len(v), "worst": max(v)} for stage, v in a["stage_e"].items()
         },
+        "fidelity_per_concept": [sum(v) / len(v) for v in a["concept_e"]],
     }
     if a["repel"]:
         out["repel_active"] = sum(a["repel"]) / len(a["repel"])
@@ -176,15 +232,16 @@ def _print_table(C: int, rows: dict[str, dict[str, Any]]) -> None:
     print(f"\n{C} concepts")
     print(
         f"{'method':<18} {'time s':>7} {'full est':>8} {'peak MB':>7} {'e mean':>7} {'e worst':>7} "
-        f"{'s mean':>7} {'s worst':>7} {'repel':>6}"
+        f"{'s mean':>7} {'s worst':>7} {'repel':>6} {'>linear':>7}"
     )
     for label, r in rows.items():
         repel = f"{r['repel_active']:.2f}" if "repel_active" in r else "-"
         print(
-            f"{label:<18} {r['seconds']:>7.2f} {r['seconds_all_sd15_layers_est']:>8.1f} "
+            f"{label:<18} {r['seconds']:>7.2f} {r['seconds_all_layers_est']:>8.1f} "
             f"{r['peak_rss_growth_mb']:>7.0f} "
             f"{r['fidelity_mean']:>7.3f} {r['fidelity_worst']:>7.3f} "
-            f"{r['separation_mean']:>7.3f} {r['separation_worst']:>7.3f} {repel:>6}",
+            f"{r['separation_mean']:>7.3f} {r['separation_worst']:>7.3f} {repel:>6} "
+            f"{'all' if r['ahead_of_linear_every_concept'] else 'no':>7}",
             flush=True,
         )
 
@@ -192,10 +249,16 @@ def _print_table(C: int, rows: dict[str, dict[str, Any]]) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer layers, 2 and 4 concepts")
+    parser.add_argument("--family", choices=sorted(GROUPS), default="sd15", help="layer shapes")
     parser.add_argument(
-        "--all-layers", action="store_true", help="run every SD 1.5 layer (slow: tens of minutes)"
+        "--all-layers", action="store_true", help="run every layer (slow: tens of minutes)"
     )
-    parser.add_argument("--concepts", type=int, nargs="*", help="concept counts (default 2 4 8 12)")
+    parser.add_argument(
+        "--concepts", type=int, nargs="*", help="concept counts (default 2 4 8 12; SDXL 2 4 12)"
+    )
+    parser.add_argument(
+        "--methods", nargs="*", choices=[m[0] for m in METHODS], help="method rows to run"
+    )
     parser.add_argument(
         "--threads",
         type=int,
@@ -203,22 +266,35 @@ def main(argv: list[str] | None = None) -> int:
         help="torch CPU threads (1 is faster on a busy 2-core machine)",
     )
     parser.add_argument("--budget", type=int, default=2**26, help="C·L·out·in per solve batch")
-    parser.add_argument("--out", default="benchmarks/results/merge_bench.json")
+    parser.add_argument("--out", help="default benchmarks/results/merge_bench[_sdxl].json")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    counts = args.concepts or ([2, 4] if args.quick else [2, 4, 8, 12])
+    sdxl = args.family == "sdxl"
+    counts = args.concepts or ([2, 4] if args.quick else [2, 4, 12] if sdxl else [2, 4, 8, 12])
+    groups = GROUPS[args.family]
+    methods = [m for m in METHODS if not sdxl or m[0] not in SDXL_SKIP]
+    if args.methods:
+        methods = [m for m in METHODS if m[0] in args.methods or m[0] == "linear"]
     if args.all_layers:
-        sampled = tuple(g[3] for g in SD15_GROUPS)
+        sampled = tuple(g[3] for g in groups)
     else:
-        sampled = SAMPLED["quick" if args.quick else "default"]
+        # SDXL: one layer per group (its bigG fc1/fc2 are 6.5 M weights each)
+        sampled = SAMPLED[(args.family, "quick" if args.quick or sdxl else "default")]
+    suffix = "" if args.family == "sd15" else f"_{args.family}"
+    args.out = args.out or f"benchmarks/results/merge_bench{suffix}.json"
     start = time.perf_counter()
-    results = run(counts, sampled, args.budget)
+    results = run(counts, sampled, args.budget, groups, methods)
+    if args.family == "sd15":  # the key earlier SD 1.5 results used
+        for rows in results.values():
+            for r in rows.values():
+                r["seconds_all_sd15_layers_est"] = r["seconds_all_layers_est"]
     report = {
         "benchmark": "merge_bench",
+        "family": args.family,
         "quick": args.quick,
         "groups": [
-            {"stage": g[0], "out": g[1], "in": g[2], "layers_sd15": g[3], "layers_run": n}
-            for g, n in zip(SD15_GROUPS, sampled, strict=True)
+            {"stage": g[0], "out": g[1], "in": g[2], f"layers_{args.family}": g[3], "layers_run": n}
+            for g, n in zip(groups, sampled, strict=True)
         ],
         "rows_per_concept": ROWS,
         "shared_rows": SHARED,
