@@ -62,3 +62,15 @@ def test_data_free_merge_of_an_sdxl_scene(
     report = json.loads(capsys.readouterr().out)
     assert report["figures"]["method"] == "ties"
     assert report["figures"]["stages"]["cross-attention"]["fidelity"]["mean"] is not None
+
+
+def test_sdxl_scene_with_runtime_adapters(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--adapters on SDXL: the kohya and PEFT LoRAs through diffusers' loader, the SDXL
+    embedding's clip_l / clip_g into each encoder (diffusers loads them one at a time)."""
+    scene, out = write_scene(tmp_path), tmp_path / "out"
+    assert main(["render", str(scene), "--out", str(out), "--adapters", "--quiet"]) == 0
+    images = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png"))
+    assert images == ["xl/park/1.adapters.png", "xl/park/2.adapters.png"]
+    assert "error" not in capsys.readouterr().err

@@ -85,7 +85,14 @@ def load_embedding(pipe: Any, concept: ConceptSpec) -> None:
         )
     token = concept.tokens[0] if len(concept.tokens) == 1 else None
     try:
-        pipe.load_textual_inversion(str(path), token=token)
+        pair = _sdxl_pair(pipe, path)
+        if pair is not None:  # SDXL: clip_l into text_encoder, clip_g into text_encoder_2
+            for rows, encoder, tokenizer in pair:
+                pipe.load_textual_inversion(
+                    rows, token=token, text_encoder=encoder, tokenizer=tokenizer
+                )
+        else:
+            pipe.load_textual_inversion(str(path), token=token)
         pipe._scenecraft_ti = True
     except Exception as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
@@ -96,6 +103,22 @@ def load_embedding(pipe: Any, concept: ConceptSpec) -> None:
         ) from None
 
 
+def _sdxl_pair(pipe: Any, path: Path) -> list[tuple[Any, Any, Any]] | None:
+    """An SDXL embedding file ({"clip_l", "clip_g"}) as (rows, encoder, tokenizer) per encoder,
+    which diffusers loads one encoder at a time; None for any other file or pipeline."""
+    if getattr(pipe, "text_encoder_2", None) is None:
+        return None
+    from scenecraft.merge.formats import load_state
+
+    state, _ = load_state(path, concept=path.stem, kind="embedding")
+    if set(state) != {"clip_l", "clip_g"}:
+        return None
+    return [
+        (state["clip_l"], pipe.text_encoder, pipe.tokenizer),
+        (state["clip_g"], pipe.text_encoder_2, pipe.tokenizer_2),
+    ]
+
+
 def unload_adapters(pipe: Any) -> None:
     """Remove the runtime adapters (and embeddings) again, so the pipeline can render the merge."""
     unload = getattr(pipe, "unload_lora_weights", None)
@@ -104,6 +127,8 @@ def unload_adapters(pipe: Any) -> None:
     unload_ti = getattr(pipe, "unload_textual_inversion", None)
     if unload_ti is not None and getattr(pipe, "_scenecraft_ti", False):
         unload_ti()
+        if getattr(pipe, "text_encoder_2", None) is not None:  # SDXL: the second encoder too
+            unload_ti(tokenizer=pipe.tokenizer_2, text_encoder=pipe.text_encoder_2)
         pipe._scenecraft_ti = False
 
 
