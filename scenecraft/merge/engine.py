@@ -249,7 +249,7 @@ def _text_stage(
         watched = {p: run.modules[p] for p in paths}
         with F.patched(run.modules, own):
             X = F.text_rows(run.pipe, watched, prompts[c], cfg.text_max_rows, cfg.seed + c)
-        run.rows[TEXT][concept.name] = int(next(iter(X.values())).shape[0])
+        run.rows[TEXT][concept.name] = max(int(x.shape[0]) for x in X.values())
         out.append(X)
     return out
 
