@@ -11,11 +11,15 @@ import pytest
 
 from scenecraft.cli import main
 from scenecraft.render.outputs import read_png_metadata
+from tests._fixtures_render import pixels
 from tests._fixtures_sdxl import one_thread, sdxl_dir, sdxl_files  # noqa: F401  (autouse)
 
 
-def write_scene(folder: Path, method: str = "loraclr {\n  iterations 5\n}") -> Path:
+def write_scene(
+    folder: Path, method: str = "loraclr {\n  iterations 5\n}", regions: str = "on"
+) -> Path:
     files = sdxl_files()
+    folder.mkdir(parents=True, exist_ok=True)
     scene = folder / "xl.scene"
     scene.write_text(
         f'model "{sdxl_dir()}" family sdxl\n'
@@ -23,7 +27,8 @@ def write_scene(folder: Path, method: str = "loraclr {\n  iterations 5\n}") -> P
         f'  embedding "{files["ziggy_emb"]}"\n}}\n'
         f'concept momo {{\n  token "<MOMO>"\n  class "dog"\n  lora "{files["momo"]}"\n  weight 0.8\n}}\n'
         f"merge {method}\n"
-        'defaults {\n  size 64x64\n  steps 2\n  sampler "Euler"\n  seeds 1, 2\n}\n'
+        'defaults {\n  size 64x64\n  steps 2\n  sampler "Euler"\n  seeds 1, 2\n'
+        f"  regions {regions}\n}}\n"
         'scene park {\n  setting "a park"\n  ziggy wears "a hat" waves at momo\n}\n',
         encoding="utf-8",
     )
@@ -50,8 +55,20 @@ def test_merge_and_render_an_sdxl_scene(tmp_path: Path, capsys: pytest.CaptureFi
     meta = read_png_metadata(images[0])
     assert meta.fields["Size"] == "64x64" and meta.fields["Merge"].startswith("loraclr ")
     assert meta.scenecraft is not None and meta.scenecraft["merge_entry"] == report["key"]
+    # two concepts: regional sampling on SDXL (region prompts through both encoders, pooled
+    # text from the global prompt), with the merged model
+    assert meta.fields["Regions"].startswith("ziggy [0,0,0.5,1] <ZIGGY> man")
     captured = capsys.readouterr()
     assert "Traceback" not in captured.out + captured.err
+
+    # the same scene without regions renders other pixels from the same merge
+    plain = write_scene(tmp_path / "plain", regions="off")
+    out2 = tmp_path / "out2"
+    argv = ["render", str(plain), "--out", str(out2), "--cache-dir", str(cache), "--quiet"]
+    assert main(argv) == 0
+    other = out2 / "xl" / "park" / "1.png"
+    assert "Regions" not in read_png_metadata(other).fields
+    assert abs(pixels(other).astype(int) - pixels(images[0]).astype(int)).max() > 0
 
 
 def test_data_free_merge_of_an_sdxl_scene(
