@@ -339,3 +339,26 @@ def test_sdxl_in_fp16_decodes_with_an_fp32_vae() -> None:
     assert seen == [torch.float32] and pipe.vae.dtype == torch.float16
     assert np.isfinite(out.images).all()
     assert sdxl_vae_note(sdxl_pipe()) is None  # fp32: nothing to say
+
+
+def test_spatial_stage_sees_sdxl_added_conditioning() -> None:
+    """Stage 3 runs the pipeline itself: the UNet's add_embedding reads [pooled text | time-id
+    embedding], the pooled text of the concept prompt (cond half) and zeros (uncond half, SDXL's
+    force_zeros_for_empty_prompt), at every step."""
+    pipe = sdxl_pipe()
+    path = "unet.add_embedding.linear_1"
+    modules = F.resolve_modules(pipe, [path])
+    X = F.spatial_rows(pipe, modules, "photo of a man", 2, 32, 7.5, 100, 0)[path]
+    pooled = encode_prompts(pipe, ["photo of a man"]).pooled
+    assert pooled is not None
+    width = pooled.shape[1]
+    assert X.shape == (4, width + 6 * pipe.unet.config.addition_time_embed_dim)  # 2 steps × CFG
+    text = X[:, :width]
+    cond = [r for r in text if r.abs().max() > 0]
+    assert len(cond) == 2 and sum(1 for r in text if r.abs().max() == 0) == 2
+    for row in cond:
+        torch.testing.assert_close(row, pooled[0].float(), rtol=1e-5, atol=1e-5)
+    # time ids: original size, crop top-left, target size = the stage's 32 × 32
+    ids = torch.tensor([32.0, 32.0, 0.0, 0.0, 32.0, 32.0])
+    time_part = pipe.unet.add_time_proj(ids).reshape(1, -1).float()
+    torch.testing.assert_close(X[:, width:], time_part.expand(4, -1), rtol=1e-5, atol=1e-5)
