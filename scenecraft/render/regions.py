@@ -347,7 +347,8 @@ def encode_kwargs(pipe: Any, prompts: list[str], negatives: list[str]) -> dict[s
         device=pipe._execution_device,
         num_images_per_prompt=1,
         do_classifier_free_guidance=True,
-        negative_prompt=negatives,
+        # no negative at all is the pipeline's own "no prompt" (zeros on SDXL), as in its call
+        negative_prompt=negatives if any(negatives) else None,
     )
     names = ["prompt_embeds", "negative_prompt_embeds"]
     if len(out) == 4:  # SDXL: (embeds, negative, pooled, negative pooled)
