@@ -16,7 +16,8 @@ attentions share one ``scaled_dot_product_attention`` call; self-attention is un
 Classifier-free guidance: the pipeline's batch is ``[uncond × B, cond × B]``; region r's
 embeddings are ``[negative_r × B, prompt_r × B]`` where negative_r is the region's own negative
 prompt, or the job's negative prompt when it has none. Region prompts are encoded once per
-pipeline call. ``regional(pipe, tasks)`` installs the processors for one call and puts back
+pipeline call (``render/encode.py``: the pipeline's own encoding, SD 1.x/2.x and SDXL).
+``regional(pipe, tasks)`` installs the processors for one call and puts back
 the ones it found (a copy: ``set_attn_processor`` pops from the dict it is given).
 """
 
@@ -32,6 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from scenecraft.plan import RenderJob
+from scenecraft.render.encode import encode_prompts
 
 Box = tuple[float, float, float, float]
 
@@ -339,27 +341,20 @@ def installed(unet: Any, state: RegionalState) -> Iterator[None]:
         unet.set_attn_processor(dict(saved))
 
 
-def encode_kwargs(pipe: Any, prompts: list[str], negatives: list[str]) -> dict[str, Any]:
-    """The pipeline's own encoding of ``prompts`` as its call arguments: ``prompt_embeds`` and
-    ``negative_prompt_embeds`` (n, T, D), and for SDXL (two text encoders) the pooled ones."""
-    out = pipe.encode_prompt(
-        prompt=prompts,
-        device=pipe._execution_device,
-        num_images_per_prompt=1,
-        do_classifier_free_guidance=True,
-        # no negative at all is the pipeline's own "no prompt" (zeros on SDXL), as in its call
-        negative_prompt=negatives if any(negatives) else None,
-    )
-    names = ["prompt_embeds", "negative_prompt_embeds"]
-    if len(out) == 4:  # SDXL: (embeds, negative, pooled, negative pooled)
-        names += ["pooled_prompt_embeds", "negative_pooled_prompt_embeds"]
-    return dict(zip(names, out, strict=True))
+def encode(pipe: Any, prompts: list[str], negatives: list[str | None]) -> tuple[torch.Tensor, ...]:
+    """(prompt embeds, negative embeds), each (n, T, D), as the pipeline conditions on them;
+    a None negative is the pipeline's own "no negative prompt" (zeros on SDXL)."""
+    return encode_prompts(pipe, prompts).embeds, encode_prompts(pipe, negatives).embeds
 
 
-def encode(pipe: Any, prompts: list[str], negatives: list[str]) -> tuple[torch.Tensor, ...]:
-    """(prompt embeds, negative embeds), each (n, T, D): what a region's attention reads."""
-    kw = encode_kwargs(pipe, prompts, negatives)
-    return kw["prompt_embeds"], kw["negative_prompt_embeds"]
+def pipeline_embeds(pipe: Any, prompts: list[str], negative: str) -> dict[str, Any]:
+    """The call arguments that replace ``prompt=`` / ``negative_prompt=`` (SDXL: pooled too)."""
+    pos = encode_prompts(pipe, prompts)
+    neg = encode_prompts(pipe, [negative or None] * len(prompts))
+    out: dict[str, Any] = {"prompt_embeds": pos.embeds, "negative_prompt_embeds": neg.embeds}
+    if pos.pooled is not None:
+        out |= {"pooled_prompt_embeds": pos.pooled, "negative_pooled_prompt_embeds": neg.pooled}
+    return out
 
 
 @dataclass(frozen=True)
@@ -392,7 +387,7 @@ def regional_state(
     ``adapters``, each region's prompt is encoded with only its subject's adapter active."""
     R = max(len(j.regions) for j in jobs)
     prompts: list[str] = []
-    negatives: list[str] = []
+    negatives: list[str | None] = []
     owners: list[str | None] = []
     boxes: list[list[Box | None]] = []
     for job in jobs:
@@ -400,7 +395,7 @@ def regional_state(
         for region in slots:
             prompts.append(region.prompt if region else job.prompt)
             negative = region.negative_prompt if region else None
-            negatives.append(job.negative_prompt if negative is None else negative)
+            negatives.append((job.negative_prompt or None) if negative is None else negative)
             owner = adapters.of.get(region.subject) if adapters and region else None
             owners.append(owner[0] if owner else None)
         boxes.append([r.box if r else None for r in slots])
@@ -422,7 +417,7 @@ def regional_state(
 def _encode_per_adapter(
     pipe: Any,
     prompts: list[str],
-    negatives: list[str],
+    negatives: list[str | None],
     owners: list[str | None],
     adapters: Adapters,
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -458,10 +453,7 @@ def regional(
         if adapters is not None:
             adapters.activate(pipe, None)
             try:
-                job = jobs[0]
-                extra = encode_kwargs(
-                    pipe, [j.prompt for j in jobs], [job.negative_prompt] * len(jobs)
-                )
+                extra = pipeline_embeds(pipe, [j.prompt for j in jobs], jobs[0].negative_prompt)
             finally:
                 adapters.restore(pipe)
     if adapters is None:
