@@ -343,7 +343,11 @@ def compile_plan(
             )
             for i, panel in enumerate(board.panels)
         )
-        boards.append(p.StoryboardSpec(name=board.name, columns=board.columns, panels=panels))
+        boards.append(
+            p.StoryboardSpec(
+                name=board.name, columns=board.columns, title=board.title, panels=panels
+            )
+        )
         jobs = [
             j.model_copy(
                 update={"caption": _caption(board, j.scene), "panel": _panel(board, j.scene)}

@@ -107,10 +107,15 @@ def select_jobs(
             f"no scene or storyboard named `{name}` in `{plan.file}`",
             help=did_you_mean(name, names) or f"known: {', '.join(sorted(names)) or 'none'}",
         )
+    # a storyboard's panels may name scenes of their own: select those scenes' jobs too
+    panel_jobs = {
+        i for b in plan.storyboards if b.name in wanted for p in b.panels for i in p.job_ids
+    }
     return [
         j
         for j in plan.jobs
-        if (not wanted or j.scene in wanted or j.storyboard in wanted) and in_shard(j, shard)
+        if (not wanted or j.scene in wanted or j.storyboard in wanted or j.id in panel_jobs)
+        and in_shard(j, shard)
     ]
 
 
