@@ -129,7 +129,7 @@ def scene_text(checked: Checked, scene: SceneInfo, settings: dict[str, Any]) -> 
             styles.append(concept_words(info))
             continue
         words = concept_words(info) if info else clean(scene.objects[name])
-        subjects.append(Subject(name, words, tuple(attrs.get(name, ()))))
+        subjects.append(Subject(name, words, tuple(attrs.get(name, ())), info is None))
     named_style = settings.get("style_concept")  # `style noir` naming a style concept
     if named_style and named_style in checked.concepts:
         styles.append(concept_words(checked.concepts[named_style]))
