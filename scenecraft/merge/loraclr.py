@@ -50,7 +50,7 @@ from typing import Any, Literal
 import torch
 
 from scenecraft.diagnostics import error
-from scenecraft.merge.methods import DEFAULT_RIDGE, Stats, gradient_fusion
+from scenecraft.merge.fusion import DEFAULT_RIDGE, Stats, gradient_fusion
 
 
 @dataclass(frozen=True)
@@ -66,7 +66,7 @@ class LoraclrConfig:
     patience: int = 5  # stop after this many steps without relative improvement; 0 = never
     rel_tol: float = 1e-4  # "improvement" means total loss drops by more than this fraction
     init: Literal["fusion-normalised", "fusion", "zero"] = "fusion-normalised"  # D at step 0
-    eps_rel: float = DEFAULT_RIDGE  # relative ridge of the fusion start (methods.DEFAULT_RIDGE)
+    eps_rel: float = DEFAULT_RIDGE  # relative ridge of the fusion start (fusion.DEFAULT_RIDGE)
     seed: int = 0  # row subsampling of the reference recipe
 
     @classmethod
