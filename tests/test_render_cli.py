@@ -99,3 +99,16 @@ def test_only_a_storyboard_renders_the_scenes_its_panels_name(
     assert written == ["duo/day.png", "duo/park/1.png", "duo/park/2.png"]
     page = (out / "duo" / "day.html").read_text()
     assert "<h1>A day in the park</h1>" in page and page.count("<img") == 2
+
+
+def test_render_json_keeps_stdout_for_the_json(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # issue 11: without --quiet, human progress lines were printed to stdout before the JSON
+    scene = write_scene(tmp_path, "none")
+    out = tmp_path / "out"
+    assert main(["render", str(scene), "--out", str(out), "--json"]) == 0
+    captured = capsys.readouterr()
+    result = json.loads(captured.out)  # the whole of stdout is one JSON document
+    assert len(result["written"]) == 2 and result["mode"] == "base"
+    assert "wrote 2 image(s)" in captured.err  # the human summary still shows, on stderr

@@ -15,8 +15,9 @@ from pathlib import Path
 from PIL import Image, ImageDraw, ImageFont
 
 from scenecraft.diagnostics import did_you_mean, error
+from scenecraft.files import atomic_write
 from scenecraft.plan import RenderJob, RenderPlan
-from scenecraft.render.outputs import atomic_write, confined
+from scenecraft.render.outputs import confined
 
 LONG_SIDE = 512  # sketch size in pixels along the longer side of the canvas
 CAPTION = 64  # pixels under the canvas for the global prompt

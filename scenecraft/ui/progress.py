@@ -156,9 +156,7 @@ class RemainingColumn(TimeRemainingColumn):
 class LiveDisplay:
     """A Rich Live view: merge stage, overall images, current batch's steps, last images."""
 
-    def __init__(
-        self, console: Console, recent: int = 3, clock: Callable[[], float] | None = None
-    ):
+    def __init__(self, console: Console, recent: int = 3, clock: Callable[[], float] | None = None):
         self.console = console
         self.progress = Progress(
             TextColumn("{task.description}", style="bold"),
