@@ -1,4 +1,4 @@
-"""The merge engine: C concept LoRAs -> one dense W* per changed module (LORACLR.md).
+"""The merge engine: C concept LoRAs -> one dense W* per changed module (docs/loraclr.md).
 
     outcome = run_merge(pipe, concepts, "loraclr", params)   # MergeOutcome(weights, embeddings, figures)
 

@@ -10,7 +10,7 @@ Formats (docs/merge.md lists them with examples):
 - Mix-of-Show ED-LoRA ``.pth``: ``params`` with ``new_concept_embedding``, ``text_encoder``, ``unet``;
 - textual-inversion embeddings (see `scenecraft.merge.formats_embeddings`).
 
-Every layer becomes ΔW_c = s_c · B_c A_c with s_c = w_c · alpha / r (LORACLR.md, "The problem").
+Every layer becomes ΔW_c = s_c · B_c A_c with s_c = w_c · alpha / r (docs/merge.md).
 Pickled files are opened with ``torch.load(weights_only=True)`` only. All failures are
 `DiagnosticError`s with the codes of docs/merge.md.
 """

@@ -1,6 +1,6 @@
 """LoRACLR (Simsar et al., CVPR 2025, arXiv 2412.09622): contrastive merging of concept LoRAs.
 
-Per layer, W* = W0 + D with Ŷ_c = X_c (W0 + D)ᵀ and (LORACLR.md, §"The LoRACLR objective")
+Per layer, W* = W0 + D with Ŷ_c = X_c (W0 + D)ᵀ and (docs/loraclr.md, "LoRACLR: our recipe")
 
     L_pos = (1/C) Σ_c d(Ŷ_c, Y_c)²                           attract: own target
     L_neg = (1/C) Σ_c max(0, m − min_{c'≠c} d(Ŷ_c, Y_c'))²    repel: nearest other target
@@ -71,7 +71,7 @@ class LoraclrConfig:
 
     @classmethod
     def reference(cls) -> LoraclrConfig:
-        """The authors' recipe (LORACLR.md "Reference defaults")."""
+        """The authors' recipe (docs/loraclr.md, the reference column of "LoRACLR: our recipe")."""
         return cls(
             recipe="reference",
             margin=0.5,

@@ -1,6 +1,6 @@
 """Per-layer merge methods: one signature for all, batched over layers of equal shape.
 
-Notation (LORACLR.md): W0 (out, in) base weight, ΔW_c (out, in) concept c's dense LoRA update
+Notation (docs/loraclr.md): W0 (out, in) base weight, ΔW_c (out, in) concept c's dense LoRA update
 (user weight already applied), X_c (n_c, in) concept c's input features at the layer,
 Y_c = X_c (W0 + ΔW_c)ᵀ its target, W* the merged weight.
 

@@ -10,7 +10,7 @@ import torch
 
 @dataclass
 class LoRALayer:
-    """One module's low-rank update ΔW = s · B A, with s = weight · alpha / r (LORACLR.md)."""
+    """One module's low-rank update ΔW = s · B A, with s = weight · alpha / r (docs/merge.md)."""
 
     module: str  # component-prefixed module path in the pipeline: "unet.down_blocks.1…attn2.to_k",
     #              "text_encoder.encoder.layers.0.self_attn.q_proj" (named_modules() naming)

@@ -107,8 +107,11 @@ def unload_adapters(pipe: Any) -> None:
         pipe._scenecraft_ti = False
 
 
-def apply_merged(pipe: Any, spec: MergeSpec, cache_dir: Any, reporter: Reporter | None) -> str:
-    """Merge (or reuse the cached merge) and write it into ``pipe``; returns the merge key."""
+def build_and_apply_merge(
+    pipe: Any, spec: MergeSpec, cache_dir: Any, reporter: Reporter | None
+) -> str:
+    """Build the merged deltas (or reuse the cached ones) and apply them to ``pipe``; returns
+    the merge engine's key of the cache entry."""
     try:
         from scenecraft.merge.api import merge
         from scenecraft.merge.apply import apply_merge

@@ -285,7 +285,7 @@ class _Session:
                 }
             )
         elif self.mode == "merged":
-            self.merge_entry = adapter_mod.apply_merged(
+            self.merge_entry = adapter_mod.build_and_apply_merge(
                 pipe, self.plan.merge, cache_dir, self.reporter
             )
         return pipe
