@@ -9,6 +9,7 @@ from typing import Any
 
 from scenecraft.diagnostics import Diagnostic, DiagnosticError
 from scenecraft.language.templating import parse_var, read_vars_file
+from scenecraft.ui.diagnostics import print_diagnostics
 
 EXIT_OK = 0
 EXIT_CHANGED = 1  # fmt --check found a file to reformat
@@ -35,8 +36,6 @@ class Output:
 
     def show(self, diagnostics: Sequence[Diagnostic]) -> None:
         if diagnostics:
-            from scenecraft.ui.diagnostics import print_diagnostics
-
             print_diagnostics(diagnostics, self.sources)
 
     def collect_sources(self, exc: DiagnosticError) -> None:

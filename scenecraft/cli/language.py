@@ -16,6 +16,7 @@ from scenecraft.language.loader import read_text
 from scenecraft.language.parser import parse
 from scenecraft.language.templating import is_template
 from scenecraft.render.sketch import write_sketches
+from scenecraft.ui.plan import print_plan
 
 
 def cmd_check(args: argparse.Namespace, out: Output) -> int:
@@ -48,8 +49,6 @@ def cmd_compile(args: argparse.Namespace, out: Output) -> int:
     if args.json:
         print(plan.to_json())
         return EXIT_OK
-    from scenecraft.ui.plan import print_plan  # Rich tables: only for the human output
-
     print_plan(plan)
     return EXIT_OK
 

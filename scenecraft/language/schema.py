@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from scenecraft.diagnostics import Collector, did_you_mean
+from scenecraft.diagnostics import Collector, Label, did_you_mean
 from scenecraft.language import nodes as n
 from scenecraft.language.fmt import value as fmt_value
 from scenecraft.layout import LAYOUTS
@@ -318,8 +318,6 @@ def unknown_setting(
 
 
 def duplicate_setting(c: Collector, s: n.Setting, first: n.Setting) -> None:
-    from scenecraft.diagnostics import Label
-
     c.error(
         "duplicate-setting",
         f"`{s.key.name}` is set twice",

@@ -49,7 +49,7 @@ from typing import Any, Literal
 
 import torch
 
-from scenecraft.diagnostics import error
+from scenecraft.diagnostics import did_you_mean, error
 from scenecraft.merge.fusion import DEFAULT_RIDGE, Stats, gradient_fusion
 
 
@@ -92,8 +92,6 @@ class LoraclrConfig:
             if key == "recipe":
                 continue
             if key not in known:
-                from scenecraft.diagnostics import did_you_mean
-
                 raise error(
                     "merge-bad-param",
                     f"unknown loraclr parameter `{key}`",

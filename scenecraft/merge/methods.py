@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from scenecraft.diagnostics import error
+from scenecraft.diagnostics import did_you_mean, error
 from scenecraft.merge.fusion import DEFAULT_RIDGE, Stats, gradient_fusion
 from scenecraft.merge.loraclr import LoraclrConfig, loraclr
 
@@ -44,8 +44,6 @@ METHODS = DATA_FREE + FEATURE_BASED
 def check_method(method: str, allowed: tuple[str, ...] = METHODS) -> None:
     """An unknown method name is a DiagnosticError with a did-you-mean."""
     if method not in allowed:
-        from scenecraft.diagnostics import did_you_mean
-
         raise error(
             "merge-unknown-method",
             f"unknown merge method `{method}`",
@@ -69,8 +67,6 @@ def check_params(method: str, params: dict[str, Any]) -> None:
     known = allowed_params(method)
     for key in params:
         if key not in known:
-            from scenecraft.diagnostics import did_you_mean
-
             raise error(
                 "merge-bad-param",
                 f"`{method}` takes no parameter `{key}`",

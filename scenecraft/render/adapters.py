@@ -112,7 +112,7 @@ def build_and_apply_merge(
 ) -> str:
     """Build the merged deltas (or reuse the cached ones) and apply them to ``pipe``; returns
     the merge engine's key of the cache entry."""
-    try:
+    try:  # imported on use: a missing merge engine is a diagnostic here, not a crash at import
         from scenecraft.merge.api import merge
         from scenecraft.merge.apply import apply_merge
     except ImportError as exc:
