@@ -18,7 +18,7 @@ from rich.table import Table
 from scenecraft.cli.args import RenderSettings
 from scenecraft.diagnostics import error
 from scenecraft.plan import RenderPlan
-from scenecraft.render.batching import ImageTask, parse_shard
+from scenecraft.render.batching import ImageTask
 from scenecraft.render.engine import (
     is_up_to_date,
     open_manifest,
@@ -27,6 +27,7 @@ from scenecraft.render.engine import (
     render_mode,
     weights_key,
 )
+from scenecraft.render.selection import parse_shard
 from scenecraft.ui.progress import progress_reporter
 
 
