@@ -92,8 +92,12 @@ def test_free_verb_and_group_activity(scene_file: ScenePath) -> None:
 def test_group_activity_is_never_an_objects(scene_file: ScenePath) -> None:
     # issue 11: "delicious meals on the table having dinner"
     body = '  object meals "delicious meals on the table"\n  gosling, taylor\n  together "having dinner"'
-    assert prompt_of(scene_file, body) == (
+    assert prompt_of(scene_file, "  regions off\n" + body) == (
         "<GOSLING> man and <TAYLOR> woman having dinner, delicious meals on the table"
+    )
+    # with regions (the default here) the global prompt names the classes, same rule
+    assert (
+        prompt_of(scene_file, body) == "man and woman having dinner, delicious meals on the table"
     )
 
 
