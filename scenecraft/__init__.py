@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 
 def load(path: Any, vars: dict[str, Any] | None = None, *, allow_missing: bool = True) -> Loaded:
     """Parse, check and compile a scene file (see `scenecraft.api.load`)."""
+    # imported on use: `import scenecraft` (and every submodule's import of it) stays light
     from scenecraft.api import load as _load
 
     return _load(path, vars, allow_missing=allow_missing)
@@ -23,6 +24,7 @@ def load(path: Any, vars: dict[str, Any] | None = None, *, allow_missing: bool =
 
 def merge(*args: Any, **kwargs: Any) -> Any:
     """Merge a plan's concepts into one model (see `scenecraft.merge.api.merge`)."""
+    # imported on use: the merge engine brings torch
     from scenecraft.merge.api import merge as _merge
 
     return _merge(*args, **kwargs)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from difflib import get_close_matches
 from pathlib import Path
 from typing import Any, Literal
@@ -28,10 +28,6 @@ class Span:
     col: int
     end_line: int
     end_col: int
-
-    @classmethod
-    def point(cls, file: str, line: int, col: int, width: int = 1) -> Span:
-        return cls(file, line, col, line, col + max(width, 1))
 
     def __str__(self) -> str:
         return f"{self.file}:{self.line}:{self.col}"
@@ -209,13 +205,3 @@ def render_all(diagnostics: Iterable[Diagnostic], sources: Mapping[str, str] | N
 
 def to_json(diagnostics: Iterable[Diagnostic]) -> str:
     return json.dumps([d.as_dict() for d in diagnostics], indent=2)
-
-
-@dataclass
-class SourceMap:
-    """Source texts by file name, so diagnostics can quote lines of generated or templated text."""
-
-    texts: dict[str, str] = field(default_factory=dict)
-
-    def add(self, file: str, text: str) -> None:
-        self.texts[file] = text

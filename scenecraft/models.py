@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from scenecraft.diagnostics import DiagnosticError, did_you_mean, error
+from scenecraft.names import FAMILY_BY_CROSS_DIM
 from scenecraft.plan import BaseModelSpec, Family, stable_hash
 
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
@@ -35,9 +36,6 @@ DTYPES: dict[str, torch.dtype] = {
     "float": torch.float32,
     "float64": torch.float64,
 }
-# The cross-attention width tells the families apart: CLIP ViT-L (768), OpenCLIP ViT-H (1024),
-# SDXL's two encoders concatenated (2048).
-CROSS_ATTENTION_FAMILY: dict[int, Family] = {768: "sd15", 1024: "sd2", 2048: "sdxl"}
 # Checkpoint key whose shape (320, cross_attention_dim) identifies an original-layout file.
 _SD_ATTN2_KEY = "model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight"
 
@@ -133,7 +131,7 @@ def choose_dtype(device: torch.device, dtype: str | torch.dtype | None = None) -
 
 
 def family_from_cross_attention(dim: int | None) -> Family | None:
-    return CROSS_ATTENTION_FAMILY.get(dim) if dim is not None else None
+    return FAMILY_BY_CROSS_DIM.get(dim) if dim is not None else None
 
 
 def family_from_model_index(index: dict[str, Any], unet_config: dict[str, Any] | None) -> Family:

@@ -119,6 +119,7 @@ class PanelSpec(_Model):
 class StoryboardSpec(_Model):
     name: str
     columns: int
+    title: str | None = None  # the `title` setting: heads the page and the contact sheet
     panels: tuple[PanelSpec, ...]
 
 

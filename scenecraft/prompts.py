@@ -7,7 +7,8 @@ Rules:
 - a concept reads as its trigger token(s) then its class noun: ``<GOSLING> man``;
 - its attributes are bound right after its first mention: ``<TAYLOR> woman wearing a crown``;
 - an interaction reads ``A waves at B and C``; a placement ``A left of B``;
-- concepts mentioned nowhere else are listed; a group activity follows them;
+- concepts mentioned nowhere else are listed; a group activity follows them (objects are
+  listed after it: the activity is never theirs);
 - setting, lighting and style close the prompt: ``in a library, during sunset, noir style``.
 Clauses are joined with ", ".
 
@@ -75,6 +76,7 @@ class Subject:
     name: str  # the scene-file name
     words: str  # what the prompt says for it: "<GOSLING> man", "a vase"
     attributes: tuple[tuple[str, str], ...] = ()  # (verb key of ATTRIBUTE_VERBS, text)
+    is_object: bool = False  # a declared object: listed, never part of the group activity
 
 
 @dataclass(frozen=True)
@@ -144,7 +146,10 @@ def scene_prompt(scene: SceneText) -> str:
         verb = RELATION_WORDS[clause.verb] if clause.is_placement else clause.verb
         targets = join_names([mention(t) for t in clause.targets])
         clauses.append(f"{head} {verb} {targets}".strip())
-    rest = [describe(s) for s in scene.subjects if s.name not in described]
+    unmentioned = [s for s in scene.subjects if s.name not in described]
+    # the group activity is what the concepts do; objects are listed after it, on their own
+    things = [describe(s) for s in unmentioned if s.is_object] if scene.activity else []
+    rest = [describe(s) for s in unmentioned if not (scene.activity and s.is_object)]
     if rest:
         listed = join_names(rest)
         if scene.activity and len(rest) > 1 and any(s.attributes for s in scene.subjects):
@@ -154,6 +159,8 @@ def scene_prompt(scene: SceneText) -> str:
             clauses.append(f"{listed} {scene.activity}" if scene.activity else listed)
     elif scene.activity:
         clauses.append(f"together {scene.activity}")
+    if things:
+        clauses.append(join_names(things))
     if scene.prefix and clauses:
         clauses[0] = f"{scene.prefix} {clauses[0]}"
     clauses.extend(scene.extra)

@@ -231,6 +231,9 @@ def test_fmt_stdout_and_in_place(capsys: pytest.CaptureFixture[str], scene_file:
     assert ugly.read_text() == PRETTY
     assert f"reformatted {ugly}" in err
     assert [p.name for p in ugly.parent.iterdir()] == ["main.scene"]  # no temp file left
+    # issue 11: an already formatted file printed nothing with --stdout
+    code, out, _ = run(capsys, "fmt", "--stdout", ugly)
+    assert (code, out) == (0, PRETTY)
 
 
 def test_fmt_refuses_templates_and_bad_files(

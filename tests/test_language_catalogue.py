@@ -19,8 +19,10 @@ from pathlib import Path
 
 import pytest
 
-from scenecraft import cli
 from scenecraft.api import load
+from scenecraft.cli.args import build_parser
+from scenecraft.cli.common import Output, variables
+from scenecraft.cli.language import cmd_fmt
 from scenecraft.diagnostics import Diagnostic, DiagnosticError, render_all
 
 sys.path.insert(0, str(Path(__file__).parent / "catalogue"))
@@ -58,18 +60,18 @@ def run_entry(entry: str) -> list[Diagnostic]:
     """Every diagnostic the entry produces, run the way its directives say."""
     opts = directives(entry)
     if "fmt" in opts:
-        args = cli.build_parser().parse_args(["fmt", "--check", entry])
+        args = build_parser().parse_args(["fmt", "--check", entry])
         try:
-            cli.cmd_fmt(args, cli._Output())
+            cmd_fmt(args, Output())
         except DiagnosticError as exc:
             return exc.diagnostics
         return []
     argv = ["check", entry]
     argv += [f"--vars={o[5:]}" for o in opts if o.startswith("vars=")]
     argv += [f"--var={o[4:]}" for o in opts if o.startswith("var=")]
-    args = cli.build_parser().parse_args(argv)
+    args = build_parser().parse_args(argv)
     try:
-        loaded = load(entry, cli.variables(args), allow_missing="strict" not in opts)
+        loaded = load(entry, variables(args), allow_missing="strict" not in opts)
     except DiagnosticError as exc:
         return exc.diagnostics
     return loaded.warnings
@@ -129,7 +131,11 @@ def documented_codes() -> set[str]:
 
 def source_codes() -> set[str]:
     """Codes the language modules and the CLI can emit, read from their source."""
-    files = [*(ROOT / "scenecraft" / "language").glob("*.py"), ROOT / "scenecraft" / "cli.py"]
+    cli = ROOT / "scenecraft" / "cli"
+    files = [
+        *(ROOT / "scenecraft" / "language").glob("*.py"),
+        *(cli / f"{m}.py" for m in ("main", "common", "args", "language")),
+    ]
     codes: set[str] = set()
     for f in files:
         text = f.read_text("utf-8")

@@ -89,6 +89,18 @@ def test_free_verb_and_group_activity(scene_file: ScenePath) -> None:
     ) == ("<GOSLING> man and <MESSI> man cooking in a kitchen")
 
 
+def test_group_activity_is_never_an_objects(scene_file: ScenePath) -> None:
+    # issue 11: "delicious meals on the table having dinner"
+    body = '  object meals "delicious meals on the table"\n  gosling, taylor\n  together "having dinner"'
+    assert prompt_of(scene_file, "  regions off\n" + body) == (
+        "<GOSLING> man and <TAYLOR> woman having dinner, delicious meals on the table"
+    )
+    # with regions (the default here) the global prompt names the classes, same rule
+    assert (
+        prompt_of(scene_file, body) == "man and woman having dinner, delicious meals on the table"
+    )
+
+
 def test_objects_and_placements_are_structured(scene_file: ScenePath) -> None:
     plan = plan_of(
         scene_file,

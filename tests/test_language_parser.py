@@ -165,6 +165,14 @@ def test_placements(words: str, relation: str) -> None:
     assert stmt == n.SubjectStmt(n.Ident("vase"), (), n.Placement(relation, n.Ident("chair")))
 
 
+def test_presence_reads_a_plain_english_list() -> None:
+    # issue 11: the parser suggested `and` after `chris, taylor`, then rejected it
+    names = (n.Ident("chris"), n.Ident("taylor"), n.Ident("margot"))
+    assert scene_body("chris, taylor and margot") == (n.Presence(names),)
+    assert scene_body("chris and taylor") == (n.Presence(names[:2]),)
+    assert syntax_error("scene s {\n  chris and taylor, margot\n}\n") == "unexpected-token"
+
+
 def test_objects_presence_and_together() -> None:
     body = scene_body(
         'object chair "a wooden chair"\nobject vase\ngosling, messi\ntaylor\n'

@@ -167,3 +167,14 @@ def test_layout_command_draws_one_sketch_per_scene(
     with Image.open(printed[1]) as im:
         assert im.size == (512, 341 + 64)
     assert main(["layout", str(path), "--out", str(out), "--only", "nope"]) == 2
+
+
+def test_layout_only_a_storyboard_draws_the_scenes_its_panels_name(
+    scene_file: ScenePath, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # the same selection as `render --only BOARD` (issue 11): named panels' scenes count
+    text = HEAD + "scene s {\n  a left of b\n}\nscene t {\n  c\n}\n"
+    path = scene_file(text + 'storyboard day {\n  panel t "c alone"\n}\n')
+    out = tmp_path / "out"
+    assert main(["layout", str(path), "--out", str(out), "--only", "day"]) == 0
+    assert capsys.readouterr().out.split() == [str(out / "main" / "t" / "layout.png")]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import os
@@ -16,11 +15,12 @@ import pytest
 import torch
 from rich.console import Console
 
+from scenecraft.cli import merge as command
+from scenecraft.cli.args import MergeSettings
 from scenecraft.diagnostics import DiagnosticError
 from scenecraft.events import Event, MergeFinished, MergeStage, MergeStarted
 from scenecraft.merge import api as merge_api
 from scenecraft.merge import cache as merge_cache
-from scenecraft.merge import command
 from scenecraft.merge.api import MergeResult, merge
 from scenecraft.merge.apply import apply_merge, module_weight
 from scenecraft.merge.formats import sha256_file
@@ -427,12 +427,8 @@ def test_apply_refusals(tmp_path: Path, base_pipe: Any, fresh_pipe: Any, lora_di
 # ------------------------------------------------------------------------------ CLI and UI
 
 
-def _args(tmp_path: Path, as_json: bool) -> argparse.Namespace:
-    parser = argparse.ArgumentParser()
-    command.add_arguments(parser)
-    args = parser.parse_args(["--cache-dir", str(tmp_path), "--dtype", "float32"])
-    args.json = as_json
-    return args
+def _args(tmp_path: Path, as_json: bool) -> MergeSettings:
+    return MergeSettings(json=as_json, cache_dir=tmp_path, dtype="float32")
 
 
 def test_command_json_and_table(

@@ -91,7 +91,7 @@ def test_loraclr_trades_fidelity_for_separation_against_gradient_fusion(
 def test_reference_recipe_repel_term_depends_on_feature_scale(
     conflict: SyntheticLayers, record_property: pytest.RecordProperty
 ) -> None:
-    """LORACLR.md: with flattened L2 distances the margin 0.5 is never reached at real scales."""
+    """docs/loraclr.md ("Measured"): with flattened L2 distances the margin 0.5 is never reached at real scales."""
     ref = LoraclrConfig.reference()
     at_scale = loraclr(conflict.W0, conflict.deltas, conflict.X, ref)[1]
     tiny_X = [x * 1e-3 for x in conflict.X]

@@ -11,8 +11,9 @@ import torch
 
 from scenecraft.diagnostics import DiagnosticError
 from scenecraft.events import Notice
-from scenecraft.render.batching import ImageTask, make_batches, parse_shard, shard_of
-from scenecraft.render.engine import render, select_jobs
+from scenecraft.render.batching import ImageTask, make_batches
+from scenecraft.render.engine import render
+from scenecraft.render.selection import parse_shard, select_jobs, shard_of
 from tests._fixtures_render import (
     Recorder,
     make_job,

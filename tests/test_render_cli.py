@@ -78,3 +78,37 @@ def test_render_refuses_a_missing_lora_with_a_diagnostic(
     err = capsys.readouterr().err
     assert "error[lora-not-found]" in err and "Traceback" not in err
     assert not (tmp_path / "o").exists()
+
+
+def test_only_a_storyboard_renders_the_scenes_its_panels_name(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # issue 11: `--only BOARD` whose panels name scenes rendered nothing, wrote no sheet, exit 0
+    scene = write_scene(tmp_path, "none")
+    scene.write_text(
+        scene.read_text()
+        + "scene other {\n  momo\n}\n"
+        + 'storyboard day {\n  title "A day in the park"\n  panel park "at the park"\n}\n'
+    )
+    out = tmp_path / "out"
+    assert main(["compile", str(scene), "--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["storyboards"][0]["title"] == "A day in the park"
+    assert main(["render", str(scene), "--out", str(out), "--only", "day", "--quiet"]) == 0
+    written = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png"))
+    assert written == ["duo/day.png", "duo/park/1.png", "duo/park/2.png"]
+    page = (out / "duo" / "day.html").read_text()
+    assert "<h1>A day in the park</h1>" in page and page.count("<img") == 2
+
+
+def test_render_json_keeps_stdout_for_the_json(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # issue 11: without --quiet, human progress lines were printed to stdout before the JSON
+    scene = write_scene(tmp_path, "none")
+    out = tmp_path / "out"
+    assert main(["render", str(scene), "--out", str(out), "--json"]) == 0
+    captured = capsys.readouterr()
+    result = json.loads(captured.out)  # the whole of stdout is one JSON document
+    assert len(result["written"]) == 2 and result["mode"] == "base"
+    assert "wrote 2 image(s)" in captured.err  # the human summary still shows, on stderr

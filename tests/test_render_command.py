@@ -1,8 +1,7 @@
-"""`scenecraft render` flags and `run(args, loaded)`, with the real model-loading path."""
+"""`scenecraft render` flags and `run(settings, loaded)`, with the real model-loading path."""
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 from pathlib import Path
@@ -12,8 +11,9 @@ from typing import Any
 import pytest
 from rich.console import Console
 
+from scenecraft.cli import render as command
+from scenecraft.cli.args import RenderSettings, build_parser
 from scenecraft.diagnostics import DiagnosticError
-from scenecraft.render import command
 from tests._fixtures_render import (
     make_plan,
     one_thread,  # noqa: F401  (autouse)
@@ -21,19 +21,15 @@ from tests._fixtures_render import (
 )
 
 
-def parse(*argv: str) -> argparse.Namespace:
-    parser = argparse.ArgumentParser()
-    command.add_arguments(parser)
-    args = parser.parse_args(list(argv))
-    args.json = False  # a common flag the CLI adds
-    return args
+def parse(*argv: str) -> RenderSettings:
+    return RenderSettings.from_args(build_parser().parse_args(["render", "f.scene", *argv]))
 
 
 def loaded(**kw: Any) -> SimpleNamespace:
     return SimpleNamespace(plan=make_plan(base=str(saved_pipeline_dir()), **kw))
 
 
-def run(args: argparse.Namespace, what: SimpleNamespace) -> tuple[int, str]:
+def run(args: RenderSettings, what: SimpleNamespace) -> tuple[int, str]:
     buf = io.StringIO()
     code = command.run(args, what, console=Console(file=buf, width=240))
     return code, buf.getvalue()
@@ -43,13 +39,13 @@ def test_defaults() -> None:
     args = parse()
     assert (args.out, args.only, args.batch_size, args.shard, args.events) == (
         "./out",
-        [],
+        (),
         None,
         None,
         None,
     )
     assert not (args.dry_run or args.force or args.adapters or args.quiet)
-    assert parse("--only", "a", "--only", "b").only == ["a", "b"]
+    assert parse("--only", "a", "--only", "b").only == ("a", "b")
 
 
 def test_dry_run_renders_nothing_then_reports_up_to_date(tmp_path: Path) -> None:

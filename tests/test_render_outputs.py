@@ -10,10 +10,10 @@ import pytest
 from PIL import Image
 
 from scenecraft.diagnostics import DiagnosticError
+from scenecraft.files import atomic_write
 from scenecraft.render.engine import render
 from scenecraft.render.outputs import (
     a1111_parameters,
-    atomic_write,
     confined,
     image_path,
     parse_parameters,

@@ -21,7 +21,7 @@ from scenecraft.events import (
     RenderStarted,
     StepDone,
 )
-from scenecraft.ui.progress import JsonLines, progress_reporter
+from scenecraft.ui.progress import JsonLines, LiveDisplay, progress_reporter
 
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
@@ -66,6 +66,24 @@ def test_live_display_on_a_terminal() -> None:
     assert "1 image(s) up to date, skipped" in out
     assert "wrote 3 image(s), skipped 1 up to date, 2.0 s" in last
     assert "\x1b[" in buf.getvalue()  # it really drew a live display (cursor movement)
+
+
+def test_live_images_rate_is_the_rate_over_the_run() -> None:
+    # issue 11: a batch of 8 landing at once showed "113.56 img/s" on a ~0.1 img/s run
+    now = [0.0]
+    buf = io.StringIO()
+    console = Console(file=buf, force_terminal=True, width=100, color_system=None)
+    display = LiveDisplay(console, clock=lambda: now[0])
+    display.start()
+    display(RenderStarted(total=16, skipped=0, batches=2))
+    now[0] = 80.0  # loading, merging and one batch of 8
+    for k in range(8):
+        now[0] += 0.01
+        display(ImageWritten(f"j{k}", f"out/story/duo/{k}.png", "duo", k))
+    display.stop()
+    last = ANSI.sub("", buf.getvalue()).rsplit("images", 1)[1]
+    assert "0.10 img/s 0:01:20" in last.splitlines()[0]  # and 8 more take as long
+    assert "duo/7.png" in last and "duo/5.png" in last  # the last images written
 
 
 def test_plain_log_when_not_a_terminal() -> None:

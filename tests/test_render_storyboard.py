@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -10,19 +9,33 @@ import numpy as np
 from PIL import Image
 
 from scenecraft.render.engine import render
-from scenecraft.render.storyboard import CAPTION_H, CELL, PAD, write_storyboards
+from scenecraft.render.storyboard import (
+    CAPTION_H,
+    CELL,
+    PAD,
+    TITLE_H,
+    WORD_GAP,
+    Panel,
+    contact_sheet,
+    write_storyboards,
+)
 from tests._fixtures_render import (
     make_plan,
     one_thread,  # noqa: F401  (autouse)
     pixels,
     tiny_pipe,
 )
+from tests._optional import require_executable
 
 
 def chromium_dom(page: Path, tmp_path: Path) -> str:
-    """The DOM of ``page`` after load, as headless Chromium sees it (fails if none installed)."""
-    exe = shutil.which("chromium") or shutil.which("chromium-browser")
-    assert exe is not None, "chromium is not on PATH (CI installs it: apt-get install chromium)"
+    """The DOM of ``page`` after load, as headless Chromium sees it.
+
+    Without Chromium the test is skipped with the reason shown; under SCENECRAFT_CI=1 it fails.
+    """
+    exe = require_executable(
+        "chromium", "chromium-browser", install="apt-get install chromium (CI installs it)"
+    )
     cmd = [
         exe,
         "--headless",
@@ -70,6 +83,10 @@ def test_storyboard_sheet_and_page(tmp_path: Path) -> None:
     dom = chromium_dom(page, tmp_path)
     assert 'data-images="3/3"' in dom and 'data-loaded="true"' in dom
     assert dom.count("<figure") == 3
+    # issue 11: 32-px panels are scaled up to their cell, with crisp pixels
+    scale = float(dom.split('data-min-scale="')[1].split('"')[0])
+    assert scale > 4, scale
+    assert html.count('<img class="small"') == 3 and "image-rendering:pixelated" in html
 
 
 def test_page_script_reports_a_broken_image(tmp_path: Path) -> None:
@@ -96,3 +113,32 @@ def test_missing_panels_are_placeholders(tmp_path: Path) -> None:
         if p.exists():
             p.unlink()
     assert write_storyboards(plan, tmp_path) == []  # nothing on disk: no sheet
+
+
+def ink_gaps(strip: np.ndarray) -> list[int]:
+    """Widths of the blank column runs between inked columns of a caption strip."""
+    inked = (strip < 160).any(axis=(0, 2))
+    cols = np.flatnonzero(inked)
+    return [int(b - a - 1) for a, b in zip(cols[:-1], cols[1:], strict=True) if b - a > 1]
+
+
+def test_sheet_captions_keep_their_spaces(tmp_path: Path) -> None:
+    # issue 11: PIL's default font draws a 2-px space, so "at sea" read as "atsea"
+    path = tmp_path / "p.png"
+    Image.new("RGB", (32, 32), "white").save(path)
+    sheet = np.asarray(contact_sheet([Panel(0, "at sea", "", (path,))], 1))
+    strip = sheet[PAD + CELL : PAD + CELL + CAPTION_H, PAD : PAD + CELL]
+    gaps = ink_gaps(strip)  # "1." | "at" | "sea": the two widest gaps are the spaces
+    assert len(gaps) >= 2 and sorted(gaps)[-2] >= WORD_GAP
+
+
+def test_title_heads_the_sheet_and_the_page(tmp_path: Path) -> None:
+    plan = make_plan(storyboard=True)
+    board = plan.storyboards[0].model_copy(update={"title": "A <long> day"})
+    plan = plan.model_copy(update={"storyboards": (board,)})
+    render(plan, tmp_path, pipe=tiny_pipe(), only=["tale"], batch_size=3)
+    sheet = pixels(tmp_path / "story" / "tale.png")
+    assert sheet.shape[0] == TITLE_H + PAD + 2 * (CELL + CAPTION_H + PAD)
+    assert (sheet[PAD : PAD + TITLE_H - 4] < 128).any()  # title text drawn above the grid
+    page = (tmp_path / "story" / "tale.html").read_text()
+    assert "<title>A &lt;long&gt; day</title>" in page and "<h1>A &lt;long&gt; day</h1>" in page

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
 import subprocess
 import sys
 import threading
@@ -22,19 +21,16 @@ from scenecraft.render.outputs import Manifest, write_png
 from scenecraft.review.catalog import load_catalog, method_of
 from scenecraft.review.server import ReviewServer
 from tests import _cdp
+from tests._optional import missing
 
 ROOT = Path(__file__).parent.parent
 
 
 def needs_chromium() -> None:
-    """Skip with the reason where no browser is installed, but fail under SCENECRAFT_CI=1.
-
-    (A shared pattern for this may land in tests/conftest.py; this is the review tests' own.)
-    """
+    """Skip with the reason where no browser is installed, but fail under SCENECRAFT_CI=1
+    (the shared rule of tests/_optional.py)."""
     if _cdp.chromium_path() is None:
-        if os.environ.get("SCENECRAFT_CI") == "1":
-            pytest.fail("chromium is not installed, and SCENECRAFT_CI=1 forbids skipping")
-        pytest.skip("chromium is not installed (apt-get install chromium); SCENECRAFT_CI=1 fails")
+        missing("chromium is not installed (apt-get install chromium)")
 
 
 def test_the_browser_guard_skips_locally_and_fails_under_ci(

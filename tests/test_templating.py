@@ -91,6 +91,24 @@ def test_lines_after_a_loop_keep_their_template_line(scene_file: ScenePath) -> N
     assert diag.span == Span(str(path), 14, 3, 14, 9)
 
 
+def test_lines_after_a_multi_line_tag_keep_their_template_line(scene_file: ScenePath) -> None:
+    # issue 11: a Jinja tag spread over lines used to send every later location to 1:1
+    path = scene_file(
+        HEAD
+        + "{% set people = [\n"  # 8
+        + '    "gosling",\n'  # 9
+        + "] %}\n"  # 10
+        + "scene s {\n"  # 11
+        + "  {{ people[0] }}\n"  # 12
+        + "  {{\n    'nobody'\n  }} waves at gosling\n"  # 13-15
+        + "}\n",
+        "t.scene.j2",
+    )
+    [diag] = errors_of(path)
+    assert diag.code == "unknown-concept"
+    assert diag.span is not None and (diag.span.line, diag.span.col) == (13, 3)
+
+
 def test_undefined_variable_points_at_its_name(scene_file: ScenePath) -> None:
     path = scene_file(HEAD + "scene s {\n  gosling wears {{ outfit }}\n}\n", "t.scene.j2")
     [diag] = errors_of(path, {"outfits": "x"})

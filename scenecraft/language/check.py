@@ -16,23 +16,7 @@ from scenecraft.language import nodes as n
 from scenecraft.language import schema
 from scenecraft.language.check_scene import SceneBody, check_scene_body
 from scenecraft.language.loader import Program, is_file, remap, resolve_path
-
-SAMPLERS_FALLBACK = (
-    "Euler",
-    "Euler a",
-    "DDIM",
-    "DPM++ 2M",
-    "DPM++ 2M Karras",
-    "UniPC",
-)
-
-
-def sampler_names() -> tuple[str, ...]:
-    try:
-        from scenecraft.render.samplers import SAMPLERS
-    except ImportError:
-        return SAMPLERS_FALLBACK
-    return tuple(SAMPLERS)
+from scenecraft.names import SAMPLERS
 
 
 @dataclass
@@ -354,7 +338,7 @@ class Checker:
     def check_sampler(self, setting: n.Setting) -> None:
         value = setting.values[0]
         assert isinstance(value, n.Str)
-        names = sampler_names()
+        names = SAMPLERS
         if value.value not in names:
             lowered = {x.lower(): x for x in names}
             self.c.error(

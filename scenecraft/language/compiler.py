@@ -129,7 +129,7 @@ def scene_text(checked: Checked, scene: SceneInfo, settings: dict[str, Any]) -> 
             styles.append(concept_words(info))
             continue
         words = concept_words(info) if info else clean(scene.objects[name])
-        subjects.append(Subject(name, words, tuple(attrs.get(name, ()))))
+        subjects.append(Subject(name, words, tuple(attrs.get(name, ())), info is None))
     named_style = settings.get("style_concept")  # `style noir` naming a style concept
     if named_style and named_style in checked.concepts:
         styles.append(concept_words(checked.concepts[named_style]))
@@ -343,7 +343,11 @@ def compile_plan(
             )
             for i, panel in enumerate(board.panels)
         )
-        boards.append(p.StoryboardSpec(name=board.name, columns=board.columns, panels=panels))
+        boards.append(
+            p.StoryboardSpec(
+                name=board.name, columns=board.columns, title=board.title, panels=panels
+            )
+        )
         jobs = [
             j.model_copy(
                 update={"caption": _caption(board, j.scene), "panel": _panel(board, j.scene)}

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from scenecraft.diagnostics import Collector, did_you_mean
+from scenecraft.diagnostics import Collector, Label, did_you_mean
 from scenecraft.language import nodes as n
 from scenecraft.language.fmt import value as fmt_value
 from scenecraft.layout import LAYOUTS
@@ -97,12 +97,12 @@ MERGE_KEYS: dict[str, dict[str, Key]] = {
         "patience": Key("int", 0, 10_000, doc="early stop after this many flat steps (0: never)"),
         "recipe": Key("word", choices=("ours", "reference")),
         "init": Key("word", choices=("gradient-fusion", "fusion", "zero")),
-        "ridge": Key("float", 0, 1, doc="ridge of the gradient-fusion start (default 1e-6)"),
+        "ridge": Key("float", 0, 1, doc="ridge of the gradient-fusion start (default 0.01)"),
         **_STAGE_KEYS,
         **_SEED,
     },
     "gradient-fusion": {
-        "ridge": Key("float", 0, 1, doc="ridge relative to the trace (default 1e-6)"),
+        "ridge": Key("float", 0, 1, doc="ridge relative to the trace (default 0.01)"),
         **_STAGE_KEYS,
         **_SEED,
     },
@@ -318,8 +318,6 @@ def unknown_setting(
 
 
 def duplicate_setting(c: Collector, s: n.Setting, first: n.Setting) -> None:
-    from scenecraft.diagnostics import Label
-
     c.error(
         "duplicate-setting",
         f"`{s.key.name}` is set twice",

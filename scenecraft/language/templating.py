@@ -61,10 +61,30 @@ def _strict_tojson(tojson: Any) -> Any:
     return jinja2.pass_eval_context(strict)
 
 
+_OPENERS = {"{%": "%}", "{{": "}}", "{#": "#}"}
+_OPEN_RE = re.compile(r"\{[%{#]")
+
+
 def _instrument(text: str) -> str:
-    return "".join(
-        _MARK.format(i) + line for i, line in enumerate(text.splitlines(keepends=True), 1)
-    )
+    """Mark the start of every line, except lines that begin inside a (multi-line) Jinja tag:
+    a marker there would break the tag, and the tag's output keeps its first line's marker."""
+    out: list[str] = []
+    closer: str | None = None  # the delimiter that ends the tag a line begins in
+    for i, line in enumerate(text.splitlines(keepends=True), 1):
+        out.append(line if closer else _MARK.format(i) + line)
+        at = 0
+        while True:
+            if closer:
+                end = line.find(closer, at)
+                if end < 0:
+                    break
+                at, closer = end + 2, None
+            else:
+                m = _OPEN_RE.search(line, at)
+                if m is None:
+                    break
+                at, closer = m.end(), _OPENERS[m.group(0)]
+    return "".join(out)
 
 
 def _strip_marks(out: str, template_lines: int) -> Rendered:
@@ -132,7 +152,7 @@ def render_template(text: str, file: str, variables: dict[str, Any]) -> Rendered
             template = env.from_string(_instrument(text))
             template.filename = file
         except jinja2.TemplateSyntaxError:
-            template = env.from_string(text)  # markers can break a multi-line tag; map to line 1
+            template = env.from_string(text)  # a marker broke a tag after all; map to line 1
         out = template.render(**variables)
     except jinja2.TemplateSyntaxError as exc:
         raise DiagnosticError(

@@ -32,6 +32,7 @@ from scenecraft.merge.cache import (
     resolve_cache_dir,
     write_entry,
 )
+from scenecraft.merge.engine import run_merge
 from scenecraft.merge.formats import read_concept_lora, read_embedding, sha256_file
 from scenecraft.merge.formats_index import ModuleIndex
 from scenecraft.merge.types import ConceptLoRA
@@ -76,9 +77,7 @@ class _NoMerge:
 
 
 def _default_run() -> RunMerge:
-    from scenecraft.merge.engine import run_merge
-
-    return run_merge  # type: ignore[no-any-return]
+    return run_merge
 
 
 # ------------------------------------------------------------------------------ 1. reading

@@ -31,6 +31,7 @@ from typing import Any
 import torch
 
 from scenecraft.diagnostics import error
+from scenecraft.files import atomic_write_text
 from scenecraft.merge.formats import sha256_file
 from scenecraft.plan import BaseModelSpec, stable_hash
 
@@ -70,11 +71,7 @@ def _load_memo(root: Path) -> dict[str, str]:
 
 def _save_memo(root: Path, memo: dict[str, str]) -> None:
     try:
-        root.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".hashes-", dir=root)
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(memo, fh)
-        os.replace(tmp, root / _HASHES)
+        atomic_write_text(root / _HASHES, json.dumps(memo))
     except OSError:
         pass  # the memo only saves time
 

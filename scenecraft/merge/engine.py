@@ -1,4 +1,4 @@
-"""The merge engine: C concept LoRAs -> one dense W* per changed module (LORACLR.md).
+"""The merge engine: C concept LoRAs -> one dense W* per changed module (docs/loraclr.md).
 
     outcome = run_merge(pipe, concepts, "loraclr", params)   # MergeOutcome(weights, embeddings, figures)
 
@@ -38,26 +38,11 @@ from scenecraft.merge.methods import (
     check_params,
     merge_batch,
 )
+from scenecraft.merge.params import engine_params
 from scenecraft.merge.quality import QualityLog, batch_quality
-from scenecraft.merge.types import ConceptLoRA
+from scenecraft.merge.types import ConceptLoRA, MergeConfig
 
 TEXT, KV, SPATIAL, FALLBACK = "text-encoder", "cross-attention", "spatial", "fallback"
-
-
-@dataclass(frozen=True)
-class MergeConfig:
-    templates: tuple[str, ...] = ("photo of a {token}", "{token}")  # prompts per concept token
-    figures: bool = True  # collect features (and report quality) for data-free methods too
-    spatial: bool = False  # stage 3 (a sampling run per concept); on in the GPU suite
-    spatial_steps: int = 4  # denoising steps of that run
-    spatial_size: int = 64  # image side in pixels of that run
-    spatial_guidance: float = 7.5  # classifier-free guidance of that run (both halves recorded)
-    spatial_max_rows: int = 2048  # rows kept per concept and layer in stage 3
-    text_max_rows: int = 4096  # rows kept per concept and layer in stages 1-2
-    fallback: str = "linear"  # data-free method for multi-concept layers without features
-    solve_single: bool = False  # also solve layers only one concept touches (default: W0 + ΔW_c)
-    batch_elements: int = 2**26  # cap on C·L·out·in per solve batch (memory)
-    seed: int = 0  # subsampling, sampling noise, DARE masks
 
 
 @dataclass
@@ -301,8 +286,6 @@ def run_merge(
     config: MergeConfig | None = None,
 ) -> MergeOutcome:
     """Merge ``concepts`` into ``pipe``'s base weights with ``method`` (module docstring)."""
-    from scenecraft.merge.params import engine_params
-
     params, cfg = engine_params(method, dict(params or {}), config)
     start = time.perf_counter()
     # 1. check inputs, sort modules into stages

@@ -1,4 +1,4 @@
-"""Feature collection for the merge (LORACLR.md, "Features per concept and layer").
+"""Feature collection for the merge (docs/loraclr.md, "Pipeline": the feature stages).
 
 X_c at a layer = rows of the layer's input activations that concept c's OWN model produces on
 prompts containing its token(s). Concept models are made by patching weights in place

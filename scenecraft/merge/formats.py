@@ -10,7 +10,7 @@ Formats (docs/merge.md lists them with examples):
 - Mix-of-Show ED-LoRA ``.pth``: ``params`` with ``new_concept_embedding``, ``text_encoder``, ``unet``;
 - textual-inversion embeddings (see `scenecraft.merge.formats_embeddings`).
 
-Every layer becomes ΔW_c = s_c · B_c A_c with s_c = w_c · alpha / r (LORACLR.md, "The problem").
+Every layer becomes ΔW_c = s_c · B_c A_c with s_c = w_c · alpha / r (docs/merge.md).
 Pickled files are opened with ``torch.load(weights_only=True)`` only. All failures are
 `DiagnosticError`s with the codes of docs/merge.md.
 """
@@ -37,6 +37,7 @@ from scenecraft.merge.formats_index import (
     make_layer,
 )
 from scenecraft.merge.types import ConceptLoRA, LoRALayer
+from scenecraft.names import FAMILY_BY_CROSS_DIM
 
 # Substrings of keys written by LoRA variants whose update is not s · B A.
 _VARIANTS: tuple[tuple[str, str], ...] = (
@@ -343,10 +344,9 @@ def family_from_layers(layers: Mapping[str, LoRALayer]) -> str | None:
     """From the width cross-attention keys read (768 / 1024 / 2048)."""
     if any(m.startswith("text_encoder_2.") for m in layers):
         return "sdxl"
-    widths = {768: "sd15", 1024: "sd2", 2048: "sdxl"}
     for module, layer in layers.items():
         if module.endswith(("attn2.to_k", "attn2.to_v")):
-            return widths.get(int(layer.down.shape[1]))
+            return FAMILY_BY_CROSS_DIM.get(int(layer.down.shape[1]))
     return None
 
 

@@ -16,13 +16,12 @@ import torch
 
 from scenecraft.diagnostics import DiagnosticError, error
 from scenecraft.merge.types import LoRALayer
+from scenecraft.names import FAMILY_BY_CROSS_DIM
 
 # Pipeline components a LoRA may touch, with the tokenizer that feeds each text encoder.
 LORA_COMPONENTS: tuple[str, ...] = ("unet", "transformer", "text_encoder", "text_encoder_2")
 TOKENIZER_OF: dict[str, str] = {"text_encoder": "tokenizer", "text_encoder_2": "tokenizer_2"}
 
-# cross_attention_dim -> family; the tiny test models (32) have none.
-_FAMILY_BY_CROSS_DIM: dict[int, str] = {768: "sd15", 1024: "sd2", 2048: "sdxl"}
 
 # How many unknown module names an error lists before summarising the rest.
 _LIST_LIMIT = 8
@@ -55,7 +54,7 @@ class ModuleIndex:
         unet = getattr(pipe, "unet", None)
         config = getattr(unet, "config", None)
         cross = getattr(config, "cross_attention_dim", None)
-        family = _FAMILY_BY_CROSS_DIM.get(cross) if isinstance(cross, int) else None
+        family = FAMILY_BY_CROSS_DIM.get(cross) if isinstance(cross, int) else None
         return cls(shapes, family, embedding_dims, config)
 
     def resolve(self, path: str) -> str | None:

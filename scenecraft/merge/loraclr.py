@@ -1,6 +1,6 @@
 """LoRACLR (Simsar et al., CVPR 2025, arXiv 2412.09622): contrastive merging of concept LoRAs.
 
-Per layer, W* = W0 + D with Ŷ_c = X_c (W0 + D)ᵀ and (LORACLR.md, §"The LoRACLR objective")
+Per layer, W* = W0 + D with Ŷ_c = X_c (W0 + D)ᵀ and (docs/loraclr.md, "LoRACLR: our recipe")
 
     L_pos = (1/C) Σ_c d(Ŷ_c, Y_c)²                           attract: own target
     L_neg = (1/C) Σ_c max(0, m − min_{c'≠c} d(Ŷ_c, Y_c'))²    repel: nearest other target
@@ -49,8 +49,8 @@ from typing import Any, Literal
 
 import torch
 
-from scenecraft.diagnostics import error
-from scenecraft.merge.methods import DEFAULT_RIDGE, Stats, gradient_fusion
+from scenecraft.diagnostics import did_you_mean, error
+from scenecraft.merge.fusion import DEFAULT_RIDGE, Stats, gradient_fusion
 
 
 @dataclass(frozen=True)
@@ -66,12 +66,12 @@ class LoraclrConfig:
     patience: int = 5  # stop after this many steps without relative improvement; 0 = never
     rel_tol: float = 1e-4  # "improvement" means total loss drops by more than this fraction
     init: Literal["fusion-normalised", "fusion", "zero"] = "fusion-normalised"  # D at step 0
-    eps_rel: float = DEFAULT_RIDGE  # relative ridge of the fusion start (methods.DEFAULT_RIDGE)
+    eps_rel: float = DEFAULT_RIDGE  # relative ridge of the fusion start (fusion.DEFAULT_RIDGE)
     seed: int = 0  # row subsampling of the reference recipe
 
     @classmethod
     def reference(cls) -> LoraclrConfig:
-        """The authors' recipe (LORACLR.md "Reference defaults")."""
+        """The authors' recipe (docs/loraclr.md, the reference column of "LoRACLR: our recipe")."""
         return cls(
             recipe="reference",
             margin=0.5,
@@ -92,8 +92,6 @@ class LoraclrConfig:
             if key == "recipe":
                 continue
             if key not in known:
-                from scenecraft.diagnostics import did_you_mean
-
                 raise error(
                     "merge-bad-param",
                     f"unknown loraclr parameter `{key}`",

@@ -1,6 +1,6 @@
 """Per-layer merge methods: one signature for all, batched over layers of equal shape.
 
-Notation (LORACLR.md): W0 (out, in) base weight, ΔW_c (out, in) concept c's dense LoRA update
+Notation (docs/loraclr.md): W0 (out, in) base weight, ΔW_c (out, in) concept c's dense LoRA update
 (user weight already applied), X_c (n_c, in) concept c's input features at the layer,
 Y_c = X_c (W0 + ΔW_c)ᵀ its target, W* the merged weight.
 
@@ -17,20 +17,21 @@ Methods
   peft.utils.merge_utils with task tensors ΔW_c, weights 1 (w_c is already inside ΔW_c) and
   ``params["density"]`` (default 0.5); DARE draws its masks from ``params["seed"]`` (default 0).
 - ``gradient-fusion``: Mix-of-Show's objective min_W Σ_c ‖X_c Wᵀ − Y_c‖²_F in closed form, see
-  `gradient_fusion`.
+  `scenecraft.merge.fusion.gradient_fusion`.
 - ``loraclr``:         contrastive refinement, see `scenecraft.merge.loraclr`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import fields
 from typing import Any
 
 import torch
 
-from scenecraft.diagnostics import error
-
-Stats = dict[str, Any]
+from scenecraft.diagnostics import did_you_mean, error
+from scenecraft.merge.fusion import DEFAULT_RIDGE, Stats, gradient_fusion
+from scenecraft.merge.loraclr import LoraclrConfig, loraclr
 
 DATA_FREE = ("linear", "average", "ties", "dare", "dare-ties", "magnitude-prune")
 FEATURE_BASED = ("gradient-fusion", "loraclr")
@@ -40,19 +41,9 @@ METHODS = DATA_FREE + FEATURE_BASED
 # ----------------------------------------------------------------------------- input checks
 
 
-# Relative ridge ε/(tr/in) of the least-squares fit. The fit only sees the concepts' own prompts;
-# a ridge towards W0 keeps the base model's response to every other word (settings, relations).
-# 1e-6 (numerically plain least squares) broke settings and placements in the toy-world
-# benchmark (placement 0.19 with two concepts); 1e-2 kept them (0.88) and reached the own-LoRA
-# identity ceiling on single-concept scenes (benchmarks/results/toyworld_eval.md).
-DEFAULT_RIDGE = 1e-2
-
-
 def check_method(method: str, allowed: tuple[str, ...] = METHODS) -> None:
     """An unknown method name is a DiagnosticError with a did-you-mean."""
     if method not in allowed:
-        from scenecraft.diagnostics import did_you_mean
-
         raise error(
             "merge-unknown-method",
             f"unknown merge method `{method}`",
@@ -63,10 +54,6 @@ def check_method(method: str, allowed: tuple[str, ...] = METHODS) -> None:
 def allowed_params(method: str) -> set[str]:
     """Parameter names a method reads (``seed`` is accepted everywhere)."""
     if method == "loraclr":
-        from dataclasses import fields
-
-        from scenecraft.merge.loraclr import LoraclrConfig
-
         return {f.name for f in fields(LoraclrConfig)}
     if method == "gradient-fusion":
         return {"eps_rel", "seed"}
@@ -80,8 +67,6 @@ def check_params(method: str, params: dict[str, Any]) -> None:
     known = allowed_params(method)
     for key in params:
         if key not in known:
-            from scenecraft.diagnostics import did_you_mean
-
             raise error(
                 "merge-bad-param",
                 f"`{method}` takes no parameter `{key}`",
@@ -174,55 +159,6 @@ def data_free(
     return out, [{"density": density} for _ in range(W0.shape[0])]
 
 
-# ------------------------------------------------------------------------ gradient fusion
-
-
-def gradient_fusion(
-    W0: torch.Tensor,
-    deltas: list[torch.Tensor],
-    X: list[torch.Tensor],
-    eps_rel: float = DEFAULT_RIDGE,
-    concept_weights: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, list[Stats]]:
-    """Closed-form gradient fusion (Mix-of-Show, solved exactly instead of 500 LBFGS steps).
-
-    W* = argmin_W Σ_c a_c ‖X_c Wᵀ − Y_c‖²_F + ε ‖W − W0‖²_F, Y_c = X_c (W0 + ΔW_c)ᵀ,
-    i.e. with W* = W0 + D:
-
-        (Σ_c a_c X_cᵀX_c + εI) Dᵀ = Σ_c a_c X_cᵀX_c ΔW_cᵀ          (normal equations)
-
-    solved in float64. a_c = 1 unless ``concept_weights`` (L, C) is given. The ridge is
-    relative: ε = eps_rel · tr(Σ_c a_c X_cᵀX_c) / in, and it pulls towards W0 (input directions
-    no concept excites keep the base behaviour) rather than towards 0; as ε → 0 both coincide
-    with the least-squares solution. With X̃ the stacked √a_c X_c (N × in) and T̃ the stacked
-    √a_c X_c ΔW_cᵀ (N × out), the solve is done in the smaller of the two spaces:
-
-        N ≥ in:  Dᵀ = (X̃ᵀX̃ + εI_in)⁻¹ X̃ᵀT̃          N < in:  Dᵀ = X̃ᵀ (X̃X̃ᵀ + εI_N)⁻¹ T̃
-
-    (push-through identity; text-encoder and K/V layers see far fewer rows than inputs).
-    """
-    L, n_out, n_in = W0.shape
-    Xs, Ts = [], []
-    for c, (dW, x) in enumerate(zip(deltas, X, strict=True)):
-        x64 = x.double()  # (L, n_c, in)
-        if concept_weights is not None:
-            x64 = x64 * concept_weights[:, c].double().sqrt().view(L, 1, 1)
-        Xs.append(x64)
-        Ts.append(x64 @ dW.double().transpose(1, 2))  # (L, n_c, out)
-    Xt, T = torch.cat(Xs, 1), torch.cat(Ts, 1)  # (L, N, in), (L, N, out)
-    N = Xt.shape[1]
-    eps = eps_rel * Xt.square().sum((1, 2)) / n_in  # (L,)
-    eps = torch.where(eps > 0, eps, torch.full_like(eps, 1e-12)).view(L, 1, 1)
-    if n_in > N:
-        K = Xt @ Xt.transpose(1, 2) + eps * torch.eye(N, dtype=torch.float64, device=W0.device)
-        Dt = Xt.transpose(1, 2) @ torch.linalg.solve(K, T)  # (L, in, out)
-    else:
-        G = Xt.transpose(1, 2) @ Xt + eps * torch.eye(n_in, dtype=torch.float64, device=W0.device)
-        Dt = torch.linalg.solve(G, Xt.transpose(1, 2) @ T)  # (L, in, out)
-    W = W0 + Dt.transpose(1, 2).to(W0.dtype)
-    return W, [{"eps": float(e), "form": "dual" if n_in > N else "primal"} for e in eps.view(L)]
-
-
 # ---------------------------------------------------------------------------------- dispatch
 
 
@@ -235,8 +171,6 @@ def _gradient_fusion_method(
 def _loraclr_method(
     W0: torch.Tensor, deltas: list[torch.Tensor], X: list[torch.Tensor], params: dict[str, Any]
 ) -> tuple[torch.Tensor, list[Stats]]:
-    from scenecraft.merge.loraclr import LoraclrConfig, loraclr
-
     return loraclr(W0, deltas, X, LoraclrConfig.from_params(params))
 
 

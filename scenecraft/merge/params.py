@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-from scenecraft.merge.engine import MergeConfig
+from scenecraft.merge.types import MergeConfig
 
 RENAMES: dict[str, dict[str, str]] = {
     "loraclr": {"iterations": "max_iters", "ridge": "eps_rel"},

@@ -1,4 +1,4 @@
-"""Layer-level quality figures of a merge (LORACLR.md, "Layer-level quality figures").
+"""Layer-level quality figures of a merge (docs/loraclr.md, "Quality figures").
 
 For concept c at a layer, Ŷ_c = X_c W*ᵀ, Y_c = X_c (W0 + ΔW_c)ᵀ:
 

@@ -10,7 +10,7 @@ import torch
 
 @dataclass
 class LoRALayer:
-    """One module's low-rank update ΔW = s · B A, with s = weight · alpha / r (LORACLR.md)."""
+    """One module's low-rank update ΔW = s · B A, with s = weight · alpha / r (docs/merge.md)."""
 
     module: str  # component-prefixed module path in the pipeline: "unet.down_blocks.1…attn2.to_k",
     #              "text_encoder.encoder.layers.0.self_attn.q_proj" (named_modules() naming)
@@ -48,3 +48,21 @@ class ConceptLoRA:
 
     def delta(self, module: str) -> torch.Tensor:
         return self.layers[module].delta(self.weight)
+
+
+@dataclass(frozen=True)
+class MergeConfig:
+    """How the merge engine runs its stages (scenecraft.merge.engine); not the method's params."""
+
+    templates: tuple[str, ...] = ("photo of a {token}", "{token}")  # prompts per concept token
+    figures: bool = True  # collect features (and report quality) for data-free methods too
+    spatial: bool = False  # stage 3 (a sampling run per concept); on in the GPU suite
+    spatial_steps: int = 4  # denoising steps of that run
+    spatial_size: int = 64  # image side in pixels of that run
+    spatial_guidance: float = 7.5  # classifier-free guidance of that run (both halves recorded)
+    spatial_max_rows: int = 2048  # rows kept per concept and layer in stage 3
+    text_max_rows: int = 4096  # rows kept per concept and layer in stages 1-2
+    fallback: str = "linear"  # data-free method for multi-concept layers without features
+    solve_single: bool = False  # also solve layers only one concept touches (default: W0 + ΔW_c)
+    batch_elements: int = 2**26  # cap on C·L·out·in per solve batch (memory)
+    seed: int = 0  # subsampling, sampling noise, DARE masks

@@ -132,9 +132,12 @@ def unload_adapters(pipe: Any) -> None:
         pipe._scenecraft_ti = False
 
 
-def apply_merged(pipe: Any, spec: MergeSpec, cache_dir: Any, reporter: Reporter | None) -> str:
-    """Merge (or reuse the cached merge) and write it into ``pipe``; returns the merge key."""
-    try:
+def build_and_apply_merge(
+    pipe: Any, spec: MergeSpec, cache_dir: Any, reporter: Reporter | None
+) -> str:
+    """Build the merged deltas (or reuse the cached ones) and apply them to ``pipe``; returns
+    the merge engine's key of the cache entry."""
+    try:  # imported on use: a missing merge engine is a diagnostic here, not a crash at import
         from scenecraft.merge.api import merge
         from scenecraft.merge.apply import apply_merge
     except ImportError as exc:

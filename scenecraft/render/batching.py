@@ -8,7 +8,6 @@ only on the seed, never on the batch it lands in or its position there.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,31 +45,6 @@ class ImageTask:
 def image_key(job: RenderJob, n: int, merge_key: str, mode: str) -> str:
     """What determines the pixels beyond the job itself: image index, merged weights, mode."""
     return stable_hash({"job": job.id, "n": n, "merge": merge_key, "mode": mode}, 20)
-
-
-def shard_of(job_id: str, count: int) -> int:
-    """0-based shard of a job: sha256 of its id modulo ``count`` (stable across runs, machines)."""
-    return int(hashlib.sha256(job_id.encode()).hexdigest(), 16) % count
-
-
-def parse_shard(text: str) -> tuple[int, int]:
-    """``"i/n"`` with 1 <= i <= n -> (i, n); `bad-shard` otherwise."""
-    try:
-        left, right = text.split("/")
-        index, count = int(left), int(right)
-    except ValueError:
-        index, count = 0, 0
-    if count < 1 or not 1 <= index <= count:
-        raise error(
-            "bad-shard",
-            f"bad shard `{text}`",
-            help="write --shard i/n with 1 <= i <= n, e.g. `--shard 1/4` … `--shard 4/4`",
-        )
-    return index, count
-
-
-def in_shard(job: RenderJob, shard: tuple[int, int] | None) -> bool:
-    return shard is None or shard_of(job.id, shard[1]) == shard[0] - 1
 
 
 def make_batches(tasks: Iterable[ImageTask], batch_size: int) -> list[list[ImageTask]]:

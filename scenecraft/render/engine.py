@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 from scenecraft import __version__
-from scenecraft.diagnostics import did_you_mean, error
 from scenecraft.events import (
     BatchStarted,
     ImageWritten,
@@ -32,13 +31,12 @@ from scenecraft.events import (
     StepDone,
     emit,
 )
-from scenecraft.plan import RenderJob, RenderPlan, generator_seed, stable_hash
+from scenecraft.plan import RenderPlan, generator_seed, stable_hash
 from scenecraft.render import adapters as adapter_mod
 from scenecraft.render.batching import (
     ImageTask,
     generators,
     image_key,
-    in_shard,
     make_batches,
     run_halving,
 )
@@ -53,6 +51,7 @@ from scenecraft.render.outputs import (
 )
 from scenecraft.render.regions import Adapters, regional, regions_text
 from scenecraft.render.samplers import make_scheduler, sampler_def
+from scenecraft.render.selection import select_jobs
 
 
 @dataclass
@@ -93,25 +92,6 @@ def weights_key(plan: RenderPlan, mode: str) -> str:
     if mode == "base":
         return stable_hash(plan.merge.base.model_dump(mode="json"))
     return plan.merge.key or stable_hash(plan.merge.model_dump(mode="json"))
-
-
-def select_jobs(
-    plan: RenderPlan, only: Iterable[str] = (), shard: tuple[int, int] | None = None
-) -> list[RenderJob]:
-    """Jobs of the scenes or storyboards named in ``only`` (all if empty) in shard ``shard``."""
-    wanted = set(only)
-    names = {j.scene for j in plan.jobs} | {s.name for s in plan.storyboards}
-    for name in sorted(wanted - names):
-        raise error(
-            "unknown-scene",
-            f"no scene or storyboard named `{name}` in `{plan.file}`",
-            help=did_you_mean(name, names) or f"known: {', '.join(sorted(names)) or 'none'}",
-        )
-    return [
-        j
-        for j in plan.jobs
-        if (not wanted or j.scene in wanted or j.storyboard in wanted) and in_shard(j, shard)
-    ]
 
 
 def plan_images(
@@ -284,7 +264,7 @@ class _Session:
                 }
             )
         elif self.mode == "merged":
-            self.merge_entry = adapter_mod.apply_merged(
+            self.merge_entry = adapter_mod.build_and_apply_merge(
                 pipe, self.plan.merge, cache_dir, self.reporter
             )
         return pipe

@@ -1,4 +1,4 @@
-"""Output files: safe names, atomic writes, PNG provenance and the run manifest.
+"""Output files: safe names, PNG provenance and the run manifest (written atomically).
 
 Layout: ``OUT/<file stem>/<scene>/<seed>.png`` (``<seed>-<n>.png`` when a seed gives several
 images; storyboard panels live under ``OUT/<file stem>/<storyboard>/<NN>-<scene>/``). Every name
@@ -10,16 +10,14 @@ key and the image key used to skip finished images on a re-run).
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 import unicodedata
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from scenecraft.diagnostics import error
+from scenecraft.files import atomic_write, atomic_write_text
 from scenecraft.plan import RenderJob
 
 METADATA_VERSION = 1
@@ -68,26 +66,6 @@ def image_path(out_dir: Path, job: RenderJob, suffix: str) -> Path:
     # the extra images of a seed (images_per_seed > 1) are <seed>-2.png, <seed>-3.png, ...
     name = str(job.seed) if job.index == 0 else f"{job.seed}-{job.index + 1}"
     return confined(out_dir, *folder, name + suffix + ".png")
-
-
-# ----------------------------------------------------------------------------- atomic writes
-
-
-def atomic_write(path: Path, write: Callable[[IO[bytes]], object]) -> None:
-    """Write through a temp file in the same folder, then ``os.replace`` (never a torn file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write(path, lambda f: f.write(text.encode("utf-8")))
 
 
 # ------------------------------------------------------------------------------- PNG metadata

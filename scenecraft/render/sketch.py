@@ -14,9 +14,10 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
-from scenecraft.diagnostics import did_you_mean, error
+from scenecraft.files import atomic_write
 from scenecraft.plan import RenderJob, RenderPlan
-from scenecraft.render.outputs import atomic_write, confined
+from scenecraft.render.outputs import confined
+from scenecraft.render.selection import select_jobs
 
 LONG_SIDE = 512  # sketch size in pixels along the longer side of the canvas
 CAPTION = 64  # pixels under the canvas for the global prompt
@@ -56,20 +57,11 @@ def sketch_path(out_dir: Path, job: RenderJob) -> Path:
 
 def write_sketches(plan: RenderPlan, out_dir: str | Path, only: Iterable[str] = ()) -> list[Path]:
     """One sketch per scene (its first job: every job of a scene has the same layout)."""
-    wanted = set(only)
-    names = {j.scene for j in plan.jobs} | {s.name for s in plan.storyboards}
-    for name in sorted(wanted - names):
-        raise error(
-            "unknown-scene",
-            f"no scene or storyboard named `{name}` in `{plan.file}`",
-            help=did_you_mean(name, names) or f"known: {', '.join(sorted(names)) or 'none'}",
-        )
     out = Path(out_dir)
     written: list[Path] = []
     seen: set[str] = set()
-    for job in plan.jobs:
-        chosen = not wanted or job.scene in wanted or job.storyboard in wanted
-        if job.scene in seen or not chosen:
+    for job in select_jobs(plan, only):
+        if job.scene in seen:
             continue
         seen.add(job.scene)
         path = sketch_path(out, job)

@@ -16,12 +16,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from scenecraft.files import atomic_write, atomic_write_text
 from scenecraft.plan import RenderJob, RenderPlan, StoryboardSpec
-from scenecraft.render.outputs import atomic_write, atomic_write_text, confined, image_path
+from scenecraft.render.outputs import confined, image_path
 
 CELL = 256  # longest side of a panel in the contact sheet, pixels
 CAPTION_H = 18  # caption strip under each panel, pixels
 PAD = 8  # gap between cells and around the sheet, pixels
+TITLE_H = 22  # title strip above the grid when the storyboard has a `title`, pixels
+WORD_GAP = 4  # least pixels between caption words (PIL's default font has a 2-px space)
 
 
 @dataclass(frozen=True)
@@ -49,19 +52,25 @@ def collect_panels(plan: RenderPlan, board: StoryboardSpec, out: Path, suffix: s
     return panels
 
 
-def contact_sheet(panels: list[Panel], columns: int) -> Any:
-    """The sheet as a PIL image: a grid of ``columns`` cells, caption strip under each."""
+def contact_sheet(panels: list[Panel], columns: int, title: str | None = None) -> Any:
+    """The sheet as a PIL image: a grid of ``columns`` cells, caption strip under each, and a
+    title strip above the grid when ``title`` is given."""
     from PIL import Image, ImageDraw, ImageFont, ImageOps
 
     font = ImageFont.load_default()
     cols = max(1, min(columns, len(panels) or 1))
     rows = max(1, -(-len(panels) // cols))
     cell_w, cell_h = CELL, CELL + CAPTION_H
-    sheet = Image.new("RGB", (PAD + cols * (cell_w + PAD), PAD + rows * (cell_h + PAD)), "white")
+    top = TITLE_H if title else 0
+    width = PAD + cols * (cell_w + PAD)
+    sheet = Image.new("RGB", (width, top + PAD + rows * (cell_h + PAD)), "white")
     draw = ImageDraw.Draw(sheet)
+    if title:
+        big = ImageFont.load_default(size=14) if hasattr(font, "font_variant") else font
+        _draw_words(draw, (PAD, PAD + 2), _fit(draw, title, big, width - 2 * PAD), big)
     for k, panel in enumerate(panels):
         x = PAD + (k % cols) * (cell_w + PAD)
-        y = PAD + (k // cols) * (cell_h + PAD)
+        y = top + PAD + (k // cols) * (cell_h + PAD)
         if panel.images:
             with Image.open(panel.images[0]) as im:
                 thumb = ImageOps.contain(im.convert("RGB"), (CELL, CELL))  # up or down
@@ -70,15 +79,34 @@ def contact_sheet(panels: list[Panel], columns: int) -> Any:
             draw.rectangle((x, y, x + CELL - 1, y + CELL - 1), fill=(200, 200, 200))
             draw.text((x + 6, y + 6), "not rendered", fill=(80, 80, 80), font=font)
         text = f"{panel.index + 1}. {panel.caption}".strip()
-        draw.text((x + 2, y + CELL + 3), _fit(draw, text, font, CELL - 4), fill="black", font=font)
+        _draw_words(draw, (x + 2, y + CELL + 3), _fit(draw, text, font, CELL - 4), font)
     return sheet
+
+
+def _space(draw: Any, font: Any) -> float:
+    return max(float(draw.textlength(" ", font=font)), WORD_GAP)
+
+
+def _text_width(draw: Any, text: str, font: Any) -> float:
+    words = text.split(" ")
+    gaps = _space(draw, font) * (len(words) - 1)
+    return sum(float(draw.textlength(w, font=font)) for w in words) + gaps
+
+
+def _draw_words(draw: Any, at: tuple[float, float], text: str, font: Any) -> None:
+    """Draw ``text`` word by word, at least WORD_GAP pixels apart, so spaces stay visible."""
+    x, y = at
+    for word in text.split(" "):
+        if word:
+            draw.text((x, y), word, fill="black", font=font)
+        x += float(draw.textlength(word, font=font)) + _space(draw, font)
 
 
 def _fit(draw: Any, text: str, font: Any, width: int) -> str:
     """Truncate ``text`` with an ellipsis so it fits ``width`` pixels."""
-    if draw.textlength(text, font=font) <= width:
+    if _text_width(draw, text, font) <= width:
         return text
-    while text and draw.textlength(text + "…", font=font) > width:
+    while text and _text_width(draw, text + "…", font) > width:
         text = text[:-1]
     return text + "…"
 
@@ -93,17 +121,34 @@ window.addEventListener("load", function () {
   var ok = imgs.filter(function (i) { return i.complete && i.naturalWidth > 0; }).length;
   document.body.setAttribute("data-images", ok + "/" + imgs.length);
   document.body.setAttribute("data-loaded", ok === imgs.length ? "true" : "false");
+  var scales = imgs.filter(function (i) { return i.naturalWidth > 0; })
+    .map(function (i) { return i.getBoundingClientRect().width / i.naturalWidth; });
+  document.body.setAttribute("data-min-scale",
+    scales.length ? Math.min.apply(null, scales).toFixed(2) : "0");
 });
 """
 
 
+def _img_class(path: Path) -> str:
+    """``small`` for images under a cell's size: the page scales them up without blurring."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return ' class="small"' if max(im.size) < CELL else ""
+    except OSError:
+        return ""
+
+
 def html_page(title: str, panels: list[Panel], columns: int) -> str:
-    """One self-contained page: a CSS grid of panels, captions and prompts escaped."""
+    """One self-contained page: a CSS grid of panels, captions and prompts escaped; images fill
+    their cell (small ones scaled up with crisp pixels)."""
     cells = []
     for panel in panels:
         imgs = (
             "".join(
-                f'<img src="{_data_uri(p)}" alt="{html.escape(panel.caption or p.stem)}">'
+                f'<img{_img_class(p)} src="{_data_uri(p)}" '
+                f'alt="{html.escape(panel.caption or p.stem)}">'
                 for p in panel.images
             )
             or '<div class="missing">not rendered</div>'
@@ -118,7 +163,8 @@ def html_page(title: str, panels: list[Panel], columns: int) -> str:
         f"<title>{html.escape(title)}</title><style>"
         f"body{{font-family:sans-serif;margin:16px}}"
         f".grid{{display:grid;grid-template-columns:repeat({max(1, columns)},1fr);gap:12px}}"
-        "figure{margin:0}img{max-width:100%;display:block}"
+        "figure{margin:0}img{width:100%;height:auto;display:block}"
+        "img.small{image-rendering:pixelated}"
         ".prompt{color:#555;font-size:12px}.missing{background:#ccc;padding:40px}"
         f"</style></head><body><h1>{html.escape(title)}</h1>"
         f'<div class="grid">{"".join(cells)}</div><script>{_SCRIPT}</script></body></html>\n'
@@ -138,11 +184,15 @@ def write_storyboards(
         if not any(p.images for p in panels):
             continue
         png = confined(out, stem, board.name + suffix + ".png")
-        sheet = contact_sheet(panels, board.columns)
-        meta = {"storyboard": board.name, "panels": [[str(i) for i in p.images] for p in panels]}
+        sheet = contact_sheet(panels, board.columns, board.title)
+        meta = {
+            "storyboard": board.name,
+            "title": board.title,
+            "panels": [[str(i) for i in p.images] for p in panels],
+        }
         atomic_write(png, _sheet_writer(sheet, meta))
         page = confined(out, stem, board.name + suffix + ".html")
-        atomic_write_text(page, html_page(board.name, panels, board.columns))
+        atomic_write_text(page, html_page(board.title or board.name, panels, board.columns))
         written += [png, page]
     return written
 

@@ -25,7 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from scenecraft.render.outputs import atomic_write_text, read_png_metadata
+from scenecraft.files import atomic_write_text
+from scenecraft.render.outputs import read_png_metadata
 
 RATINGS_FILE = "ratings.json"
 RATINGS_VERSION = 1

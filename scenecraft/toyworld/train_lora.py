@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import os
 import random
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,7 @@ from typing import Any
 
 import torch
 
+from scenecraft.files import atomic_output
 from scenecraft.toyworld.model import BASE_DIR, LORA_DIR, load_toyworld_pipeline
 from scenecraft.toyworld.train_base import diffusion_loss, images_tensor, tokenize
 from scenecraft.toyworld.world import CONCEPTS, caption, random_scene, render
@@ -84,18 +84,16 @@ def save_lora(pipe: Any, path: Path) -> None:
     from diffusers.utils import convert_state_dict_to_diffusers
     from peft.utils import get_peft_model_state_dict
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
+    with atomic_output(path) as tmp:
         StableDiffusionPipeline.save_lora_weights(
-            tmp,
+            str(tmp.parent),
             unet_lora_layers=convert_state_dict_to_diffusers(get_peft_model_state_dict(pipe.unet)),
             text_encoder_lora_layers=convert_state_dict_to_diffusers(
                 get_peft_model_state_dict(pipe.text_encoder)
             ),
-            weight_name=path.name,
+            weight_name=tmp.name,
         )
-        os.chmod(Path(tmp) / path.name, 0o644)
-        os.replace(Path(tmp) / path.name, path)
+        os.chmod(tmp, 0o644)
 
 
 def train_lora(

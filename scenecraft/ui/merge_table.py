@@ -1,6 +1,6 @@
 """A Rich table of a merge's quality figures (the engine only returns them as data).
 
-Rows are the merge stages; columns the layer-level figures of LORACLR.md: fidelity error
+Rows are the merge stages; columns the layer-level figures of docs/loraclr.md ("Quality figures"): fidelity error
 e_c (0 = exact, 1 = as if the LoRA were absent) and separation s_c (< 1: closer to its own
 target), each as mean and worst over layers and concepts.
 """

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import sys
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
@@ -118,34 +118,62 @@ class PlainLog:
 
 
 class RateColumn(ProgressColumn):
-    """Steps per second of a task (``– it/s`` until Rich has measured a speed)."""
+    """Steps per second of a task (``– it/s`` until Rich has measured a speed).
+
+    A task marked ``overall`` shows its rate over the whole run (completed / elapsed): images
+    land a batch at a time, and Rich's recent-window speed would show the burst instead."""
 
     def render(self, task: Task) -> Text:
         unit = task.fields.get("unit")
         if not unit:
             return Text("")
-        speed = task.finished_speed or task.speed
+        if task.fields.get("overall"):
+            speed = overall_rate(task)
+        else:
+            speed = task.finished_speed or task.speed
         return Text(f"– {unit}/s" if speed is None else f"{speed:.2f} {unit}/s", style="cyan")
+
+
+def overall_rate(task: Task) -> float | None:
+    """Completed units per second since the task started (None before the first one)."""
+    elapsed = task.elapsed
+    return task.completed / elapsed if elapsed and task.completed else None
+
+
+class RemainingColumn(TimeRemainingColumn):
+    """Rich's ETA; for ``overall`` tasks, from the rate over the run (see RateColumn)."""
+
+    def render(self, task: Task) -> Text:
+        rate = overall_rate(task) if task.fields.get("overall") else None
+        if rate is None or task.total is None or task.finished:
+            return super().render(task)
+        seconds = int((task.total - task.completed) / rate)
+        minutes, secs = divmod(seconds, 60)
+        hours, minutes = divmod(minutes, 60)
+        return Text(f"{hours:d}:{minutes:02d}:{secs:02d}", style="progress.remaining")
 
 
 class LiveDisplay:
     """A Rich Live view: merge stage, overall images, current batch's steps, last images."""
 
-    def __init__(self, console: Console, recent: int = 3):
+    def __init__(self, console: Console, recent: int = 3, clock: Callable[[], float] | None = None):
         self.console = console
         self.progress = Progress(
             TextColumn("{task.description}", style="bold"),
             BarColumn(bar_width=20),
             MofNCompleteColumn(),
             RateColumn(),
-            TimeRemainingColumn(),
+            RemainingColumn(),
             TimeElapsedColumn(),
             console=console,
             auto_refresh=False,
             expand=False,
+            get_time=clock,
         )
         self.merge = self.progress.add_task("merge", total=None, visible=False, unit="")
-        self.images = self.progress.add_task("images", total=None, visible=False, unit="img")
+        self.images = self.progress.add_task(
+            "images", total=None, visible=False, unit="img", overall=True
+        )
         self.steps = self.progress.add_task("steps", total=None, visible=False, unit="it")
         self.recent: deque[str] = deque(maxlen=recent)
         self.footer = ""
@@ -172,7 +200,7 @@ class LiveDisplay:
 
     # render events
     def on_RenderStarted(self, e: RenderStarted) -> None:  # noqa: N802
-        self.progress.update(self.images, total=e.total, completed=0, visible=True)
+        self.progress.reset(self.images, total=e.total, completed=0, visible=True)  # clock starts
         if e.skipped:
             self.console.print(f"{e.skipped} image(s) up to date, skipped", highlight=False)
 

@@ -1,46 +1,21 @@
-"""``scenecraft review OUT_DIR``: serve the rating page, or print the ratings' summary."""
+"""``scenecraft review OUT_DIR``: serve the rating page, or print the ratings' summary.
+
+No torch: the page and the summary read PNG metadata and ratings.json only."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from dataclasses import asdict
 from pathlib import Path
 
+from scenecraft.cli.args import ReviewSettings
 from scenecraft.diagnostics import error
+from scenecraft.review.catalog import format_summary, load_ratings, ratings_path, summarize
+from scenecraft.review.server import ReviewServer
 
 
-def _port(text: str) -> int:
-    try:
-        port = int(text)
-    except ValueError:
-        port = -1
-    if not 0 <= port <= 65535:
-        raise argparse.ArgumentTypeError(f"expected 0..65535 (0 picks a free port), not {text!r}")
-    return port
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("out_dir", metavar="OUT_DIR", help="the folder `scenecraft render --out` wrote")
-    p.add_argument(
-        "--port",
-        type=_port,
-        default=8765,
-        metavar="N",
-        help="port on 127.0.0.1 (default 8765; 0 picks a free one)",
-    )
-    p.add_argument(
-        "--summary",
-        action="store_true",
-        help="print identity mean ± std per method and scene from ratings.json, serve nothing",
-    )
-    p.add_argument("--json", action="store_true", help="with --summary: JSON on stdout")
-
-
-def run(args: argparse.Namespace) -> int:
-    from scenecraft.review.catalog import format_summary, load_ratings, ratings_path, summarize
-
+def run(args: ReviewSettings) -> int:
     out = Path(args.out_dir)
     if not out.is_dir():
         raise error(
@@ -60,8 +35,6 @@ def run(args: argparse.Namespace) -> int:
         else:
             print(format_summary(rows))
         return 0
-    from scenecraft.review.server import ReviewServer
-
     try:
         server = ReviewServer(out, args.port)
     except OSError as exc:

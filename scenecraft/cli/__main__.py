@@ -1,0 +1,7 @@
+"""``python -m scenecraft.cli``."""
+
+import sys
+
+from scenecraft.cli.main import main
+
+sys.exit(main())

@@ -1,0 +1,241 @@
+"""Every argument of the `scenecraft` command, defined once, and the typed settings built from them.
+
+Commands receive the argparse Namespace only here; the engines get frozen dataclasses
+(`RenderSettings`, `MergeSettings`). This module imports nothing heavy: `scenecraft check` must
+answer without torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from scenecraft import __version__
+
+DTYPES = ("float32", "float16", "bfloat16")
+
+
+def _source_args(p: argparse.ArgumentParser) -> None:
+    """The scene file's template variables (every command that loads a file)."""
+    p.add_argument(
+        "--var",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="template variable (JSON values are parsed: --var seeds=[1,2])",
+    )
+    p.add_argument(
+        "--vars", action="append", default=[], metavar="FILE", help="variables from .toml/.json"
+    )
+
+
+def _engine_args(p: argparse.ArgumentParser, *, what: str) -> None:
+    """Flags `merge` and `render` share: FILE, --json, device, dtype, cache, force."""
+    p.add_argument("file", metavar="FILE")
+    p.add_argument("--json", action="store_true", help="machine-readable output on stdout")
+    _source_args(p)
+    p.add_argument(
+        "--device", default=None, metavar="D", help="cuda, cuda:N, mps, cpu (default: best)"
+    )
+    p.add_argument(  # checked by the engine (`unknown-dtype`, a diagnostic like any other)
+        "--dtype",
+        default=None,
+        metavar="T",
+        help=f"{', '.join(DTYPES)} (default: fp16 on GPU, fp32 on CPU)",
+    )
+    p.add_argument(
+        "--cache-dir",
+        default=None,
+        metavar="DIR",
+        help="merge cache folder (default: $SCENECRAFT_CACHE or ~/.cache/scenecraft/merges)",
+    )
+    p.add_argument("--force", action="store_true", help=what)
+
+
+def _render_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--only",
+        action="append",
+        default=[],
+        metavar="SCENE",
+        help="render only this scene or storyboard (repeatable)",
+    )
+    p.add_argument("--out", default="./out", metavar="DIR", help="output folder (default ./out)")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        metavar="N",
+        help="images per pipeline call (default: the file's batch_size)",
+    )
+    p.add_argument("--dry-run", action="store_true", help="print the jobs, render nothing")
+    p.add_argument(
+        "--shard",
+        default=None,
+        metavar="i/n",
+        help="render the i-th of n deterministic shares of the jobs (1 <= i <= n)",
+    )
+    p.add_argument(
+        "--adapters",
+        action="store_true",
+        help="render with the LoRAs as runtime adapters instead of the merged model (in a "
+        "regional scene each adapter acts only inside its subject's region)",
+    )
+    p.add_argument("--quiet", action="store_true", help="print warnings and errors only")
+    p.add_argument(
+        "--events",
+        choices=["json"],
+        default=None,
+        help="write progress events as JSON lines to stdout",
+    )
+
+
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"expected 0..65535 (0 picks a free port), not {text!r}")
+    return port
+
+
+def _review_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("out_dir", metavar="OUT_DIR", help="the folder `scenecraft render --out` wrote")
+    p.add_argument(
+        "--port",
+        type=_port,
+        default=8765,
+        metavar="N",
+        help="port on 127.0.0.1 (default 8765; 0 picks a free one)",
+    )
+    p.add_argument(
+        "--summary",
+        action="store_true",
+        help="print identity mean ± std per method and scene from ratings.json, serve nothing",
+    )
+    p.add_argument("--json", action="store_true", help="with --summary: JSON on stdout")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="scenecraft",
+        description="Declarative multi-concept scenes for Stable Diffusion.",
+    )
+    parser.add_argument("--version", action="version", version=f"scenecraft {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("check", help="report every problem in scene files")
+    p.add_argument("files", nargs="+", metavar="FILE")
+    p.add_argument("--format", choices=("text", "json"), default="text")
+    p.add_argument(
+        "--strict", action="store_true", help="missing LoRA files are errors, not warnings"
+    )
+    _source_args(p)
+
+    p = sub.add_parser("compile", help="print the render plan of a scene file")
+    p.add_argument("file", metavar="FILE")
+    p.add_argument("--json", action="store_true", help="print the RenderPlan as JSON on stdout")
+    _source_args(p)
+
+    p = sub.add_parser("fmt", help="format scene files canonically (in place)")
+    p.add_argument("files", nargs="+", metavar="FILE")
+    p.add_argument("--check", action="store_true", help="exit 1 if a file would change")
+    p.add_argument("--stdout", action="store_true", help="print instead of rewriting")
+
+    p = sub.add_parser("layout", help="draw each scene's regions as boxes (no model needed)")
+    p.add_argument("file", metavar="FILE")
+    p.add_argument("--only", action="append", default=[], metavar="SCENE", help="these scenes")
+    p.add_argument("--out", default="./out", metavar="DIR", help="output folder (default ./out)")
+    _source_args(p)
+
+    p = sub.add_parser("merge", help="merge a scene file's LoRAs into one model")
+    _engine_args(p, what="rebuild the merge even if cached")
+
+    p = sub.add_parser("render", help="render a scene file's images and storyboards")
+    _engine_args(p, what="render images that are up to date too")
+    _render_args(p)
+
+    p = sub.add_parser("review", help="rate rendered images against their references (a page)")
+    _review_args(p)
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
+
+
+@dataclass(frozen=True)
+class SourceSettings:
+    """Which scene file, with which template variables."""
+
+    file: str
+    var: tuple[str, ...] = ()  # KEY=VALUE items, in order
+    vars_files: tuple[str, ...] = ()  # .toml / .json files, in order
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> SourceSettings:
+        return cls(args.file, tuple(args.var), tuple(args.vars))
+
+
+@dataclass(frozen=True)
+class MergeSettings:
+    """``scenecraft merge``."""
+
+    json: bool = False
+    device: str | None = None
+    dtype: str | None = None
+    cache_dir: Path | None = None
+    force: bool = False
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> MergeSettings:
+        return cls(
+            json=args.json,
+            device=args.device,
+            dtype=args.dtype,
+            cache_dir=Path(args.cache_dir) if args.cache_dir else None,
+            force=args.force,
+        )
+
+
+@dataclass(frozen=True)
+class RenderSettings:
+    """``scenecraft render``."""
+
+    out: str = "./out"
+    only: tuple[str, ...] = ()
+    batch_size: int | None = None
+    shard: str | None = None  # "i/n" as typed; parsed (and checked) by the render command
+    dry_run: bool = False
+    force: bool = False
+    adapters: bool = False
+    quiet: bool = False
+    events: str | None = None  # "json": progress events as JSON lines on stdout
+    json: bool = False  # the result as JSON on stdout
+    device: str | None = None
+    dtype: str | None = None
+    cache_dir: str | None = None
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> RenderSettings:
+        fields: dict[str, Any] = {
+            name: getattr(args, name) for name in cls.__dataclass_fields__ if name != "only"
+        }
+        return cls(only=tuple(args.only), **fields)
+
+
+@dataclass(frozen=True)
+class ReviewSettings:
+    """``scenecraft review``."""
+
+    out_dir: Path
+    port: int = 8765
+    summary: bool = False
+    json: bool = False
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> ReviewSettings:
+        return cls(Path(args.out_dir), args.port, args.summary, args.json)

@@ -1,0 +1,88 @@
+"""The `scenecraft` command: check, compile, fmt, layout, merge, render, review.
+
+Every user error is a Diagnostic rendered here (exit code 2); nothing below prints a traceback.
+Arguments are defined in `scenecraft.cli.args`; only `merge` and `render` import torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Sequence
+
+from scenecraft.api import Loaded, load
+from scenecraft.cli.args import MergeSettings, RenderSettings, ReviewSettings, build_parser
+from scenecraft.cli.common import EXIT_INTERNAL, EXIT_OK, EXIT_USER_ERROR, Output, variables
+from scenecraft.cli.language import cmd_check, cmd_compile, cmd_fmt, cmd_layout
+from scenecraft.cli.review import run as run_review
+from scenecraft.diagnostics import DiagnosticError, to_json
+
+
+def _load(args: argparse.Namespace, out: Output, *, allow_missing: bool) -> Loaded:
+    loaded = load(args.file, variables(args), allow_missing=allow_missing)
+    out.sources.update(loaded.sources)
+    out.show(loaded.warnings)
+    return loaded
+
+
+def cmd_merge(args: argparse.Namespace, out: Output) -> int:
+    from scenecraft.cli.merge import run  # torch: imported for merge and render only
+
+    return run(MergeSettings.from_args(args), _load(args, out, allow_missing=False))
+
+
+def cmd_render(args: argparse.Namespace, out: Output) -> int:
+    from scenecraft.cli.render import run  # torch: imported for merge and render only
+
+    # a dry run only lists jobs, so drafts with missing LoRA files are fine there
+    loaded = _load(args, out, allow_missing=args.dry_run)
+    return run(RenderSettings.from_args(args), loaded)
+
+
+def cmd_review(args: argparse.Namespace, out: Output) -> int:
+    return run_review(ReviewSettings.from_args(args))
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace, Output], int]] = {
+    "check": cmd_check,
+    "compile": cmd_compile,
+    "fmt": cmd_fmt,
+    "layout": cmd_layout,
+    "merge": cmd_merge,
+    "render": cmd_render,
+    "review": cmd_review,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    out = Output()
+    try:
+        return COMMANDS[args.command](args, out)
+    except DiagnosticError as exc:
+        out.collect_sources(exc)
+        if getattr(args, "format", "text") == "json":
+            print(to_json(exc.diagnostics))
+        else:
+            out.show(exc.diagnostics)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return EXIT_OK
+    except Exception as exc:  # a bug in scenecraft, not in the user's input
+        if os.environ.get("SCENECRAFT_DEBUG"):
+            raise
+        print(
+            f"error[internal-error]: {type(exc).__name__}: {exc}\n"
+            " = help: this is a bug in scenecraft; rerun with SCENECRAFT_DEBUG=1 for a traceback "
+            "and report it",
+            file=sys.stderr,
+        )
+        return EXIT_INTERNAL
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,118 @@
+"""``scenecraft render``: from typed `RenderSettings` and a loaded file to the render engine.
+
+Errors are DiagnosticErrors (`scenecraft.cli.main` renders them, exit 2); Ctrl-C exits 130 after
+the engine has saved every finished image and the manifest. With ``--json`` stdout carries the
+JSON result only: progress and warnings go to stderr.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from scenecraft.cli.args import RenderSettings
+from scenecraft.diagnostics import error
+from scenecraft.plan import RenderPlan
+from scenecraft.render.batching import ImageTask
+from scenecraft.render.engine import (
+    is_up_to_date,
+    open_manifest,
+    plan_images,
+    render,
+    render_mode,
+    weights_key,
+)
+from scenecraft.render.selection import parse_shard
+from scenecraft.ui.progress import progress_reporter
+
+
+def run(settings: RenderSettings, loaded: Any, console: Console | None = None) -> int:
+    """Render ``loaded.plan`` as the settings say; returns the exit status."""
+    s = settings
+    plan = loaded.plan
+    shard = parse_shard(s.shard) if s.shard else None
+    if s.batch_size is not None and s.batch_size < 1:
+        raise error(
+            "bad-batch-size",
+            f"--batch-size must be at least 1, not {s.batch_size}",
+            help="use --batch-size 1 on small GPUs",
+        )
+    # with --json, stdout is the JSON alone: the human lines go to stderr
+    console = console or Console(stderr=s.json or s.quiet)
+    if s.dry_run:
+        tasks = plan_images(plan, s.out, only=s.only, shard=shard, adapters=s.adapters)
+        return dry_run(console, plan, tasks, s, shard)
+    try:
+        with progress_reporter(console, events=s.events, quiet=s.quiet) as reporter:
+            result = render(
+                plan,
+                s.out,
+                batch_size=s.batch_size,
+                only=s.only,
+                shard=shard,
+                force=s.force,
+                adapters=s.adapters,
+                reporter=reporter,
+                device=s.device,
+                dtype=s.dtype,
+                cache_dir=s.cache_dir,
+            )
+    except KeyboardInterrupt:
+        return 130
+    if s.json and s.events != "json":
+        sys.stdout.write(json.dumps(result.as_dict(), indent=2) + "\n")
+    return 0
+
+
+def dry_run(
+    console: Console,
+    plan: RenderPlan,
+    tasks: list[ImageTask],
+    s: RenderSettings,
+    shard: tuple[int, int] | None,
+) -> int:
+    """Print the images the run would render (and which are up to date); render nothing."""
+    mode = render_mode(plan, s.adapters)
+    manifest = open_manifest(plan, Path(s.out), mode, shard)
+    out_root = Path(s.out).resolve()
+    rows = [
+        (t, "up to date" if not s.force and is_up_to_date(t, manifest, out_root) else "render")
+        for t in tasks
+    ]
+    if s.json or s.events == "json":
+        data = [
+            {
+                "job": t.job.id,
+                "scene": t.job.scene,
+                "seed": t.seed,
+                "path": str(t.path),
+                "status": status,
+                "key": t.key,
+            }
+            for t, status in rows
+        ]
+        print(json.dumps({"mode": mode, "merge_key": weights_key(plan, mode), "images": data}))
+        return 0
+    table = Table(title=f"{len(tasks)} image(s), mode {mode}", show_lines=False)
+    for col in ("job", "scene", "seed", "size", "steps", "sampler", "status"):
+        table.add_column(col, no_wrap=True)
+    table.add_column("path", overflow="fold", min_width=16)
+    for t, status in rows:
+        j = t.job
+        table.add_row(
+            j.id[:8],
+            j.scene,
+            str(t.seed),
+            f"{j.width}x{j.height}",
+            str(j.steps),
+            j.sampler,
+            status,
+            str(t.path.relative_to(out_root)),
+        )
+    console.print(table)
+    return 0
