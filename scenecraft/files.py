@@ -152,3 +152,36 @@ def os_reason(exc: BaseException) -> str:
     """An OSError in words: its strerror (``No space left on device``), else its text."""
     reason = getattr(exc, "strerror", None)
     return str(reason) if reason else f"{type(exc).__name__}: {exc}"
+
+
+# ------------------------------------------------------------------------------ pickles
+
+_TORCH_BOILERPLATE = (
+    "Weights only load failed",
+    "Check the documentation of torch.load",
+    "Please file an issue",
+    "(1) ",
+    "(2) ",
+    "In PyTorch 2.6",
+    "Re-running `torch.load`",
+)
+
+
+def load_error_note(exc: BaseException, limit: int = 240) -> str:
+    """One whole sentence saying why ``torch.load(weights_only=True)`` refused a file.
+
+    torch's message opens with advice to load the file unsafely; that part is dropped and the
+    line naming what the pickle wanted (``unsupported GLOBAL posix.system``) is kept. Cut at a
+    word boundary when long, never mid-sentence without an ellipsis.
+    """
+    text = str(exc)
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    kept = [ln for ln in lines if not ln.startswith(_TORCH_BOILERPLATE)]
+    if "Weights only load failed" in text:
+        reason = kept[0] if kept else "it holds objects other than tensors"
+        note = f"the file is a pickle that needs code to load, which scenecraft refuses: {reason}"
+    else:
+        note = f"{type(exc).__name__}: {kept[0] if kept else text.strip()}"
+    if len(note) > limit:
+        note = note[:limit].rsplit(" ", 1)[0] + " …"
+    return note

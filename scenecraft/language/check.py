@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from scenecraft.diagnostics import Collector, Diagnostic, DiagnosticError, Label, did_you_mean
+from scenecraft.files import path_problem
 from scenecraft.language import nodes as n
 from scenecraft.language import schema
 from scenecraft.language.check_scene import SceneBody, check_scene_body
@@ -302,9 +303,11 @@ class Checker:
         if is_file(path):
             return str(path), False
         code = "lora-not-found" if what == "lora" else "file-not-found"
+        problem = path_problem(path)
+        state = "does not exist" if problem in (None, "missing") else f"is {problem}, not a file"
         diag = Diagnostic(
             code,
-            f"{what} file `{value.value}` of concept `{concept}` does not exist",
+            f"{what} file `{value.value}` of concept `{concept}` {state}",
             value.span,
             severity="warning" if self.allow_missing else "error",
             label="no such file",
