@@ -28,12 +28,17 @@ class Loaded:
 
 
 def load(
-    path: str | Path, vars: dict[str, Any] | None = None, *, allow_missing: bool = True
+    path: str | Path,
+    vars: dict[str, Any] | None = None,
+    *,
+    allow_missing: bool = True,
+    max_jobs: int | None = None,
 ) -> Loaded:
     """Read, parse, check and compile ``path``; raises DiagnosticError on any error.
 
     ``allow_missing`` turns missing LoRA files into warnings (enough to check or compile);
-    merging and rendering load with ``allow_missing=False``.
+    merging and rendering load with ``allow_missing=False``. ``max_jobs`` overrides the cap on
+    images per plan (`scenecraft.language.compiler.MAX_JOBS`).
     """
     program = load_program(path, vars)
     checked = check(program, allow_missing=allow_missing)
@@ -43,6 +48,7 @@ def load(
         source_text=main.scene_text,
         template_vars=dict(vars or {}) if main.rendered else {},
         rendered_source=main.rendered.text if main.rendered else None,
+        max_jobs=max_jobs,
     )
     return Loaded(
         path=Path(path),

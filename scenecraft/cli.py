@@ -33,6 +33,13 @@ def _add_source_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--vars", action="append", default=[], metavar="FILE", help="variables from .toml/.json"
     )
+    p.add_argument(
+        "--max-jobs",
+        type=int,
+        default=None,
+        metavar="N",
+        help="allow up to N images per file (default 100000)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -124,7 +131,7 @@ def cmd_check(args: argparse.Namespace, out: _Output) -> int:
     failed = False
     for f in args.files:
         try:
-            loaded = load(f, variables(args), allow_missing=not args.strict)
+            loaded = load(f, variables(args), allow_missing=not args.strict, max_jobs=args.max_jobs)
             out.sources.update(loaded.sources)
             found.extend(loaded.warnings)
         except DiagnosticError as exc:
@@ -155,7 +162,7 @@ def _collect_sources(exc: DiagnosticError, out: _Output) -> None:
 def cmd_compile(args: argparse.Namespace, out: _Output) -> int:
     from scenecraft.api import load
 
-    loaded = load(args.file, variables(args))
+    loaded = load(args.file, variables(args), max_jobs=args.max_jobs)
     out.sources.update(loaded.sources)
     out.show(loaded.warnings)
     plan = loaded.plan
@@ -218,7 +225,12 @@ def cmd_engine(args: argparse.Namespace, out: _Output) -> int:
     from scenecraft.api import load
 
     # a dry run only lists jobs, so drafts with missing LoRA files are fine there
-    loaded = load(args.file, variables(args), allow_missing=bool(getattr(args, "dry_run", False)))
+    loaded = load(
+        args.file,
+        variables(args),
+        allow_missing=bool(getattr(args, "dry_run", False)),
+        max_jobs=args.max_jobs,
+    )
     out.sources.update(loaded.sources)
     out.show(loaded.warnings)
     return int(_import(args._module).run(args, loaded))
