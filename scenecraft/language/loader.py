@@ -18,7 +18,7 @@ from scenecraft.language.parser import parse
 from scenecraft.language.templating import Rendered, is_template, render_template
 
 MAX_FILE_BYTES = 4 * 1024 * 1024
-MAX_INCLUDE_DEPTH = 32  # includes nested deeper than this are `include-too-deep`
+MAX_INCLUDE_DEPTH = 16  # includes nested deeper than this are `include-too-deep`
 
 
 @dataclass
@@ -215,7 +215,7 @@ def _resolve_includes(
             )
         if target in seen:
             continue
-        if len(stack) >= MAX_INCLUDE_DEPTH:
+        if len(stack) > MAX_INCLUDE_DEPTH:
             raise remap_all(
                 DiagnosticError(
                     [

@@ -59,10 +59,11 @@ VARS_FILE_BYTES = 4 * 1024 * 1024  # a --vars file
 class TemplateLimit(Exception):
     """A template exceeded one of the bounds above (raised inside the rendering)."""
 
-    def __init__(self, what: str, help: str) -> None:
+    def __init__(self, what: str, help: str, line: int | None = None) -> None:
         super().__init__(what)
         self.what = what
         self.help = help
+        self.line = line  # the template line, when the traceback cannot tell it
 
 
 class _Budget:
@@ -310,9 +311,11 @@ def _render_bounded(template: jinja2.Template, env: _BoundedEnvironment, variabl
         for chunk in template.generate(**variables):
             size += len(chunk)
             if size > MAX_OUTPUT_CHARS:
+                marks = _MARK_RE.findall(chunk) or _MARK_RE.findall("".join(parts[-64:]))
                 raise TemplateLimit(
                     f"the template's output is larger than {MAX_OUTPUT_CHARS // (1024 * 1024)} MiB",
                     "generate fewer scenes per file, or split the template",
+                    line=int(marks[-1]) if marks else None,
                 )
             parts.append(chunk)
             budget.tick()
@@ -404,7 +407,7 @@ def render_template(text: str, file: str, variables: dict[str, Any]) -> Rendered
             template = env.from_string(text)  # markers can break a multi-line tag; map to line 1
         out = _render_bounded(template, env, variables)
     except TemplateLimit as exc:
-        line = _template_line(sys.exc_info()[2], file) or 1
+        line = exc.line or _template_line(sys.exc_info()[2], file) or 1
         raise DiagnosticError(
             [
                 Diagnostic(
