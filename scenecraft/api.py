@@ -11,7 +11,7 @@ from typing import Any
 
 from scenecraft.diagnostics import Diagnostic
 from scenecraft.language.check import Checked, check
-from scenecraft.language.compiler import compile_plan
+from scenecraft.language.compiler import MAX_JOBS, compile_plan
 from scenecraft.language.loader import load_program
 from scenecraft.plan import RenderPlan
 
@@ -41,7 +41,8 @@ def load(
     images per plan (`scenecraft.language.compiler.MAX_JOBS`).
     """
     program = load_program(path, vars)
-    checked = check(program, allow_missing=allow_missing)
+    cap = MAX_JOBS if max_jobs is None else max_jobs
+    checked = check(program, allow_missing=allow_missing, max_images=cap)
     main = program.sources[str(path)]
     plan, warnings = compile_plan(
         checked,

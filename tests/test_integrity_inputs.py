@@ -91,7 +91,7 @@ def test_oversized_scene_file_is_refused_without_reading_it_all(tmp_path: Path) 
         f.truncate(MAX_FILE_BYTES * 64)  # sparse: 256 MiB that cost no disk
     with pytest.raises(DiagnosticError) as exc:
         read_text(path, "huge.scene")
-    assert codes(exc) == ["unreadable-file"] and "4 MiB" in exc.value.diagnostics[0].message
+    assert codes(exc) == ["unreadable-file"] and "2 MiB" in exc.value.diagnostics[0].message
 
 
 def test_include_of_a_device_and_of_a_symlink_loop(tmp_path: Path) -> None:
@@ -174,9 +174,25 @@ def test_job_cap_counts_before_expanding(tmp_path: Path) -> None:
     scenes = "".join(f"scene s{i} {{\n  ziggy\n  seeds 0..9999\n}}\n" for i in range(11))
     err = fail(tmp_path, HEAD + scenes)
     [d] = err.diagnostics
-    assert d.code == "too-many-jobs" and "110,000 images" in d.message and "100,000" in d.message
+    # the checker stops at the scene that passes the cap: nothing more is held in memory
+    assert d.code == "too-many-jobs" and "more than 100,000 images" in d.message
+    assert "at least 110,000 up to scene `s10`" in d.message
     loaded = load(tmp_path / "x.scene", max_jobs=110_000)
     assert len(loaded.plan.jobs) == 110_000
+
+
+def test_compiler_states_the_exact_count(tmp_path: Path) -> None:
+    from scenecraft.language.check import check
+    from scenecraft.language.compiler import compile_plan
+    from scenecraft.language.loader import load_program
+
+    path = tmp_path / "x.scene"
+    path.write_text(HEAD + "scene s {\n  ziggy\n  seeds 1..30\n}\n", encoding="utf-8")
+    checked = check(load_program(path))
+    with pytest.raises(DiagnosticError) as exc:
+        compile_plan(checked, source_text="", max_jobs=29)
+    [d] = exc.value.diagnostics
+    assert d.code == "too-many-jobs" and "asks for 30 images in all (at most 29" in d.message
 
 
 def test_job_cap_flag_on_the_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -17,7 +17,7 @@ from scenecraft.language import nodes as n
 from scenecraft.language.parser import parse
 from scenecraft.language.templating import Rendered, is_template, render_template
 
-MAX_FILE_BYTES = 4 * 1024 * 1024
+MAX_FILE_BYTES = 2 * 1024 * 1024  # parsing costs ~170 bytes of memory per byte of text
 MAX_INCLUDE_DEPTH = 16  # includes nested deeper than this are `include-too-deep`
 
 
@@ -65,7 +65,7 @@ def is_file(path: Path) -> bool:
 
 
 def read_text(path: Path, name: str, span: Span | None = None) -> str:
-    """A scene file's text: a regular file of at most 4 MiB (never more is read), UTF-8."""
+    """A scene file's text: a regular file of at most 2 MiB (never more is read), UTF-8."""
     try:
         data = read_capped(path, MAX_FILE_BYTES)
     except FileNotFoundError:
@@ -95,7 +95,9 @@ def read_text(path: Path, name: str, span: Span | None = None) -> str:
         raise DiagnosticError(
             [
                 Diagnostic(
-                    "unreadable-file", f"`{name}` is larger than 4 MiB; not a scene file", span
+                    "unreadable-file",
+                    f"`{name}` is larger than {MAX_FILE_BYTES // (1024 * 1024)} MiB; not a scene file",
+                    span,
                 )
             ]
         ) from None

@@ -47,7 +47,7 @@ class Rendered:
 
 # ------------------------------------------------------------------------------- bounds
 # A template runs user code; these bound what it may cost (docs/errors.md, `template-limit`).
-MAX_OUTPUT_CHARS = 4 * 1024 * 1024  # the rendered text, like a hand-written file (loader cap)
+MAX_OUTPUT_CHARS = 2 * 1024 * 1024  # the rendered text, like a hand-written file (loader cap)
 MAX_SEQUENCE = 1_000_000  # a string or list built by `*`, a filter or a method, in items
 MAX_RANGE_ITEMS = 1_000_000  # items produced by every `range` of one rendering, together
 MAX_SECONDS = 10.0  # wall time of one rendering
