@@ -389,7 +389,7 @@ class Manifest:
         old, images = _read_images(path)
         theirs, ours = old.get("plan_file"), header.get("plan_file")
         if isinstance(theirs, str) and isinstance(ours, str):
-            if Path(theirs).name != Path(ours).name:
+            if Path(theirs).stem != Path(ours).stem:  # `x.scene` -> `x.j2` is the same output
                 raise error(
                     "output-path-collision",
                     f"scene files `{Path(theirs).name}` and `{Path(ours).name}` would both "
