@@ -245,3 +245,25 @@ def test_make_job_paths_are_distinct_for_distinct_seeds(tmp_path: Path) -> None:
     jobs = [make_job("solo", s, "p") for s in (1, 2)]
     paths = {outputs.image_path(tmp_path, j, "") for j in jobs}
     assert len(paths) == 2
+
+
+def _render_only(out: str, scene: str) -> None:
+    import torch
+
+    torch.set_num_threads(1)
+    render(make_plan(scenes=("duo", "solo"), seeds=(1, 2, 3)), out, pipe=tiny_pipe(), only=[scene])
+
+
+def test_two_renders_with_different_only_into_one_out(tmp_path: Path) -> None:
+    tiny_pipe()  # built once, shared by the forked children
+    ctx = multiprocessing.get_context("fork")
+    procs = [ctx.Process(target=_render_only, args=(str(tmp_path), s)) for s in ("duo", "solo")]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(300)
+    assert [p.exitcode for p in procs] == [0, 0]
+    images = _manifest(tmp_path)["images"]
+    assert sorted(images) == [f"story/{s}/{n}.png" for s in ("duo", "solo") for n in (1, 2, 3)]
+    again = render(make_plan(scenes=("duo", "solo"), seeds=(1, 2, 3)), tmp_path, pipe=tiny_pipe())
+    assert len(again.skipped) == 6 and not again.written
