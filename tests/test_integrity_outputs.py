@@ -267,3 +267,19 @@ def test_two_renders_with_different_only_into_one_out(tmp_path: Path) -> None:
     assert sorted(images) == [f"story/{s}/{n}.png" for s in ("duo", "solo") for n in (1, 2, 3)]
     again = render(make_plan(scenes=("duo", "solo"), seeds=(1, 2, 3)), tmp_path, pipe=tiny_pipe())
     assert len(again.skipped) == 6 and not again.written
+
+
+def test_memoised_confinement_still_catches_symlinks_out(tmp_path: Path) -> None:
+    from scenecraft.render.outputs import confined
+
+    outside = tmp_path.parent / f"{tmp_path.name}-out"
+    outside.mkdir()
+    (tmp_path / "story").mkdir()
+    os.symlink(outside, tmp_path / "link")  # a folder leading out
+    os.symlink(outside / "x.png", tmp_path / "story" / "1.png")  # a final file leading out
+    memo: dict[tuple[str, ...], Path] = {}
+    assert confined(tmp_path, "story", "2.png", memo=memo) == tmp_path.resolve() / "story/2.png"
+    for parts in (("link", "1.png"), ("story", "1.png")):
+        with pytest.raises(DiagnosticError) as exc:
+            confined(tmp_path, *parts, memo=memo)
+        assert exc.value.diagnostics[0].code == "unsafe-output-path"

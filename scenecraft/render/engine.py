@@ -130,9 +130,10 @@ def plan_images(
     wkey = weights_key(plan, mode)
     suffix = ".adapters" if adapters else ""
     tasks = []
+    memo: dict[tuple[str, ...], Path] = {}  # resolved folders, for this pass only
     for job in select_jobs(plan, only, shard):
         sampler_def(job.sampler)  # unknown samplers fail before any work
-        path = image_path(out, job, suffix)
+        path = image_path(out, job, suffix, memo)
         key = image_key(job, job.index, wkey, mode)
         tasks.append(ImageTask(job, job.index, generator_seed(job), path, key))
     check_unique_paths(_output_sources(plan, out, tasks, suffix))  # before anything renders

@@ -64,21 +64,50 @@ def safe_name(name: str, max_len: int = 80) -> str:
     return text
 
 
-def confined(root: Path, *parts: str) -> Path:
-    """``root / parts`` (each part sanitised) checked to resolve inside ``root``."""
-    base = root.resolve()
-    path = base.joinpath(*(safe_name(p) for p in parts))
-    resolved = path.resolve()
-    if resolved != base and base not in resolved.parents:
-        raise error(
-            "unsafe-output-path",
-            f"output path `{path}` resolves outside the output folder `{base}`",
-            help="remove the symlink that points outside the output folder, or choose another --out",
-        )
+def _outside(path: Path, base: Path) -> DiagnosticError:
+    return error(
+        "unsafe-output-path",
+        f"output path `{path}` resolves outside the output folder `{base}`",
+        help="remove the symlink that points outside the output folder, or choose another --out",
+    )
+
+
+def _inside(resolved: Path, base: Path) -> bool:
+    return resolved == base or base in resolved.parents
+
+
+def confined(root: Path, *parts: str, memo: dict[tuple[str, ...], Path] | None = None) -> Path:
+    """``root / parts`` (each part sanitised) checked to resolve inside ``root``.
+
+    ``memo`` (one dict per planning pass) keeps resolved folders, so 20,000 images in a few
+    folders cost one ``lstat`` each instead of two full resolutions; a final component that is
+    a symlink is still resolved and checked.
+    """
+    names = [safe_name(p) for p in parts]
+    if memo is None:
+        base = root.resolve()
+        path = base.joinpath(*names)
+        if not _inside(path.resolve(), base):
+            raise _outside(path, base)
+        return path
+    root_key = (str(root),)
+    base = memo.get(root_key) or memo.setdefault(root_key, root.resolve())
+    folder_key = (*root_key, *names[:-1])
+    folder = memo.get(folder_key)
+    if folder is None:
+        folder = base.joinpath(*names[:-1]).resolve()
+        if not _inside(folder, base):
+            raise _outside(base.joinpath(*names), base)
+        memo[folder_key] = folder
+    path = base.joinpath(*names)
+    if os.path.islink(path) and not _inside(path.resolve(), base):
+        raise _outside(path, base)
     return path
 
 
-def image_path(out_dir: Path, job: RenderJob, suffix: str) -> Path:
+def image_path(
+    out_dir: Path, job: RenderJob, suffix: str, memo: dict[tuple[str, ...], Path] | None = None
+) -> Path:
     """Where ``job``'s image goes (see the module docstring for the layout)."""
     stem = Path(job.file).stem or "scene"
     if job.storyboard is not None:
@@ -87,7 +116,7 @@ def image_path(out_dir: Path, job: RenderJob, suffix: str) -> Path:
         folder = [stem, job.scene]
     # the extra images of a seed (images_per_seed > 1) are <seed>-2.png, <seed>-3.png, ...
     name = str(job.seed) if job.index == 0 else f"{job.seed}-{job.index + 1}"
-    return confined(out_dir, *folder, name + suffix + ".png")
+    return confined(out_dir, *folder, name + suffix + ".png", memo=memo)
 
 
 # ----------------------------------------------------------------------------- atomic writes
