@@ -252,28 +252,25 @@ def quarantine(entry: Path) -> Path | None:
 
 
 def _sweep_stale(root: Path) -> None:
-    """Remove temp folders left by runs that were killed (SIGKILL skips our cleanup), and
-    replaced or damaged entries moved aside."""
+    """Remove what killed runs left (SIGKILL skips our cleanup): temp folders after a day,
+    replaced (``.old-*``) and damaged (``.bad-*``) entries and memo temp files after an hour."""
     now = time.time()
-    for pattern, age in ((".tmp-*", _STALE_SECONDS), (".old-*", _STALE_OLD_SECONDS)):
-        for tmp in root.glob(pattern):
+    for pattern, age in (
+        (".tmp-*", _STALE_SECONDS),
+        (".old-*", _STALE_OLD_SECONDS),
+        (".bad-*", _STALE_OLD_SECONDS),
+        (".hashes-*", _STALE_OLD_SECONDS),
+    ):
+        for leftover in root.glob(pattern):
             try:
-                if now - tmp.stat().st_mtime > age:
-                    shutil.rmtree(tmp, ignore_errors=True)
+                if now - leftover.stat().st_mtime <= age:
+                    continue
+                if leftover.is_dir():
+                    shutil.rmtree(leftover, ignore_errors=True)
+                else:
+                    leftover.unlink()
             except OSError:
                 pass
-    for tmp in root.glob(".bad-*"):
-        try:
-            if now - tmp.stat().st_mtime > _STALE_OLD_SECONDS:
-                shutil.rmtree(tmp, ignore_errors=True)
-        except OSError:
-            pass
-    for tmp in root.glob(".hashes-*"):  # memo temp files of killed runs
-        try:
-            if now - tmp.stat().st_mtime > _STALE_OLD_SECONDS:
-                tmp.unlink()
-        except OSError:
-            pass
 
 
 def unwritable(root: Path, exc: BaseException) -> DiagnosticError:
