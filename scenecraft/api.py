@@ -11,7 +11,7 @@ from typing import Any
 
 from scenecraft.diagnostics import Diagnostic
 from scenecraft.language.check import Checked, check
-from scenecraft.language.compiler import compile_plan
+from scenecraft.language.compiler import MAX_JOBS, compile_plan
 from scenecraft.language.loader import load_program
 from scenecraft.plan import RenderPlan
 
@@ -28,21 +28,28 @@ class Loaded:
 
 
 def load(
-    path: str | Path, vars: dict[str, Any] | None = None, *, allow_missing: bool = True
+    path: str | Path,
+    vars: dict[str, Any] | None = None,
+    *,
+    allow_missing: bool = True,
+    max_jobs: int | None = None,
 ) -> Loaded:
     """Read, parse, check and compile ``path``; raises DiagnosticError on any error.
 
     ``allow_missing`` turns missing LoRA files into warnings (enough to check or compile);
-    merging and rendering load with ``allow_missing=False``.
+    merging and rendering load with ``allow_missing=False``. ``max_jobs`` overrides the cap on
+    images per plan (`scenecraft.language.compiler.MAX_JOBS`).
     """
     program = load_program(path, vars)
-    checked = check(program, allow_missing=allow_missing)
+    cap = MAX_JOBS if max_jobs is None else max_jobs
+    checked = check(program, allow_missing=allow_missing, max_images=cap)
     main = program.sources[str(path)]
     plan, warnings = compile_plan(
         checked,
         source_text=main.scene_text,
         template_vars=dict(vars or {}) if main.rendered else {},
         rendered_source=main.rendered.text if main.rendered else None,
+        max_jobs=max_jobs,
     )
     return Loaded(
         path=Path(path),

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from scenecraft.diagnostics import DiagnosticError, did_you_mean, error
+from scenecraft.files import load_error_note, path_problem
 from scenecraft.names import FAMILY_BY_CROSS_DIM
 from scenecraft.plan import BaseModelSpec, Family, stable_hash
 
@@ -158,18 +159,33 @@ def family_from_state_dict(shapes: dict[str, tuple[int, ...]]) -> Family | None:
 
 def read_checkpoint_shapes(path: Path) -> dict[str, tuple[int, ...]]:
     """Key -> shape of a single-file checkpoint, without loading tensors where possible."""
+    problem = path_problem(path)
+    if problem is not None:
+        raise error(
+            "unreadable-checkpoint",
+            f"cannot read base model `{path}`: it is {problem}",
+            help="point `base` at a .safetensors/.ckpt file or a diffusers folder",
+        )
     if path.suffix == ".safetensors":
         from safetensors import safe_open
 
-        with safe_open(str(path), framework="pt") as f:
-            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118
+        except Exception as exc:  # truncated header, garbage, I/O errors
+            raise error(
+                "unreadable-checkpoint",
+                f"cannot read `{path}`: it is truncated or not a safetensors file",
+                notes=(f"{type(exc).__name__}: {str(exc)[:200]}",),
+                help="download or export the model again",
+            ) from None
     try:
         data = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
     except Exception as exc:  # pickles with code in them are refused by weights_only
         raise error(
             "unreadable-checkpoint",
             f"cannot read `{path}` as a weights-only checkpoint",
-            notes=(str(exc).splitlines()[0][:200],),
+            notes=(load_error_note(exc),),
             help="convert it to .safetensors; scenecraft never unpickles code from checkpoints",
         ) from None
     state = data.get("state_dict", data) if isinstance(data, dict) else {}
@@ -228,6 +244,13 @@ def load_pipeline(
     dev = device if isinstance(device, torch.device) else choose_device(device)
     torch_dtype = choose_dtype(dev, dtype)
     path = Path(base.source).expanduser()
+    problem = path_problem(path)
+    if problem not in (None, "missing", "a folder"):  # a symlink loop, FIFO, device, ...
+        raise error(
+            "model-not-found",
+            f"base model `{base.source}` cannot be read: it is {problem}",
+            help="give the path of a diffusers folder or a .safetensors/.ckpt file",
+        )
     with warnings.catch_warnings():  # newer diffusers renamed torch_dtype; older lack `dtype`
         warnings.filterwarnings("ignore", message=".*torch_dtype.*", category=FutureWarning)
         if path.exists():

@@ -29,6 +29,13 @@ def _source_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--vars", action="append", default=[], metavar="FILE", help="variables from .toml/.json"
     )
+    p.add_argument(
+        "--max-jobs",
+        type=int,
+        default=None,
+        metavar="N",
+        help="allow up to N images per file (default 100000)",
+    )
 
 
 def _engine_args(p: argparse.ArgumentParser, *, what: str) -> None:

@@ -24,7 +24,7 @@ def cmd_check(args: argparse.Namespace, out: Output) -> int:
     failed = False
     for f in args.files:
         try:
-            loaded = load(f, variables(args), allow_missing=not args.strict)
+            loaded = load(f, variables(args), allow_missing=not args.strict, max_jobs=args.max_jobs)
             out.sources.update(loaded.sources)
             found.extend(loaded.warnings)
         except DiagnosticError as exc:
@@ -42,7 +42,7 @@ def cmd_check(args: argparse.Namespace, out: Output) -> int:
 
 
 def cmd_compile(args: argparse.Namespace, out: Output) -> int:
-    loaded = load(args.file, variables(args))
+    loaded = load(args.file, variables(args), max_jobs=args.max_jobs)
     out.sources.update(loaded.sources)
     out.show(loaded.warnings)
     plan = loaded.plan
@@ -86,7 +86,7 @@ def cmd_fmt(args: argparse.Namespace, out: Output) -> int:
 
 
 def cmd_layout(args: argparse.Namespace, out: Output) -> int:
-    loaded = load(args.file, variables(args))
+    loaded = load(args.file, variables(args), max_jobs=args.max_jobs)
     out.sources.update(loaded.sources)
     out.show(loaded.warnings)
     for path in write_sketches(loaded.plan, args.out, args.only):

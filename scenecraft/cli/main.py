@@ -20,7 +20,7 @@ from scenecraft.diagnostics import DiagnosticError, to_json
 
 
 def _load(args: argparse.Namespace, out: Output, *, allow_missing: bool) -> Loaded:
-    loaded = load(args.file, variables(args), allow_missing=allow_missing)
+    loaded = load(args.file, variables(args), allow_missing=allow_missing, max_jobs=args.max_jobs)
     out.sources.update(loaded.sources)
     out.show(loaded.warnings)
     return loaded

@@ -28,6 +28,7 @@ from scenecraft.render.engine import (
     weights_key,
 )
 from scenecraft.render.selection import parse_shard
+from scenecraft.ui.plan import MAX_ROWS
 from scenecraft.ui.progress import progress_reporter
 
 
@@ -99,6 +100,8 @@ def dry_run(
         print(json.dumps({"mode": mode, "merge_key": weights_key(plan, mode), "images": data}))
         return 0
     table = Table(title=f"{len(tasks)} image(s), mode {mode}", show_lines=False)
+    if len(rows) > MAX_ROWS:  # one row per scene: Rich takes a minute for 20,000 rows
+        return _dry_run_summary(console, table, rows, out_root)
     for col in ("job", "scene", "seed", "size", "steps", "sampler", "status"):
         table.add_column(col, no_wrap=True)
     table.add_column("path", overflow="fold", min_width=16)
@@ -115,4 +118,30 @@ def dry_run(
             str(t.path.relative_to(out_root)),
         )
     console.print(table)
+    return 0
+
+
+def _dry_run_summary(
+    console: Console, table: Table, rows: list[tuple[ImageTask, str]], out_root: Any
+) -> int:
+    from scenecraft.ui.plan import by_scene, seed_ranges
+
+    for col in ("scene", "seeds", "size", "steps", "sampler", "render", "up to date"):
+        table.add_column(col, no_wrap=True)
+    table.add_column("folder", overflow="fold", min_width=16)
+    for group in by_scene(rows, lambda row: row[0].job).values():
+        j = group[0][0].job
+        todo = sum(1 for _, status in group if status == "render")
+        table.add_row(
+            j.scene,
+            seed_ranges([t.seed for t, _ in group]),
+            f"{j.width}x{j.height}",
+            str(j.steps),
+            j.sampler,
+            str(todo),
+            str(len(group) - todo),
+            str(group[0][0].path.parent.relative_to(out_root)),
+        )
+    console.print(table)
+    console.print("[dim]one row per scene; `--json` lists every image[/]")
     return 0

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from scenecraft.diagnostics import Collector, Diagnostic, DiagnosticError, Label, did_you_mean
+from scenecraft.files import path_problem
 from scenecraft.language import nodes as n
 from scenecraft.language import schema
 from scenecraft.language.check_scene import SceneBody, check_scene_body
@@ -116,9 +117,13 @@ def _base_dir(node: n.Node) -> Path:
 
 
 class Checker:
-    def __init__(self, program: Program, allow_missing: bool) -> None:
+    def __init__(
+        self, program: Program, allow_missing: bool, max_images: int | None = None
+    ) -> None:
         self.program = program
         self.allow_missing = allow_missing
+        self.max_images = max_images  # stop at once past this many images (memory stays bounded)
+        self.images = 0
         self.c = Collector()
         self.concepts: dict[str, ConceptInfo] = {}
         self.scenes: dict[str, SceneInfo] = {}
@@ -286,9 +291,11 @@ class Checker:
         if is_file(path):
             return str(path), False
         code = "lora-not-found" if what == "lora" else "file-not-found"
+        problem = path_problem(path)
+        state = "does not exist" if problem in (None, "missing") else f"is {problem}, not a file"
         diag = Diagnostic(
             code,
-            f"{what} file `{value.value}` of concept `{concept}` does not exist",
+            f"{what} file `{value.value}` of concept `{concept}` {state}",
             value.span,
             severity="warning" if self.allow_missing else "error",
             label="no such file",
@@ -375,6 +382,21 @@ class Checker:
                 item.name.span if item.name.name else item.span,
                 help="use fewer seeds or a smaller `images_per_seed`",
             )
+        self.images += images
+        if self.max_images is not None and self.images > self.max_images:
+            raise DiagnosticError(  # now: checking on would hold every scene's seeds in memory
+                [
+                    Diagnostic(
+                        "too-many-jobs",
+                        f"the file asks for more than {self.max_images:,} images (at least "
+                        f"{self.images:,} up to scene `{name}`)",
+                        item.name.span if item.name.name else item.span,
+                        label="the cap is passed here",
+                        help="render fewer scenes or seeds per file, or raise the cap with "
+                        "`--max-jobs N`",
+                    )
+                ]
+            )
         return SceneInfo(name, item, body, storyboard)
 
     def check_storyboards(self) -> dict[str, StoryboardInfo]:
@@ -453,9 +475,14 @@ class Checker:
                 )
 
 
-def check(program: Program, *, allow_missing: bool = True) -> Checked:
-    """Check a loaded program; raises DiagnosticError with every error (mapped to templates)."""
-    checker = Checker(program, allow_missing)
+def check(
+    program: Program, *, allow_missing: bool = True, max_images: int | None = None
+) -> Checked:
+    """Check a loaded program; raises DiagnosticError with every error (mapped to templates).
+
+    ``max_images`` stops the check with `too-many-jobs` as soon as the scenes ask for more.
+    """
+    checker = Checker(program, allow_missing, max_images)
     try:
         checked = checker.run()
     except DiagnosticError as exc:

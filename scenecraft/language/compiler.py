@@ -14,12 +14,14 @@ from typing import Any
 
 from scenecraft import layout
 from scenecraft import plan as p
-from scenecraft.diagnostics import Diagnostic
+from scenecraft.diagnostics import Diagnostic, DiagnosticError
 from scenecraft.language import nodes as n
 from scenecraft.language.check import Checked, ConceptInfo, SceneInfo
 from scenecraft.prompts import SceneText, Subject, alone, anonymous, scene_prompt
 
 CLIP_WINDOW = 77
+MAX_JOBS = 100_000  # images per plan; `--max-jobs N` raises it (`too-many-jobs`)
+MAX_SEED = 2**32 - 1  # generator seeds are 32-bit: image n of seed s uses s + n
 # CLIP's pre-tokenizer: words, single digits, runs of punctuation.
 _WORDS = re.compile(
     r"<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[^\W\d_]+|\d|[^\s\w]+"
@@ -316,14 +318,55 @@ def used_concepts(checked: Checked) -> list[str]:
     return [c for c in checked.concepts if c in used]
 
 
+def check_image_bounds(checked: Checked, max_jobs: int) -> None:
+    """Before any job exists: every seed s + n fits 32 bits, and the plan's images <= max_jobs."""
+    errors: list[Diagnostic] = []
+    total = 0
+    largest: tuple[int, SceneInfo] | None = None
+    for scene in checked.scenes.values():
+        settings = {**checked.defaults, **scene.settings}
+        seeds, per_seed = settings["seeds"], settings["images_per_seed"]
+        anchor = scene.node.name if scene.node.name.name else scene.node
+        if seeds and max(seeds) + per_seed - 1 > MAX_SEED:
+            errors.append(
+                Diagnostic(
+                    "value-out-of-range",
+                    f"scene `{scene.name}` renders seed {max(seeds) + per_seed - 1}: with "
+                    f"`images_per_seed {per_seed}`, image n of seed s uses seed s + n, and "
+                    f"seeds must be in [0, {MAX_SEED}]",
+                    anchor.span,
+                    help=f"use seeds up to {MAX_SEED - per_seed + 1}",
+                )
+            )
+        images = len(seeds) * per_seed
+        total += images
+        if largest is None or images > largest[0]:
+            largest = (images, scene)
+    if total > max_jobs and largest is not None:
+        anchor = largest[1].node.name if largest[1].node.name.name else largest[1].node
+        errors.append(
+            Diagnostic(
+                "too-many-jobs",
+                f"the file asks for {total:,} images in all (at most {max_jobs:,} per plan)",
+                anchor.span,
+                label=f"the largest scene: {largest[0]:,} images",
+                help="render fewer scenes or seeds per file, or raise the cap with `--max-jobs N`",
+            )
+        )
+    if errors:
+        raise DiagnosticError(errors)
+
+
 def compile_plan(
     checked: Checked,
     *,
     source_text: str,
     template_vars: dict[str, Any] | None = None,
     rendered_source: str | None = None,
+    max_jobs: int | None = None,
 ) -> tuple[p.RenderPlan, list[Diagnostic]]:
     """The RenderPlan of a checked program, plus compile-time warnings."""
+    check_image_bounds(checked, MAX_JOBS if max_jobs is None else max_jobs)
     warnings: list[Diagnostic] = []
     merge = merge_spec(checked, used_concepts(checked))
     jobs: list[p.RenderJob] = []

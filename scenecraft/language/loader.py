@@ -12,11 +12,13 @@ from pathlib import Path
 from typing import Any
 
 from scenecraft.diagnostics import Diagnostic, DiagnosticError, Label, Span
+from scenecraft.files import NotARegularFile, TooLarge, read_capped
 from scenecraft.language import nodes as n
 from scenecraft.language.parser import parse
 from scenecraft.language.templating import Rendered, is_template, render_template
 
-MAX_FILE_BYTES = 4 * 1024 * 1024
+MAX_FILE_BYTES = 2 * 1024 * 1024  # parsing costs ~170 bytes of memory per byte of text
+MAX_INCLUDE_DEPTH = 16  # includes nested deeper than this are `include-too-deep`
 
 
 @dataclass
@@ -50,7 +52,7 @@ def resolve_path(base: Path, written: str) -> Path:
     """``base / written`` made absolute; a name the OS cannot use (NUL, too long) stays as is."""
     try:
         return (base / written).resolve()
-    except (OSError, ValueError):
+    except (OSError, ValueError, RuntimeError):  # RuntimeError: a symlink loop (Python < 3.13)
         return (base / written).absolute()
 
 
@@ -63,8 +65,9 @@ def is_file(path: Path) -> bool:
 
 
 def read_text(path: Path, name: str, span: Span | None = None) -> str:
+    """A scene file's text: a regular file of at most 2 MiB (never more is read), UTF-8."""
     try:
-        data = path.read_bytes()
+        data = read_capped(path, MAX_FILE_BYTES)
     except FileNotFoundError:
         raise DiagnosticError(
             [
@@ -77,19 +80,32 @@ def read_text(path: Path, name: str, span: Span | None = None) -> str:
                 )
             ]
         ) from None
+    except NotARegularFile as exc:
+        raise DiagnosticError(
+            [
+                Diagnostic(
+                    "unreadable-file",
+                    f"cannot read `{name}`: {exc.strerror}",
+                    span,
+                    help="give the path of a scene file",
+                )
+            ]
+        ) from None
+    except TooLarge:
+        raise DiagnosticError(
+            [
+                Diagnostic(
+                    "unreadable-file",
+                    f"`{name}` is larger than {MAX_FILE_BYTES // (1024 * 1024)} MiB; not a scene file",
+                    span,
+                )
+            ]
+        ) from None
     except (OSError, ValueError) as exc:  # ValueError: a NUL in the name
         reason = getattr(exc, "strerror", None) or exc
         raise DiagnosticError(
             [Diagnostic("unreadable-file", f"cannot read `{name}`: {reason}", span)]
         ) from None
-    if len(data) > MAX_FILE_BYTES:
-        raise DiagnosticError(
-            [
-                Diagnostic(
-                    "unreadable-file", f"`{name}` is larger than 4 MiB; not a scene file", span
-                )
-            ]
-        )
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -201,6 +217,22 @@ def _resolve_includes(
             )
         if target in seen:
             continue
+        if len(stack) > MAX_INCLUDE_DEPTH:
+            raise remap_all(
+                DiagnosticError(
+                    [
+                        Diagnostic(
+                            "include-too-deep",
+                            f"includes are nested more than {MAX_INCLUDE_DEPTH} deep",
+                            item.span,
+                            label="this include is one level too deep",
+                            notes=(f"the chain starts at `{stack[0].name}`",),
+                            help="include the shared files from one file instead of in a chain",
+                        )
+                    ]
+                ),
+                program.sources,
+            )
         seen.add(target)
         name = _display_name(target, path, item.path.value)
         try:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Protocol
@@ -20,16 +20,18 @@ from typing import Any, Protocol
 import torch
 
 import scenecraft
-from scenecraft.diagnostics import Collector, error
-from scenecraft.events import MergeFinished, MergeStage, MergeStarted, Reporter, emit
+from scenecraft.diagnostics import Collector, DiagnosticError, error
+from scenecraft.events import MergeFinished, MergeStage, MergeStarted, Notice, Reporter, emit
 from scenecraft.merge.apply import APPLIED_ATTR, changed_deltas
 from scenecraft.merge.cache import (
     ENTRY_FORMAT,
     base_identity,
     cache_key,
     lookup,
+    quarantine,
     read_manifest,
     resolve_cache_dir,
+    verify_entry,
     write_entry,
 )
 from scenecraft.merge.engine import run_merge
@@ -115,6 +117,8 @@ def read_concepts(
 ) -> list[ConceptLoRA]:
     """Read and check every concept against ``pipe``; all errors are raised together."""
     index = ModuleIndex.from_pipe(pipe)
+    if index.family is None and spec.base.family:  # the scene file declares what the weights hide
+        index = replace(index, family=spec.base.family)
     collector = Collector()
     concepts: list[ConceptLoRA] = []
     for i, concept_spec in enumerate(spec.concepts):
@@ -244,8 +248,23 @@ def merge(
     emit(reporter, MergeStarted(spec.method, tuple(c.name for c in concepts), key))
     # 3. serve the cache
     entry = None if force else lookup(root, key)
+    manifest: dict[str, Any] | None = None
     if entry is not None:
-        manifest = read_manifest(entry)
+        try:
+            manifest = verify_entry(entry)  # checksums and finite values: never apply damage
+        except DiagnosticError as exc:
+            aside = quarantine(entry)
+            emit(
+                reporter,
+                Notice(
+                    "warning",
+                    f"{exc.diagnostics[0].message}; "
+                    + (f"moved aside to `{aside}`" if aside else "removed")
+                    + ", rebuilding the merge",
+                ),
+            )
+            entry = None
+    if entry is not None and manifest is not None:
         figures = manifest.get("figures", {})
         seconds = time.perf_counter() - start
         emit(reporter, MergeFinished(key, True, seconds, str(entry), figures))
@@ -264,15 +283,7 @@ def merge(
         embeddings.setdefault(component, {}).update(rows)
     seconds = time.perf_counter() - start
     manifest = _manifest(key, identity, concepts, outcome, deltas, embeddings, seconds)
-    try:
-        path = write_entry(root, key, deltas, embeddings, manifest)
-    except OSError as exc:
-        raise error(
-            "merge-cache-unwritable",
-            f"cannot write the merge to `{root}`",
-            notes=(f"{type(exc).__name__}: {exc}",),
-            help="pass a writable folder with `--cache-dir` or set SCENECRAFT_CACHE",
-        ) from None
+    path = write_entry(root, key, deltas, embeddings, manifest)  # merge-cache-unwritable
     emit(reporter, MergeStage("save", 1, 1))
     emit(
         reporter, MergeFinished(key, False, time.perf_counter() - start, str(path), outcome.figures)

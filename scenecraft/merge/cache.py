@@ -15,6 +15,13 @@ base's own dtype and device.
 Atomicity: an entry is built in ``<root>/.tmp-<key>-*`` and moved into place with one
 ``os.replace``; a crash or an exception leaves no ``<root>/<key>``. Readers treat a folder as an
 entry only if its manifest exists.
+
+Integrity: the manifest records the size and sha256 of both tensor files (``files``);
+`verify_entry` checks them (once per process for unchanged files) and that every ΔW* and
+embedding is finite. A damaged entry is never applied: `quarantine` moves it aside to
+``<root>/.bad-<key>-*`` and the merge is rebuilt (``scenecraft.merge.api.merge``). Leftovers of
+killed runs (``.tmp-*`` after a day, ``.old-*`` and ``.bad-*`` after an hour) are swept whenever
+an entry is written. Files and folders get the modes the umask gives.
 """
 
 from __future__ import annotations
@@ -30,8 +37,8 @@ from typing import Any
 
 import torch
 
-from scenecraft.diagnostics import error
-from scenecraft.files import atomic_write_text
+from scenecraft.diagnostics import DiagnosticError, error
+from scenecraft.files import atomic_write_text, disk_note, follow_umask, os_reason
 from scenecraft.merge.formats import sha256_file
 from scenecraft.plan import BaseModelSpec, stable_hash
 
@@ -39,9 +46,11 @@ CACHE_ENV = "SCENECRAFT_CACHE"  # overrides the cache folder (same meaning as --
 MANIFEST = "manifest.json"
 WEIGHTS = "weights.safetensors"
 EMBEDDINGS = "embeddings.safetensors"
-ENTRY_FORMAT = 1  # bumped when the layout above changes
+ENTRY_FORMAT = 2  # bumped when the layout above changes (2: checksums of the tensor files)
 _HASHES = "hashes.json"  # memo of file sha256 by (path, size, mtime)
 _STALE_SECONDS = 24 * 3600  # temp folders older than this are leftovers of killed runs
+_STALE_OLD_SECONDS = 3600  # replaced (.old-*) and damaged (.bad-*) entries older than this
+_VERIFIED: set[tuple[str, int, int, str]] = set()  # (file, size, mtime_ns, sha256) checked
 
 
 def default_cache_dir() -> Path:
@@ -150,14 +159,56 @@ def _flatten_embeddings(
     }
 
 
+def _invalid(entry: Path, what: str, *notes: str) -> DiagnosticError:
+    return error(
+        "merge-entry-invalid",
+        f"merge cache entry `{entry}` is damaged: {what}",
+        notes=notes,
+        help="run `scenecraft merge --force` to rebuild it",
+    )
+
+
+def _check_file(entry: Path, name: str, expected: Any) -> None:
+    """The file's size and sha256 against the manifest's record (hashed once per process)."""
+    path = entry / name
+    if not isinstance(expected, dict):
+        raise _invalid(entry, f"its manifest records no checksum for {name}")
+    try:
+        st = path.stat()
+    except OSError as exc:
+        raise _invalid(entry, f"{name} cannot be read ({os_reason(exc)})") from None
+    if st.st_size != expected.get("bytes"):
+        raise _invalid(
+            entry, f"{name} holds {st.st_size} bytes, its manifest says {expected.get('bytes')}"
+        )
+    memo = (str(path.resolve()), st.st_size, st.st_mtime_ns, str(expected.get("sha256")))
+    if memo in _VERIFIED:
+        return
+    try:
+        digest = sha256_file(path)
+    except OSError as exc:
+        raise _invalid(entry, f"{name} cannot be read ({os_reason(exc)})") from None
+    if digest != expected.get("sha256"):
+        raise _invalid(entry, f"the sha256 of {name} differs from its manifest's")
+    _VERIFIED.add(memo)
+
+
 def load_entry(
     entry: str | Path,
 ) -> tuple[dict[str, torch.Tensor], dict[str, dict[str, torch.Tensor]], dict[str, Any]]:
-    """(ΔW* by module path, embeddings component -> token -> (n, dim), manifest)."""
+    """(ΔW* by module path, embeddings component -> token -> (n, dim), manifest).
+
+    Verified: the tensor files' checksums match the manifest and every value is finite;
+    otherwise `merge-entry-invalid`.
+    """
     from safetensors.torch import load_file
 
     entry = Path(entry)
     manifest = read_manifest(entry)
+    recorded = manifest.get("files")
+    files: dict[str, Any] = recorded if isinstance(recorded, dict) else {}
+    for name in (WEIGHTS, EMBEDDINGS):
+        _check_file(entry, name, files.get(name))
     try:
         deltas = dict(load_file(str(entry / WEIGHTS)))
         flat = dict(load_file(str(entry / EMBEDDINGS)))
@@ -168,6 +219,9 @@ def load_entry(
             notes=(f"{type(exc).__name__}: {str(exc)[:200]}",),
             help="run `scenecraft merge --force` to rebuild it",
         ) from None
+    for name, tensor in [*deltas.items(), *flat.items()]:
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise _invalid(entry, f"`{name}` holds NaN or infinite values")
     embeddings: dict[str, dict[str, torch.Tensor]] = {}
     for name, rows in flat.items():
         component, _, token = name.partition("/")
@@ -175,15 +229,53 @@ def load_entry(
     return deltas, embeddings, manifest
 
 
+def verify_entry(entry: str | Path) -> dict[str, Any]:
+    """The manifest of a sound entry; `merge-entry-invalid` when anything is damaged."""
+    _, _, manifest = load_entry(entry)
+    return manifest
+
+
+def quarantine(entry: Path) -> Path | None:
+    """Move a damaged entry aside to ``.bad-<key>-*`` (kept an hour for inspection)."""
+    try:
+        aside = Path(tempfile.mkdtemp(prefix=f".bad-{entry.name}-", dir=entry.parent))
+        os.replace(entry, aside / "entry")
+    except OSError:
+        shutil.rmtree(entry, ignore_errors=True)  # cannot move it: drop it, never apply it
+        return None
+    return aside
+
+
 def _sweep_stale(root: Path) -> None:
-    """Remove temp folders left by runs that were killed (SIGKILL skips our cleanup)."""
+    """Remove what killed runs left (SIGKILL skips our cleanup): temp folders after a day,
+    replaced (``.old-*``) and damaged (``.bad-*``) entries and memo temp files after an hour."""
     now = time.time()
-    for tmp in root.glob(".tmp-*"):
-        try:
-            if now - tmp.stat().st_mtime > _STALE_SECONDS:
-                shutil.rmtree(tmp, ignore_errors=True)
-        except OSError:
-            pass
+    for pattern, age in (
+        (".tmp-*", _STALE_SECONDS),
+        (".old-*", _STALE_OLD_SECONDS),
+        (".bad-*", _STALE_OLD_SECONDS),
+        (".hashes-*", _STALE_OLD_SECONDS),
+    ):
+        for leftover in root.glob(pattern):
+            try:
+                if now - leftover.stat().st_mtime <= age:
+                    continue
+                if leftover.is_dir():
+                    shutil.rmtree(leftover, ignore_errors=True)
+                else:
+                    leftover.unlink()
+            except OSError:
+                pass
+
+
+def unwritable(root: Path, exc: BaseException) -> DiagnosticError:
+    """`merge-cache-unwritable` with the reason and the free space."""
+    return error(
+        "merge-cache-unwritable",
+        f"cannot write the merge to `{root}`: {os_reason(exc)}",
+        notes=(disk_note(root),),
+        help="free some space, or pass a writable folder with `--cache-dir` or SCENECRAFT_CACHE",
+    )
 
 
 def write_entry(
@@ -196,17 +288,32 @@ def write_entry(
     """Write an entry atomically and return its folder; replaces an existing one (force)."""
     from safetensors.torch import save_file
 
-    root.mkdir(parents=True, exist_ok=True)
-    _sweep_stale(root)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{key}-", dir=root))
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        _sweep_stale(root)
+        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{key}-", dir=root))
+    except OSError as exc:
+        raise unwritable(root, exc) from None
     try:
         # 1. tensors, then the manifest: a folder with a manifest is complete
         save_file({k: v.contiguous() for k, v in deltas.items()}, str(tmp / WEIGHTS))
         save_file(_flatten_embeddings(embeddings), str(tmp / EMBEDDINGS))
-        text = json.dumps({"format": ENTRY_FORMAT, **manifest}, indent=2, sort_keys=True)
+        files = {
+            name: {"bytes": (tmp / name).stat().st_size, "sha256": sha256_file(tmp / name)}
+            for name in (WEIGHTS, EMBEDDINGS)
+        }
+        text = json.dumps(
+            {"format": ENTRY_FORMAT, **manifest, "files": files}, indent=2, sort_keys=True
+        )
         (tmp / MANIFEST).write_text(text + "\n", encoding="utf-8")
+        for name in (WEIGHTS, EMBEDDINGS, MANIFEST):
+            follow_umask(tmp / name)
+        follow_umask(tmp, folder=True)
         # 2. one rename makes it visible
         return _publish(tmp, root / key)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise unwritable(root, exc) from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

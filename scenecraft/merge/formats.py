@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ from typing import Any
 import torch
 
 from scenecraft.diagnostics import error
+from scenecraft.files import load_error_note, path_problem
 from scenecraft.merge.formats_embeddings import embeddings_from_state, is_embedding_dict
 from scenecraft.merge.formats_index import (
     ModuleIndex,
@@ -54,6 +56,8 @@ _VARIANT_HELP = (
     "kohya sd-scripts `networks/extract_lora_from_models.py`)"
 )
 _LORA_A, _LORA_B = ".lora_A.weight", ".lora_B.weight"
+# Keys only LoRA files have: a file holding one of them is never read as an embedding.
+_LORA_KEY = re.compile(r"lora_(A|B|down|up)\b|lora\.(down|up)\b|\.alpha$|(^|\.)(down|up)\.weight$")
 _OLD_DOWN, _OLD_UP = "down.weight", "up.weight"
 
 
@@ -102,11 +106,18 @@ def load_state(
 ) -> tuple[dict[str, Any], dict[str, str]]:
     """(state dict, safetensors header metadata) of a file; codes ``{kind}-not-found``/``-unreadable``."""
     path = Path(path)
-    if not path.is_file():
+    problem = path_problem(path)
+    if problem == "missing":
         raise error(
             f"{kind}-not-found",
             f"concept `{concept}`: {kind} file `{path}` does not exist",
             help="check the path in the scene file (paths are relative to that file)",
+        )
+    if problem is not None:  # a folder, FIFO, device, symlink loop: never opened
+        raise error(
+            f"{kind}-unreadable",
+            f"concept `{concept}`: cannot read {kind} file `{path}`: it is {problem}, not a file",
+            help="point the scene file at the weights file itself",
         )
     try:
         if path.suffix == ".safetensors":
@@ -121,7 +132,7 @@ def load_state(
         raise error(
             f"{kind}-unreadable",
             f"concept `{concept}`: cannot read `{path}`",
-            notes=(f"{type(exc).__name__}: {str(exc)[:200]}",),
+            notes=(load_error_note(exc),),
             help="the file is truncated, corrupt or not a weights file; download or export it again",
         ) from None
     if not isinstance(obj, dict):
@@ -256,6 +267,13 @@ def _parse_lora_dict(
         layers[module] = make_layer(module, down, up, alpha)
     used = {f"{m}{s}" for m in layers for s in (_LORA_A, _LORA_B, ".alpha")}
     stray = sorted(k for k in peft_state if k not in used)
+    if not layers and stray and all(_LORA_KEY.search(k) for k in stray):
+        raise error(  # halves of pairs: the other factor of each is missing
+            "lora-unknown-keys",
+            f"concept `{concept}`: `{source}` has {len(stray)} LoRA key(s) without their pair",
+            notes=tuple(f"`{k}`" for k in stray[:8]),
+            help="every `lora_A`/`lora_down` needs its `lora_B`/`lora_up`; export the LoRA again",
+        )
     if not layers:
         raise _unknown_format(
             concept, source, "it holds no `lora_down`/`lora_up` (or `lora_A`/`lora_B`) pairs"
@@ -316,7 +334,7 @@ def _parse(
         params
     ):
         return _parse_edlora(params, concept=concept, source=source)
-    if is_embedding_dict(state):
+    if is_embedding_dict(state) and not any(_LORA_KEY.search(str(k)) for k in state):
         return _Parsed("embedding", {}, state=state)
     _check_variant(list(state), concept, source)
     return _parse_lora_dict(

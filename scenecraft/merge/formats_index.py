@@ -166,6 +166,18 @@ def _shape_mismatch(
     family: str | None,
 ) -> DiagnosticError:
     out_in = (int(layer.up.shape[0]), int(layer.down.shape[1]))
+    if layer.up.shape[1] != layer.down.shape[0]:  # the file's own factors disagree
+        return error(
+            "lora-shape-mismatch",
+            f"concept `{concept}`: the two factors of `{source}` at layer `{path}` disagree on "
+            "the rank",
+            notes=(
+                f"B (up) is {_shape_text(tuple(layer.up.shape))} with rank "
+                f"{int(layer.up.shape[1])}, A (down) is {_shape_text(tuple(layer.down.shape))} "
+                f"with rank {int(layer.down.shape[0])}",
+            ),
+            help="the file is damaged or was edited by hand; export the LoRA again",
+        )
     notes = [
         f"the base model's weight is {_shape_text(expected)}, "
         f"the LoRA's update B·A is {_shape_text(out_in)} (rank {layer.rank})"

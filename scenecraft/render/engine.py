@@ -44,9 +44,11 @@ from scenecraft.render.outputs import (
     METADATA_VERSION,
     Manifest,
     a1111_parameters,
+    check_out_dir,
+    check_unique_paths,
     confined,
-    existing_key,
     image_path,
+    is_finished,
     write_png,
 )
 from scenecraft.render.regions import Adapters, regional, regions_text
@@ -108,21 +110,35 @@ def plan_images(
     wkey = weights_key(plan, mode)
     suffix = ".adapters" if adapters else ""
     tasks = []
+    memo: dict[tuple[str, ...], Path] = {}  # resolved folders, for this pass only
     for job in select_jobs(plan, only, shard):
         sampler_def(job.sampler)  # unknown samplers fail before any work
-        path = image_path(out, job, suffix)
+        path = image_path(out, job, suffix, memo)
         key = image_key(job, job.index, wkey, mode)
         tasks.append(ImageTask(job, job.index, generator_seed(job), path, key))
+    check_unique_paths(_output_sources(plan, out, tasks, suffix))  # before anything renders
     return tasks
 
 
+def _output_sources(
+    plan: RenderPlan, out: Path, tasks: list[ImageTask], suffix: str
+) -> Iterable[tuple[Path, str]]:
+    """(path, what writes it) for every image and storyboard sheet of the selection."""
+    for t in tasks:
+        j = t.job
+        where = f"scene `{j.scene}`"
+        if j.storyboard is not None:
+            where = f"storyboard `{j.storyboard}` panel {(j.panel or 0) + 1} ({where})"
+        yield t.path, f"{where} seed {t.seed}"
+    stem = Path(plan.file).stem or "scene"
+    for board in plan.storyboards:
+        yield confined(out, stem, board.name + suffix + ".png"), f"storyboard `{board.name}`"
+
+
 def is_up_to_date(task: ImageTask, manifest: Manifest, out_dir: Path) -> bool:
-    """The PNG's own key decides; a PNG without one counts if the manifest vouches for it."""
-    found = existing_key(task.path)
-    if found is not None:
-        return found == task.key
+    """A complete PNG with the task's key (verified: `scenecraft.render.outputs.is_finished`)."""
     rel = task.path.relative_to(out_dir.resolve()).as_posix()
-    return task.path.is_file() and manifest.key_for(rel) == task.key
+    return is_finished(task.path, rel, task.key, manifest)
 
 
 # ----------------------------------------------------------------------------- rendering
@@ -146,6 +162,7 @@ def render(
     """Render ``plan`` into ``out_dir``; see the module docstring for the steps."""
     start = time.perf_counter()
     out = Path(out_dir)
+    check_out_dir(out)  # before any model loads
     mode = render_mode(plan, adapters)
     result = RenderResult(out.resolve(), mode=mode, merge_key=weights_key(plan, mode))
     # 1. Select and expand
@@ -361,7 +378,7 @@ class _Session:
             "model": {"name": self.model.name, "hash": self.model.hash},
             "plan": {"file": self.plan.file, "source_sha256": self.plan.source_sha256},
         }
-        write_png(
+        digest = write_png(
             task.path, image, a1111_parameters(job.prompt, job.negative_prompt, fields), provenance
         )
         rel = task.path.relative_to(self.result.out_dir).as_posix()
@@ -369,6 +386,7 @@ class _Session:
             rel,
             {
                 "key": task.key,
+                "sha256": digest,
                 "job": job.id,
                 "scene": job.scene,
                 "seed": task.seed,

@@ -71,9 +71,14 @@ def contact_sheet(panels: list[Panel], columns: int, title: str | None = None) -
     for k, panel in enumerate(panels):
         x = PAD + (k % cols) * (cell_w + PAD)
         y = top + PAD + (k // cols) * (cell_h + PAD)
+        thumb = None
         if panel.images:
-            with Image.open(panel.images[0]) as im:
-                thumb = ImageOps.contain(im.convert("RGB"), (CELL, CELL))  # up or down
+            try:
+                with Image.open(panel.images[0]) as im:
+                    thumb = ImageOps.contain(im.convert("RGB"), (CELL, CELL))  # up or down
+            except Exception:  # a damaged panel image: drawn as missing, rendered on a re-run
+                thumb = None
+        if thumb is not None:
             sheet.paste(thumb, (x + (CELL - thumb.width) // 2, y + (CELL - thumb.height) // 2))
         else:
             draw.rectangle((x, y, x + CELL - 1, y + CELL - 1), fill=(200, 200, 200))

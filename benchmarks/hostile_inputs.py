@@ -1,0 +1,165 @@
+"""Peak memory and wall time of scenecraft on hostile inputs (issue 12), via /usr/bin/time -v.
+
+Every input must end in exit 0 or 2 (a diagnostic), never 70, with peak RSS under 1 GB.
+Run: ``python benchmarks/hostile_inputs.py`` (needs GNU time: ``apt-get install time``).
+Writes benchmarks/results/hostile_inputs.json and prints a table.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results" / "hostile_inputs.json"
+LIMIT_KB = 1024 * 1024  # 1 GiB
+
+HEAD = """model "example-org/sd15-base"
+concept ziggy {
+  token "<ZIGGY>"
+  class "man"
+  lora "ziggy.safetensors"
+}
+"""
+
+
+def tpl(body: str) -> str:
+    return HEAD + body + "\nscene s {\n  ziggy\n}\n"
+
+
+def write_inputs(d: Path) -> dict[str, list[str]]:
+    """name -> scenecraft arguments (relative to d)."""
+    (d / "ziggy.safetensors").write_bytes(b"")
+    files = {
+        "include-dev-zero.scene": HEAD + 'include "/dev/zero"\nscene s {\n  ziggy\n}\n',
+        "plain.scene": HEAD + "scene s {\n  ziggy\n}\n",
+        # 487-byte class: 100,000 scenes x 10,000 seeds
+        "scenes-x-seeds.scene.j2": HEAD
+        + "{% for i in range(100000) %}\nscene s{{ i }} {\n  ziggy\n  seeds 0..9999\n}\n"
+        "{% endfor %}\n",
+        # 1 M jobs in a few lines: 100 scenes x 10,000 seeds
+        "million-jobs.scene.j2": HEAD
+        + "{% for i in range(100) %}\nscene s{{ i }} {\n  ziggy\n  seeds 0..9999\n}\n"
+        "{% endfor %}\n",
+        "repeat.scene.j2": tpl("{{ 'x' * 10**9 }}"),
+        "gigabyte-output.scene.j2": tpl(
+            "{% for i in range(100000) %}{{ 'y' * 10000 }}\n{% endfor %}"
+        ),
+        "nested-ranges.scene.j2": tpl(
+            "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}"
+        ),
+        "nested-lists.scene.j2": tpl(
+            "{% set l = range(100000)|list %}{% for a in l %}{% for b in l %}{% endfor %}"
+            "{% endfor %}"
+        ),
+        "lipsum.scene.j2": tpl("{{ lipsum(10**6) }}"),
+        "center.scene.j2": tpl("{{ 'x'|center(10**9) }}"),
+    }
+    for name, text in files.items():
+        (d / name).write_text(text, encoding="utf-8")
+    for i in range(1500):  # an include chain 1,500 deep
+        (d / f"chain{i}.scene").write_text(f'include "chain{i + 1}.scene"\n', encoding="utf-8")
+    (d / "chain1500.scene").write_text("", encoding="utf-8")
+    (d / "deep-include.scene").write_text(
+        HEAD + 'include "chain0.scene"\nscene s {\n  ziggy\n}\n', encoding="utf-8"
+    )
+    # the largest accepted scene file: just under 2 MiB of one-seed scenes
+    scenes, size, i = [], len(HEAD), 0
+    while True:
+        s = f"scene s{i} {{\n  ziggy\n}}\n"
+        if size + len(s) > 2 * 1024 * 1024:
+            break
+        scenes.append(s)
+        size += len(s)
+        i += 1
+    (d / "max-size.scene").write_text(HEAD + "".join(scenes), encoding="utf-8")
+    (d / "twenty-thousand.scene").write_text(
+        HEAD + "".join(f"scene s{k} {{\n  ziggy\n  seeds 0..1999\n}}\n" for k in range(10)),
+        encoding="utf-8",
+    )
+    return {
+        "check /dev/zero": ["check", "/dev/zero"],
+        'include "/dev/zero"': ["check", "include-dev-zero.scene"],
+        "--vars /dev/zero": ["check", "plain.scene", "--vars", "/dev/zero"],
+        "100,000 scenes x 10,000 seeds (template)": ["check", "scenes-x-seeds.scene.j2"],
+        "1 M jobs (100 scenes x 10,000 seeds)": ["check", "million-jobs.scene.j2"],
+        "'x' * 10**9": ["check", "repeat.scene.j2"],
+        "1 GB of template output": ["check", "gigabyte-output.scene.j2"],
+        "nested range(100000) loops": ["check", "nested-ranges.scene.j2"],
+        "nested loops over a 100,000-item list": ["check", "nested-lists.scene.j2"],
+        "lipsum(10**6)": ["check", "lipsum.scene.j2"],
+        "'x'|center(10**9)": ["check", "center.scene.j2"],
+        "include chain 1,500 deep": ["check", "deep-include.scene"],
+        "largest accepted file (2 MiB, 86k scenes)": ["check", "max-size.scene"],
+        "compile, 20,000 jobs": ["compile", "twenty-thousand.scene"],
+        "render --dry-run, 20,000 jobs": [
+            "render",
+            "twenty-thousand.scene",
+            "--dry-run",
+            "--out",
+            "out",
+        ],
+    }
+
+
+def measure(args: list[str], cwd: Path) -> dict[str, object]:
+    exe = shutil.which("scenecraft") or "scenecraft"
+    start = time.perf_counter()
+    proc = subprocess.run(
+        ["/usr/bin/time", "-v", exe, *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    wall = time.perf_counter() - start
+    rss = re.search(r"Maximum resident set size \(kbytes\): (\d+)", proc.stderr)
+    code = re.search(r"(?:error|warning)\[([a-z0-9-]+)\]", proc.stderr)
+    status = re.search(r"Exit status: (\d+)", proc.stderr)
+    return {
+        "exit": int(status.group(1)) if status else proc.returncode,
+        "code": code.group(1) if code else None,
+        "peak_rss_mb": round(int(rss.group(1)) / 1024, 1) if rss else None,
+        "wall_s": round(wall, 2),
+    }
+
+
+def main() -> int:
+    if not Path("/usr/bin/time").exists():
+        print("needs GNU time: apt-get install time", file=sys.stderr)
+        return 1
+    rows = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        d = Path(tmp)
+        for name, args in write_inputs(d).items():
+            rows[name] = measure(args, d)
+            r = rows[name]
+            print(
+                f"{name:45s} exit {r['exit']}  {str(r['code']):18s} "
+                f"{r['peak_rss_mb']:>8} MB  {r['wall_s']:>6} s",
+                flush=True,
+            )
+    ok = all(
+        r["exit"] in (0, 2)
+        and isinstance(r["peak_rss_mb"], float)
+        and r["peak_rss_mb"] < LIMIT_KB / 1024
+        for r in rows.values()
+    )
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(
+        json.dumps({"limit_mb": LIMIT_KB // 1024, "all_ok": ok, "inputs": rows}, indent=2) + "\n"
+    )
+    print(f"all exit 0/2 and under 1 GiB: {ok}")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
