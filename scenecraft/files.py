@@ -18,6 +18,7 @@ umask's mode, then ``os.replace``, so a reader (or a crash) never sees a torn fi
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import shutil
 import stat
@@ -192,6 +193,27 @@ def load_error_note(exc: BaseException, limit: int = 240) -> str:
     if len(note) > limit:
         note = note[:limit].rsplit(" ", 1)[0] + " …"
     return note
+
+
+# ------------------------------------------------------------------------------ file hashes
+
+_SHA256: dict[tuple[str, int, int], str] = {}  # (real path, size, mtime_ns) -> sha256
+
+
+def sha256_file(path: str | Path) -> str:
+    """sha256 of a file's bytes (hex): the one file-hash helper. A file is hashed once per
+    process while its (real path, size, mtime) stay the same; the merge cache adds an on-disk
+    memo by the same key for big base weights."""
+    real = os.path.realpath(path)
+    st = os.stat(real)
+    key = (real, st.st_size, st.st_mtime_ns)
+    if key not in _SHA256:
+        digest = hashlib.sha256()
+        with open(real, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+        _SHA256[key] = digest.hexdigest()
+    return _SHA256[key]
 
 
 # ------------------------------------------------------------------------------ atomic writes

@@ -10,7 +10,6 @@ Offline mode (``HF_HUB_OFFLINE=1``) is respected; a model that is not available 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import warnings
@@ -21,7 +20,7 @@ from typing import Any
 import torch
 
 from scenecraft.diagnostics import DiagnosticError, did_you_mean, error
-from scenecraft.files import load_error_note, path_problem
+from scenecraft.files import load_error_note, path_problem, sha256_file
 from scenecraft.names import FAMILY_BY_CROSS_DIM
 from scenecraft.plan import BaseModelSpec, Family, stable_hash
 
@@ -367,8 +366,6 @@ def _load_failed(base: BaseModelSpec, exc: Exception, *, single_file: bool) -> D
 
 # ------------------------------------------------------------------------------ identity
 
-_HASH_CACHE: dict[tuple[str, int, float], str] = {}
-
 
 def model_info(base: BaseModelSpec) -> ModelInfo:
     """Name and A1111-style short hash of the base model (cheap for folders and hub ids)."""
@@ -387,12 +384,5 @@ def model_info(base: BaseModelSpec) -> ModelInfo:
 
 
 def _file_hash(path: Path) -> str:
-    stat = path.stat()
-    key = (str(path.resolve()), stat.st_size, stat.st_mtime)
-    if key not in _HASH_CACHE:
-        digest = hashlib.sha256()
-        with path.open("rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                digest.update(chunk)
-        _HASH_CACHE[key] = digest.hexdigest()[:10]
-    return _HASH_CACHE[key]
+    """A1111's short model hash: the first 10 hex digits of the file's sha256."""
+    return sha256_file(path)[:10]

@@ -19,11 +19,11 @@ from scenecraft.cli import merge as command
 from scenecraft.cli.args import MergeSettings
 from scenecraft.diagnostics import DiagnosticError
 from scenecraft.events import Event, MergeFinished, MergeStage, MergeStarted
+from scenecraft.files import sha256_file
 from scenecraft.merge import api as merge_api
 from scenecraft.merge import cache as merge_cache
 from scenecraft.merge.api import MergeResult, merge
 from scenecraft.merge.apply import apply_merge, module_weight
-from scenecraft.merge.formats import sha256_file
 from scenecraft.merge.types import ConceptLoRA
 from scenecraft.plan import BaseModelSpec, ConceptSpec, MergeSpec
 from scenecraft.ui.merge_table import figures_table

@@ -15,6 +15,7 @@ from typing import Any
 from scenecraft import layout
 from scenecraft import plan as p
 from scenecraft.diagnostics import Diagnostic, DiagnosticError
+from scenecraft.files import sha256_file
 from scenecraft.language import nodes as n
 from scenecraft.language.check import Checked, ConceptInfo, SceneInfo
 from scenecraft.prompts import SceneText, Subject, alone, anonymous, scene_prompt
@@ -26,8 +27,6 @@ MAX_SEED = 2**32 - 1  # generator seeds are 32-bit: image n of seed s uses s + n
 _WORDS = re.compile(
     r"<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[^\W\d_]+|\d|[^\s\w]+"
 )
-
-_digest_cache: dict[tuple[str, int, int], str] = {}
 
 
 def estimate_tokens(prompt: str) -> int:
@@ -43,21 +42,14 @@ def estimate_tokens(prompt: str) -> int:
 
 
 def file_digest(path: str) -> str:
-    """sha256 of a file, cached by (path, size, mtime) for repeated compiles."""
+    """sha256 of a LoRA file for the merge key ("missing" when there is no regular file)."""
     try:
         st = os.stat(path)
     except (OSError, ValueError):  # ValueError: a NUL in the name
         return "missing"
     if not stat.S_ISREG(st.st_mode):  # `lora ""` names the folder itself
         return "missing"
-    key = (path, st.st_size, st.st_mtime_ns)
-    if key not in _digest_cache:
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-        _digest_cache[key] = h.hexdigest()
-    return _digest_cache[key]
+    return sha256_file(path)
 
 
 # --------------------------------------------------------------------------------- concepts

@@ -22,6 +22,7 @@ import torch
 import scenecraft
 from scenecraft.diagnostics import Collector, DiagnosticError, error
 from scenecraft.events import MergeFinished, MergeStage, MergeStarted, Notice, Reporter, emit
+from scenecraft.files import sha256_file
 from scenecraft.merge.apply import APPLIED_ATTR, changed_deltas
 from scenecraft.merge.cache import (
     ENTRY_FORMAT,
@@ -35,7 +36,7 @@ from scenecraft.merge.cache import (
     write_entry,
 )
 from scenecraft.merge.engine import run_merge
-from scenecraft.merge.formats import read_concept_lora, read_embedding, sha256_file
+from scenecraft.merge.formats import read_concept_lora, read_embedding
 from scenecraft.merge.formats_index import ModuleIndex
 from scenecraft.merge.types import ConceptLoRA
 from scenecraft.plan import ConceptSpec, MergeSpec

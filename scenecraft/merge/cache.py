@@ -38,8 +38,7 @@ from typing import Any
 import torch
 
 from scenecraft.diagnostics import DiagnosticError, error
-from scenecraft.files import atomic_write_text, disk_note, follow_umask, os_reason
-from scenecraft.merge.formats import sha256_file
+from scenecraft.files import atomic_write_text, disk_note, follow_umask, os_reason, sha256_file
 from scenecraft.plan import BaseModelSpec, stable_hash
 
 CACHE_ENV = "SCENECRAFT_CACHE"  # overrides the cache folder (same meaning as --cache-dir)

@@ -17,7 +17,6 @@ Pickled files are opened with ``torch.load(weights_only=True)`` only. All failur
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import re
@@ -30,7 +29,7 @@ from typing import Any
 import torch
 
 from scenecraft.diagnostics import error
-from scenecraft.files import load_error_note, path_problem
+from scenecraft.files import load_error_note, path_problem, sha256_file
 from scenecraft.merge.formats_embeddings import embeddings_from_state, is_embedding_dict
 from scenecraft.merge.formats_index import (
     ModuleIndex,
@@ -90,15 +89,6 @@ class _Parsed:
 
 
 # ------------------------------------------------------------------------------ file access
-
-
-def sha256_file(path: str | Path) -> str:
-    """sha256 of a file's bytes, hex."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def load_state(
