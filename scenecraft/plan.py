@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -65,8 +66,32 @@ class MergeSpec(_Model):
     base: BaseModelSpec
     concepts: tuple[ConceptSpec, ...]
     method: MergeMethod = "loraclr"
+    # the method's parameters under the engine's names, resolved once from the table in
+    # scenecraft.merge.config (e.g. `iterations 100` -> max_iters 100); unset ones: defaults
     params: dict[str, float | int | str | bool] = Field(default_factory=dict)
+    stages: dict[str, float | int | str | bool] = Field(default_factory=dict)  # MergeConfig fields
     key: str = ""  # content hash of everything above plus the LoRA files' sha256 where present
+
+
+def merge_key(spec: MergeSpec, files: Sequence[tuple[str | None, str | None]]) -> str:
+    """A merge's one identity (`MergeSpec.key`): what its merged weights depend on that a plan
+    knows — base, method, resolved parameters and, per concept in order, its tokens, weight,
+    class and kind and the sha256 of its LoRA and embedding files (``files``, one pair per
+    concept). Names, references and paths are not part of it: renaming a concept or moving
+    its file keeps the merge. The merge cache adds what only the engine knows (docs/merge.md)."""
+    return stable_hash(
+        {
+            "base": spec.base.model_dump(mode="json"),
+            "method": spec.method,
+            "params": spec.params,
+            "stages": spec.stages,
+            "concepts": [
+                [list(c.tokens), c.weight, c.class_noun, c.kind, lora, embedding]
+                for c, (lora, embedding) in zip(spec.concepts, files, strict=True)
+            ],
+        },
+        24,
+    )
 
 
 class Placement(_Model):

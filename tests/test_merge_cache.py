@@ -59,6 +59,7 @@ class FakeRun:
         method: str,
         params: dict[str, Any],
         reporter: Any,
+        config: Any = None,
     ) -> _Outcome:
         self.calls += 1
         weights: dict[str, torch.Tensor] = {}

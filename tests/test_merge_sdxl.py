@@ -280,7 +280,7 @@ def test_merged_sdxl_applies_and_renders(tmp_path: Path) -> None:
             ConceptSpec(name="momo", tokens=("<momo>",), lora=str(files["momo"]), weight=0.8),
         ),
         method="loraclr",
-        params={"iterations": 5},
+        params={"max_iters": 5},  # engine names: the plan holds resolved parameters
     )
     base = sdxl_pipe()
     result = merge(spec, base, cache_dir=tmp_path / "cache")

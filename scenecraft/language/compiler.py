@@ -18,6 +18,7 @@ from scenecraft.diagnostics import Diagnostic, DiagnosticError
 from scenecraft.files import sha256_file
 from scenecraft.language import nodes as n
 from scenecraft.language.check import Checked, ConceptInfo, SceneInfo
+from scenecraft.merge.config import resolve
 from scenecraft.prompts import SceneText, Subject, alone, anonymous, scene_prompt
 
 CLIP_WINDOW = 77
@@ -84,14 +85,19 @@ def merge_spec(checked: Checked, used: list[str]) -> p.MergeSpec:
         else p.BaseModelSpec(source="")
     )
     concepts = tuple(concept_spec(checked.concepts[c]) for c in checked.concepts if c in used)
+    params, stages = resolve(checked.merge_method, checked.merge_params)
     spec = p.MergeSpec(
         base=base,
         concepts=concepts,
         method=checked.merge_method,  # type: ignore[arg-type]
-        params=checked.merge_params,
+        params=params,
+        stages=stages,
     )
-    digests = {c.name: file_digest(c.lora) if c.lora else None for c in concepts}
-    key = p.stable_hash({"spec": spec.model_dump(mode="json"), "files": digests}, 24)
+    files = [
+        (file_digest(c.lora) if c.lora else None, file_digest(c.embedding) if c.embedding else None)
+        for c in concepts
+    ]
+    key = p.merge_key(spec, files)
     return spec.model_copy(update={"key": key})
 
 

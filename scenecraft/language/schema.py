@@ -13,6 +13,7 @@ from scenecraft.diagnostics import Collector, Label, did_you_mean
 from scenecraft.language import nodes as n
 from scenecraft.language.fmt import value as fmt_value
 from scenecraft.layout import LAYOUTS
+from scenecraft.merge.config import PARAMS
 
 Kind = Literal["str", "int", "float", "bool", "size", "seeds", "word", "strs", "words"]
 
@@ -77,40 +78,13 @@ STORYBOARD_KEYS: dict[str, Key] = {
     "title": Key("str"),
 }
 
-_STAGE_KEYS: dict[str, Key] = {
-    "spatial": Key("bool", doc="also merge spatial UNet layers (needs sampling runs)"),
-    "max_rows": Key("int", 16, 1_000_000, doc="feature rows kept per concept and layer"),
-}
-
-# Names as users write them; scenecraft.merge.params maps them onto the engine's names.
-# Defaults are the engine's (docs/loraclr.md); only what a file sets is passed on.
-_SEED = {"seed": Key("int", 0, 2**31 - 1, doc="random seed of subsampling and masks")}
+# Names as users write them, from the one table of merge parameters (scenecraft.merge.config).
 MERGE_KEYS: dict[str, dict[str, Key]] = {
-    "loraclr": {
-        "margin": Key("float", 0, 10, lo_open=True, doc="repel margin, relative (default 1)"),
-        "iterations": Key("int", 1, 10_000, doc="optimiser steps per layer batch (default 50)"),
-        "lr": Key("float", 0, 1, lo_open=True, doc="step size (default 0.1, relative)"),
-        "lambda_con": Key("float", 0, 100, doc="weight of the contrastive terms (default 1)"),
-        "lambda_mse": Key("float", 0, 100, doc="weight of output matching (default 0.1)"),
-        "lambda_reg": Key("float", 0, 100, doc="weight of the ‖Δ‖ regulariser (default 1e-3)"),
-        "weight_decay": Key("float", 0, 1, doc="AdamW weight decay (default 0)"),
-        "patience": Key("int", 0, 10_000, doc="early stop after this many flat steps (0: never)"),
-        "recipe": Key("word", choices=("ours", "reference")),
-        "init": Key("word", choices=("gradient-fusion", "fusion", "zero")),
-        "ridge": Key("float", 0, 1, doc="ridge of the gradient-fusion start (default 0.01)"),
-        **_STAGE_KEYS,
-        **_SEED,
-    },
-    "gradient-fusion": {
-        "ridge": Key("float", 0, 1, doc="ridge relative to the trace (default 0.01)"),
-        **_STAGE_KEYS,
-        **_SEED,
-    },
-    "linear": {},
-    "average": {},
-    "ties": {"density": Key("float", 0, 1, lo_open=True), **_SEED},
-    "dare": {"density": Key("float", 0, 1, lo_open=True), **_SEED},
-    "none": {},
+    method: {
+        name: Key(p.kind, p.lo, p.hi, p.choices, p.lo_open, doc=p.doc)  # type: ignore[arg-type]
+        for name, p in params.items()
+    }
+    for method, params in PARAMS.items()
 }
 
 _TYPE_WORDS = {
@@ -293,7 +267,9 @@ def read_block(
         if spec is None:
             unknown_setting(c, s, table, where, extra_names)
             continue
-        canon = "seeds" if key == "seed" else key
+        canon = (
+            "seeds" if key == "seed" and spec.kind == "seeds" else key
+        )  # `seed` is an alias of `seeds`, not of a merge seed
         if canon in out:
             duplicate_setting(c, s, out[canon][1])
             continue

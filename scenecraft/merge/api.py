@@ -38,8 +38,8 @@ from scenecraft.merge.cache import (
 from scenecraft.merge.engine import run_merge
 from scenecraft.merge.formats import read_concept_lora, read_embedding
 from scenecraft.merge.formats_index import ModuleIndex
-from scenecraft.merge.types import ConceptLoRA
-from scenecraft.plan import ConceptSpec, MergeSpec
+from scenecraft.merge.types import ConceptLoRA, MergeConfig
+from scenecraft.plan import ConceptSpec, MergeSpec, merge_key
 
 
 class Outcome(Protocol):
@@ -50,7 +50,10 @@ class Outcome(Protocol):
     figures: dict[str, Any]  # JSON-able quality figures
 
 
-RunMerge = Callable[[Any, list[ConceptLoRA], str, dict[str, Any], Reporter | None], Outcome]
+# run_merge(pipe, concepts, method, engine params, reporter, stage config)
+RunMerge = Callable[
+    [Any, list[ConceptLoRA], str, dict[str, Any], Reporter | None, MergeConfig], Outcome
+]
 
 
 @dataclass
@@ -146,24 +149,22 @@ def _pipe_dtype(pipe: Any) -> torch.dtype:
 def merge_identity(
     spec: MergeSpec, concepts: list[ConceptLoRA], base: dict[str, Any], dtype: torch.dtype
 ) -> dict[str, Any]:
-    """Everything the merged weights depend on; `cache_key` hashes it."""
+    """The merge's one identity is the plan's key (`MergeSpec.key`: method, resolved params,
+    concepts, LoRA digests at compile time); the cache entry adds what the plan cannot know:
+    the base weights' identity, the dtype, the scenecraft version and the entry format, and the
+    files' digests as read now (a LoRA changed since the plan was compiled is a new entry)."""
+    read = {c.name: (c.sha256 or None, c.metadata.get("embedding_sha256")) for c in concepts}
+    files = [read.get(c.name, (None, None)) for c in spec.concepts]
     return {
+        "plan_key": spec.key or merge_key(spec, files),
         "entry_format": ENTRY_FORMAT,
         "scenecraft_version": scenecraft.__version__,
         "base": base,
         "dtype": str(dtype),
         "method": spec.method,
         "params": dict(sorted(spec.params.items())),
-        "concepts": [
-            {
-                "tokens": list(c.tokens),
-                "weight": c.weight,
-                "lora_sha256": c.sha256 or None,
-                "embedding_sha256": c.metadata.get("embedding_sha256"),
-                "class_noun": c.metadata.get("class_noun"),
-            }
-            for c in concepts
-        ],
+        "stages": dict(sorted(spec.stages.items())),
+        "files": files,
     }
 
 
@@ -272,7 +273,10 @@ def merge(
         return MergeResult(key, entry, True, figures, manifest)
     # 4. merge
     if any(c.layers for c in concepts):
-        outcome = (run or _default_run())(pipe, concepts, spec.method, dict(spec.params), reporter)
+        config = MergeConfig(**spec.stages)  # type: ignore[arg-type]
+        outcome = (run or _default_run())(
+            pipe, concepts, spec.method, dict(spec.params), reporter, config
+        )
     else:
         outcome = _NoMerge()
     # 5. save ΔW* (fp16 when the base runs in half precision) and the new tokens, atomically

@@ -38,7 +38,6 @@ from scenecraft.merge.methods import (
     check_params,
     merge_batch,
 )
-from scenecraft.merge.params import engine_params
 from scenecraft.merge.quality import QualityLog, batch_quality
 from scenecraft.merge.types import ConceptLoRA, MergeConfig
 
@@ -285,8 +284,12 @@ def run_merge(
     reporter: Reporter | None = None,
     config: MergeConfig | None = None,
 ) -> MergeOutcome:
-    """Merge ``concepts`` into ``pipe``'s base weights with ``method`` (module docstring)."""
-    params, cfg = engine_params(method, dict(params or {}), config)
+    """Merge ``concepts`` into ``pipe``'s base weights with ``method`` (module docstring).
+
+    ``params`` are the method's parameters under the engine's names and ``config`` the stage
+    settings, both as `scenecraft.merge.config.resolve` gives them (the compiler calls it).
+    """
+    params, cfg = dict(params or {}), config or MergeConfig()
     start = time.perf_counter()
     # 1. check inputs, sort modules into stages
     modules = _check(pipe, concepts, method, params, cfg)

@@ -10,6 +10,8 @@ from typing import Any
 
 import torch
 
+from scenecraft.merge.config import DEFAULT_RIDGE
+
 Stats = dict[str, Any]  # one layer's figures, JSON-able
 
 # Relative ridge ε/(tr/in) of the least-squares fit. The fit only sees the concepts' own prompts;
@@ -17,7 +19,6 @@ Stats = dict[str, Any]  # one layer's figures, JSON-able
 # 1e-6 (numerically plain least squares) broke settings and placements in the toy-world
 # benchmark (placement 0.19 with two concepts); 1e-2 kept them (0.88) and reached the own-LoRA
 # identity ceiling on single-concept scenes (benchmarks/results/toyworld_eval.md).
-DEFAULT_RIDGE = 1e-2
 
 
 def gradient_fusion(

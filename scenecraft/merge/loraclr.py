@@ -50,24 +50,30 @@ from typing import Any, Literal
 import torch
 
 from scenecraft.diagnostics import did_you_mean, error
-from scenecraft.merge.fusion import DEFAULT_RIDGE, Stats, gradient_fusion
+from scenecraft.merge.config import default
+from scenecraft.merge.fusion import Stats, gradient_fusion
+
+
+def _d(name: str) -> Any:
+    """A field's default from the parameter table (scenecraft.merge.config: its one home)."""
+    return default("loraclr", name)
 
 
 @dataclass(frozen=True)
 class LoraclrConfig:
-    recipe: Literal["ours", "reference"] = "ours"  # objective/optimiser variant (module docstring)
-    margin: float = 1.0  # m; ours: share of the targets' natural distance (relative margin)
-    lambda_con: float = 1.0  # λ_con, weight of L_pos + L_neg
-    lambda_mse: float = 0.1  # λ_mse, weight of the output-matching term
-    lambda_reg: float = 1e-3  # λ_reg, weight of the ‖D‖ regulariser
-    lr: float = 0.1  # ours: Adam step in units of the typical |ΔW| entry; reference: absolute
-    weight_decay: float = 0.0  # AdamW decoupled weight decay (reference: 1e-4)
-    max_iters: int = 50  # optimiser steps per layer batch (as the reference)
-    patience: int = 5  # stop after this many steps without relative improvement; 0 = never
+    recipe: Literal["ours", "reference"] = _d("recipe")  # objective/optimiser (module docstring)
+    margin: float = _d("margin")  # m; ours: share of the targets' natural distance (relative)
+    lambda_con: float = _d("lambda_con")  # λ_con, weight of L_pos + L_neg
+    lambda_mse: float = _d("lambda_mse")  # λ_mse, weight of the output-matching term
+    lambda_reg: float = _d("lambda_reg")  # λ_reg, weight of the ‖D‖ regulariser
+    lr: float = _d("lr")  # ours: Adam step in units of the typical |ΔW| entry; reference: absolute
+    weight_decay: float = _d("weight_decay")  # AdamW decoupled weight decay (reference: 1e-4)
+    max_iters: int = _d("max_iters")  # optimiser steps per layer batch (as the reference)
+    patience: int = _d("patience")  # stop after this many steps without improvement; 0 = never
     rel_tol: float = 1e-4  # "improvement" means total loss drops by more than this fraction
-    init: Literal["fusion-normalised", "fusion", "zero"] = "fusion-normalised"  # D at step 0
-    eps_rel: float = DEFAULT_RIDGE  # relative ridge of the fusion start (fusion.DEFAULT_RIDGE)
-    seed: int = 0  # row subsampling of the reference recipe
+    init: Literal["fusion-normalised", "fusion", "zero"] = _d("init")  # D at step 0
+    eps_rel: float = _d("eps_rel")  # relative ridge of the fusion start
+    seed: int = _d("seed")  # row subsampling of the reference recipe
 
     @classmethod
     def reference(cls) -> LoraclrConfig:
@@ -84,41 +90,19 @@ class LoraclrConfig:
 
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> LoraclrConfig:
-        """Merge-spec params -> config; ``recipe="reference"`` starts from the reference defaults."""
+        """Engine params (resolved from the table by `scenecraft.merge.config.resolve`) ->
+        config; ``recipe="reference"`` starts from the reference defaults. Ranges were checked
+        once, against the table; an unknown name here is a caller's bug (`merge-bad-param`)."""
         base = cls.reference() if params.get("recipe") == "reference" else cls()
-        known = {f.name: f.type for f in fields(cls)}
-        updates: dict[str, Any] = {}
-        for key, value in params.items():
-            if key == "recipe":
-                continue
-            if key not in known:
-                raise error(
-                    "merge-bad-param",
-                    f"unknown loraclr parameter `{key}`",
-                    help=did_you_mean(key, known) or f"known: {', '.join(sorted(known))}",
-                )
-            updates[key] = value
-        try:
-            cfg = replace(base, **updates)
-        except TypeError as exc:  # pragma: no cover - replace() only fails on unknown names
-            raise error("merge-bad-param", str(exc), help="check the parameter types") from None
-        if cfg.recipe not in ("ours", "reference") or cfg.init not in (
-            "fusion-normalised",
-            "fusion",
-            "zero",
-        ):
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(params) - known)
+        if unknown:
             raise error(
                 "merge-bad-param",
-                f"bad loraclr recipe/init: {cfg.recipe}/{cfg.init}",
-                help="recipe: ours | reference; init: fusion-normalised | fusion | zero",
+                f"unknown loraclr parameter `{unknown[0]}`",
+                help=did_you_mean(unknown[0], known) or f"known: {', '.join(sorted(known))}",
             )
-        if cfg.max_iters < 0 or cfg.margin < 0 or cfg.lr <= 0:
-            raise error(
-                "merge-bad-param",
-                "loraclr needs max_iters >= 0, margin >= 0, lr > 0",
-                help="fix the loraclr parameters in the merge block",
-            )
-        return cfg
+        return replace(base, **{k: v for k, v in params.items() if k != "recipe"})
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

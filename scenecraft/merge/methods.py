@@ -30,7 +30,8 @@ from typing import Any
 import torch
 
 from scenecraft.diagnostics import did_you_mean, error
-from scenecraft.merge.fusion import DEFAULT_RIDGE, Stats, gradient_fusion
+from scenecraft.merge.config import DEFAULT_RIDGE, default
+from scenecraft.merge.fusion import Stats, gradient_fusion
 from scenecraft.merge.loraclr import LoraclrConfig, loraclr
 
 DATA_FREE = ("linear", "average", "ties", "dare", "dare-ties", "magnitude-prune")
@@ -142,14 +143,14 @@ def data_free(
         return W0 + D.sum(0), [{} for _ in range(W0.shape[0])]
     if method == "average":
         return W0 + D.mean(0), [{} for _ in range(W0.shape[0])]
-    density = float(params.get("density", 0.5))
+    density = float(params.get("density", default("ties", "density")))
     if not 0.0 < density <= 1.0:
         raise error(
             "merge-bad-param",
             f"`density` must be in (0, 1], got {density}",
             help="density is the share of each update kept, e.g. 0.5",
         )
-    seed = int(params.get("seed", 0))
+    seed = int(params.get("seed", default("dare", "seed")))
     devices = [W0.device] if W0.device.type == "cuda" else []
     out = torch.empty_like(W0)
     with torch.random.fork_rng(devices=devices):
@@ -193,8 +194,7 @@ def merge_batch(
     methods). Returns W* (L, out, in) in W0's dtype and one stats dict per layer.
     """
     params = params or {}
-    check_inputs(method, W0, deltas, X)
-    check_params(method, params)
+    check_inputs(method, W0, deltas, X)  # shapes; parameter names are checked once per merge
     W0f = W0.float()
     dl = [d.to(W0f) for d in deltas]
     if method in DATA_FREE:
@@ -212,7 +212,11 @@ def merge_layer(
     X: list[torch.Tensor] | None,
     params: dict[str, Any] | None = None,
 ) -> tuple[torch.Tensor, Stats]:
-    """One layer: W0 (out, in), deltas C × (out, in), X C × (n_c, in) -> (W* (out, in), stats)."""
+    """One layer: W0 (out, in), deltas C × (out, in), X C × (n_c, in) -> (W* (out, in), stats).
+
+    A direct caller's entry point, so the parameter names are checked here (the engine checks
+    them once per merge, not per batch)."""
+    check_params(method, params or {})
     if W0.dim() != 2:
         raise error(
             "merge-shape-mismatch",

@@ -1,0 +1,136 @@
+"""Merge methods and their parameters: the one table.
+
+Every parameter a scene file can give a merge method has one row here: the name users write,
+its type, range or choices, default and meaning (read by the checker through
+`scenecraft.language.schema.MERGE_KEYS`, and by docs/language.md §3.4, which a test keeps in
+step), and the engine's name for it (the paper's notation: ``iterations`` -> ``max_iters``,
+``ridge`` -> ``eps_rel``). ``resolve`` turns a checked merge block into what the engine takes:
+method parameters under the engine's names, and stage settings for `MergeConfig`. The compiler
+calls it once; the engine receives the result and does not translate or re-check it.
+
+Pure Python: the light commands (check, compile, fmt) read this table without torch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+DEFAULT_RIDGE = 1e-2  # relative ridge of gradient fusion (and of LoRACLR's start): docs/loraclr.md
+
+
+@dataclass(frozen=True)
+class Param:
+    """One merge parameter as users write it, and what the engine calls it."""
+
+    kind: str  # value type, as scenecraft.language.schema.Kind: "float", "int", "word", "bool"
+    default: Any  # the engine's default (None: the stage's own defaults, see `doc`)
+    doc: str  # one line for the docs and the checker's notes
+    lo: float | None = None  # inclusive lower bound (exclusive with lo_open)
+    hi: float | None = None  # inclusive upper bound
+    lo_open: bool = False
+    choices: tuple[str, ...] = ()  # allowed words for kind "word"
+    engine: str | None = None  # the engine's name when it differs from the user's
+    values: Mapping[Any, Any] = field(default_factory=dict)  # user value -> engine value
+    stage: tuple[str, ...] = ()  # MergeConfig fields it sets instead of a method parameter
+
+    def engine_name(self, name: str) -> str:
+        return self.engine or name
+
+    def engine_value(self, value: Any) -> Any:
+        return self.values.get(value, value)
+
+
+_SEED = Param("int", 0, "random seed of row subsampling and DARE's masks", 0, 2**31 - 1)
+_STAGES: dict[str, Param] = {
+    "spatial": Param(
+        "bool",
+        False,
+        "also merge the UNet's spatial layers (needs sampling runs)",
+        stage=("spatial",),
+    ),
+    "max_rows": Param(
+        "int",
+        None,
+        "feature rows kept per concept and layer (default 4096 text, 2048 spatial)",
+        16,
+        1_000_000,
+        stage=("text_max_rows", "spatial_max_rows"),
+    ),
+}
+_RIDGE = Param(
+    "float",
+    DEFAULT_RIDGE,
+    "ridge of the least-squares solve, relative to the trace: larger keeps the base model's "
+    "behaviour on words the concepts never saw",
+    0,
+    1,
+    engine="eps_rel",
+)
+_DENSITY = Param("float", 0.5, "share of each LoRA's entries kept", 0, 1, lo_open=True)
+
+PARAMS: dict[str, dict[str, Param]] = {
+    "loraclr": {
+        "margin": Param("float", 1.0, "repel margin m, relative with recipe ours", 0, 10, True),
+        "iterations": Param(
+            "int", 50, "optimiser steps per layer batch", 1, 10_000, engine="max_iters"
+        ),
+        "lr": Param("float", 0.1, "Adam step, relative with recipe ours", 0, 1, lo_open=True),
+        "lambda_con": Param("float", 1.0, "weight λ_con of the contrastive terms", 0, 100),
+        "lambda_mse": Param("float", 0.1, "weight λ_mse of the output-matching term", 0, 100),
+        "lambda_reg": Param("float", 1e-3, "weight λ_reg of ‖Δ‖_F", 0, 100),
+        "weight_decay": Param("float", 0.0, "AdamW weight decay (the reference: 1e-4)", 0, 1),
+        "patience": Param(
+            "int", 5, "stop a layer after this many flat steps (0: never)", 0, 10_000
+        ),
+        "recipe": Param(
+            "word",
+            "ours",
+            "scale-free distances (ours) or the authors' code path",
+            choices=("ours", "reference"),
+        ),  # fmt: skip
+        "init": Param(
+            "word",
+            "gradient-fusion",
+            "starting point: the least-squares solution (normalised), as is, or zero",
+            choices=("gradient-fusion", "fusion", "zero"),
+            values={"gradient-fusion": "fusion-normalised"},
+        ),
+        "ridge": _RIDGE,
+        **_STAGES,
+        "seed": _SEED,
+    },
+    "gradient-fusion": {"ridge": _RIDGE, **_STAGES, "seed": _SEED},
+    "linear": {},
+    "average": {},
+    "ties": {"density": _DENSITY, "seed": _SEED},
+    "dare": {"density": _DENSITY, "seed": _SEED},
+    "none": {},
+}
+METHODS = tuple(PARAMS)  # merge methods a scene file can name
+
+
+def default(method: str, engine_name: str) -> Any:
+    """The default of a method parameter by its engine name (engine dataclasses read it)."""
+    for name, param in PARAMS[method].items():
+        if param.engine_name(name) == engine_name:
+            return param.engine_value(param.default)
+    raise KeyError(f"{method} has no parameter {engine_name}")
+
+
+def resolve(method: str, params: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A checked merge block -> (method parameters by engine name, `MergeConfig` stage fields).
+
+    Only what the block sets is passed on; everything else takes the defaults in this table.
+    """
+    table = PARAMS[method]
+    engine: dict[str, Any] = {}
+    stages: dict[str, Any] = {}
+    for name, value in params.items():
+        param = table[name]  # the checker has refused unknown names
+        if param.stage:
+            stages.update(dict.fromkeys(param.stage, value))
+        else:
+            engine[param.engine_name(name)] = param.engine_value(value)
+    return engine, stages

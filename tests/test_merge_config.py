@@ -1,0 +1,99 @@
+"""The one table of merge parameters: checker, engine defaults, docs and the plan agree."""
+
+from __future__ import annotations
+
+import inspect
+import re
+from collections.abc import Callable
+from dataclasses import fields
+from pathlib import Path
+
+import pytest
+
+from scenecraft.api import load
+from scenecraft.language import schema
+from scenecraft.merge.config import DEFAULT_RIDGE, METHODS, PARAMS, default, resolve
+from scenecraft.merge.fusion import gradient_fusion
+from scenecraft.merge.loraclr import LoraclrConfig
+from scenecraft.merge.methods import allowed_params
+from scenecraft.merge.types import MergeConfig
+
+ROOT = Path(__file__).parent.parent
+ScenePath = Callable[..., Path]
+
+
+def test_the_checker_reads_the_table() -> None:
+    assert set(schema.MERGE_KEYS) == set(PARAMS) == set(METHODS)
+    for method, params in PARAMS.items():
+        assert set(schema.MERGE_KEYS[method]) == set(params)
+        for name, p in params.items():
+            key = schema.MERGE_KEYS[method][name]
+            assert (key.kind, key.lo, key.hi, key.choices, key.lo_open) == (
+                p.kind, p.lo, p.hi, p.choices, p.lo_open,
+            )  # fmt: skip
+
+
+def test_engine_defaults_come_from_the_table() -> None:
+    cfg = LoraclrConfig()
+    for name, p in PARAMS["loraclr"].items():
+        if p.stage:
+            continue
+        assert getattr(cfg, p.engine_name(name)) == p.engine_value(p.default), name
+    ridge = inspect.signature(gradient_fusion).parameters["eps_rel"].default
+    assert ridge == DEFAULT_RIDGE == default("gradient-fusion", "eps_rel")
+    assert default("ties", "density") == 0.5
+    # every engine name the table produces is one the engine accepts
+    for method, params in PARAMS.items():
+        if method == "none":
+            continue
+        for name, p in params.items():
+            if not p.stage:
+                assert p.engine_name(name) in allowed_params(method), (method, name)
+            else:
+                assert set(p.stage) <= {f.name for f in fields(MergeConfig)}
+
+
+def test_resolve_maps_names_values_and_stages() -> None:
+    params, stages = resolve(
+        "loraclr",
+        {
+            "iterations": 80,
+            "ridge": 0.1,
+            "init": "gradient-fusion",
+            "max_rows": 512,
+            "spatial": True,
+        },
+    )
+    assert params == {"max_iters": 80, "eps_rel": 0.1, "init": "fusion-normalised"}
+    assert stages == {"text_max_rows": 512, "spatial_max_rows": 512, "spatial": True}
+    assert resolve("linear", {}) == ({}, {})
+
+
+def test_the_plan_holds_resolved_params_and_merge_seed_is_not_an_alias(
+    scene_file: ScenePath,
+) -> None:
+    text = 'model "example-org/sd15-base"\nconcept a {\n  token "<A>"\n}\n'
+    plan = load(scene_file(text + "merge dare {\n  seed 7\n}\nscene s {\n  a\n}\n")).plan
+    assert plan.merge.params == {"seed": 7}  # was `seeds`, which the engine refused
+    plan = load(scene_file(text + "merge loraclr {\n  iterations 9\n}\nscene s {\n  a\n}\n")).plan
+    assert (plan.merge.params, plan.merge.stages) == ({"max_iters": 9}, {})
+
+
+def test_one_key_per_merge(scene_file: ScenePath) -> None:
+    def key(body: str, name: str = "a") -> str:
+        text = f'model "example-org/sd15-base"\nconcept {name} {{\n  token "<A>"\n}}\n{body}'
+        return load(scene_file(text + f"scene s {{\n  {name}\n}}\n")).plan.merge.key
+
+    plain = key("merge loraclr\n")
+    assert key("merge loraclr\n", name="renamed") == plain  # names are not part of a merge
+    assert key("merge loraclr {\n  margin 0.5\n}\n") != plain
+    assert key("merge gradient-fusion\n") != plain
+    assert len(plain) == 24
+
+
+@pytest.mark.parametrize("method", [m for m in METHODS if PARAMS[m]])
+def test_docs_list_every_parameter(method: str) -> None:
+    text = (ROOT / "docs" / "language.md").read_text(encoding="utf-8")
+    section = text.split("### 3.4 Merge methods")[1].split("### 3.5")[0]
+    for name in PARAMS[method]:
+        assert re.search(rf"`{name}`", section), (method, name)
