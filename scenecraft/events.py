@@ -111,3 +111,29 @@ class RenderFinished(Event):
     skipped: int
     seconds: float
     interrupted: bool = False
+
+
+# ------------------------------------------------------------- render events of Ray workers
+
+
+@dataclass(frozen=True)
+class WorkerStarted(Event):
+    worker: str  # "w0", "w1", …; a replacement gets a new name
+    node: str  # the node's IP address
+    device: str  # the device its pipeline runs on, e.g. "cuda:0", "cpu"
+
+
+@dataclass(frozen=True)
+class WorkerProgress(Event):
+    worker: str
+    batch: int  # 0-based batch index
+    batches: int  # number of batches in the run
+    step: int  # steps done in this batch (0 when it starts)
+    steps: int
+
+
+@dataclass(frozen=True)
+class WorkerLost(Event):
+    worker: str
+    reason: str  # e.g. "ActorDiedError: …"
+    retried: int  # its unfinished batches, put back in the queue

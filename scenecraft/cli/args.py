@@ -97,6 +97,15 @@ def _render_args(p: argparse.ArgumentParser) -> None:
         default=None,
         help="write progress events as JSON lines to stdout",
     )
+    p.add_argument(
+        "--ray",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="ADDRESS",
+        help="render on Ray actors, one per GPU: a local instance, or the cluster at ADDRESS "
+        '(needs `pip install "scenecraft[ray]"`)',
+    )
 
 
 def _port(text: str) -> int:
@@ -225,6 +234,7 @@ class RenderSettings:
     device: str | None = None
     dtype: str | None = None
     cache_dir: str | None = None
+    ray: str | None = None  # --ray: "" a local instance, else the cluster's address
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> RenderSettings:

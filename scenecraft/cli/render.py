@@ -48,6 +48,11 @@ def run(settings: RenderSettings, loaded: Any, console: Console | None = None) -
     if s.dry_run:
         tasks = plan_images(plan, s.out, only=s.only, shard=shard, adapters=s.adapters)
         return dry_run(console, plan, tasks, s, shard)
+    executor = None
+    if s.ray is not None:
+        from scenecraft.render.executor import ray_executor
+
+        executor = ray_executor(s.ray)
     try:
         with progress_reporter(console, events=s.events, quiet=s.quiet) as reporter:
             result = render(
@@ -62,6 +67,7 @@ def run(settings: RenderSettings, loaded: Any, console: Console | None = None) -
                 device=s.device,
                 dtype=s.dtype,
                 cache_dir=s.cache_dir,
+                executor=executor,
             )
     except KeyboardInterrupt:
         return 130

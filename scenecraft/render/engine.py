@@ -13,11 +13,12 @@ Ctrl-C (KeyboardInterrupt) keeps every finished image and leaves a valid manifes
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from scenecraft import __version__
 from scenecraft.events import (
@@ -44,6 +45,7 @@ from scenecraft.render.outputs import (
     METADATA_VERSION,
     Manifest,
     a1111_parameters,
+    atomic_write,
     check_out_dir,
     check_unique_paths,
     confined,
@@ -54,6 +56,9 @@ from scenecraft.render.outputs import (
 from scenecraft.render.regions import Adapters, regional, regions_text
 from scenecraft.render.samplers import make_scheduler, sampler_def
 from scenecraft.render.selection import select_jobs
+
+if TYPE_CHECKING:
+    from scenecraft.render.executor import Executor
 
 
 @dataclass
@@ -158,8 +163,12 @@ def render(
     device: str | None = None,
     dtype: str | None = None,
     cache_dir: str | Path | None = None,
+    executor: Executor | None = None,
 ) -> RenderResult:
-    """Render ``plan`` into ``out_dir``; see the module docstring for the steps."""
+    """Render ``plan`` into ``out_dir``; see the module docstring for the steps.
+
+    ``executor`` decides where the batches run: in this process (None, the default) or on a
+    Ray cluster (`scenecraft.render.executor.ray_executor`)."""
     start = time.perf_counter()
     out = Path(out_dir)
     check_out_dir(out)  # before any model loads
@@ -183,9 +192,11 @@ def render(
     interrupted = ok = False
     try:
         if todo:
+            from scenecraft.render.executor import InProcess, Work
+
             session = _Session(plan, result, manifest, reporter, mode)
-            pipe = session.prepare(pipe, device, dtype, cache_dir)
-            session.run(pipe, batches, size)
+            work = Work(batches, size, pipe, device, dtype, cache_dir)
+            (executor or InProcess()).run(session, work)
         ok = True
     except KeyboardInterrupt:
         interrupted = True
@@ -257,6 +268,7 @@ class _Session:
         self.mode = mode
         self.model = model_info(plan.merge.base)
         self.schedulers: dict[str, Any] = {}
+        self.scheduler_config: Any = None  # the model's own scheduler config, every sampler's base
         self.merge_entry = ""  # the merge engine's cache key, once the merge is applied
         self.confined: Adapters | None = None  # runtime adapters, confined to their regions
 
@@ -292,27 +304,34 @@ class _Session:
         limit = size
         try:
             for index, batch in enumerate(batches):
-                emit(
-                    self.reporter,
-                    BatchStarted(
-                        index, len(batches), tuple(t.job.id for t in batch), batch[0].job.steps
-                    ),
-                )
-                for start in range(0, len(batch), limit):
-                    chunk = batch[start : start + limit]
-                    for done in run_halving(chunk, lambda part: self.call(pipe, part), self.on_oom):
-                        limit = min(limit, done)
+                limit = self.run_batch(pipe, batch, index, len(batches), limit)
         finally:
             pipe.scheduler = original
             if self.mode == "adapters":
                 adapter_mod.unload_adapters(pipe)
+
+    def run_batch(
+        self, pipe: Any, batch: Sequence[ImageTask], index: int, total: int, limit: int
+    ) -> int:
+        """Render one batch (one pipeline call, halved on OOM); returns the batch limit left.
+
+        Every executor runs batches through here, in process or on a Ray worker."""
+        steps = batch[0].job.steps
+        emit(self.reporter, BatchStarted(index, total, tuple(t.job.id for t in batch), steps))
+        for start in range(0, len(batch), limit):
+            chunk = batch[start : start + limit]
+            for done in run_halving(chunk, lambda part: self.call(pipe, part), self.on_oom):
+                limit = min(limit, done)
+        return limit
 
     def on_oom(self, old: int, new: int) -> None:
         emit(self.reporter, Notice("warning", f"out of memory at batch {old}; retrying with {new}"))
 
     def scheduler(self, pipe: Any, sampler: str) -> Any:
         if sampler not in self.schedulers:
-            self.schedulers[sampler] = make_scheduler(sampler, pipe.scheduler.config)
+            if self.scheduler_config is None:  # before any sampler replaced pipe.scheduler
+                self.scheduler_config = pipe.scheduler.config
+            self.schedulers[sampler] = make_scheduler(sampler, self.scheduler_config)
         return self.schedulers[sampler]
 
     def call(self, pipe: Any, tasks: Sequence[ImageTask]) -> None:
@@ -342,10 +361,23 @@ class _Session:
             ).images
         for task, image in zip(tasks, images, strict=True):
             self.write(task, image)
-        self.manifest.save(finished=False, interrupted=False)
+        self.flush()
 
     # 5. Outputs
     def write(self, task: ImageTask, image: Any) -> None:
+        """Write one rendered image (a PIL image) with its provenance."""
+        self.record(task, write_png(task.path, image, *self.png_text(task)))
+
+    def store(self, task: ImageTask, png: bytes) -> None:
+        """Write one image that was rendered and encoded elsewhere (a Ray worker)."""
+        atomic_write(task.path, lambda f: f.write(png))
+        self.record(task, hashlib.sha256(png).hexdigest())
+
+    def flush(self) -> None:
+        self.manifest.save(finished=False, interrupted=False)
+
+    def png_text(self, task: ImageTask) -> tuple[str, dict[str, Any]]:
+        """The PNG's A1111 ``parameters`` text and its ``scenecraft`` provenance."""
         job = task.job
         fields: dict[str, Any] = {
             "Steps": job.steps,
@@ -378,9 +410,11 @@ class _Session:
             "model": {"name": self.model.name, "hash": self.model.hash},
             "plan": {"file": self.plan.file, "source_sha256": self.plan.source_sha256},
         }
-        digest = write_png(
-            task.path, image, a1111_parameters(job.prompt, job.negative_prompt, fields), provenance
-        )
+        return a1111_parameters(job.prompt, job.negative_prompt, fields), provenance
+
+    def record(self, task: ImageTask, digest: str) -> None:
+        """Enter a written image (``digest``: the sha256 of its bytes) in the manifest."""
+        job = task.job
         rel = task.path.relative_to(self.result.out_dir).as_posix()
         self.manifest.record(
             rel,

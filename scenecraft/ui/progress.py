@@ -26,6 +26,7 @@ from rich.progress import (
     Progress,
     ProgressColumn,
     Task,
+    TaskID,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
@@ -45,12 +46,21 @@ from scenecraft.events import (
     RenderStarted,
     Reporter,
     StepDone,
+    WorkerLost,
+    WorkerProgress,
+    WorkerStarted,
 )
 
 
 def short_path(path: str, parts: int = 3) -> str:
     """The last ``parts`` components of ``path`` (what fits on one line)."""
     return "/".join(Path(path).parts[-parts:])
+
+
+def worker_lost(event: WorkerLost) -> str:
+    return (
+        f"warning: worker {event.worker} lost ({event.reason}); {event.retried} batch(es) retried"
+    )
 
 
 def summary(event: RenderFinished) -> str:
@@ -81,6 +91,8 @@ class Quiet:
     def __call__(self, event: Event) -> None:
         if isinstance(event, Notice) and event.level != "info":
             self.console.print(f"{event.level}: {event.message}", markup=False, highlight=False)
+        elif isinstance(event, WorkerLost):
+            self.console.print(worker_lost(event), markup=False, highlight=False)
 
 
 class PlainLog:
@@ -115,6 +127,10 @@ class PlainLog:
             self.line(f"merge {event.key} ready {how}")
         elif isinstance(event, RenderFinished):
             self.line(summary(event))
+        elif isinstance(event, WorkerStarted):
+            self.line(f"worker {event.worker} ready on {event.node} ({event.device})")
+        elif isinstance(event, WorkerLost):
+            self.line(worker_lost(event))
 
 
 class RateColumn(ProgressColumn):
@@ -176,6 +192,7 @@ class LiveDisplay:
         )
         self.steps = self.progress.add_task("steps", total=None, visible=False, unit="it")
         self.recent: deque[str] = deque(maxlen=recent)
+        self.workers: dict[str, TaskID] = {}  # one row per Ray worker
         self.footer = ""
         self.live = Live(self, console=console, refresh_per_second=8, transient=False)
 
@@ -225,6 +242,24 @@ class LiveDisplay:
     def on_RenderFinished(self, e: RenderFinished) -> None:  # noqa: N802
         self.progress.update(self.steps, visible=False)
         self.footer = summary(e)
+
+    # Ray workers: one row each
+    def worker_row(self, name: str) -> TaskID:
+        if name not in self.workers:
+            self.workers[name] = self.progress.add_task(name, total=None, unit="it")
+        return self.workers[name]
+
+    def on_WorkerStarted(self, e: WorkerStarted) -> None:  # noqa: N802
+        self.progress.update(self.worker_row(e.worker), description=f"{e.worker} {e.device}")
+
+    def on_WorkerProgress(self, e: WorkerProgress) -> None:  # noqa: N802
+        desc = f"{e.worker} batch {e.batch + 1}/{e.batches}"
+        row = self.worker_row(e.worker)
+        self.progress.update(row, description=desc, total=e.steps, completed=e.step)
+
+    def on_WorkerLost(self, e: WorkerLost) -> None:  # noqa: N802
+        self.progress.update(self.worker_row(e.worker), description=f"{e.worker} lost")
+        self.console.print(Text(worker_lost(e), style="yellow"))
 
     # merge events
     def on_MergeStarted(self, e: MergeStarted) -> None:  # noqa: N802
