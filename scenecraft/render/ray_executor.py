@@ -321,6 +321,9 @@ class RayExecutor:
         """Connect (or start); True when this call started Ray and must shut it down."""
         if ray.is_initialized():
             return False
+        unreachable = _unreachable(self.address)
+        if unreachable:
+            raise connect_failed(self.address, unreachable)
         try:
             ray.init(
                 address=self.address,
@@ -329,12 +332,8 @@ class RayExecutor:
                 log_to_driver=False,
             )
         except (ConnectionError, ValueError, RuntimeError) as exc:
-            raise error(
-                "ray-connect-failed",
-                f"cannot connect to the Ray cluster at `{self.address or 'local'}`",
-                notes=(f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:200]}",),
-                help="start one with `ray start --head`, check the address (`host:6379`, "
-                "`ray://host:10001`, `auto`), or use `--ray` alone for a local instance",
+            raise connect_failed(
+                self.address, f"{type(exc).__name__}: {_first_line(exc)}"
             ) from None
         return True
 
@@ -556,6 +555,31 @@ def _get(ray: Any, ref: Any) -> Any:
 
 def _first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [""])[0][:200]
+
+
+def _unreachable(address: str | None) -> str:
+    """Why ``host:port`` (or ``ray://host:port``) refuses a TCP connection; "" when it does not
+    (Ray itself retries a dead address for minutes)."""
+    import socket
+
+    if not address or address == "auto" or ":" not in address:
+        return ""
+    host, _, port = address.split("://")[-1].rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=5):
+            return ""
+    except (OSError, ValueError) as exc:
+        return f"{type(exc).__name__}: {exc}"
+
+
+def connect_failed(address: str | None, reason: str) -> DiagnosticError:
+    return error(
+        "ray-connect-failed",
+        f"cannot connect to the Ray cluster at `{address or 'local'}`",
+        notes=(reason[:300],),
+        help="start one with `ray start --head`, check the address (`host:6379`, "
+        "`ray://host:10001`, `auto`), or use `--ray` alone for a local instance",
+    )
 
 
 def batch_failed(batch: Sequence[ImageTask], tries: int, reason: str) -> DiagnosticError:
