@@ -20,6 +20,9 @@ from scenecraft.events import (
     RenderFinished,
     RenderStarted,
     StepDone,
+    WorkerLost,
+    WorkerProgress,
+    WorkerStarted,
 )
 from scenecraft.ui.progress import JsonLines, LiveDisplay, progress_reporter
 
@@ -137,3 +140,52 @@ def test_events_json_lines() -> None:
         "interrupted": False,
     }
     assert [r["type"] for r in rows].count("step-done") == 8
+
+
+def ray_script() -> list[Event]:
+    """A Ray run: per-worker progress rows, a lost worker, images written by the driver."""
+    return [
+        RenderStarted(total=2, skipped=0, batches=2),
+        WorkerStarted("w0", "10.0.0.5", "cuda:0"),
+        WorkerStarted("w1", "10.0.0.6", "cuda:0"),
+        WorkerProgress("w0", 0, 2, 3, 4),
+        WorkerProgress("w1", 1, 2, 1, 4),
+        WorkerLost("w1", "ActorDiedError: killed", 1),
+        ImageWritten("j1", "out/story/duo/1.png", "duo", 1),
+        WorkerProgress("w0", 1, 2, 4, 4),
+        ImageWritten("j2", "out/story/duo/2.png", "duo", 2),
+        RenderFinished(written=2, skipped=0, seconds=3.0),
+    ]
+
+
+def test_ray_workers_get_rows_on_a_terminal_and_lines_in_a_log() -> None:
+    buf = io.StringIO()
+    console = Console(file=buf, force_terminal=True, width=100, color_system=None)
+    with progress_reporter(console) as report:
+        for event in ray_script():
+            report(event)
+    out = ANSI.sub("", buf.getvalue())
+    last = out[out.rindex("images") :]
+    assert re.search(r"w0 batch 2/2\s.*4/4", last) and "w1 lost" in last
+    assert "warning: worker w1 lost (ActorDiedError: killed); 1 batch(es) retried" in out
+    log = io.StringIO()
+    with progress_reporter(Console(file=log, force_terminal=False, width=200)) as report:
+        for event in ray_script():
+            report(event)
+    assert log.getvalue().splitlines() == [
+        "rendering 2 image(s) in 2 batch(es), 0 up to date",
+        "worker w0 ready on 10.0.0.5 (cuda:0)",
+        "worker w1 ready on 10.0.0.6 (cuda:0)",
+        "warning: worker w1 lost (ActorDiedError: killed); 1 batch(es) retried",
+        "[1/2] duo seed 1 -> out/story/duo/1.png",
+        "[2/2] duo seed 2 -> out/story/duo/2.png",
+        "wrote 2 image(s), skipped 0 up to date, 3.0 s",
+    ]
+    quiet = io.StringIO()
+    with progress_reporter(Console(file=quiet, width=200), quiet=True) as report:
+        for event in ray_script():
+            report(event)
+    assert (
+        quiet.getvalue()
+        == "warning: worker w1 lost (ActorDiedError: killed); 1 batch(es) retried\n"
+    )
