@@ -154,6 +154,7 @@ def killed_run(cluster: Any, plan: Any, tmp_path_factory: pytest.TempPathFactory
         "killed": killed,
         "root": root,
         "merge_key": executor.merge_key,
+        "stats": dict(executor.stats),
     }
 
 
@@ -177,6 +178,7 @@ def test_a_killed_worker_still_gives_every_image_once_and_a_valid_manifest(
     written = Counter(e.path for e in rec.of(ImageWritten))
     assert len(written) == IMAGES and set(written.values()) == {1}
     assert len(result.written) == IMAGES == len(set(result.written))
+    assert killed_run["stats"]["images"] == IMAGES  # the lost batches were not counted
     files = pngs(out)
     assert len(files) == IMAGES
     # the manifest: finished, one entry per image, each entry's key is the PNG's own key

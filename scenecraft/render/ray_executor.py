@@ -275,12 +275,16 @@ class RenderWorker:
         return {"node": _node(), "device": device, "pid": os.getpid()}
 
     @_travel
-    def render(self, batch: Sequence[ImageTask], index: int, total: int, size: int) -> list[bytes]:
-        """One batch through the shared per-batch function; PNG bytes in the batch's order."""
+    def render(
+        self, batch: Sequence[ImageTask], index: int, total: int, size: int
+    ) -> tuple[list[bytes], float]:
+        """One batch through the shared per-batch function: (PNG bytes in the batch's order,
+        seconds it took here)."""
+        start = time.perf_counter()
         self.session.out = []
         self.limit = self.session.run_batch(self.pipe, batch, index, total, self.limit or size)
         self.forward.flush()
-        return list(self.session.out)
+        return list(self.session.out), time.perf_counter() - start
 
 
 # ------------------------------------------------------------------------------ driver side
@@ -293,6 +297,7 @@ class _Worker:
     setup: Any  # the ObjectRef of its setup call
     ready: bool = False
     load: int = 0  # batches handed to it and not yet back
+    ready_at: float = 0.0  # when its setup came back
 
 
 @dataclass
@@ -314,6 +319,9 @@ class RayExecutor:
     runtime_env: dict[str, Any] | None = None
     workers: list[_Worker] = field(default_factory=list)  # the live workers (for tests, tools)
     merge_key: str = ""  # the merge the workers applied
+    # figures of the last run: images, batches; worker_busy_s (inside `render` on the workers),
+    # worker_s (the workers' time from ready to done), driver_s (getting results and writing)
+    stats: dict[str, float] = field(default_factory=dict)
     _spawned: int = 0
 
     # -- connection
@@ -404,12 +412,17 @@ class RayExecutor:
         attempts = [0] * len(batches)
         inflight: dict[Any, tuple[_Worker, int]] = {}
         last_save = time.monotonic()
+        stats = self.stats = dict.fromkeys(
+            ("images", "batches", "worker_busy_s", "worker_s", "driver_s"), 0.0
+        )
 
         def lost(worker: _Worker, reason: str) -> None:
             nonlocal replacements
             if worker not in self.workers:
                 return
             self.workers.remove(worker)
+            if worker.ready:
+                stats["worker_s"] += time.perf_counter() - worker.ready_at
             mine = [(r, b) for r, (w, b) in inflight.items() if w is worker]
             for r, b in mine:
                 del inflight[r]
@@ -451,14 +464,15 @@ class RayExecutor:
                         except _Lost as exc:
                             lost(w, exc.reason)
                             continue
-                        w.ready = True
+                        w.ready, w.ready_at = True, time.perf_counter()
                         emit(reporter, WorkerStarted(w.name, info["node"], info["device"]))
                         continue
                     if ref not in inflight:  # put back already when its worker was lost
                         continue
                     w, b = inflight[ref]
+                    start = time.perf_counter()
                     try:
-                        pngs = _get(ray, ref)
+                        pngs, busy = _get(ray, ref)
                     except _Lost as exc:
                         lost(w, exc.reason)  # puts this batch back with the worker's others
                         continue
@@ -469,13 +483,19 @@ class RayExecutor:
                     if time.monotonic() - last_save >= MANIFEST_SECONDS:
                         session.flush()
                         last_save = time.monotonic()
+                    stats["driver_s"] += time.perf_counter() - start
+                    stats["worker_busy_s"] += busy
+                    stats["images"] += len(pngs)
+                    stats["batches"] += 1
+            end = time.perf_counter()
+            stats["worker_s"] += sum(end - w.ready_at for w in self.workers if w.ready)
             self._drain(ray, box, reporter)
         except KeyboardInterrupt:
             # keep what is finished: write the batches that are already back, then stop
             ready, _ = ray.wait(list(inflight), num_returns=len(inflight), timeout=0)
             for ref in ready:
                 try:
-                    pngs = _get(ray, ref)
+                    pngs, _ = _get(ray, ref)
                 except Exception:
                     continue
                 for task, png in zip(batches[inflight[ref][1]], pngs, strict=True):
