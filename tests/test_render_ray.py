@@ -15,6 +15,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 
@@ -31,6 +32,7 @@ from scenecraft.events import (
 from scenecraft.render.engine import render
 from scenecraft.render.outputs import read_png_metadata
 from scenecraft.toyworld import BASE_DIR, lora_path
+from tests._fixtures_render import pixels
 
 SCENE = """\
 model "{base}" family sd15
@@ -74,6 +76,7 @@ scene pair {{
 }}
 """
 IMAGES = 12  # 3 scenes x 4 seeds, in 6 batches of 2
+MAX_DRIFT = 2  # pixel levels an image may move when its batch size changes (seen: 1)
 
 
 def need_ray() -> Any:
@@ -208,6 +211,7 @@ def test_the_merge_is_built_once_and_reaches_every_worker(killed_run: Any) -> No
 
 def test_same_seed_same_bytes_as_in_process(killed_run: Any, plan: Any) -> None:
     root = killed_run["root"]
+    assert any(j.regions for j in plan.jobs)  # `pair` is regional: those go through Ray too
     local = render(plan, root / "local", cache_dir=root / "cache")  # same device and dtype (CPU)
     assert len(local.written) == IMAGES
     ray_files, local_files = pngs(root / "out"), pngs(root / "local")
@@ -255,7 +259,15 @@ def test_ctrl_c_keeps_finished_images_and_a_rerun_renders_only_what_is_missing(
         set(before) - set(kept)
     )
     assert [e.cached for e in again.of(MergeFinished)] == [True]  # the worker's cache served it
-    assert pngs(out) == before
+    after = pngs(out)
+    assert after.keys() == before.keys()
+    assert all(after[rel] == before[rel] for rel in kept)  # finished images were not touched
+    # a re-rendered image may land in a batch of another size than the first time; on CPU the
+    # batched matmuls then round differently, so compare pixels, not bytes
+    for rel in set(before) - set(kept):
+        a, b = pixels(out / rel), pixels(root / "out" / rel)
+        drift = int(np.abs(a.astype(int) - b).max())
+        assert a.shape == b.shape and drift <= MAX_DRIFT, rel
 
 
 def test_ray_flag_without_ray_is_a_diagnostic(
