@@ -33,6 +33,7 @@ from scenecraft.render.engine import render
 from scenecraft.render.outputs import read_png_metadata
 from scenecraft.toyworld import BASE_DIR, lora_path
 from tests._fixtures_render import pixels
+from tests._optional import require_module
 
 SCENE = """\
 model "{base}" family sd15
@@ -83,13 +84,7 @@ def need_ray() -> Any:
     """Ray, or a visible skip; under SCENECRAFT_CI=1 a missing Ray is a failure."""
     # bind the test cluster to 127.0.0.1 (Ray's switch for its laptop mode; set before import)
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    try:
-        import ray
-    except ImportError:
-        if os.environ.get("SCENECRAFT_CI") == "1":
-            pytest.fail('SCENECRAFT_CI=1 but Ray is not installed: pip install ".[ray]"')
-        pytest.skip('Ray is not installed (pip install "scenecraft[ray]")')
-    return ray
+    return require_module("ray", install='pip install "scenecraft[ray]"')
 
 
 class Recorder:
@@ -273,7 +268,8 @@ def test_ctrl_c_keeps_finished_images_and_a_rerun_renders_only_what_is_missing(
 def test_ray_flag_without_ray_is_a_diagnostic(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from scenecraft.cli import build_parser, main
+    from scenecraft.cli import main
+    from scenecraft.cli.args import build_parser
 
     assert build_parser().parse_args(["render", "a.scene", "--ray"]).ray == ""
     args = build_parser().parse_args(["render", "a.scene", "--ray", "ray://head:10001"])

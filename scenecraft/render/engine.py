@@ -192,8 +192,6 @@ def render(
     interrupted = ok = False
     try:
         if todo:
-            from scenecraft.render.executor import InProcess, Work
-
             session = _Session(plan, result, manifest, reporter, mode)
             work = Work(batches, size, pipe, device, dtype, cache_dir)
             (executor or InProcess()).run(session, work)
@@ -249,6 +247,26 @@ def open_manifest(
         },
     }
     return Manifest.open(path, header)
+
+
+@dataclass(frozen=True)
+class Work:
+    """The batches of one run and how to load the model that renders them (for an executor)."""
+
+    batches: Sequence[Sequence[ImageTask]]  # grouped by `make_batches`, in order
+    size: int  # images per pipeline call
+    pipe: Any = None  # a loaded pipeline to reuse (in process only)
+    device: str | None = None
+    dtype: str | None = None
+    cache_dir: str | Path | None = None  # the merge cache
+
+
+class InProcess:
+    """The default executor: one pipeline in this process renders the batches in order."""
+
+    def run(self, session: _Session, work: Work) -> None:
+        pipe = session.prepare(work.pipe, work.device, work.dtype, work.cache_dir)
+        session.run(pipe, work.batches, work.size)
 
 
 class _Session:

@@ -14,42 +14,18 @@ Ray is an optional extra (``pip install "scenecraft[ray]"``) imported only by `r
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from scenecraft.diagnostics import error
-from scenecraft.render.batching import ImageTask
+from scenecraft.render.engine import InProcess, Work, _Session
 
-if TYPE_CHECKING:
-    from scenecraft.render.engine import _Session
-
-
-@dataclass(frozen=True)
-class Work:
-    """The batches of one run and how to load the model that renders them."""
-
-    batches: Sequence[Sequence[ImageTask]]  # grouped by `make_batches`, in order
-    size: int  # images per pipeline call
-    pipe: Any = None  # a loaded pipeline to reuse (in process only)
-    device: str | None = None
-    dtype: str | None = None
-    cache_dir: str | Path | None = None  # the merge cache
+__all__ = ["Executor", "InProcess", "Work", "ray_executor"]
 
 
 class Executor(Protocol):
     def run(self, session: _Session, work: Work) -> None:
         """Render every batch of ``work``; each image goes to ``session.write``/``store``."""
         ...
-
-
-class InProcess:
-    """Today's path: one pipeline in this process renders the batches in order."""
-
-    def run(self, session: _Session, work: Work) -> None:
-        pipe = session.prepare(work.pipe, work.device, work.dtype, work.cache_dir)
-        session.run(pipe, work.batches, work.size)
 
 
 def ray_executor(address: str | None = None, **options: Any) -> Executor:
