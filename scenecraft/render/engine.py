@@ -8,6 +8,8 @@
   4. render batches of compatible settings, one generator per image, halving on CUDA OOM;
   5. write each PNG atomically with provenance, and the manifest after every batch;
   6. draw the storyboards whose panels are on disk.
+Steps 3-5 belong to the executor: `InProcess` here, or Ray actors (`scenecraft.render.executor`),
+which render each batch through the same `_Session.run_batch` and hand the PNGs back.
 Ctrl-C (KeyboardInterrupt) keeps every finished image and leaves a valid manifest.
 """
 
