@@ -222,3 +222,23 @@ def test_a_bad_adapter_leaves_the_pipeline_clean(tmp_path: Path) -> None:
         render(plan, tmp_path, pipe=pipe, adapters=True)
     assert exc.value.errors[0].code == "adapter-load-failed"
     assert not getattr(pipe.unet, "peft_config", None)  # ziggy's adapter was removed again
+
+
+def test_every_sampler_is_built_from_the_models_own_scheduler_config(tmp_path: Path) -> None:
+    """Not from whichever sampler ran before: `DPM++ 2M` after `DPM++ 2M Karras` must not
+    inherit Karras sigmas (the order of batches, in process or on Ray workers, must not matter)."""
+    from scenecraft.render.engine import RenderResult, _Session, open_manifest
+
+    plan = make_plan()
+    pipe = tiny_pipe()
+    original = pipe.scheduler
+    session = _Session(
+        plan, RenderResult(tmp_path), open_manifest(plan, tmp_path, "base", None), None, "base"
+    )
+    try:
+        pipe.scheduler = session.scheduler(pipe, "DPM++ 2M Karras")
+        assert pipe.scheduler.config.use_karras_sigmas is True
+        plain = session.scheduler(pipe, "DPM++ 2M")
+        assert plain.config.use_karras_sigmas is False
+    finally:
+        pipe.scheduler = original
