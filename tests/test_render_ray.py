@@ -7,6 +7,7 @@ One run with a worker killed mid-batch is shared by the tests that read its outp
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -187,6 +188,7 @@ def test_a_killed_worker_still_gives_every_image_once_and_a_valid_manifest(
         meta = read_png_metadata(out / rel)
         assert meta.scenecraft is not None and meta.scenecraft["key"] == entry["key"]
         assert meta.fields["Seed"] == str(entry["seed"])
+        assert entry["sha256"] == hashlib.sha256((out / rel).read_bytes()).hexdigest()
 
 
 def test_the_merge_is_built_once_and_reaches_every_worker(killed_run: Any) -> None:
