@@ -50,16 +50,27 @@ AREAS: dict[str, Box] = {
     "centre": (0.25, 0.25, 0.75, 0.75),
 }
 
-# relation -> (axis, sign): sign -1 means the subject comes first (left / higher) on that axis
-AXES: dict[str, tuple[str, int]] = {
+# relation -> (axis, sign) in the scene: x left to right, y top to bottom, z near to far; sign -1
+# means the subject comes first on that axis (`a left of b`: a has the smaller x). Two
+# placements of one pair with opposite signs on one axis contradict each other (the checker).
+RELATIONS: dict[str, tuple[str, int]] = {
     "left-of": ("x", -1),
     "right-of": ("x", 1),
     "above": ("y", -1),
     "on-top-of": ("y", -1),
     "below": ("y", 1),
-    "behind": ("y", -1),  # further away: higher in the picture
-    "in-front-of": ("y", 1),  # nearer: lower in the picture
+    "in-front-of": ("z", -1),
+    "behind": ("z", 1),
 }
+
+
+def canvas_axis(relation: str) -> tuple[str, int]:
+    """A relation's axis on the 2-D canvas: depth becomes height, the nearer subject lower."""
+    axis, sign = RELATIONS[relation]
+    return ("y", -sign) if axis == "z" else (axis, sign)
+
+
+AXES = {rel: canvas_axis(rel) for rel in RELATIONS}  # relation -> (canvas axis, sign)
 STACKING = {"above", "on-top-of", "below", "behind", "in-front-of"}
 
 Placement = tuple[str, str, str]  # (subject, relation, target)

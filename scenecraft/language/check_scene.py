@@ -19,18 +19,6 @@ from scenecraft.prompts import Clause
 if TYPE_CHECKING:
     from scenecraft.language.check import Checker
 
-# relation -> (axis, direction); two placements contradict when they put the same pair on the
-# same axis in opposite directions.
-_AXES: dict[str, tuple[str, int]] = {
-    "left-of": ("x", -1),
-    "right-of": ("x", 1),
-    "above": ("y", -1),
-    "on-top-of": ("y", -1),
-    "below": ("y", 1),
-    "in-front-of": ("z", -1),
-    "behind": ("z", 1),
-}
-
 
 @dataclass
 class SceneBody:
@@ -399,9 +387,9 @@ def _self_reference(ck: Checker, t: n.Ident, subject: str) -> None:
 def _contradictions(ck: Checker, placements: list[tuple[str, str, str, n.Placement]]) -> None:
     seen: dict[tuple[str, str, str], tuple[int, n.Placement]] = {}
     for a, rel, b, node in placements:
-        if rel not in _AXES:
+        if rel not in layout.RELATIONS:
             continue
-        axis, sign = _AXES[rel]
+        axis, sign = layout.RELATIONS[rel]
         key, direction = ((a, b, axis), sign) if a < b else ((b, a, axis), -sign)
         if key in seen and seen[key][0] != direction:
             ck.c.error(
