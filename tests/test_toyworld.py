@@ -37,9 +37,17 @@ def _one_thread() -> Any:
 
 def test_captions_are_the_compilers_english() -> None:
     ziggy = W.CONCEPTS["ziggy"].as_sprite("a crown")
-    scene = W.Scene((ziggy, W.Sprite("star", "red", "striped")), "left-of", "on grass")
+    scene = W.pair(ziggy, "left-of", W.Sprite("star", "red", "striped"), "on grass")
     assert W.caption(scene) == "<ZIGGY> circle wearing a crown left of red striped star, on grass"
     assert W.caption(W.Scene((W.Sprite("square", "pink"),))) == "pink square"
+    four = W.Scene(
+        tuple(W.CONCEPTS[n].as_sprite() for n in ("lulu", "blip", "kiki", "momo")),
+        ((0, "left-of", 1), (2, "on-top-of", 3)),
+        "at sea",
+    )
+    assert W.caption(four) == (
+        "<LULU> circle left of <BLIP> square, <KIKI> triangle on top of <MOMO> star, at sea"
+    )
 
 
 def test_render_is_deterministic_and_sized() -> None:
@@ -50,16 +58,76 @@ def test_render_is_deterministic_and_sized() -> None:
     assert (a == b).all()
 
 
+def test_seeds_move_and_resize_sprites() -> None:
+    scene = W.Scene(tuple(W.CONCEPTS[n].sprite for n in ("blip", "kiki")), setting="on grass")
+    layouts = {tuple(W.layout(scene, seed)) for seed in range(20)}
+    assert len(layouts) >= 16  # nearly every seed draws its own boxes
+    sizes = {x1 - x0 for boxes in layouts for x0, _, x1, _ in boxes}
+    assert sizes == set(W.SIZES)
+
+
+def test_random_scenes_hold_one_to_four_sprites_and_keep_their_placements() -> None:
+    rng = random.Random(7)
+    counts = set()
+    for seed in range(300):
+        scene = W.random_scene(rng)
+        counts.add(len(scene.sprites))
+        boxes = W.layout(scene, seed)
+        for i, relation, j in scene.placements:
+            assert W.relation_holds(relation, boxes[i], boxes[j]), (W.caption(scene), boxes)
+        for k, (x0, y0, x1, y1) in enumerate(boxes):
+            top = y0 - (W.HAT if scene.sprites[k].attribute else 0)
+            assert x0 >= W.MARGIN and x1 <= W.SIZE - W.MARGIN and top >= 0 and y1 <= W.SIZE
+        for k in range(len(boxes)):  # bodies never touch
+            for m in range(k):
+                a, b = boxes[k], boxes[m]
+                assert a[2] <= b[0] or b[2] <= a[0] or a[3] <= b[1] or b[3] <= a[1]
+    assert counts == {1, 2, 3, 4}
+
+
+def test_placements_mean_what_they_say() -> None:
+    a, b = W.CONCEPTS["blip"].sprite, W.CONCEPTS["kiki"].sprite
+    for seed in range(10):
+        left = W.layout(W.pair(a, "left-of", b), seed)
+        assert (left[0][0] + left[0][2]) < (left[1][0] + left[1][2])
+        top, bottom = W.layout(W.pair(a, "on-top-of", b), seed)
+        assert top[3] + W.STACK_GAP == bottom[1]  # stacked: a stands on b
+        assert abs((top[0] + top[2]) - (bottom[0] + bottom[2])) <= 8
+
+
+def test_attributes_sit_on_their_wearer() -> None:
+    crowned = W.CONCEPTS["momo"].sprite
+    crowned = W.Sprite(crowned.shape, crowned.colour, crowned.pattern, "a crown")
+    scene = W.Scene((crowned, W.CONCEPTS["blip"].sprite), setting="on grass")
+    image, boxes = W.render_with_boxes(scene, 5)
+    img = np.asarray(image)
+    (x0, y0, x1, _), other = boxes
+    above = img[y0 - 6 : y0, (x0 + x1) // 2 - 6 : (x0 + x1) // 2 + 6]
+    assert (above == W.ATTRIBUTES["a crown"]).all(axis=-1).sum() >= 30
+    orange = (img == W.ATTRIBUTES["a crown"]).all(axis=-1)
+    assert not orange[max(0, other[1] - 8) : other[3], other[0] : other[2]].any()
+
+
+def test_world_one_keeps_its_fixed_slots() -> None:
+    a, b = W.CONCEPTS["ziggy"].sprite, W.CONCEPTS["blip"].sprite
+    assert W.layout(W.pair(a, "left-of", b), 0, version=1) == [(4, 28, 28, 52), (36, 28, 60, 52)]
+    assert W.layout(W.pair(a, "left-of", b), 9, version=1) == W.layout(
+        W.pair(a, "left-of", b), 0, version=1
+    )
+
+
 def test_concepts_are_distinct_and_include_a_same_class_pair() -> None:
-    identities = {(c.sprite.shape, c.sprite.colour, c.sprite.pattern) for c in W.CONCEPTS.values()}
-    assert len(identities) == len(W.CONCEPTS) >= 4
+    identities = {c.sprite.identity for c in W.CONCEPTS.values()}
+    assert len(identities) == len(W.CONCEPTS) == 6
     z1, z2 = W.CONCEPTS["ziggy"].sprite, W.CONCEPTS["zaza"].sprite
     assert (z1.shape, z1.colour) == (z2.shape, z2.colour) and z1.pattern != z2.pattern
+    # four concepts of four classes exist, so a four-concept picture can avoid the hard pair
+    assert len({W.CONCEPTS[n].class_noun for n in ("lulu", "blip", "kiki", "momo")}) == 4
 
 
 def test_tokenizer_keeps_concept_tokens_whole_and_truncates() -> None:
     tok = build_tokenizer(TINY)
-    ids = tok("<ZIGGY> circle left of <ZAZA> circle").input_ids
+    ids = tok("<ZIGGY> circle left of <LULU> circle").input_ids
     assert len(ids) == 8  # bos, 6 whole tokens, eos
     long = tok(
         "red star " * 40, padding="max_length", truncation=True, max_length=tok.model_max_length
@@ -76,17 +144,55 @@ CASES = [
     (["kiki", "momo"], [("kiki", "right-of", "momo")], {"kiki": "a hat"}, "on a shelf"),
     (["zaza", "blip"], [("blip", "beside", "zaza")], {}, "in the desert"),
     (["ziggy", "momo"], [], {}, None),
+    (["lulu", "blip", "kiki"], [("lulu", "left-of", "blip")], {"kiki": "a hat"}, "at sea"),
+    (
+        ["lulu", "blip", "kiki", "momo"],
+        [("lulu", "left-of", "blip"), ("kiki", "on-top-of", "momo")],
+        {"lulu": "a crown"},
+        "on grass",
+    ),
+    (["ziggy", "zaza", "blip", "kiki"], [], {"ziggy": "a hat", "zaza": "a crown"}, None),
 ]
 
 
 @pytest.mark.parametrize(("names", "places", "attrs", "setting"), CASES)
+@pytest.mark.parametrize("seed", [0, 1, 2])
 def test_judge_gives_full_marks_on_ground_truth(
-    names: list[str], places: list[tuple[str, str, str]], attrs: dict[str, str], setting: str | None
+    names: list[str],
+    places: list[tuple[str, str, str]],
+    attrs: dict[str, str],
+    setting: str | None,
+    seed: int,
 ) -> None:
     expected = J.expected_scene(names, places, attrs, setting)
-    scores = J.judge(W.render(J.ground_truth(expected)), expected)
-    assert (scores.accuracy, scores.identity, scores.placement) == (1.0, 1.0, 1.0)
-    assert scores.similarity > 0.9
+    image, boxes = W.render_with_boxes(J.ground_truth(expected), seed)
+    scores = J.judge(image, expected)
+    assert (scores.accuracy, scores.identity, scores.placement, scores.attribute) == (1, 1, 1, 1)
+    assert scores.similarity == 1.0
+    # the same picture judged against its own boxes (as a render job's regions give them)
+    regions = {n: tuple(v / W.SIZE for v in box) for n, box in zip(names, boxes, strict=True)}
+    boxed = J.judge(image, J.expected_scene(names, places, attrs, setting, boxes=regions))
+    assert [c.placement for c in boxed.concepts] == [1.0] * len(names)
+
+
+def test_judge_is_exact_on_random_ground_truth() -> None:
+    rng = random.Random(5)
+    for seed in range(60):
+        scene = W.random_scene(rng)
+        named = [(f"s{i}", s) for i, s in enumerate(scene.sprites)]
+        expected = J.expected_scene(
+            named,
+            [(f"s{i}", r, f"s{j}") for i, r, j in scene.placements],
+            {n: s.attribute for n, s in named if s.attribute},
+            scene.setting,
+        )
+        scores = J.judge(W.render(scene, seed), expected)
+        assert (scores.accuracy, scores.identity, scores.placement, scores.attribute) == (
+            1,
+            1,
+            1,
+            1,
+        ), W.caption(scene)
 
 
 @pytest.mark.parametrize(
@@ -96,11 +202,56 @@ def test_swapped_placement_scores_zero(
     names: list[str], places: list[tuple[str, str, str]], attrs: dict[str, str], setting: str | None
 ) -> None:
     expected = J.expected_scene(names, places, attrs, setting)
-    (s, rel, t) = places[0]
-    swapped = J.ground_truth(J.expected_scene(names, [(t, rel, s)], attrs, setting))
+    (s, rel, t), *rest = places
+    swapped = J.ground_truth(J.expected_scene(names, [(t, rel, s), *rest], attrs, setting))
     scores = J.judge(W.render(swapped), expected)
-    assert scores.placement == 0.0
+    assert [c.placement for c in scores.concepts if c.name in (s, t)] == [0.0, 0.0]
     assert scores.identity == 1.0
+
+
+def test_swapped_identities_fail_identity_or_placement() -> None:
+    # kiki drawn where blip was asked for and blip where kiki was: with boxes, the identities
+    # are right but both sprites sit in the other's box
+    expected = J.expected_scene(["blip", "kiki"], setting="on grass")
+    image, boxes = W.render_with_boxes(J.ground_truth(expected), 3)
+    regions = {"blip": boxes[1], "kiki": boxes[0]}  # each box is where the other one is
+    norm = {n: tuple(v / W.SIZE for v in b) for n, b in regions.items()}
+    scores = J.judge(image, J.expected_scene(["blip", "kiki"], setting="on grass", boxes=norm))
+    assert scores.identity == 1.0 and scores.placement == 0.0
+    # the hard pair swapped: zaza drawn in both places where ziggy and zaza were asked for
+    zaza = W.CONCEPTS["zaza"].sprite
+    dup = W.render(W.Scene((zaza, zaza), ((0, "left-of", 1),)), 2)
+    scores = J.judge(dup, J.expected_scene(["ziggy", "zaza"], [("ziggy", "left-of", "zaza")]))
+    assert scores.identity == 0.5 and scores.accuracy == 1.0
+    assert [c.identity for c in scores.concepts] == [0.0, 1.0]
+
+
+def test_duplicates_and_extras_lower_accuracy() -> None:
+    ziggy = W.CONCEPTS["ziggy"].sprite
+    scores = J.judge(W.render(W.Scene((ziggy, ziggy, ziggy)), 4), J.expected_scene(["ziggy"]))
+    assert scores.identity == 1.0 and scores.accuracy == pytest.approx(1 / 3)
+    assert len(scores.found) == 3
+
+
+def test_sprite_outside_its_box_fails_placement() -> None:
+    image, boxes = W.render_with_boxes(W.Scene((W.CONCEPTS["momo"].sprite,), (), "at sea"), 6)
+    x0, y0, x1, y1 = (v / W.SIZE for v in boxes[0])
+    inside = J.expected_scene(["momo"], setting="at sea", boxes={"momo": (x0, y0, x1, y1)})
+    assert J.judge(image, inside).placement == 1.0
+    cx = (x0 + x1) / 2
+    away = (0.0, 0.0, 0.5, 1.0) if cx > 0.5 else (0.5, 0.0, 1.0, 1.0)
+    outside = J.expected_scene(["momo"], setting="at sea", boxes={"momo": away})
+    scores = J.judge(image, outside)
+    assert scores.placement == 0.0 and scores.identity == 1.0
+
+
+def test_attribute_on_the_wrong_wearer_is_caught() -> None:
+    blip, kiki = W.CONCEPTS["blip"].sprite, W.CONCEPTS["kiki"].sprite
+    hat_on_kiki = W.Scene((blip, W.Sprite(kiki.shape, kiki.colour, kiki.pattern, "a hat")))
+    expected = J.expected_scene(["blip", "kiki"], attributes={"blip": "a hat"})
+    scores = J.judge(W.render(hat_on_kiki, 1), expected)
+    assert scores.identity == 1.0
+    assert [c.attribute for c in scores.concepts] == [0.0, 0.0]
 
 
 def test_missing_and_extra_sprites_lower_accuracy() -> None:
@@ -110,21 +261,22 @@ def test_missing_and_extra_sprites_lower_accuracy() -> None:
     assert missing.accuracy == 0.5 and missing.identity == 0.5 and missing.placement == 0.0
     single = J.expected_scene(["ziggy"])
     extra = J.judge(
-        W.render(W.Scene((W.CONCEPTS["ziggy"].sprite, W.Sprite("star", "red")), "left-of")), single
+        W.render(W.pair(W.CONCEPTS["ziggy"].sprite, "left-of", W.Sprite("star", "red"))), single
     )
     assert extra.accuracy == 0.5 and extra.identity == 1.0
 
 
 def test_judge_tells_the_same_class_pair_apart() -> None:
-    # zaza drawn where ziggy is expected: right class, wrong identity
+    # zaza drawn where ziggy is expected: right class, wrong identity, at every world size
     expected = J.expected_scene(["ziggy"])
-    scores = J.judge(W.render(W.Scene((W.CONCEPTS["zaza"].sprite,))), expected)
-    assert scores.accuracy == 1.0 and scores.identity == 0.0
+    for seed in range(6):
+        scores = J.judge(W.render(W.Scene((W.CONCEPTS["zaza"].sprite,)), seed), expected)
+        assert scores.accuracy == 1.0 and scores.identity == 0.0
 
 
 def test_judge_on_blank_image_scores_nothing() -> None:
     expected = J.expected_scene(["kiki"], setting="on grass")
-    scores = J.judge(W.render(W.Scene((), None, "on grass")), expected)
+    scores = J.judge(W.render(W.Scene((), (), "on grass")), expected)
     assert (scores.accuracy, scores.identity, scores.similarity) == (0.0, 0.0, 0.0)
 
 

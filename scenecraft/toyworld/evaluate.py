@@ -63,21 +63,25 @@ def score(
     return means, images
 
 
-def plain_scenes(n: int, seed: int, pairs: bool) -> list[ExpectedScene]:
-    """Scenes of plain sprites (base-model check): one sprite, or two with a placement."""
+def plain_scenes(n: int, seed: int, pairs: bool, count: int | None = None) -> list[ExpectedScene]:
+    """Scenes of plain sprites (base-model check): one sprite, or ``count`` (default two, with
+    a placement between the first two) of different shapes."""
     rng = random.Random(seed)
     scenes = []
+    k = count or (2 if pairs else 1)
     for _ in range(n):
-        a = random_sprite(rng, 0.0)
         setting = rng.choice([None, *SETTINGS])
-        if not pairs:
-            scenes.append(expected_scene([("a", a)], setting=setting))
-            continue
-        b = random_sprite(rng, 0.0)
-        while b.shape == a.shape:
+        sprites = [random_sprite(rng, 0.0)]
+        while len(sprites) < k:
             b = random_sprite(rng, 0.0)
-        relation = rng.choice([r for r in RELATIONS if r != "beside"])
-        scenes.append(expected_scene([("a", a), ("b", b)], [("a", relation, "b")], setting=setting))
+            if all(b.shape != s.shape for s in sprites):
+                sprites.append(b)
+        named = [(f"s{i}", s) for i, s in enumerate(sprites)]
+        places = []
+        if k >= 2 and (pairs or rng.random() < 0.5):
+            relation = rng.choice([r for r in RELATIONS if r != "beside"])
+            places.append(("s0", relation, "s1"))
+        scenes.append(expected_scene(named, places, setting=setting))
     return scenes
 
 

@@ -25,13 +25,14 @@ LORA_DIR = WEIGHTS / "loras"  # the shipped concept LoRAs, <name>.safetensors
 class ModelConfig:
     """Sizes of the toy model; the defaults are the shipped model."""
 
-    max_tokens: int = 24  # tokenizer model_max_length (longest caption is ~22 tokens)
+    max_tokens: int = 64  # tokenizer model_max_length (world-2 captions: up to ~60 tokens)
     text_dim: int = 64  # text encoder width = UNet cross_attention_dim
     text_layers: int = 3  # text encoder depth
     text_heads: int = 4  # text encoder heads
     unet_channels: tuple[int, ...] = (32, 64, 64)  # UNet block widths at 16, 8, 4 latent res.
     unet_layers: int = 1  # resnets per UNet block
     vae_channels: tuple[int, ...] = (16, 32, 32)  # VAE widths; 3 blocks = 4x downsampling
+    finest_cross_attention: bool = True  # cross-attention at the finest latent grid (16x16)
     seed: int = 0  # init seed
 
 
@@ -75,19 +76,25 @@ def build_text_encoder(config: ModelConfig, tokenizer: Any) -> Any:
 
 
 def build_unet(config: ModelConfig) -> Any:
+    """The UNet. With ``finest_cross_attention`` (world 2) the 16x16 blocks attend to the prompt
+    too, so a prompt (or a region's prompt) can say *where* at the latent grid's own resolution;
+    those blocks use only cross-attention (``only_cross_attention``: both attention layers attend
+    to the text), because 256-token self-attention doubled the step time."""
     from diffusers import UNet2DConditionModel
 
     torch.manual_seed(config.seed)
     n = len(config.unet_channels)
+    first = "CrossAttn" if config.finest_cross_attention else ""
     return UNet2DConditionModel(
         sample_size=16,
         in_channels=4,
         out_channels=4,
         block_out_channels=config.unet_channels,
         layers_per_block=config.unet_layers,
-        # cross-attention at 8x8 and 4x4 only: attention at 16x16 doubled the step time
-        down_block_types=("DownBlock2D",) + ("CrossAttnDownBlock2D",) * (n - 1),
-        up_block_types=("CrossAttnUpBlock2D",) * (n - 1) + ("UpBlock2D",),
+        down_block_types=(f"{first}DownBlock2D",) + ("CrossAttnDownBlock2D",) * (n - 1),
+        up_block_types=("CrossAttnUpBlock2D",) * (n - 1) + (f"{first}UpBlock2D",),
+        only_cross_attention=(config.finest_cross_attention,) + (False,) * (n - 1),
+        mid_block_only_cross_attention=False,
         cross_attention_dim=config.text_dim,
         attention_head_dim=4,
         norm_num_groups=16,

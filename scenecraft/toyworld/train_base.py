@@ -1,6 +1,12 @@
 """Train the toy world's base model: first the 4x VAE, then UNet + text encoder (v-prediction).
 
     python -m scenecraft.toyworld.train_base --vae-minutes 6 --minutes 40 --out DIR
+    python -m scenecraft.toyworld.train_base --init OLD_BASE --steps 4000 --out DIR  # warm start
+
+``--init`` starts from a trained base (world 1's shipped weights): its VAE is kept as it is
+(same 64x64 canvas), every UNet / text-encoder weight that still fits is copied, and what is new
+(the 16x16 attention blocks, longer position table, new concept tokens) starts as a no-op or from
+the old values; then UNet + text encoder train on world-2 scenes.
 
 Deterministic for a seed (data, init and noise come from seeded generators; wall-clock budgets
 only decide when to stop). Logs loss to stdout and writes the pipeline to ``--out`` (a diffusers
@@ -44,6 +50,7 @@ class TrainConfig:
     ema: float = 0.999  # EMA decay of the saved UNet/text-encoder weights
     checkpoint_minutes: float = 5.0  # write the pipeline this often
     seed: int = 0  # data / noise seed
+    init: Path | None = None  # warm start from this trained base folder (keeps its VAE)
 
 
 def images_tensor(images: list[Any]) -> torch.Tensor:
@@ -53,8 +60,10 @@ def images_tensor(images: list[Any]) -> torch.Tensor:
 
 
 def scene_batch(rng: random.Random, n: int) -> tuple[torch.Tensor, list[str]]:
+    """``n`` random world scenes, each drawn with its own layout seed."""
     scenes = [random_scene(rng) for _ in range(n)]
-    return images_tensor([render(s) for s in scenes]), [caption(s) for s in scenes]
+    images = [render(s, rng.randrange(2**31)) for s in scenes]
+    return images_tensor(images), [caption(s) for s in scenes]
 
 
 def train_vae(vae: Any, cfg: TrainConfig, log: Any = print) -> None:
@@ -105,8 +114,11 @@ def finetune_decoder(vae: Any, cfg: TrainConfig, minutes: float, log: Any = prin
 
 
 @torch.no_grad()
-def cache_latents(components: dict[str, Any], cfg: TrainConfig) -> tuple[torch.Tensor, list[str]]:
-    """Encode ``n_data`` scenes; sets the VAE's scaling_factor so latents have unit std."""
+def cache_latents(
+    components: dict[str, Any], cfg: TrainConfig, keep_scale: bool = False
+) -> tuple[torch.Tensor, list[str]]:
+    """Encode ``n_data`` scenes; sets the VAE's scaling_factor so latents have unit std
+    (``keep_scale``: a warm start keeps the scale its UNet was trained with)."""
     rng = random.Random(cfg.seed + 2)
     vae = components["vae"]
     latents, captions = [], []
@@ -115,7 +127,8 @@ def cache_latents(components: dict[str, Any], cfg: TrainConfig) -> tuple[torch.T
         latents.append(vae.encode(x).latent_dist.mean)  # (b, 4, 16, 16)
         captions += caps
     z = torch.cat(latents)
-    vae.register_to_config(scaling_factor=float(1.0 / z.std()))
+    if not keep_scale:
+        vae.register_to_config(scaling_factor=float(1.0 / z.std()))
     return z * vae.config.scaling_factor, captions
 
 
@@ -164,7 +177,7 @@ def train_unet(
     components: dict[str, Any], cfg: TrainConfig, out: Path | None, log: Any = print
 ) -> None:
     """Joint UNet + text-encoder training on cached latents; EMA weights are what gets saved."""
-    z, captions = cache_latents(components, cfg)
+    z, captions = cache_latents(components, cfg, keep_scale=cfg.init is not None)
     ids = tokenize(components["tokenizer"], captions)
     empty = tokenize(components["tokenizer"], [""])[0]
     unet, te, sched = components["unet"], components["text_encoder"], components["scheduler"]
@@ -237,14 +250,52 @@ def _save_ema(
     components["text_encoder"].eval()
     save_pipeline(components, out)
     t0 = time.time()
-    with torch.no_grad():
-        for label, pairs in (("single", False), ("pairs", True)):
-            means, _ = score(assemble(components), plain_scenes(16, 1, pairs), seed=1000)
-            log(f"judge {label}: " + " ".join(f"{k} {v:.2f}" for k, v in means.items()))
-    log(f"judged in {time.time() - t0:.0f}s")
+    try:
+        with torch.no_grad():
+            for label, pairs in (("single", False), ("pairs", True)):
+                means, _ = score(assemble(components), plain_scenes(16, 1, pairs), seed=1000)
+                log(f"judge {label}: " + " ".join(f"{k} {v:.2f}" for k, v in means.items()))
+        log(f"judged in {time.time() - t0:.0f}s")
+    except Exception as exc:  # a progress report must never stop a long run
+        log(f"judging failed: {exc!r}")
     components["unet"].train()
     components["text_encoder"].train()
     _swap_in(params, live)
+
+
+def warm_start(components: dict[str, Any], init: Path, log: Any = print) -> None:
+    """Copy a trained base into fresh components (see the module docstring)."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    components["vae"] = AutoencoderKL.from_pretrained(init / "vae")
+    unet = components["unet"]
+    old = UNet2DConditionModel.from_pretrained(init / "unet").state_dict()
+    missing, unexpected = unet.load_state_dict(old, strict=False)
+    if unexpected or any(".attentions." not in k for k in missing):
+        raise ValueError(f"{init} does not fit this UNet: {unexpected or missing}")
+    new_blocks = sorted({k.split(".transformer_blocks")[0].rsplit(".", 1)[0] for k in missing})
+    with torch.no_grad():
+        for name, module in unet.named_modules():
+            if name.endswith("proj_out") and any(name.startswith(b) for b in new_blocks):
+                module.weight.zero_()  # a new attention block starts as the identity
+                module.bias.zero_()
+    te = components["text_encoder"]
+    old_te = CLIPTextModel.from_pretrained(init / "text_encoder").state_dict()
+    new_te = te.state_dict()
+    for key, value in old_te.items():
+        if new_te[key].shape == value.shape:
+            new_te[key] = value
+        elif key.endswith("embedding.weight"):  # token rows (new concept tokens) / positions
+            rows = new_te[key].clone()
+            rows[: len(value)] = value
+            if "position" in key:  # later positions start from the last trained one
+                rows[len(value) :] = value[-1]
+            new_te[key] = rows
+        else:
+            raise ValueError(f"{init} does not fit this text encoder: {key}")
+    te.load_state_dict(new_te)
+    log(f"warm start from {init}: {len(missing)} new UNet tensors in {new_blocks}")
 
 
 def train_base(
@@ -261,7 +312,9 @@ def train_base(
 
     torch.manual_seed(cfg.seed)
     components = build_components(model)
-    if vae_dir is not None:
+    if cfg.init is not None:
+        warm_start(components, cfg.init, log)
+    elif vae_dir is not None:
         components["vae"] = AutoencoderKL.from_pretrained(vae_dir)
     else:
         train_vae(components["vae"], cfg, log)
@@ -291,6 +344,13 @@ def main(argv: list[str] | None = None) -> None:
         "--vae", type=Path, default=None, help="a trained VAE folder (skips stage 1)"
     )
     parser.add_argument(
+        "--init", type=Path, default=None, help="warm start from a trained base (keeps its VAE)"
+    )
+    parser.add_argument("--lr", type=float, default=TrainConfig.lr)
+    parser.add_argument("--batch", type=int, default=TrainConfig.batch)
+    parser.add_argument("--warmup", type=int, default=TrainConfig.warmup)
+    parser.add_argument("--checkpoint-minutes", type=float, default=TrainConfig.checkpoint_minutes)
+    parser.add_argument(
         "--decoder-minutes", type=float, default=0.0, help="only fine-tune --out's decoder"
     )
     args = parser.parse_args(argv)
@@ -304,6 +364,11 @@ def main(argv: list[str] | None = None) -> None:
         steps=args.steps,
         vae_steps=args.vae_steps,
         n_data=args.n_data,
+        init=args.init,
+        lr=args.lr,
+        batch=args.batch,
+        warmup=args.warmup,
+        checkpoint_minutes=args.checkpoint_minutes,
     )
     if args.decoder_minutes:  # stage 3: sharpen the decoder of a trained base, in place
         from diffusers import AutoencoderKL

@@ -2,9 +2,9 @@
 
     python -m scenecraft.toyworld.train_lora ziggy --minutes 3
 
-Images show the concept's sprite (alone, or placed next to a plain sprite, in random settings),
-captioned in the compiler's English with the concept token (``<ZIGGY> circle left of red
-star, on grass``). Rank-r LoRA on the UNet attention (to_q/to_k/to_v/to_out.0) and the text
+Images show the concept's sprite alone (``pair_p``: sometimes next to a plain sprite) at a
+size and position drawn by the world's layout, in random settings, captioned in the compiler's
+English with the concept token (``<ZIGGY> circle wearing a hat, on grass``). Rank-r LoRA on the UNet attention (to_q/to_k/to_v/to_out.0) and the text
 encoder attention (q/k/v/out_proj); the base stays frozen. Saved in diffusers/PEFT form
 (``StableDiffusionPipeline.save_lora_weights``), loadable with ``pipe.load_lora_weights(path)``.
 """
@@ -40,7 +40,7 @@ class LoraConfig:
     batch: int = 16  # batch size
     lr: float = 2e-3  # AdamW learning rate of the LoRA factors
     n_data: int = 512  # cached concept scenes
-    pair_p: float = 0.5  # share of scenes that place the concept next to a plain sprite
+    pair_p: float = 0.0  # share of scenes that place the concept next to a plain sprite
     attribute_p: float = 0.2  # share of scenes where the concept wears a hat or crown
     seed: int = 0  # data / init / noise seed
 
@@ -52,7 +52,8 @@ def concept_scenes(name: str, cfg: LoraConfig) -> list[Any]:
     scenes = []
     for _ in range(cfg.n_data):
         attribute = rng.choice(["a crown", "a hat"]) if rng.random() < cfg.attribute_p else None
-        scenes.append(random_scene(rng, cfg.pair_p, first=concept.as_sprite(attribute)))
+        n = 2 if rng.random() < cfg.pair_p else 1
+        scenes.append(random_scene(rng, first=concept.as_sprite(attribute), n=n))
     return scenes
 
 
@@ -104,7 +105,7 @@ def train_lora(
     pipe = load_toyworld_pipeline(path=base)
     scenes = concept_scenes(name, cfg)
     with torch.no_grad():
-        x = images_tensor([render(s) for s in scenes])  # (N, 3, 64, 64)
+        x = images_tensor([render(s, seed=cfg.seed + i) for i, s in enumerate(scenes)])
         z = pipe.vae.encode(x).latent_dist.mean * pipe.vae.config.scaling_factor  # (N, 4, 16, 16)
     ids = tokenize(pipe.tokenizer, [caption(s) for s in scenes])
     params = add_adapters(pipe, cfg.rank)

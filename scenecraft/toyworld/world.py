@@ -1,10 +1,17 @@
 """The toy world: a procedural 64x64 renderer of sprite scenes and their captions.
 
-A scene holds one or two sprites (shape, colour, pattern, optional hat or crown) in a setting,
-and at most one placement between them. Layouts use a few fixed slots (left / right halves,
-centre, stacked) so that position binding is learnable by a tiny model. Every caption is
-written by `scenecraft.prompts.scene_prompt`, the compiler's own English, e.g.
-``red striped star left of <BLIP> circle, on grass``.
+World 2 (the shipped weights' world, ``VERSION``): a scene holds one to four sprites (shape,
+colour, pattern, optional hat or crown) in a setting, and placements between disjoint pairs of
+them (``A left of B``, ``C on top of D``). Where the sprites go is *drawn*, not looked up: the
+seed picks each sprite's size (20, 24 or 28 px; 20 or 24 with three or more sprites) and
+position, on the 4-pixel latent grid, such that every placement holds, no two sprites (hats
+included) come within 4 pixels of each other and the side borders stay clear (the judge reads
+the backdrop there). Same prompt, different seed: different boxes.
+
+World 1 (``version=1``, the first shipped weights): one or two 24-px sprites on fixed slots.
+
+Every caption is written by `scenecraft.prompts.scene_prompt`, the compiler's own English, e.g.
+``red striped star left of <BLIP> square, yellow circle and pink square, on grass``.
 """
 
 from __future__ import annotations
@@ -17,8 +24,17 @@ from PIL import Image
 
 from scenecraft.prompts import Clause, SceneText, Subject, scene_prompt
 
+VERSION = 2  # the world the shipped weights were trained on (1: fixed slots, <= 2 sprites)
 SIZE = 64  # image side, pixels
-SPRITE = 24  # sprite body side, pixels (bounding box); slots keep it on the 4-pixel latent grid
+SPRITE = 24  # world 1's sprite side, pixels; world 2's middle size
+SIZES = (20, 24, 28)  # world 2 sprite sides, pixels (multiples of the 4-pixel latent cell)
+CROWDED_SIZES = (20, 24)  # sizes when a scene holds three or four sprites
+GRID = 4  # sprite boxes start on this pixel grid (the VAE's latent cell)
+MARGIN = 4  # clear columns at the left and right borders (the judge reads the backdrop there)
+GAP = 4  # minimum clear pixels between two sprites (their hats included)
+HAT = 8  # rows an attribute needs above its wearer
+STACK_GAP = 4  # rows between a sprite and the one it stands on ("on top of")
+MAX_SPRITES = 4
 INK = (245, 245, 245)  # pattern colour (stripes, spots)
 
 SHAPES = ("circle", "square", "triangle", "star")
@@ -45,7 +61,7 @@ SETTINGS: dict[str, list[tuple[int, tuple[int, int, int]]]] = {
 }
 PLAIN_BACKGROUND: list[tuple[int, tuple[int, int, int]]] = [(0, (200, 200, 200))]
 
-# sprite centres (x, y) per slot
+# world 1: sprite centres (x, y) per slot
 SLOTS: dict[str, tuple[int, int]] = {
     "centre": (32, 40),
     "left": (16, 40),
@@ -53,7 +69,9 @@ SLOTS: dict[str, tuple[int, int]] = {
     "bottom": (32, 48),
     "top": (32, 20),
 }
-JITTER = 0  # max random shift of a sprite, pixels (0: slots stay on the latent grid)
+
+Box = tuple[int, int, int, int]  # (x0, y0, x1, y1) in pixels, exclusive ends
+Placement = tuple[int, str, int]  # (subject index, RELATIONS entry, target index)
 
 
 @dataclass(frozen=True)
@@ -68,32 +86,41 @@ class Sprite:
 
     @property
     def words(self) -> str:
-        """What the prompt calls it: ``<ZIGGY> star`` or ``red striped star``."""
+        """What the prompt calls it: ``<ZIGGY> circle`` or ``red striped star``."""
         if self.token:
             return f"{self.token} {self.shape}"
         pattern = "" if self.pattern == "plain" else f"{self.pattern} "
         return f"{self.colour} {pattern}{self.shape}"
 
+    @property
+    def identity(self) -> tuple[str, str, str]:
+        return (self.shape, self.colour, self.pattern)
+
 
 @dataclass(frozen=True)
 class Scene:
-    """One or two sprites, an optional placement ``sprites[0] relation sprites[1]``, a setting."""
+    """Up to four sprites, placements between disjoint pairs of them, a setting."""
 
     sprites: tuple[Sprite, ...]
-    relation: str | None = None  # one of RELATIONS, or None (sprites listed)
+    placements: tuple[Placement, ...] = ()  # (i, relation, j): sprites[i] relation sprites[j]
     setting: str | None = None  # a SETTINGS key, or None (plain grey)
-    swap: bool = False  # for "beside" / listed pairs: draw sprites[0] on the right
+
+
+def pair(a: Sprite, relation: str, b: Sprite, setting: str | None = None) -> Scene:
+    """``a relation b`` as a two-sprite scene."""
+    return Scene((a, b), ((0, relation, 1),), setting)
 
 
 def scene_text(scene: Scene) -> SceneText:
-    """The compiler-side description of a scene (subjects named s0, s1)."""
+    """The compiler-side description of a scene (subjects named s0, s1, ...)."""
     subjects = tuple(
         Subject(f"s{i}", s.words, (("wears", s.attribute),) if s.attribute else ())
         for i, s in enumerate(scene.sprites)
     )
-    clauses: tuple[Clause, ...] = ()
-    if scene.relation and len(subjects) == 2:
-        clauses = (Clause("s0", scene.relation, ("s1",), is_placement=True),)
+    clauses = tuple(
+        Clause(f"s{i}", relation, (f"s{j}",), is_placement=True)
+        for i, relation, j in scene.placements
+    )
     return SceneText(subjects=subjects, clauses=clauses, setting=scene.setting)
 
 
@@ -102,19 +129,135 @@ def caption(scene: Scene) -> str:
     return scene_prompt(scene_text(scene))
 
 
-def slots(scene: Scene) -> list[str]:
-    """Slot name of each sprite."""
+# --- geometry: shared by the layout sampler and the judge ----------------------------------------
+
+NEAR = 6  # pixels of centre offset that make "left of" / "above" hold
+
+
+def centre(box: tuple[float, float, float, float]) -> tuple[float, float]:
+    x0, y0, x1, y1 = box
+    return (x0 + x1) / 2, (y0 + y1) / 2
+
+
+def relation_holds(relation: str, a: tuple[float, ...], b: tuple[float, ...]) -> bool | None:
+    """Whether ``a relation b`` holds between two body boxes; None when not judged in 2-D.
+
+    left of / right of: centres at least NEAR apart horizontally; on top of: above, centres
+    within half the narrower width horizontally, and at most 12 rows between a's bottom and b's
+    top (stacked, not floating); above / below: centres NEAR apart vertically; beside: centres
+    more than half a sprite apart horizontally and less than half a sprite vertically."""
+    (ax, ay), (bx, by) = centre(a[:4]), centre(b[:4])  # type: ignore[arg-type]
+    half = min(a[2] - a[0], b[2] - b[0]) / 2
+    if relation == "left-of":
+        return ax < bx - NEAR
+    if relation == "right-of":
+        return ax > bx + NEAR
+    if relation == "on-top-of":
+        return ay < by - NEAR and abs(ax - bx) < half and -2 <= b[1] - a[3] <= 12
+    if relation == "above":
+        return ay < by - NEAR
+    if relation == "below":
+        return ay > by + NEAR
+    if relation == "beside":
+        return abs(ax - bx) > SPRITE / 2 and abs(ay - by) < SPRITE / 2
+    return None
+
+
+def _clear(a: Box, b: Box, gap: int) -> bool:
+    return a[2] + gap <= b[0] or b[2] + gap <= a[0] or a[3] + gap <= b[1] or b[3] + gap <= a[1]
+
+
+def _reach(box: Box, sprite: Sprite) -> Box:
+    """The box with its wearer's hat or crown."""
+    return (box[0], box[1] - HAT, box[2], box[3]) if sprite.attribute else box
+
+
+def layout(scene: Scene, seed: int = 0, version: int = VERSION) -> list[Box]:
+    """Each sprite's body box for this seed (world 2: drawn; world 1: fixed slots)."""
+    if version == 1:
+        return [
+            (cx - SPRITE // 2, cy - SPRITE // 2, cx + SPRITE // 2, cy + SPRITE // 2)
+            for cx, cy in (SLOTS[s] for s in slots_v1(scene))
+        ]
+    rng = random.Random(seed)
+    n = len(scene.sprites)
+    sizes = CROWDED_SIZES if n >= 3 else SIZES
+    for attempt in range(200):
+        if attempt == 100:  # rare crowded draws: fall back to the smallest size
+            sizes = (min(SIZES),)
+        boxes = _draw(scene, rng, sizes)
+        if boxes is not None:
+            return boxes
+    raise ValueError(f"no layout fits this scene: {caption(scene)!r}")
+
+
+def _draw(scene: Scene, rng: random.Random, sizes: tuple[int, ...]) -> list[Box] | None:
+    """One attempt: place sprites one at a time, each uniformly among the grid positions that
+    keep it clear of those placed and satisfy its placements with them; None on a dead end."""
+    n = len(scene.sprites)
+    side = [rng.choice(sizes) for _ in range(n)]
+    stacked = {i: j for i, rel, j in scene.placements if rel == "on-top-of"}
+    # stacks first (tallest units), then the rest in a random order
+    order = [j for j in stacked.values()] + [i for i in stacked]
+    rest = [i for i in range(n) if i not in order]
+    rng.shuffle(rest)
+    boxes: dict[int, Box] = {}
+    for i in order + rest:
+        s = side[i]
+        if i in stacked and stacked[i] in boxes:  # stands on its target, centred on it
+            below = boxes[stacked[i]]
+            x0 = (below[0] + below[2]) // 2 - s // 2
+            x0 -= x0 % GRID
+            candidates = [(x0, below[1] - STACK_GAP - s)]
+        else:
+            top = HAT if scene.sprites[i].attribute else 0
+            candidates = [
+                (x, y)
+                for x in range(MARGIN, SIZE - MARGIN - s + 1, GRID)
+                for y in range(top, SIZE - s + 1, GRID)
+            ]
+        fits = [c for c in candidates if _fits(scene, boxes, i, (c[0], c[1], c[0] + s, c[1] + s))]
+        if not fits:
+            return None
+        x, y = rng.choice(fits)
+        boxes[i] = (x, y, x + s, y + s)
+    return [boxes[i] for i in range(n)]
+
+
+def _fits(scene: Scene, boxes: dict[int, Box], i: int, box: Box) -> bool:
+    """Whether sprite i at ``box`` stays on the canvas, clear of the placed sprites, and keeps
+    its placements with them."""
+    reach = _reach(box, scene.sprites[i])
+    if reach[0] < MARGIN or reach[2] > SIZE - MARGIN or reach[1] < 0 or reach[3] > SIZE:
+        return False
+    stacks = {(a, b) for a, rel, b in scene.placements if rel == "on-top-of"}
+    for j, other in boxes.items():
+        gap = STACK_GAP if (i, j) in stacks or (j, i) in stacks else GAP
+        if not _clear(reach, _reach(other, scene.sprites[j]), gap):
+            return False
+    for a, relation, b in scene.placements:
+        if a == i and b in boxes and relation_holds(relation, box, boxes[b]) is False:
+            return False
+        if b == i and a in boxes and relation_holds(relation, boxes[a], box) is False:
+            return False
+    return True
+
+
+def slots_v1(scene: Scene) -> list[str]:
+    """World 1: slot name of each sprite."""
     if len(scene.sprites) == 0:
         return []
     if len(scene.sprites) == 1:
         return ["centre"]
-    if scene.relation == "on-top-of":
-        return ["top", "bottom"]
-    if scene.relation == "left-of":
-        return ["left", "right"]
-    if scene.relation == "right-of":
-        return ["right", "left"]
-    return ["right", "left"] if scene.swap else ["left", "right"]
+    relation = scene.placements[0][1] if scene.placements else None
+    flip = bool(scene.placements) and scene.placements[0][0] == 1
+    names = {"on-top-of": ["top", "bottom"], "right-of": ["right", "left"]}.get(
+        relation or "", ["left", "right"]
+    )
+    return names[::-1] if flip else names
+
+
+# --- drawing ------------------------------------------------------------------------------------
 
 
 def shape_mask(shape: str, size: int = SPRITE) -> np.ndarray:
@@ -150,13 +293,13 @@ def erode(mask: np.ndarray, steps: int) -> np.ndarray:
     return m
 
 
-def sprite_pixels(sprite: Sprite) -> tuple[np.ndarray, np.ndarray]:
-    """The sprite body: RGB (SPRITE, SPRITE, 3) uint8 and its mask (SPRITE, SPRITE) bool."""
-    mask = shape_mask(sprite.shape)
-    rgb = np.zeros((SPRITE, SPRITE, 3), dtype=np.uint8)
+def sprite_pixels(sprite: Sprite, size: int = SPRITE) -> tuple[np.ndarray, np.ndarray]:
+    """The sprite body: RGB (size, size, 3) uint8 and its mask (size, size) bool."""
+    mask = shape_mask(sprite.shape, size)
+    rgb = np.zeros((size, size, 3), dtype=np.uint8)
     rgb[mask] = COLOURS[sprite.colour]
     inner = erode(mask, 2)  # patterns keep a 2-pixel body-coloured rim
-    yy, xx = np.mgrid[0:SPRITE, 0:SPRITE]
+    yy, xx = np.mgrid[0:size, 0:size]
     if sprite.pattern == "striped":
         ink = inner & ((yy // 4) % 2 == 1)
     elif sprite.pattern == "spotted":
@@ -188,20 +331,26 @@ def draw_attribute(img: np.ndarray, attribute: str, cx: int, top: int) -> None:
         img[top - 7 : top - 2, cx - 4 : cx + 4] = colour
 
 
-def render(scene: Scene, seed: int = 0) -> Image.Image:
-    """Draw a scene; ``seed`` only drives the small position jitter."""
-    rng = random.Random(seed)
+def render(scene: Scene, seed: int = 0, version: int = VERSION) -> Image.Image:
+    """Draw a scene; ``seed`` draws the layout (world 2)."""
+    return render_with_boxes(scene, seed, version)[0]
+
+
+def render_with_boxes(
+    scene: Scene, seed: int = 0, version: int = VERSION
+) -> tuple[Image.Image, list[Box]]:
+    """Draw a scene and return each sprite's body box."""
     img = background(scene.setting)
-    for sprite, slot in zip(scene.sprites, slots(scene), strict=True):
-        cx, cy = SLOTS[slot]
-        cx += rng.randint(-JITTER, JITTER)
-        cy += rng.randint(-JITTER, JITTER) if slot != "bottom" else 0
-        rgb, mask = sprite_pixels(sprite)
-        x0, y0 = cx - SPRITE // 2, cy - SPRITE // 2
-        img[y0 : y0 + SPRITE, x0 : x0 + SPRITE][mask] = rgb[mask]
+    boxes = layout(scene, seed, version)
+    for sprite, (x0, y0, x1, _) in zip(scene.sprites, boxes, strict=True):
+        rgb, mask = sprite_pixels(sprite, x1 - x0)
+        img[y0 : y0 + mask.shape[0], x0 : x0 + mask.shape[1]][mask] = rgb[mask]
         if sprite.attribute:
-            draw_attribute(img, sprite.attribute, cx, y0)
-    return Image.fromarray(img)
+            draw_attribute(img, sprite.attribute, (x0 + x1) // 2, y0)
+    return Image.fromarray(img), boxes
+
+
+# --- random scenes --------------------------------------------------------------------------------
 
 
 def random_sprite(rng: random.Random, attribute_p: float = 0.2) -> Sprite:
@@ -210,20 +359,56 @@ def random_sprite(rng: random.Random, attribute_p: float = 0.2) -> Sprite:
     return Sprite(rng.choice(SHAPES), rng.choice(list(COLOURS)), rng.choice(PATTERNS), attribute)
 
 
-def random_scene(rng: random.Random, pair_p: float = 0.7, first: Sprite | None = None) -> Scene:
-    """A random scene; ``first`` fixes sprite 0 (used for concept data)."""
+COUNT_WEIGHTS = (0.25, 0.3, 0.25, 0.2)  # world 2: share of scenes with 1, 2, 3, 4 sprites
+
+
+def random_scene(
+    rng: random.Random, first: Sprite | None = None, version: int = VERSION, n: int | None = None
+) -> Scene:
+    """A random scene; ``first`` fixes sprite 0 (used for concept data), ``n`` the count."""
+    if version == 1:
+        return _random_scene_v1(rng, first)
+    if n is None:
+        n = rng.choices(range(1, MAX_SPRITES + 1), COUNT_WEIGHTS)[0]
+    sprites = [first or random_sprite(rng)]
+    while len(sprites) < n:
+        b = random_sprite(rng)
+        if all(b.identity != s.identity for s in sprites):
+            sprites.append(b)
+    if first is None:
+        rng.shuffle(sprites)
+    setting = rng.choice([None, *SETTINGS])
+    # placements between disjoint pairs (0, 1) and (2, 3), each present with probability 0.6
+    placements: list[Placement] = []
+    stacked = False  # a stack takes most of the canvas height: then every placed pair stacks
+    for i in range(0, n - 1, 2):
+        if rng.random() < 0.6:
+            relation = "on-top-of" if stacked else rng.choice(RELATIONS)
+            if relation == "on-top-of" and placements and not stacked:
+                continue  # a stack beside a side-by-side pair does not fit 64 pixels
+            stacked = relation == "on-top-of"
+            a, b = (i, i + 1) if rng.random() < 0.5 else (i + 1, i)
+            placements.append((a, relation, b))
+            if relation == "on-top-of":  # stacked sprites leave no room for hats
+                sprites[a] = replace(sprites[a], attribute=None)
+                sprites[b] = replace(sprites[b], attribute=None)
+    return Scene(tuple(sprites), tuple(placements), setting)
+
+
+def _random_scene_v1(rng: random.Random, first: Sprite | None) -> Scene:
     a = first or random_sprite(rng)
     setting = rng.choice([None, *SETTINGS])
-    if rng.random() >= pair_p:
+    if rng.random() >= 0.7:
         return Scene((a,), setting=setting)
     b = random_sprite(rng)
-    while (b.shape, b.colour, b.pattern) == (a.shape, a.colour, a.pattern):
+    while b.identity == a.identity:
         b = random_sprite(rng)
     relation = rng.choice([*RELATIONS, None])
     sprites = (a, b) if first or rng.random() < 0.5 else (b, a)
-    if relation == "on-top-of":  # stacked sprites leave no room for hats
+    if relation == "on-top-of":
         sprites = (replace(sprites[0], attribute=None), replace(sprites[1], attribute=None))
-    return Scene(sprites, relation, setting, swap=rng.random() < 0.5)
+    places: tuple[Placement, ...] = ((0, relation, 1),) if relation else ()
+    return Scene(sprites, places, setting)
 
 
 def words() -> tuple[str, ...]:
@@ -244,7 +429,7 @@ class Concept:
     sprite: Sprite  # the identity: shape, colour, pattern (token unset)
 
     def as_sprite(self, attribute: str | None = None) -> Sprite:
-        """The concept as a captioned sprite: ``<ZIGGY> star``."""
+        """The concept as a captioned sprite: ``<ZIGGY> circle``."""
         return replace(self.sprite, attribute=attribute, token=self.token)
 
 
@@ -255,4 +440,6 @@ CONCEPTS: dict[str, Concept] = {
     "blip": Concept("<BLIP>", "square", Sprite("square", "purple", "spotted")),
     "kiki": Concept("<KIKI>", "triangle", Sprite("triangle", "red", "striped")),
     "momo": Concept("<MOMO>", "star", Sprite("star", "red", "plain")),
+    # lulu: a fourth class next to blip, kiki and momo, so four concepts need not hold the pair
+    "lulu": Concept("<LULU>", "circle", Sprite("circle", "pink", "plain")),
 }
