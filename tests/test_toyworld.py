@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -16,10 +17,16 @@ from scenecraft.toyworld.model import (
     BASE_DIR,
     LORA_DIR,
     TINY,
+    build_components,
     build_tokenizer,
     load_toyworld_pipeline,
 )
-from scenecraft.toyworld.train_base import TrainConfig, finetune_decoder, train_base
+from scenecraft.toyworld.train_base import (
+    TrainConfig,
+    finetune_decoder,
+    train_base,
+    warm_start,
+)
 from scenecraft.toyworld.train_lora import LoraConfig, train_lora
 
 
@@ -357,3 +364,27 @@ def test_trainers_run_a_few_steps(tmp_path: Path) -> None:
     pipe = load_toyworld_pipeline(path=tmp_path / "base")
     pipe.load_lora_weights(str(out))
     assert set(pipe.get_list_adapters()) == {"unet", "text_encoder"}
+
+
+def test_warm_start_adds_16x16_cross_attention_as_a_no_op(tmp_path: Path) -> None:
+    old = replace(TINY, finest_cross_attention=False)
+    cfg = TrainConfig(vae_steps=1, steps=1, n_data=8, batch=2, vae_batch=2)
+    train_base(old, cfg, tmp_path / "old", log=lambda _: None)
+    before = load_toyworld_pipeline(path=tmp_path / "old")
+    fresh = build_components(TINY)
+    warm_start(fresh, tmp_path / "old", log=lambda _: None)
+    unet = fresh["unet"]
+    kinds = [type(b).__name__ for b in unet.down_blocks]
+    assert kinds[0] == "CrossAttnDownBlock2D"  # attends to the prompt at the finest grid
+    assert type(before.unet.down_blocks[0]).__name__ == "DownBlock2D"
+    z = torch.randn(2, 4, 16, 16, generator=torch.Generator().manual_seed(0))
+    ids = before.tokenizer(
+        ["<ZIGGY> circle left of red star"] * 2,
+        padding="max_length",
+        max_length=TINY.max_tokens,
+        return_tensors="pt",
+    ).input_ids
+    with torch.no_grad():
+        a = before.unet(z, 10, before.text_encoder(ids)[0]).sample
+        b = unet(z, 10, fresh["text_encoder"](ids)[0]).sample
+    torch.testing.assert_close(a, b)

@@ -58,7 +58,7 @@ def score(
     n = max(len(results), 1)
     means = {
         k: sum(getattr(r, k) for r in results) / n
-        for k in ("accuracy", "identity", "placement", "similarity")
+        for k in ("accuracy", "identity", "placement", "similarity", "attribute")
     }
     return means, images
 
@@ -115,8 +115,9 @@ def main(argv: list[str] | None = None) -> None:
     images: list[Image.Image] = []
     if not args.lora:
         pipe = load_toyworld_pipeline(path=args.base)
-        for label, pairs in (("single", False), ("pairs", True)):
-            report[label], ims = score(pipe, plain_scenes(args.seeds, 1, pairs), seed=1000)
+        for label, count in (("single", 1), ("pairs", 2), ("three", 3), ("four", 4)):
+            scenes = plain_scenes(args.seeds, 1, count == 2, count)
+            report[label], ims = score(pipe, scenes, seed=1000)
             images += ims
     for name in args.lora:
         pipe = load_toyworld_pipeline(path=args.base)

@@ -184,7 +184,9 @@ def _reference(identity: Identity, size: int) -> tuple[np.ndarray, tuple[int, in
     float (h, w, 3) in [0, 255], and that box's (w, h)."""
     rgb, mask = sprite_pixels(Sprite(*identity), size)
     ys, xs = np.nonzero(mask)
-    crop = (rgb.astype(np.float64) * mask[..., None])[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]
+    crop = (rgb.astype(np.float64) * mask[..., None])[
+        ys.min() : ys.max() + 1, xs.min() : xs.max() + 1
+    ]
     return crop, (crop.shape[1], crop.shape[0])
 
 
@@ -196,7 +198,9 @@ def _box_dims(shape: str, size: int) -> tuple[int, int]:
 
 def _sizes_for(shape: str, w: int, h: int) -> list[int]:
     """Sprite sides whose mask box best matches a (w, h) body box (within a pixel of the best)."""
-    errors = {s: abs(_box_dims(shape, s)[0] - w) + abs(_box_dims(shape, s)[1] - h) for s in REF_SIZES}
+    errors = {
+        s: abs(_box_dims(shape, s)[0] - w) + abs(_box_dims(shape, s)[1] - h) for s in REF_SIZES
+    }
     best = min(errors.values())
     return [s for s, e in errors.items() if e <= best + 1]
 

@@ -181,7 +181,7 @@ def layout(scene: Scene, seed: int = 0, version: int = VERSION) -> list[Box]:
         ]
     rng = random.Random(seed)
     n = len(scene.sprites)
-    sizes = CROWDED_SIZES if n >= 3 else SIZES
+    sizes: tuple[int, ...] = CROWDED_SIZES if n >= 3 else SIZES
     for attempt in range(200):
         if attempt == 100:  # rare crowded draws: fall back to the smallest size
             sizes = (min(SIZES),)
@@ -387,11 +387,11 @@ def random_scene(
             if relation == "on-top-of" and placements and not stacked:
                 continue  # a stack beside a side-by-side pair does not fit 64 pixels
             stacked = relation == "on-top-of"
-            a, b = (i, i + 1) if rng.random() < 0.5 else (i + 1, i)
-            placements.append((a, relation, b))
+            top, under = (i, i + 1) if rng.random() < 0.5 else (i + 1, i)
+            placements.append((top, relation, under))
             if relation == "on-top-of":  # stacked sprites leave no room for hats
-                sprites[a] = replace(sprites[a], attribute=None)
-                sprites[b] = replace(sprites[b], attribute=None)
+                sprites[top] = replace(sprites[top], attribute=None)
+                sprites[under] = replace(sprites[under], attribute=None)
     return Scene(tuple(sprites), tuple(placements), setting)
 
 
