@@ -34,7 +34,7 @@ import statistics
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -153,6 +153,13 @@ def render_case(pipe: Any, case: Case, seeds: Sequence[int], regions: bool = Fal
     return list(out.images)
 
 
+def region_boxes(case: Case) -> dict[str, tuple[float, float, float, float]]:
+    """Each concept's region (normalised x0, y0, x1, y1) as the compiler's layout derives it
+    from the case's placements: what regional sampling confines it to and what the judge then
+    checks placement against. Not wired in this script yet (see `render_case`)."""
+    raise NotImplementedError("regions on: derive the boxes with the compiler's layout")
+
+
 def summary(values: list[float]) -> dict[str, float]:
     return {
         "mean": statistics.fmean(values),
@@ -209,46 +216,77 @@ def own_pipe(name: str) -> tuple[Any, float]:
     return adapters_pipe((name,))
 
 
-def run_cases(pipe: Any, chosen: list[Case], seeds: Sequence[int], regions: bool) -> dict[str, Any]:
-    """Per-concept scores of every (case, seed), render seconds per image, seed-pair box
-    differences."""
-    per: dict[str, list[float]] = {m: [] for m in METRICS}
-    seconds, images, pairs, differ = 0.0, 0, 0, 0
-    for case in chosen:
-        start = time.perf_counter()
-        ims = render_case(pipe, case, seeds, regions)
-        seconds += time.perf_counter() - start
-        images += len(ims)
-        found = []
-        for im in ims:
-            scores = judge(im, case.scene)
-            found.append(scores.found)
-            for c in scores.concepts:
-                per["accuracy"].append(c.accuracy)
-                per["identity"].append(c.identity)
-                # no box and no placement asked: placement is not scored for that concept
-                if c.placement is not None:
-                    per["placement"].append(c.placement)
-        for a, b in itertools.combinations(found, 2):
-            pairs += 1
-            differ += boxes_differ(a, b)
-    return {
-        **{m: summary(v) if v else None for m, v in per.items()},
-        "render_seconds_per_image": round(seconds / max(images, 1), 3),
-        "seed_pairs_differ": round(differ / max(pairs, 1), 3),
-        "images": images,
-    }
+@dataclass
+class Tally:
+    """Raw results of one table row, gathered over cases (and merges)."""
+
+    values: dict[str, list[float]]
+    identity_by_concept: dict[str, list[float]]
+    render_seconds: float = 0.0
+    images: int = 0
+    seed_pairs: int = 0
+    differ: int = 0
+    merge_seconds: list[float] | None = None
+    prompts: list[str] | None = None
+
+    @classmethod
+    def new(cls) -> Tally:
+        return cls({m: [] for m in METRICS}, {}, merge_seconds=[], prompts=[])
+
+    def row(self) -> dict[str, Any]:
+        return {
+            **{m: summary(v) if v else None for m, v in self.values.items()},
+            "identity_by_concept": {
+                k: round(statistics.fmean(v), 3) for k, v in self.identity_by_concept.items()
+            },
+            "merge_seconds": round(statistics.fmean(self.merge_seconds or [0.0]), 2),
+            "render_seconds_per_image": round(self.render_seconds / max(self.images, 1), 3),
+            "seed_pairs_differ": round(self.differ / max(self.seed_pairs, 1), 3),
+            "images": self.images,
+            "prompts": self.prompts,
+        }
+
+
+def run_case(pipe: Any, case: Case, seeds: Sequence[int], regions: bool, tally: Tally) -> None:
+    """Render and judge one case with every seed; add per-concept scores, render time and
+    seed-pair box differences to ``tally``."""
+    start = time.perf_counter()
+    ims = render_case(pipe, case, seeds, regions)
+    tally.render_seconds += time.perf_counter() - start
+    tally.images += len(ims)
+    assert tally.prompts is not None
+    tally.prompts.append(case.label)
+    expected = case.scene
+    if regions:  # placement = inside the concept's own region
+        boxes = region_boxes(case)
+        expected = replace(
+            expected,
+            sprites=tuple(replace(s, box=boxes.get(s.name)) for s in expected.sprites),
+        )
+    found = []
+    for im in ims:
+        scores = judge(im, expected)
+        found.append(scores.found)
+        for c in scores.concepts:
+            tally.values["accuracy"].append(c.accuracy)
+            tally.values["identity"].append(c.identity)
+            tally.identity_by_concept.setdefault(c.name, []).append(c.identity)
+            # no box and no placement asked: placement is not scored for that concept
+            if c.placement is not None:
+                tally.values["placement"].append(c.placement)
+    for a, b in itertools.combinations(found, 2):
+        tally.seed_pairs += 1
+        tally.differ += boxes_differ(a, b)
+
+
+def row_name(case: Case) -> str:
+    return "same class (hard pair)" if case.label == "hard pair" else f"{case.count} in one image"
 
 
 def evaluate(n_seeds: int, regions: Sequence[bool]) -> dict[str, Any]:
     seeds = list(range(1000, 1000 + n_seeds))
     all_cases = cases()
-    rows: list[dict[str, Any]] = []
-
-    def add(row: dict[str, Any]) -> None:
-        rows.append(row)
-        print(_line(row), flush=True)
-
+    tallies: dict[tuple[str, str, bool], Tally] = {}
     groups: dict[tuple[str, ...], list[Case]] = {}
     for c in all_cases:
         groups.setdefault(c.merged, []).append(c)
@@ -260,39 +298,26 @@ def evaluate(n_seeds: int, regions: Sequence[bool]) -> dict[str, Any]:
                 else:
                     pipe, merge_s = merged_pipe(method, params, merged, Path(tmp))
                 for region in regions:
-                    by_count: dict[tuple[int, bool], list[Case]] = {}
-                    for c in chosen:
-                        by_count.setdefault((c.count, c.label == "hard pair"), []).append(c)
-                    for (count, hard), sub in sorted(by_count.items()):
-                        add(
-                            {
-                                "concepts": count,
-                                "row": "same class (hard pair)"
-                                if hard
-                                else f"{count} in one image",
-                                "method": label,
-                                "regions": region,
-                                "prompts": [c.label for c in sub],
-                                "merge_seconds": round(merge_s, 2),
-                                **run_cases(pipe, sub, seeds, region),
-                            }
-                        )
+                    for case in chosen:
+                        tally = tallies.setdefault((row_name(case), label, region), Tally.new())
+                        assert tally.merge_seconds is not None
+                        tally.merge_seconds.append(merge_s)
+                        run_case(pipe, case, seeds, region, tally)
+                print(f"{label} {'+'.join(merged)} done", flush=True)
         # the ceiling: each concept's own LoRA, alone, on its single-concept prompt
-        for c in all_cases:
-            if c.count == 1:
-                name = c.scene.sprites[0].name
-                pipe, load_s = own_pipe(name)
-                add(
-                    {
-                        "concepts": 1,
-                        "row": f"{name} alone",
-                        "method": "own LoRA (ceiling)",
-                        "regions": False,
-                        "prompts": [c.label],
-                        "merge_seconds": round(load_s, 2),
-                        **run_cases(pipe, [c], seeds, False),
-                    }
+        for case in all_cases:
+            if case.count == 1:
+                pipe, load_s = own_pipe(case.scene.sprites[0].name)
+                tally = tallies.setdefault(
+                    ("1 in one image", "own LoRA (ceiling)", False), Tally.new()
                 )
+                assert tally.merge_seconds is not None
+                tally.merge_seconds.append(load_s)
+                run_case(pipe, case, seeds, False, tally)
+    rows = []
+    for (name, method, region), tally in tallies.items():
+        rows.append({"row": name, "method": method, "regions": region, **tally.row()})
+        print(_line(rows[-1]), flush=True)
     return {
         "world": 2,
         "seeds": n_seeds,
@@ -326,9 +351,7 @@ def markdown(result: dict[str, Any]) -> str:
         f"| {r['row']} (n={r['accuracy']['n']}) | {r['method']} | {'on' if r['regions'] else 'off'} | "
         + " | ".join(_cell(r[m]) for m in METRICS)
         + f" | {r['merge_seconds']} | {r['render_seconds_per_image']} | {r['seed_pairs_differ']:.2f} |"
-        for r in sorted(
-            result["rows"], key=lambda r: (r["row"].startswith("same"), r["concepts"], r["row"])
-        )
+        for r in sorted(result["rows"], key=lambda r: (r["row"].startswith("same"), r["row"]))
     ]
     prompts = "\n".join(f"- {k}: `{v}`" for k, v in result["cases"].items())
     return head + "\n".join(lines) + "\n\nPrompts:\n" + prompts + "\n"
