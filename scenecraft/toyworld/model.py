@@ -25,16 +25,21 @@ LORA_DIR = WEIGHTS / "loras"  # the shipped concept LoRAs, <name>.safetensors
 class ModelConfig:
     """Sizes of the toy model; the defaults are the shipped model."""
 
-    max_tokens: int = 64  # tokenizer model_max_length (world-2 captions: up to ~60 tokens)
+    max_tokens: int = 24  # tokenizer model_max_length (longer prompts are truncated)
     text_dim: int = 64  # text encoder width = UNet cross_attention_dim
     text_layers: int = 3  # text encoder depth
     text_heads: int = 4  # text encoder heads
     unet_channels: tuple[int, ...] = (32, 64, 64)  # UNet block widths at 16, 8, 4 latent res.
     unet_layers: int = 1  # resnets per UNet block
     vae_channels: tuple[int, ...] = (16, 32, 32)  # VAE widths; 3 blocks = 4x downsampling
-    finest_cross_attention: bool = True  # cross-attention at the finest latent grid (16x16)
+    finest_cross_attention: bool = False  # cross-attention at the finest latent grid (16x16)
     seed: int = 0  # init seed
 
+
+WORLD2 = ModelConfig(max_tokens=64, finest_cross_attention=True)
+"""World 2's model: captions of four sprites reach ~60 tokens (some words split into pieces),
+and placements anywhere want the prompt at the finest latent grid too."""
+MODELS = {1: ModelConfig(), 2: WORLD2}  # per world version
 
 TINY = ModelConfig(
     max_tokens=24,

@@ -28,8 +28,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from scenecraft.toyworld.model import BASE_DIR, TINY, ModelConfig, assemble, build_components
-from scenecraft.toyworld.world import caption, random_scene, render
+from scenecraft.toyworld.model import (
+    BASE_DIR,
+    MODELS,
+    TINY,
+    ModelConfig,
+    assemble,
+    build_components,
+)
+from scenecraft.toyworld.world import VERSION, caption, random_scene, render
 
 
 @dataclass(frozen=True)
@@ -51,6 +58,7 @@ class TrainConfig:
     checkpoint_minutes: float = 5.0  # write the pipeline this often
     seed: int = 0  # data / noise seed
     init: Path | None = None  # warm start from this trained base folder (keeps its VAE)
+    world: int = VERSION  # world version the data comes from (1: fixed slots, 2: drawn layouts)
 
 
 def images_tensor(images: list[Any]) -> torch.Tensor:
@@ -59,10 +67,10 @@ def images_tensor(images: list[Any]) -> torch.Tensor:
     return torch.from_numpy(arr).permute(0, 3, 1, 2) / 127.5 - 1.0
 
 
-def scene_batch(rng: random.Random, n: int) -> tuple[torch.Tensor, list[str]]:
-    """``n`` random world scenes, each drawn with its own layout seed."""
-    scenes = [random_scene(rng) for _ in range(n)]
-    images = [render(s, rng.randrange(2**31)) for s in scenes]
+def scene_batch(rng: random.Random, n: int, world: int = VERSION) -> tuple[torch.Tensor, list[str]]:
+    """``n`` random scenes of a world version, each drawn with its own layout seed."""
+    scenes = [random_scene(rng, version=world) for _ in range(n)]
+    images = [render(s, rng.randrange(2**31), version=world) for s in scenes]
     return images_tensor(images), [caption(s) for s in scenes]
 
 
@@ -74,7 +82,7 @@ def train_vae(vae: Any, cfg: TrainConfig, log: Any = print) -> None:
     step = 0
     vae.train()
     while step < cfg.vae_steps and time.time() - start < cfg.vae_minutes * 60:
-        x, _ = scene_batch(rng, cfg.vae_batch)  # (B, 3, 64, 64)
+        x, _ = scene_batch(rng, cfg.vae_batch, cfg.world)  # (B, 3, 64, 64)
         posterior = vae.encode(x).latent_dist
         recon = vae.decode(posterior.mean + 0.1 * torch.randn_like(posterior.mean)).sample
         loss = F.l1_loss(recon, x) + 1e-6 * posterior.kl().mean()
@@ -99,7 +107,7 @@ def finetune_decoder(vae: Any, cfg: TrainConfig, minutes: float, log: Any = prin
     opt = torch.optim.AdamW(params, lr=cfg.vae_lr / 2, weight_decay=0.0)
     start, step = time.time(), 0
     while time.time() - start < minutes * 60 and step < cfg.vae_steps:
-        x, _ = scene_batch(rng, cfg.vae_batch)  # (B, 3, 64, 64)
+        x, _ = scene_batch(rng, cfg.vae_batch, cfg.world)  # (B, 3, 64, 64)
         with torch.no_grad():
             z = vae.encode(x).latent_dist.mean  # (B, 4, 16, 16)
         loss = F.l1_loss(vae.decode(z + 0.1 * torch.randn_like(z)).sample, x)
@@ -123,7 +131,7 @@ def cache_latents(
     vae = components["vae"]
     latents, captions = [], []
     for i in range(0, cfg.n_data, 256):
-        x, caps = scene_batch(rng, min(256, cfg.n_data - i))
+        x, caps = scene_batch(rng, min(256, cfg.n_data - i), cfg.world)
         latents.append(vae.encode(x).latent_dist.mean)  # (b, 4, 16, 16)
         captions += caps
     z = torch.cat(latents)
@@ -346,6 +354,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--init", type=Path, default=None, help="warm start from a trained base (keeps its VAE)"
     )
+    parser.add_argument("--world", type=int, default=VERSION, choices=(1, 2))
     parser.add_argument("--lr", type=float, default=TrainConfig.lr)
     parser.add_argument("--batch", type=int, default=TrainConfig.batch)
     parser.add_argument("--warmup", type=int, default=TrainConfig.warmup)
@@ -365,6 +374,7 @@ def main(argv: list[str] | None = None) -> None:
         vae_steps=args.vae_steps,
         n_data=args.n_data,
         init=args.init,
+        world=args.world,
         lr=args.lr,
         batch=args.batch,
         warmup=args.warmup,
@@ -380,7 +390,7 @@ def main(argv: list[str] | None = None) -> None:
         shutil.rmtree(args.out / "vae")
         tmp.rename(args.out / "vae")
         return
-    model = TINY if args.tiny else ModelConfig()
+    model = TINY if args.tiny else MODELS[args.world]
     train_base(model, cfg, args.out, lambda m: print(m, flush=True), args.vae, args.vae_only)
 
 

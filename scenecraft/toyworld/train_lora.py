@@ -24,7 +24,7 @@ import torch
 from scenecraft.files import atomic_output
 from scenecraft.toyworld.model import BASE_DIR, LORA_DIR, load_toyworld_pipeline
 from scenecraft.toyworld.train_base import diffusion_loss, images_tensor, tokenize
-from scenecraft.toyworld.world import CONCEPTS, caption, random_scene, render
+from scenecraft.toyworld.world import CONCEPTS, VERSION, caption, random_scene, render
 
 UNET_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 TEXT_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
@@ -43,6 +43,7 @@ class LoraConfig:
     pair_p: float = 0.0  # share of scenes that place the concept next to a plain sprite
     attribute_p: float = 0.2  # share of scenes where the concept wears a hat or crown
     seed: int = 0  # data / init / noise seed
+    world: int = VERSION  # world version the data comes from
 
 
 def concept_scenes(name: str, cfg: LoraConfig) -> list[Any]:
@@ -53,7 +54,8 @@ def concept_scenes(name: str, cfg: LoraConfig) -> list[Any]:
     for _ in range(cfg.n_data):
         attribute = rng.choice(["a crown", "a hat"]) if rng.random() < cfg.attribute_p else None
         n = 2 if rng.random() < cfg.pair_p else 1
-        scenes.append(random_scene(rng, first=concept.as_sprite(attribute), n=n))
+        first = concept.as_sprite(attribute)
+        scenes.append(random_scene(rng, first=first, version=cfg.world, n=n))
     return scenes
 
 
@@ -105,7 +107,9 @@ def train_lora(
     pipe = load_toyworld_pipeline(path=base)
     scenes = concept_scenes(name, cfg)
     with torch.no_grad():
-        x = images_tensor([render(s, seed=cfg.seed + i) for i, s in enumerate(scenes)])
+        x = images_tensor(
+            [render(s, seed=cfg.seed + i, version=cfg.world) for i, s in enumerate(scenes)]
+        )
         z = pipe.vae.encode(x).latent_dist.mean * pipe.vae.config.scaling_factor  # (N, 4, 16, 16)
     ids = tokenize(pipe.tokenizer, [caption(s) for s in scenes])
     params = add_adapters(pipe, cfg.rank)
@@ -141,9 +145,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=LoraConfig.steps)
     parser.add_argument("--rank", type=int, default=LoraConfig.rank)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--world", type=int, default=VERSION, choices=(1, 2))
+    parser.add_argument("--pair-p", type=float, default=LoraConfig.pair_p)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    cfg = LoraConfig(rank=args.rank, minutes=args.minutes, steps=args.steps)
+    cfg = LoraConfig(
+        rank=args.rank,
+        minutes=args.minutes,
+        steps=args.steps,
+        world=args.world,
+        pair_p=args.pair_p,
+    )
     for name in args.concepts:
         train_lora(
             name,
