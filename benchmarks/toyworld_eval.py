@@ -17,9 +17,13 @@ Methods: linear, ties, gradient-fusion, loraclr (scenecraft.merge), and runtime 
 Placement as mean ± std [min, max] over (image, concept), merge seconds, render seconds per
 image, and the share of seed pairs of the same prompt whose sprite boxes differ.
 
-Every picture goes through one function, `render_case(pipe, case, seeds, regions=...)`.
-``regions=False`` renders the compiled global prompt; ``regions=True`` is where the regional
-sampler (one box and prompt per concept) plugs in: `--regions on` fails until it is wired.
+Every picture goes through scenecraft's own plan path: the cases are written as a scene file,
+compiled (`scenecraft.load`), and each job rendered through the renderer's regional sampling
+(`scenecraft.render.regions.regional`) — `render_case`. Regions: ``off`` (one global prompt),
+``on`` (a region per concept: the scene with only that concept's identity), ``alone``
+(Mix-of-Show's region prompts: the concept alone), and for runtime adapters ``confined`` (regions
+on, each adapter confined to its concept's region). With regions, Placement is judged against the
+concept's region box; single-concept pictures have no regions, so they are rendered once.
 
     python benchmarks/toyworld_eval.py [--seeds 16] [--out benchmarks/results/toyworld_eval.json]
 """
@@ -40,9 +44,11 @@ from typing import Any
 
 import torch
 
+from scenecraft import load
 from scenecraft.merge.api import merge
 from scenecraft.merge.apply import apply_merge
-from scenecraft.plan import BaseModelSpec, ConceptSpec, MergeSpec
+from scenecraft.plan import BaseModelSpec, ConceptSpec, MergeSpec, RenderJob
+from scenecraft.render.regions import Adapters, regional
 from scenecraft.toyworld import (
     BASE_DIR,
     CONCEPTS,
@@ -55,6 +61,7 @@ from scenecraft.toyworld import (
     lora_path,
 )
 from scenecraft.toyworld.judge import Found, judge
+from scenecraft.toyworld.world import VERSION
 
 FOUR = ("lulu", "blip", "kiki", "momo")  # four classes: a four-concept picture without the pair
 HARD_PAIR = ("ziggy", "zaza")
@@ -134,30 +141,76 @@ def cases() -> list[Case]:
     return out
 
 
-def render_case(pipe: Any, case: Case, seeds: Sequence[int], regions: bool = False) -> list[Any]:
-    """One 64x64 image per seed of a case, in one batch.
+def scene_file(cases: Sequence[Case], seeds: Sequence[int], regions: str) -> str:
+    """The cases as a scene file: one scene per case, every seed, compiled by scenecraft."""
+    names = sorted({s.name for c in cases for s in c.scene.sprites})
+    lines = [f'model "{BASE_DIR}" family sd15']
+    for n in names:
+        lines += [
+            f"concept {n} {{",
+            f'  token "{CONCEPTS[n].token}"',
+            f'  class "{CONCEPTS[n].class_noun}"',
+            f'  lora "{lora_path(n)}"',
+            "}",
+        ]
+    lines += ["merge none", "defaults {", "  size 64x64", f"  regions {regions}"]
+    lines += [f"  steps {DEFAULT_STEPS}", f"  guidance {DEFAULT_GUIDANCE}", "}"]
+    for i, c in enumerate(cases):
+        lines += [f"scene c{i} {{", f"  seeds {seeds[0]}..{seeds[-1]}"]
+        if c.scene.setting:
+            lines.append(f'  setting "{c.scene.setting}"')
+        lines += [
+            f"  {p.subject} {p.relation.replace('-', ' ')} {p.target}" for p in c.scene.placements
+        ]
+        placed = {x for p in c.scene.placements for x in (p.subject, p.target)}
+        for s in c.scene.sprites:
+            if s.sprite.attribute:
+                lines.append(f'  {s.name} wears "{s.sprite.attribute}"')
+            elif s.name not in placed:
+                lines.append(f"  {s.name}")
+        lines.append("}")
+    return "\n".join(lines) + "\n"
 
-    ``regions=False``: the compiled global prompt (the compiler's English, as a scene file's
-    job would carry it). ``regions=True``: the regional sampler, one box and prompt per
-    concept, in one pass; not wired in this script yet."""
-    if regions:
-        raise NotImplementedError("regions on: wire the regional sampler into render_case")
-    out = pipe(
-        [expected_prompt(case.scene)] * len(seeds),
-        height=64,
-        width=64,
-        num_inference_steps=DEFAULT_STEPS,
-        guidance_scale=DEFAULT_GUIDANCE,
-        generator=[torch.Generator().manual_seed(s) for s in seeds],
-    )
+
+def compiled_jobs(
+    cases: Sequence[Case], seeds: Sequence[int], regions: str
+) -> list[list[RenderJob]]:
+    """Per case, its compiled jobs in seed order (``regions``: on, alone or off)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "cases.scene"
+        path.write_text(scene_file(cases, seeds, regions))
+        jobs = list(load(path).plan.jobs)
+    out = [
+        sorted((j for j in jobs if j.scene == f"c{i}"), key=lambda j: j.seed)
+        for i in range(len(cases))
+    ]
+    assert all(len(js) == len(seeds) for js in out)
+    if regions == "off":  # the compiler's prompt is exactly the world's caption
+        for js, c in zip(out, cases, strict=True):
+            assert all(j.prompt == expected_prompt(c.scene) for j in js), (js[0].prompt, c.label)
+    return out
+
+
+def render_case(
+    pipe: Any, jobs: Sequence[RenderJob], adapters: Adapters | None = None
+) -> list[Any]:
+    """One 64x64 image per job of a case, in one batch, through the renderer's regional
+    sampling when the jobs have regions (with ``adapters``: each confined to its region)."""
+    with regional(pipe, jobs, adapters) as extra:
+        out = pipe(
+            **(extra or {"prompt": [j.prompt for j in jobs]}),
+            height=64,
+            width=64,
+            num_inference_steps=DEFAULT_STEPS,
+            guidance_scale=DEFAULT_GUIDANCE,
+            generator=[torch.Generator().manual_seed(j.seed) for j in jobs],
+        )
     return list(out.images)
 
 
-def region_boxes(case: Case) -> dict[str, tuple[float, float, float, float]]:
-    """Each concept's region (normalised x0, y0, x1, y1) as the compiler's layout derives it
-    from the case's placements: what regional sampling confines it to and what the judge then
-    checks placement against. Not wired in this script yet (see `render_case`)."""
-    raise NotImplementedError("regions on: derive the boxes with the compiler's layout")
+def confined(names: tuple[str, ...]) -> Adapters:
+    """Each concept's adapter confined to its own region (adapter name = concept name)."""
+    return Adapters({n: (n, 1.0) for n in names})
 
 
 def summary(values: list[float]) -> dict[str, float]:
@@ -247,18 +300,24 @@ class Tally:
         }
 
 
-def run_case(pipe: Any, case: Case, seeds: Sequence[int], regions: bool, tally: Tally) -> None:
+def run_case(
+    pipe: Any,
+    case: Case,
+    jobs: Sequence[RenderJob],
+    tally: Tally,
+    adapters: Adapters | None = None,
+) -> None:
     """Render and judge one case with every seed; add per-concept scores, render time and
     seed-pair box differences to ``tally``."""
     start = time.perf_counter()
-    ims = render_case(pipe, case, seeds, regions)
+    ims = render_case(pipe, jobs, adapters)
     tally.render_seconds += time.perf_counter() - start
     tally.images += len(ims)
     assert tally.prompts is not None
     tally.prompts.append(case.label)
     expected = case.scene
-    if regions:  # placement = inside the concept's own region
-        boxes = region_boxes(case)
+    if jobs[0].regions:  # placement = inside the concept's own region
+        boxes = {r.subject: r.box for r in jobs[0].regions}
         expected = replace(
             expected,
             sprites=tuple(replace(s, box=boxes.get(s.name)) for s in expected.sprites),
@@ -283,13 +342,26 @@ def row_name(case: Case) -> str:
     return "same class (hard pair)" if case.label == "hard pair" else f"{case.count} in one image"
 
 
-def evaluate(n_seeds: int, regions: Sequence[bool]) -> dict[str, Any]:
+# (row label, regions setting in the plan, adapters confined: runtime adapters only)
+VARIANTS: tuple[tuple[str, str, bool], ...] = (
+    ("off", "off", False),
+    ("on", "on", False),
+    ("alone", "alone", False),
+    ("confined", "on", True),
+)
+
+
+def evaluate(n_seeds: int, regions: Sequence[str]) -> dict[str, Any]:
     seeds = list(range(1000, 1000 + n_seeds))
     all_cases = cases()
-    tallies: dict[tuple[str, str, bool], Tally] = {}
+    tallies: dict[tuple[str, str, str], Tally] = {}
     groups: dict[tuple[str, ...], list[Case]] = {}
     for c in all_cases:
         groups.setdefault(c.merged, []).append(c)
+    variants = [v for v in VARIANTS if v[0] in regions]
+    modes = sorted({v[1] for v in variants} | {"off"})
+    jobs = {mode: compiled_jobs(all_cases, seeds, mode) for mode in modes}
+    index = {c.label: i for i, c in enumerate(all_cases)}
     with tempfile.TemporaryDirectory() as tmp:
         for label, method, params in (*METHODS, ("adapters", "adapters", {})):
             for merged, chosen in groups.items():
@@ -297,29 +369,34 @@ def evaluate(n_seeds: int, regions: Sequence[bool]) -> dict[str, Any]:
                     pipe, merge_s = adapters_pipe(merged)
                 else:
                     pipe, merge_s = merged_pipe(method, params, merged, Path(tmp))
-                for region in regions:
+                for name, mode, confine in variants:
+                    if confine and method != "adapters":
+                        continue
                     for case in chosen:
-                        tally = tallies.setdefault((row_name(case), label, region), Tally.new())
+                        if case.count == 1 and name != "off":
+                            continue  # no regions in a single-concept picture: same image
+                        tally = tallies.setdefault((row_name(case), label, name), Tally.new())
                         assert tally.merge_seconds is not None
                         tally.merge_seconds.append(merge_s)
-                        run_case(pipe, case, seeds, region, tally)
+                        ad = confined(merged) if confine else None
+                        run_case(pipe, case, jobs[mode][index[case.label]], tally, ad)
                 print(f"{label} {'+'.join(merged)} done", flush=True)
         # the ceiling: each concept's own LoRA, alone, on its single-concept prompt
         for case in all_cases:
             if case.count == 1:
                 pipe, load_s = own_pipe(case.scene.sprites[0].name)
-                tally = tallies.setdefault(
-                    ("1 in one image", "own LoRA (ceiling)", False), Tally.new()
-                )
+                key = ("1 in one image", "own LoRA (ceiling)", "off")
+                tally = tallies.setdefault(key, Tally.new())
                 assert tally.merge_seconds is not None
                 tally.merge_seconds.append(load_s)
-                run_case(pipe, case, seeds, False, tally)
+                run_case(pipe, case, jobs["off"][index[case.label]], tally)
     rows = []
     for (name, method, region), tally in tallies.items():
         rows.append({"row": name, "method": method, "regions": region, **tally.row()})
         print(_line(rows[-1]), flush=True)
     return {
         "world": 2,
+        "weights_world": VERSION,
         "seeds": n_seeds,
         "steps": DEFAULT_STEPS,
         "guidance": DEFAULT_GUIDANCE,
@@ -336,7 +413,7 @@ def _cell(s: dict[str, float] | None) -> str:
 
 def _line(row: dict[str, Any]) -> str:
     return (
-        f"{row['row']:>22} {row['method']:>20} regions={row['regions']!s:5} "
+        f"{row['row']:>22} {row['method']:>20} regions={row['regions']:>8} "
         + "  ".join(f"{m} {row[m]['mean']:.2f}" if row[m] else f"{m} –" for m in METRICS)
         + f"  boxes differ {row['seed_pairs_differ']:.2f}"
     )
@@ -348,7 +425,7 @@ def markdown(result: dict[str, Any]) -> str:
         "| seed pairs differ |\n|---|---|---|---|---|---|---|---|---|\n"
     )
     lines = [
-        f"| {r['row']} (n={r['accuracy']['n']}) | {r['method']} | {'on' if r['regions'] else 'off'} | "
+        f"| {r['row']} (n={r['accuracy']['n']}) | {r['method']} | {r['regions']} | "
         + " | ".join(_cell(r[m]) for m in METRICS)
         + f" | {r['merge_seconds']} | {r['render_seconds_per_image']} | {r['seed_pairs_differ']:.2f} |"
         for r in sorted(result["rows"], key=lambda r: (r["row"].startswith("same"), r["row"]))
@@ -360,12 +437,14 @@ def markdown(result: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     parser.add_argument("--seeds", type=int, default=16, help="seeds per prompt")
-    parser.add_argument("--regions", default="off", help="off, on, or on,off")
+    parser.add_argument(
+        "--regions", default="off,on,alone,confined", help="variants to run (comma-separated)"
+    )
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/toyworld_eval.json"))
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    regions = [r.strip() == "on" for r in args.regions.split(",")]
+    regions = [r.strip() for r in args.regions.split(",")]
     start = time.perf_counter()
     result = evaluate(args.seeds, regions)
     result["seconds"] = round(time.perf_counter() - start, 1)
