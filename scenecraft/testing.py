@@ -11,42 +11,11 @@ from typing import Any
 
 import torch
 
-# GPT-2's byte <-> unicode map, as CLIP's tokenizer uses it.
+# runtime parts the toy world builds its pipeline from too (re-exported for tests/benchmarks)
+from scenecraft.models import quiet_libraries
+from scenecraft.sdparts import assemble_pipeline, sd_scheduler, tiny_vocab
 
-
-def _bytes_to_unicode() -> dict[int, str]:
-    bs = list(range(ord("!"), ord("~") + 1))
-    bs += list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, [chr(c) for c in cs], strict=True))
-
-
-def tiny_vocab(words: tuple[str, ...] = ()) -> tuple[dict[str, int], list[tuple[str, str]]]:
-    """A minimal CLIP vocab: 256 byte chars, the same with ``</w>``, merges building ``words``."""
-    chars = list(_bytes_to_unicode().values())
-    tokens = chars + [c + "</w>" for c in chars]
-    merges: list[tuple[str, str]] = []
-    seen = set(tokens)
-    for word in words:
-        # merge left to right: w o r d</w> -> wo r d</w> -> wor d</w> -> word</w>
-        pieces = list(word[:-1]) + [word[-1] + "</w>"]
-        while len(pieces) > 1:
-            pair = (pieces[0], pieces[1])
-            merged = pieces[0] + pieces[1]
-            if pair not in merges:
-                merges.append(pair)
-            if merged not in seen:
-                seen.add(merged)
-                tokens.append(merged)
-            pieces = [merged] + pieces[2:]
-    tokens += ["<|startoftext|>", "<|endoftext|>"]
-    return {t: i for i, t in enumerate(tokens)}, merges
+__all__ = ["assemble_pipeline", "quiet_libraries", "sd_scheduler", "tiny_vocab"]
 
 
 def tiny_tokenizer(
@@ -108,32 +77,6 @@ def tiny_components(seed: int = 0, cross_attention_dim: int = 32) -> dict[str, A
         "tokenizer": tokenizer,
         "scheduler": scheduler,
     }
-
-
-def sd_scheduler(**overrides: Any) -> Any:
-    """Stable Diffusion's DDIM schedule (scaled-linear betas 0.00085..0.012), with overrides."""
-    from diffusers import DDIMScheduler
-
-    config: dict[str, Any] = {
-        "beta_start": 0.00085,
-        "beta_end": 0.012,
-        "beta_schedule": "scaled_linear",
-        "clip_sample": False,
-        "set_alpha_to_one": False,
-        "steps_offset": 1,
-    }
-    return DDIMScheduler(**{**config, **overrides})
-
-
-def assemble_pipeline(components: dict[str, Any]) -> Any:
-    """A StableDiffusionPipeline from its parts, no safety checker, progress bars off."""
-    from diffusers import StableDiffusionPipeline
-
-    pipe = StableDiffusionPipeline(
-        **components, safety_checker=None, feature_extractor=None, requires_safety_checker=False
-    )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
 
 
 def tiny_pipeline(seed: int = 0) -> Any:
@@ -393,14 +336,3 @@ def save_tiny_pipeline(path: str | Path, seed: int = 0) -> Path:
     path = Path(path)
     tiny_pipeline(seed).save_pretrained(path)
     return path
-
-
-def quiet_libraries() -> None:
-    """Silence transformers/diffusers progress bars and load reports in tests and benchmarks."""
-    import diffusers
-    import transformers
-
-    transformers.logging.set_verbosity_error()
-    transformers.logging.disable_progress_bar()
-    diffusers.utils.logging.set_verbosity_error()
-    diffusers.utils.logging.disable_progress_bar()

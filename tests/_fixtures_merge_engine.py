@@ -37,7 +37,7 @@ def random_concept(
         layers[path] = LoRALayer(path, up, down, alpha=float(rank))
     dim = pipe.text_encoder.get_input_embeddings().weight.shape[1]
     emb = {"text_encoder": {token: torch.randn(1, dim, generator=g) * 0.02}}
-    return ConceptLoRA(name, (token,), layers, 1.0, emb, metadata={"class_noun": "man"})
+    return ConceptLoRA(name, (token,), layers, 1.0, emb, class_noun="man")
 
 
 @pytest.fixture(scope="session", name="engine_pipe")

@@ -45,7 +45,7 @@ def _concepts() -> list[ConceptLoRA]:
     ziggy.embeddings = read_embedding(
         files["ziggy_emb"], name="ziggy", tokens=("<zig>",), pipe_or_module_index=sdxl_index()
     )
-    ziggy.metadata["class_noun"] = "man"
+    ziggy.class_noun = "man"
     momo = read_concept_lora(
         files["momo"],
         name="momo",
@@ -53,7 +53,7 @@ def _concepts() -> list[ConceptLoRA]:
         weight=0.8,
         pipe_or_module_index=sdxl_index(),
     )
-    momo.metadata["class_noun"] = "dog"
+    momo.class_noun = "dog"
     return [ziggy, momo]
 
 

@@ -103,8 +103,7 @@ def _read_concept(spec: ConceptSpec, index: ModuleIndex) -> ConceptLoRA | None:
         )
     else:
         concept = ConceptLoRA(spec.name, spec.tokens, {}, spec.weight)
-    if spec.class_noun:
-        concept.metadata["class_noun"] = spec.class_noun  # feature prompts: "photo of a <tok> man"
+    concept.class_noun = spec.class_noun
     if spec.embedding is not None:
         rows = read_embedding(
             spec.embedding, name=spec.name, tokens=spec.tokens, pipe_or_module_index=index
@@ -202,7 +201,7 @@ def _manifest(
                 "layers": len(c.layers),
                 "embedding": c.metadata.get("embedding"),
                 "embedding_sha256": c.metadata.get("embedding_sha256"),
-                "class_noun": c.metadata.get("class_noun"),
+                "class_noun": c.class_noun,
             }
             for c in concepts
         ],

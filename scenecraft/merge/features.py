@@ -225,7 +225,7 @@ def concept_prompts(
     concept: ConceptLoRA, texts: dict[str, str], templates: tuple[str, ...]
 ) -> list[str]:
     """Prompts "photo of a {token}", "{token}" (+ "… {class}" when the class noun is known)."""
-    noun = concept.metadata.get("class_noun")
+    noun = concept.class_noun
     prompts = []
     for token in concept.tokens:
         word = texts.get(token, token)

@@ -44,6 +44,7 @@ class ConceptLoRA:
     source: str = ""  # file it was read from
     sha256: str = ""  # of that file
     family: str | None = None  # "sd15" | "sd2" | "sdxl" when the file says so
+    class_noun: str | None = None  # the scene's class noun: feature prompts "photo of a <tok> man"
     metadata: dict[str, Any] = field(default_factory=dict)  # e.g. kohya ss_* fields
 
     def delta(self, module: str) -> torch.Tensor:

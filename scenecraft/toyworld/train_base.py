@@ -364,7 +364,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    from scenecraft.testing import quiet_libraries
+    from scenecraft.models import quiet_libraries
 
     quiet_libraries()
     cfg = TrainConfig(
