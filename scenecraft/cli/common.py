@@ -9,7 +9,6 @@ from typing import Any
 
 from scenecraft.diagnostics import Diagnostic, DiagnosticError
 from scenecraft.language.templating import parse_var, read_vars_file
-from scenecraft.ui.diagnostics import print_diagnostics
 
 EXIT_OK = 0
 EXIT_CHANGED = 1  # fmt --check found a file to reformat
@@ -36,6 +35,10 @@ class Output:
 
     def show(self, diagnostics: Sequence[Diagnostic]) -> None:
         if diagnostics:
+            # imported here: Rich loads only when there is something to show (a clean `check`
+            # of a file in an editor loop stays fast)
+            from scenecraft.ui.diagnostics import print_diagnostics
+
             print_diagnostics(diagnostics, self.sources)
 
     def collect_sources(self, exc: DiagnosticError) -> None:

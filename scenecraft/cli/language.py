@@ -15,8 +15,6 @@ from scenecraft.language.fmt import format_file
 from scenecraft.language.loader import read_text
 from scenecraft.language.parser import parse
 from scenecraft.language.templating import is_template
-from scenecraft.render.sketch import write_sketches
-from scenecraft.ui.plan import print_plan
 
 
 def cmd_check(args: argparse.Namespace, out: Output) -> int:
@@ -49,6 +47,9 @@ def cmd_compile(args: argparse.Namespace, out: Output) -> int:
     if args.json:
         print(plan.to_json())
         return EXIT_OK
+    # imported here: Rich loads only for the table, not for `--json` or `check`
+    from scenecraft.ui.plan import print_plan
+
     print_plan(plan)
     return EXIT_OK
 
@@ -89,6 +90,9 @@ def cmd_layout(args: argparse.Namespace, out: Output) -> int:
     loaded = load(args.file, variables(args), max_jobs=args.max_jobs)
     out.sources.update(loaded.sources)
     out.show(loaded.warnings)
+    # imported here: PIL stays out of check/compile/fmt, which share this module
+    from scenecraft.render.sketch import write_sketches
+
     for path in write_sketches(loaded.plan, args.out, args.only):
         print(path)
     return EXIT_OK

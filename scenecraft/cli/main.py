@@ -15,7 +15,6 @@ from scenecraft.api import Loaded, load
 from scenecraft.cli.args import MergeSettings, RenderSettings, ReviewSettings, build_parser
 from scenecraft.cli.common import EXIT_INTERNAL, EXIT_OK, EXIT_USER_ERROR, Output, variables
 from scenecraft.cli.language import cmd_check, cmd_compile, cmd_fmt, cmd_layout
-from scenecraft.cli.review import run as run_review
 from scenecraft.diagnostics import DiagnosticError, to_json
 
 
@@ -41,6 +40,9 @@ def cmd_render(args: argparse.Namespace, out: Output) -> int:
 
 
 def cmd_review(args: argparse.Namespace, out: Output) -> int:
+    # imported here: the rating page's HTTP server and PIL stay out of check/compile/fmt
+    from scenecraft.cli.review import run as run_review
+
     return run_review(ReviewSettings.from_args(args))
 
 
