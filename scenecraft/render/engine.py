@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from scenecraft import __version__
+from scenecraft import __version__, models
 from scenecraft.events import (
     BatchStarted,
     ImageWritten,
@@ -58,6 +58,7 @@ from scenecraft.render.outputs import (
 from scenecraft.render.regions import Adapters, regional, regions_text
 from scenecraft.render.samplers import make_scheduler, sampler_def
 from scenecraft.render.selection import select_jobs
+from scenecraft.render.storyboard import write_storyboards
 
 if TYPE_CHECKING:
     from scenecraft.render.executor import Executor
@@ -206,8 +207,6 @@ def render(
         if ok or result.written:  # an error part-way still records the images it finished
             manifest.save(finished=ok, interrupted=interrupted)
         if ok:
-            from scenecraft.render.storyboard import write_storyboards
-
             result.storyboards = write_storyboards(plan, out, adapters=adapters)
         if ok or interrupted:
             emit(
@@ -282,11 +281,10 @@ class _Session:
         reporter: Reporter | None,
         mode: str,
     ):
-        from scenecraft.models import model_info
 
         self.plan, self.result, self.manifest, self.reporter = plan, result, manifest, reporter
         self.mode = mode
-        self.model = model_info(plan.merge.base)
+        self.model = models.model_info(plan.merge.base)
         self.schedulers: dict[str, Any] = {}
         self.scheduler_config: Any = None  # the model's own scheduler config, every sampler's base
         self.merge_entry = ""  # the merge engine's cache key, once the merge is applied
@@ -295,12 +293,9 @@ class _Session:
     # 3. Prepare the model
     def prepare(self, pipe: Any, device: str | None, dtype: str | None, cache_dir: Any) -> Any:
         if pipe is None:
-            from scenecraft.models import load_pipeline
+            pipe = models.load_pipeline(self.plan.merge.base, device, dtype)
 
-            pipe = load_pipeline(self.plan.merge.base, device, dtype)
-        from scenecraft.models import sdxl_vae_note
-
-        if (note := sdxl_vae_note(pipe)) is not None:
+        if (note := models.sdxl_vae_note(pipe)) is not None:
             emit(self.reporter, Notice("info", note))
         pipe.set_progress_bar_config(disable=True)
         if self.mode == "adapters":

@@ -13,7 +13,8 @@ from typing import Any
 
 import torch
 
-from scenecraft.sdparts import tiny_vocab
+from scenecraft.models import quiet_libraries
+from scenecraft.sdparts import assemble_pipeline, sd_scheduler, tiny_vocab
 from scenecraft.toyworld.world import CONCEPTS, words
 
 WEIGHTS = Path(__file__).parent / "weights"
@@ -127,7 +128,6 @@ def build_vae(config: ModelConfig) -> Any:
 
 def build_scheduler() -> Any:
     """DDIM, v-prediction, zero terminal SNR with trailing timesteps (flat backdrops stay true)."""
-    from scenecraft.sdparts import sd_scheduler
 
     return sd_scheduler(
         prediction_type="v_prediction", rescale_betas_zero_snr=True, timestep_spacing="trailing"
@@ -148,7 +148,6 @@ def build_components(config: ModelConfig) -> dict[str, Any]:
 
 def assemble(components: dict[str, Any]) -> Any:
     """A StableDiffusionPipeline from components (no safety checker)."""
-    from scenecraft.sdparts import assemble_pipeline
 
     return assemble_pipeline(components)
 
@@ -159,8 +158,6 @@ def load_toyworld_pipeline(device: str = "cpu", path: str | Path | None = None) 
     ``path`` defaults to ``scenecraft/toyworld/weights/base``; fp32 on ``device``.
     """
     from diffusers import StableDiffusionPipeline
-
-    from scenecraft.models import quiet_libraries
 
     quiet_libraries()
     pipe = StableDiffusionPipeline.from_pretrained(

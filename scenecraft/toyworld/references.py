@@ -18,6 +18,7 @@ from typing import IO
 import numpy as np
 from PIL import Image
 
+from scenecraft.files import atomic_write
 from scenecraft.toyworld.world import CONCEPTS, PLAIN_BACKGROUND, SPRITE, sprite_pixels
 
 MARGIN = 4  # pixels around the sprite
@@ -35,7 +36,6 @@ def reference_image(name: str) -> Image.Image:
 
 def write_references(folder: Path) -> list[Path]:
     """``folder/<concept>.png`` for every toy concept, written atomically."""
-    from scenecraft.render.outputs import atomic_write
 
     paths = []
     for name in sorted(CONCEPTS):
