@@ -42,6 +42,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from toyworld_eval import FOUR, cases, summary  # noqa: E402
 
+from scenecraft.merge import features as F  # noqa: E402
 from scenecraft.merge.api import merge  # noqa: E402
 from scenecraft.merge.apply import module_weight  # noqa: E402
 from scenecraft.merge.cache import load_entry  # noqa: E402
@@ -218,6 +219,38 @@ def ablation(bench: Bench, merged: Deltas) -> tuple[list[dict[str, Any]], dict[s
     return rows, sizes
 
 
+def kv_fit(bench: Bench, merged: Deltas) -> dict[str, dict[str, float]]:
+    """How closely the merged cross-attention K/V reproduce each concept's own K/V update on the
+    context of its RENDER prompt (merged text encoder): relative error ‖(ΔW* − ΔW_c) x‖ / ‖ΔW_c x‖
+    (the engine's fidelity e_c) over all K/V modules, at the concept token and the end token
+    (the positions the K/V stage fits, on its own short prompts) and at every other real
+    position of the prompt (BOS, class noun, setting: left free by the stage)."""
+    bench.set(merged)
+    out: dict[str, dict[str, float]] = {}
+    for name in FOUR:
+        own = bench.own(name)
+        prompt = expected_prompt(bench.scenes[name])
+        with torch.no_grad():
+            states, mask = F.context_states(bench.pipe, [prompt], [CONCEPTS[name].token])
+        x, m = states[0], mask[0].bool()
+        end = torch.zeros_like(m)
+        end[int(m.nonzero().max())] = True  # the end token: the last marked position
+        sels = {"token": m & ~end, "end": end, "other": ~m}
+        err = {k: [0.0, 0.0] for k in sels}
+        for path, d_own in own.items():
+            if group_of(path) != "cross-attn K/V":
+                continue
+            gap = x @ (merged[path].reshape(d_own.shape) - d_own).T
+            ref = x @ d_own.T
+            for key, sel in sels.items():
+                err[key][0] += float(gap[sel].square().sum())
+                err[key][1] += float(ref[sel].square().sum())
+        out[name] = {k: round((a / b) ** 0.5, 3) for k, (a, b) in err.items()}
+        out[name]["other_positions"] = int((~m).sum())
+    print("K/V fit on the render prompt (relative error):", out, flush=True)
+    return out
+
+
 def seed_spread(bench: Bench, cache: Path, merged0: Deltas) -> dict[str, Any]:
     """Each method merged with seeds 0, 1, 2: identity per merge and the weights' difference."""
     out: dict[str, Any] = {}
@@ -261,6 +294,7 @@ def evaluate(n_seeds: int) -> dict[str, Any]:
         cache = Path(tmp)
         merged, merge_s, figures = merge_deltas(bench.pipe, "loraclr", None, cache)
         rows, sizes = ablation(bench, merged)
+        fit = kv_fit(bench, merged)
         spread = seed_spread(bench, cache, merged)
     return {
         "world": VERSION,
@@ -276,6 +310,7 @@ def evaluate(n_seeds: int) -> dict[str, Any]:
         # rows per concept and layer the feature stages saw (the seed only subsamples above a cap)
         "feature_rows": figures.get("feature_rows"),
         "rows": rows,
+        "kv_fit_render_prompt": fit,
         "seed_spread": spread,
         "images": bench.images,
         "render_seconds_per_image": round(bench.render_seconds / max(bench.images, 1), 3),
@@ -313,6 +348,19 @@ def markdown(result: dict[str, Any]) -> str:
             f"| {label} | {ids} | {s['identity']['mean']:.2f} ± {s['identity']['std']:.2f} "
             f"| {diffs} |"
         )
+    fit = [
+        "",
+        "Merged cross-attention K/V vs each concept's own, on its render prompt's context "
+        "(relative error ‖(ΔW* − ΔW_c) x‖ / ‖ΔW_c x‖, all K/V modules):",
+        "",
+        "| concept | at its token | at the end token | at the other real positions |",
+        "|---|---|---|---|",
+    ]
+    for n, f in result["kv_fit_render_prompt"].items():
+        fit.append(
+            f"| {n} | {f['token']:.3f} | {f['end']:.3f} "
+            f"| {f['other']:.3f} ({f['other_positions']}) |"
+        )
     prompts = "\n".join(f"- {k}: `{v}`" for k, v in result["prompts"].items())
     return (
         f"World {result['world']}, 4-concept merge of {'+'.join(names)}, {result['seeds']} seeds "
@@ -321,6 +369,8 @@ def markdown(result: dict[str, Any]) -> str:
         + "\n".join(lines)
         + "\n"
         + "\n".join(spread)
+        + "\n"
+        + "\n".join(fit)
         + "\n\nPrompts:\n"
         + prompts
         + "\n"
