@@ -255,8 +255,13 @@ def _encode(
 def _token_mask(
     pipe: Any, ids: torch.Tensor, words: list[str], tokenizer: str = "tokenizer"
 ) -> torch.Tensor:
-    """(B, T) mask of the positions where ``words``' token-id sequences occur, plus each
-    prompt's end token."""
+    """(B, T) mask of the rows stage 2 keeps: every position from the first occurrence of one
+    of ``words``' token-id sequences to the end of the (padded) prompt, end token included.
+
+    CLIP's text encoder is causal, so every state after a concept's token carries the concept:
+    the UNet's to_k / to_v read all of them when the concept is rendered. Fitting the merged
+    K/V on the token and the end token alone left the words after it wrong (a 4-concept toy
+    merge: single-concept identity 0.44; with every later position: 1.00, docs/loraclr.md)."""
     tok = getattr(pipe, tokenizer)
     mask = torch.zeros_like(ids, dtype=torch.bool)
     rows = ids.tolist()
@@ -269,7 +274,9 @@ def _token_mask(
     eos = tok.eos_token_id
     first_eos = (ids == eos).int().argmax(1)  # (B,)
     mask[torch.arange(ids.shape[0], device=ids.device), first_eos] = True
-    return mask
+    first = mask.int().argmax(1)  # (B,) the first concept token (else the end token)
+    positions = torch.arange(ids.shape[1], device=ids.device)[None, :]
+    return positions >= first[:, None]
 
 
 # ------------------------------------------------------------------------------- recording
@@ -350,7 +357,7 @@ def context_states(
     pipe: Any, prompts: list[str], words: Sequence[str] = ()
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """What the UNet's cross-attention reads for ``prompts`` — (B, T, dim) fp32 — and the
-    (B, T) mask of the ``words``' positions plus each prompt's end token.
+    (B, T) mask of the positions from the ``words``' first token on (`_token_mask`).
 
     SD 1.x / 2.x: the text encoder's final hidden states. SDXL: as
     ``StableDiffusionXLPipeline.encode_prompt`` builds them (no clip skip), both encoders'
@@ -380,8 +387,8 @@ def context_states(
 
 @torch.no_grad()
 def token_states(pipe: Any, prompts: list[str], words: list[str]) -> torch.Tensor:
-    """Stage 2: the context at concept-token positions + end token, (n, dim) fp32 — the
-    rows every UNet cross-attention to_k / to_v reads (see `context_states`)."""
+    """Stage 2: the context from the concept's first token to the end of each prompt, (n, dim)
+    fp32 — the rows every UNet cross-attention to_k / to_v reads (see `_token_mask`)."""
     hidden, mask = context_states(pipe, prompts, words)
     return hidden[mask]
 
