@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -83,6 +84,97 @@ def own(name: str, lora_dir: Path) -> tuple[Any, float]:
     return pipe, time.perf_counter() - start
 
 
+def lora_deltas(lora_dir: Path, name: str) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Per adapted module (``unet.…`` / ``text_encoder.…``): the LoRA's (A, B) factors."""
+    from safetensors.torch import load_file
+
+    sd = load_file(str(lora_dir / f"{name}.safetensors"))
+    out = {}
+    for suffix in (".lora_linear_layer.down.weight", ".lora.down.weight"):  # text / UNet keys
+        for k in sd:
+            if k.endswith(suffix):
+                up = k.replace(".down.", ".up.")
+                out[k[: -len(suffix)]] = (sd[k].double(), sd[up].double())
+    return out
+
+
+def module_inputs(prompt: str, seed: int = 1000) -> dict[str, torch.Tensor]:
+    """Inputs (rows x in) of every adapted module while the base model draws ``prompt``."""
+    pipe = load_toyworld_pipeline()
+    seen: dict[str, list[torch.Tensor]] = {}
+    hooks = []
+    for prefix, model in (("unet", pipe.unet), ("text_encoder", pipe.text_encoder)):
+        for name, module in model.named_modules():
+            if isinstance(module, torch.nn.Linear) and name.rsplit(".", 1)[-1] in (
+                "to_q",
+                "to_k",
+                "to_v",
+                "0",
+                "q_proj",
+                "k_proj",
+                "v_proj",
+                "out_proj",
+            ):
+                key = f"{prefix}.{name}"
+
+                def hook(_m: Any, args: tuple[Any, ...], _o: Any, key: str = key) -> None:
+                    seen.setdefault(key, []).append(args[0].detach().reshape(-1, args[0].shape[-1]))
+
+                hooks.append(module.register_forward_hook(hook))
+    pipe(
+        prompt,
+        height=64,
+        width=64,
+        num_inference_steps=DEFAULT_STEPS,
+        guidance_scale=DEFAULT_GUIDANCE,
+        generator=torch.Generator().manual_seed(seed),
+    )
+    for h in hooks:
+        h.remove()
+    return {k: torch.cat(v).double() for k, v in seen.items()}
+
+
+def crosstalk(lora_dirs: dict[str, Path], chosen: list[Case]) -> dict[str, Any]:
+    """How much the OTHER concepts' deltas act on a concept's own inputs, in a 4-concept sum:
+    per module, ||X_i Σ_{j≠i} ΔW_jᵀ|| / ||X_i ΔW_iᵀ|| (X_i: the module's inputs while the base
+    draws concept i's single-concept prompt), and how strongly the other concepts' A read those
+    inputs, ||X_i A_jᵀ|| / ||X_i A_iᵀ||; medians over (concept, module), per module group."""
+    singles = [c for c in chosen if c.count == 1]
+    inputs = {c.scene.sprites[0].name: module_inputs(expected_prompt(c.scene)) for c in singles}
+    out: dict[str, Any] = {}
+    for source, lora_dir in lora_dirs.items():
+        factors = {n: lora_deltas(lora_dir, n) for n in inputs}
+        ratios: dict[str, dict[str, list[float]]] = {}
+        for n, xs in inputs.items():
+            for key, (a, b) in factors[n].items():
+                x = xs[key]
+                own = (x @ a.T @ b.T).norm()
+                other = sum((x @ f[key][0].T @ f[key][1].T for m, f in factors.items() if m != n))
+                read = statistics.fmean(
+                    float((x @ f[key][0].T).norm() / (x @ a.T).norm())
+                    for m, f in factors.items()
+                    if m != n
+                )
+                group = (
+                    "text encoder"
+                    if key.startswith("text_encoder")
+                    else (
+                        "UNet cross-attn K/V"
+                        if ".attn2.to_k" in key or ".attn2.to_v" in key
+                        else "UNet other"
+                    )
+                )
+                r = ratios.setdefault(group, {"delta": [], "read": []})
+                r["delta"].append(float(torch.as_tensor(other).norm() / own))
+                r["read"].append(read)
+        out[source] = {
+            g: {k: round(statistics.median(v), 3) for k, v in r.items()}
+            | {"modules": len(r["delta"])}
+            for g, r in ratios.items()
+        }
+    return out
+
+
 def evaluate(n_seeds: int, orthogonal_dir: Path, pairs: bool) -> dict[str, Any]:
     seeds = list(range(1000, 1000 + n_seeds))
     chosen: list[Case] = [c for c in cases() if c.count == 1 or (pairs and c.count == 2)]
@@ -118,6 +210,8 @@ def evaluate(n_seeds: int, orthogonal_dir: Path, pairs: bool) -> dict[str, Any]:
                 if c.count == 1:
                     pipe, seconds = own(c.scene.sprites[0].name, lora_dir)
                     add("1 in one image", f"{source} own LoRA (ceiling)", pipe, i, seconds)
+    print("crosstalk …", flush=True)
+    cross = crosstalk(dict(sources), chosen)
     rows = [
         {"row": row, "method": method, **tally.row()} for (row, method), tally in tallies.items()
     ]
@@ -129,6 +223,7 @@ def evaluate(n_seeds: int, orthogonal_dir: Path, pairs: bool) -> dict[str, Any]:
         "orthogonal_dir": str(orthogonal_dir),
         "cases": {c.label: expected_prompt(c.scene) for c in chosen},
         "rows": rows,
+        "crosstalk": cross,
     }
 
 
@@ -146,7 +241,18 @@ def markdown(result: dict[str, Any]) -> str:
         for r in sorted(result["rows"], key=lambda r: r["row"])
     ]
     prompts = "\n".join(f"- {k}: `{v}`" for k, v in result["cases"].items())
-    return head + "\n".join(lines) + "\n\nPrompts:\n" + prompts + "\n"
+    cross = (
+        "\n\nCrosstalk in the 4-concept sum (medians over concept x module): "
+        "other concepts' delta / own delta on the concept's own inputs; other concepts' A / "
+        "own A reading those inputs.\n\n| LoRAs | module group | modules | delta ratio "
+        "| A read ratio |\n|---|---|---|---|---|\n"
+        + "\n".join(
+            f"| {src} | {g} | {v['modules']} | {v['delta']:.2f} | {v['read']:.2f} |"
+            for src, groups in result.get("crosstalk", {}).items()
+            for g, v in groups.items()
+        )
+    )
+    return head + "\n".join(lines) + "\n\nPrompts:\n" + prompts + cross + "\n"
 
 
 def main(argv: list[str] | None = None) -> None:
