@@ -27,7 +27,7 @@ from scenecraft.toyworld.train_base import (
     train_base,
     warm_start,
 )
-from scenecraft.toyworld.train_lora import LoraConfig, train_lora
+from scenecraft.toyworld.train_lora import LoraConfig, orthogonal_basis, train_lora
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -377,6 +377,46 @@ def test_trainers_run_a_few_steps(tmp_path: Path) -> None:
     pipe = load_toyworld_pipeline(path=tmp_path / "base")
     pipe.load_lora_weights(str(out))
     assert set(pipe.get_list_adapters()) == {"unet", "text_encoder"}
+
+
+def _downs(pipe: Any) -> dict[str, torch.Tensor]:
+    """Every adapter's lora_A weight (r x in), by module name."""
+    return {
+        f"{prefix}.{name}": m.lora_A["default"].weight.detach().clone()
+        for prefix, model in (("unet", pipe.unet), ("text_encoder", pipe.text_encoder))
+        for name, m in model.named_modules()
+        if isinstance(getattr(m, "lora_A", None), torch.nn.ModuleDict)
+    }
+
+
+def _ups(pipe: Any) -> list[torch.Tensor]:
+    return [
+        m.lora_B["default"].weight.detach().clone()
+        for model in (pipe.unet, pipe.text_encoder)
+        for m in model.modules()
+        if isinstance(getattr(m, "lora_B", None), torch.nn.ModuleDict)
+    ]
+
+
+def test_orthogonal_mode_freezes_mutually_orthogonal_down_projections() -> None:
+    cfg = LoraConfig(steps=3, n_data=8, batch=4, orthogonal_count=4)
+    pipes = {
+        i: train_lora(("lulu", "blip")[i], replace(cfg, orthogonal=i), log=lambda _: None)
+        for i in (0, 1)
+    }
+    downs = {i: _downs(p) for i, p in pipes.items()}
+    assert len(downs[0]) == 68  # every adapted module (UNet + text encoder)
+    for name, a0 in downs[0].items():
+        rank, dim = a0.shape
+        # A is exactly the slot of the shared basis it was given: not moved by training
+        basis = orthogonal_basis(name, dim) * (dim**0.5 / rank)
+        assert torch.equal(a0, basis[:rank])
+        assert torch.equal(downs[1][name], basis[rank : 2 * rank])
+        # the two concepts' rows are mutually orthogonal; each concept's rows are not degenerate
+        assert (a0 @ downs[1][name].T).abs().max() < 1e-4 * float(a0.norm() ** 2)
+        assert torch.linalg.matrix_rank(a0) == rank
+    # B did train (peft's B starts at zero)
+    assert any(b.abs().max() > 0 for b in _ups(pipes[0]))
 
 
 def test_warm_start_adds_16x16_cross_attention_as_a_no_op(tmp_path: Path) -> None:

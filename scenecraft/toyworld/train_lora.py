@@ -7,6 +7,13 @@ size and position drawn by the world's layout, in random settings, captioned in 
 English with the concept token (``<ZIGGY> circle wearing a hat, on grass``). Rank-r LoRA on the UNet attention (to_q/to_k/to_v/to_out.0) and the text
 encoder attention (q/k/v/out_proj); the base stays frozen. Saved in diffusers/PEFT form
 (``StableDiffusionPipeline.save_lora_weights``), loadable with ``pipe.load_lora_weights(path)``.
+
+Orthogonal Adaptation (Po et al., CVPR 2024), ``--orthogonal INDEX --orthogonal-count N``: per
+module, the down-projection A (r x in) is frozen to rows ``INDEX*r .. (INDEX+1)*r`` of one random
+orthogonal basis of the module's input space, seeded by the module's name and the same for every
+concept; only the up-projection B trains. Concepts trained with different indices have mutually
+orthogonal A rows (A_i A_j^T = 0), so their deltas B_i A_i act on disjoint input subspaces and can
+be summed with little interference.
 """
 
 from __future__ import annotations
@@ -15,7 +22,8 @@ import argparse
 import os
 import random
 import time
-from dataclasses import dataclass
+import zlib
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +52,9 @@ class LoraConfig:
     attribute_p: float = 0.2  # share of scenes where the concept wears a hat or crown
     seed: int = 0  # data / init / noise seed
     world: int = VERSION  # world version the data comes from
+    orthogonal: int | None = None  # Orthogonal Adaptation: this concept's slot (A frozen)
+    orthogonal_count: int = 4  # slots in the shared basis (concepts meant to be summed)
+    orthogonal_seed: int = 0  # seed of the shared basis (the same for every concept)
 
 
 def concept_scenes(name: str, cfg: LoraConfig) -> list[Any]:
@@ -81,6 +92,43 @@ def add_adapters(pipe: Any, rank: int) -> list[torch.nn.Parameter]:
     return [p for m in (pipe.unet, pipe.text_encoder) for p in m.parameters() if p.requires_grad]
 
 
+def orthogonal_basis(name: str, dim: int, seed: int = 0) -> torch.Tensor:
+    """One random orthogonal (dim x dim) matrix per module name, the same for every concept:
+    QR of a Gaussian matrix drawn from ``seed`` and a stable hash of ``name``."""
+    gen = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(name.encode()))
+    q, r = torch.linalg.qr(torch.randn(dim, dim, generator=gen, dtype=torch.float64))
+    return (q * torch.sign(torch.diagonal(r))).to(torch.float32)  # Haar-distributed rows
+
+
+def freeze_orthogonal_down(pipe: Any, index: int, count: int, seed: int = 0) -> int:
+    """Set every adapter's lora_A to rows ``index*r .. (index+1)*r`` of its module's shared
+    orthogonal basis (times sqrt(in)/r) and freeze it; return the number of modules changed."""
+    if not 0 <= index < count:
+        raise ValueError(f"orthogonal index {index} outside 0..{count - 1}")
+    changed = 0
+    for prefix, model in (("unet", pipe.unet), ("text_encoder", pipe.text_encoder)):
+        for name, module in model.named_modules():
+            down = getattr(module, "lora_A", None)
+            if not isinstance(down, torch.nn.ModuleDict) or "default" not in down:
+                continue
+            weight = down["default"].weight  # (r, in)
+            assert isinstance(weight, torch.Tensor)
+            rank, dim = weight.shape
+            if count * rank > dim:
+                raise ValueError(
+                    f"{prefix}.{name}: {count} concepts x rank {rank} > input size {dim}"
+                )
+            basis = orthogonal_basis(f"{prefix}.{name}", dim, seed)
+            # rows scaled to the norm of peft's gaussian init (std 1/r): B's updates move the
+            # delta as fast as in the normal mode; rows stay mutually orthogonal
+            scale = dim**0.5 / rank
+            with torch.no_grad():
+                weight.copy_(basis[index * rank : (index + 1) * rank] * scale)
+            weight.requires_grad = False
+            changed += 1
+    return changed
+
+
 def save_lora(pipe: Any, path: Path) -> None:
     """Write the adapters in diffusers form to ``path`` atomically (temp file, then os.replace)."""
     from diffusers import StableDiffusionPipeline
@@ -113,6 +161,9 @@ def train_lora(
         z = pipe.vae.encode(x).latent_dist.mean * pipe.vae.config.scaling_factor  # (N, 4, 16, 16)
     ids = tokenize(pipe.tokenizer, [caption(s) for s in scenes])
     params = add_adapters(pipe, cfg.rank)
+    if cfg.orthogonal is not None:
+        freeze_orthogonal_down(pipe, cfg.orthogonal, cfg.orthogonal_count, cfg.orthogonal_seed)
+        params = [p for p in params if p.requires_grad]  # only the up-projections B train
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
     gen = torch.Generator().manual_seed(cfg.seed + 1)
     pipe.unet.train()
@@ -147,6 +198,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--world", type=int, default=VERSION, choices=(1, 2))
     parser.add_argument("--pair-p", type=float, default=LoraConfig.pair_p)
+    parser.add_argument(
+        "--orthogonal",
+        type=int,
+        default=None,
+        metavar="INDEX",
+        help="Orthogonal Adaptation: freeze A to slot INDEX of the shared orthogonal basis "
+        "(with several concepts, concept k gets INDEX+k)",
+    )
+    parser.add_argument("--orthogonal-count", type=int, default=LoraConfig.orthogonal_count)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     cfg = LoraConfig(
@@ -155,11 +215,13 @@ def main(argv: list[str] | None = None) -> None:
         steps=args.steps,
         world=args.world,
         pair_p=args.pair_p,
+        orthogonal_count=args.orthogonal_count,
     )
-    for name in args.concepts:
+    for k, name in enumerate(args.concepts):
+        index = None if args.orthogonal is None else args.orthogonal + k
         train_lora(
             name,
-            cfg,
+            replace(cfg, orthogonal=index),
             args.base,
             args.out_dir / f"{name}.safetensors",
             lambda m: print(m, flush=True),
