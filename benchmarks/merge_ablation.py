@@ -26,8 +26,6 @@ of the same loraclr merge over 3 disjoint sets of 8 render seeds.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import statistics
 import sys
 import tempfile
@@ -40,7 +38,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from toyworld_eval import FOUR, cases, summary  # noqa: E402
+from toyworld_eval import FOUR, cases, summary, write_results  # noqa: E402
 
 from scenecraft.merge import features as F  # noqa: E402
 from scenecraft.merge.api import merge  # noqa: E402
@@ -387,16 +385,7 @@ def main(argv: list[str] | None = None) -> None:
     start = time.perf_counter()
     result = evaluate(args.seeds)
     result["seconds"] = round(time.perf_counter() - start, 1)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    for path, text in (
-        (args.out, json.dumps(result, indent=2)),
-        (args.out.with_suffix(".md"), markdown(result)),
-    ):
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    print(markdown(result))
-    print(f"total {result['seconds']} s; wrote {args.out} and {args.out.with_suffix('.md')}")
+    write_results(args.out, result, markdown(result))
 
 
 if __name__ == "__main__":

@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import os
 import statistics
 import tempfile
 import time
@@ -45,6 +44,7 @@ from typing import Any
 import torch
 
 from scenecraft import load
+from scenecraft.files import atomic_write_text
 from scenecraft.merge.api import merge
 from scenecraft.merge.apply import apply_merge
 from scenecraft.plan import BaseModelSpec, ConceptSpec, MergeSpec, RenderJob
@@ -434,6 +434,14 @@ def markdown(result: dict[str, Any]) -> str:
     return head + "\n".join(lines) + "\n\nPrompts:\n" + prompts + "\n"
 
 
+def write_results(out: Path, result: dict[str, Any], table: str) -> None:
+    """``out`` (JSON) and ``out`` with ``.md`` (the table), written atomically; the table printed."""
+    atomic_write_text(out, json.dumps(result, indent=2))
+    atomic_write_text(out.with_suffix(".md"), table)
+    print(table)
+    print(f"total {result['seconds']} s; wrote {out} and {out.with_suffix('.md')}")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     parser.add_argument("--seeds", type=int, default=16, help="seeds per prompt")
@@ -448,16 +456,7 @@ def main(argv: list[str] | None = None) -> None:
     start = time.perf_counter()
     result = evaluate(args.seeds, regions)
     result["seconds"] = round(time.perf_counter() - start, 1)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    for path, text in (
-        (args.out, json.dumps(result, indent=2)),
-        (args.out.with_suffix(".md"), markdown(result)),
-    ):
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    print(markdown(result))
-    print(f"total {result['seconds']} s; wrote {args.out} and {args.out.with_suffix('.md')}")
+    write_results(args.out, result, markdown(result))
 
 
 if __name__ == "__main__":

@@ -17,8 +17,6 @@ benchmarks/toyworld_eval.py (imported, not copied), regions off, judged exactly:
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import statistics
 import sys
 import tempfile
@@ -38,6 +36,7 @@ from toyworld_eval import (  # noqa: E402
     cases,
     compiled_jobs,
     run_case,
+    write_results,
 )
 
 from scenecraft.merge.api import merge  # noqa: E402
@@ -269,16 +268,7 @@ def main(argv: list[str] | None = None) -> None:
     start = time.perf_counter()
     result = evaluate(args.seeds, args.orthogonal_dir, not args.no_pairs)
     result["seconds"] = round(time.perf_counter() - start, 1)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    for path, text in (
-        (args.out, json.dumps(result, indent=2)),
-        (args.out.with_suffix(".md"), markdown(result)),
-    ):
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    print(markdown(result))
-    print(f"total {result['seconds']} s; wrote {args.out} and {args.out.with_suffix('.md')}")
+    write_results(args.out, result, markdown(result))
 
 
 if __name__ == "__main__":
