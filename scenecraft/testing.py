@@ -28,9 +28,26 @@ def tiny_tokenizer(
     return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77, pad_token=pad_token)
 
 
+def tiny_vae(seed: int = 0, **overrides: Any) -> Any:
+    """A tiny AutoencoderKL (2 blocks of 32/64 channels, 4 latent channels), seeded."""
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(seed)
+    return AutoencoderKL(
+        block_out_channels=[32, 64],
+        in_channels=3,
+        out_channels=3,
+        down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"],
+        up_block_types=["UpDecoderBlock2D", "UpDecoderBlock2D"],
+        latent_channels=4,
+        norm_num_groups=32,
+        **overrides,
+    )
+
+
 def tiny_components(seed: int = 0, cross_attention_dim: int = 32) -> dict[str, Any]:
     """The parts of a tiny SD 1.x pipeline; identical for the same seed."""
-    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from diffusers import UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
     tokenizer = tiny_tokenizer()
@@ -46,16 +63,7 @@ def tiny_components(seed: int = 0, cross_attention_dim: int = 32) -> dict[str, A
         cross_attention_dim=cross_attention_dim,
         norm_num_groups=32,
     )
-    torch.manual_seed(seed)
-    vae = AutoencoderKL(
-        block_out_channels=[32, 64],
-        in_channels=3,
-        out_channels=3,
-        down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"],
-        up_block_types=["UpDecoderBlock2D", "UpDecoderBlock2D"],
-        latent_channels=4,
-        norm_num_groups=32,
-    )
+    vae = tiny_vae(seed)
     torch.manual_seed(seed)
     text_config = CLIPTextConfig(
         hidden_size=cross_attention_dim,
@@ -156,7 +164,7 @@ def tiny_sdxl_components(
 
     The two widths differ on purpose: a mix-up of the encoders fails on shapes.
     """
-    from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionModel
+    from diffusers import EulerDiscreteScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     time_dim = 8
@@ -178,16 +186,7 @@ def tiny_sdxl_components(
         cross_attention_dim=sum(widths),
         norm_num_groups=1,
     )
-    torch.manual_seed(seed)
-    vae = AutoencoderKL(
-        block_out_channels=[32, 64],
-        in_channels=3,
-        out_channels=3,
-        down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"],
-        up_block_types=["UpDecoderBlock2D", "UpDecoderBlock2D"],
-        latent_channels=4,
-        sample_size=128,
-    )
+    vae = tiny_vae(seed, sample_size=128)
     tokenizer = tiny_tokenizer()
     tokenizer_2 = tiny_tokenizer(pad_token="!")
 
