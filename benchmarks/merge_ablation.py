@@ -38,14 +38,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from toyworld_eval import FOUR, cases, summary, write_results  # noqa: E402
+from toyworld_eval import FOUR, cases, summary, toy_concepts, write_results  # noqa: E402
 
 from scenecraft.merge import features as F  # noqa: E402
 from scenecraft.merge.api import merge  # noqa: E402
 from scenecraft.merge.apply import module_weight  # noqa: E402
 from scenecraft.merge.cache import load_entry  # noqa: E402
 from scenecraft.merge.formats import read_concept_lora  # noqa: E402
-from scenecraft.plan import BaseModelSpec, ConceptSpec, MergeSpec  # noqa: E402
+from scenecraft.plan import BaseModelSpec, MergeSpec  # noqa: E402
 from scenecraft.toyworld import (  # noqa: E402
     BASE_DIR,
     CONCEPTS,
@@ -90,15 +90,7 @@ def merge_deltas(
 ) -> tuple[Deltas, float, dict[str, Any]]:
     """ΔW* of the 4-concept merge (fp32, by module path), its seconds and figures (``seed`` None:
     the default)."""
-    concepts = tuple(
-        ConceptSpec(
-            name=n,
-            tokens=(CONCEPTS[n].token,),
-            lora=str(lora_path(n)),
-            class_noun=CONCEPTS[n].class_noun,
-        )
-        for n in FOUR
-    )
+    concepts = toy_concepts(FOUR)
     seeded: dict[str, float | int | str | bool] = {} if seed is None else {"seed": seed}
     spec = MergeSpec(
         base=BaseModelSpec(source=str(BASE_DIR)),

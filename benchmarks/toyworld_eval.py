@@ -233,19 +233,24 @@ def boxes_differ(a: Sequence[Found], b: Sequence[Found], tolerance: int = 2) -> 
     )
 
 
-def merged_pipe(
-    method: str, params: dict[str, Any], names: tuple[str, ...], cache: Path
-) -> tuple[Any, float]:
-    pipe = load_toyworld_pipeline()
-    concepts = tuple(
+def toy_concepts(names: Sequence[str], lora_dir: Path | None = None) -> tuple[ConceptSpec, ...]:
+    """The toy concepts ``names`` as a merge spec sees them (LoRAs from ``lora_dir`` if given)."""
+    return tuple(
         ConceptSpec(
             name=n,
             tokens=(CONCEPTS[n].token,),
-            lora=str(lora_path(n)),
+            lora=str(lora_dir / f"{n}.safetensors" if lora_dir else lora_path(n)),
             class_noun=CONCEPTS[n].class_noun,
         )
         for n in names
     )
+
+
+def merged_pipe(
+    method: str, params: dict[str, Any], names: tuple[str, ...], cache: Path
+) -> tuple[Any, float]:
+    pipe = load_toyworld_pipeline()
+    concepts = toy_concepts(names)
     spec = MergeSpec(
         base=BaseModelSpec(source=str(BASE_DIR)), concepts=concepts, method=method, params=params
     )  # type: ignore[arg-type]

@@ -36,15 +36,15 @@ from toyworld_eval import (  # noqa: E402
     cases,
     compiled_jobs,
     run_case,
+    toy_concepts,
     write_results,
 )
 
 from scenecraft.merge.api import merge  # noqa: E402
 from scenecraft.merge.apply import apply_merge  # noqa: E402
-from scenecraft.plan import BaseModelSpec, ConceptSpec, MergeSpec  # noqa: E402
+from scenecraft.plan import BaseModelSpec, MergeSpec  # noqa: E402
 from scenecraft.toyworld import (  # noqa: E402
     BASE_DIR,
-    CONCEPTS,
     DEFAULT_GUIDANCE,
     DEFAULT_STEPS,
     LORA_DIR,
@@ -59,15 +59,7 @@ ORTHOGONAL_DIR = Path(__file__).resolve().parent.parent / "scenecraft/toyworld/w
 def merged(method: str, names: tuple[str, ...], lora_dir: Path, cache: Path) -> tuple[Any, float]:
     """The toy base with ``names``' LoRAs from ``lora_dir`` merged by scenecraft's own code."""
     pipe = load_toyworld_pipeline()
-    concepts = tuple(
-        ConceptSpec(
-            name=n,
-            tokens=(CONCEPTS[n].token,),
-            lora=str(lora_dir / f"{n}.safetensors"),
-            class_noun=CONCEPTS[n].class_noun,
-        )
-        for n in names
-    )
+    concepts = toy_concepts(names, lora_dir)
     spec = MergeSpec(base=BaseModelSpec(source=str(BASE_DIR)), concepts=concepts, method=method)  # type: ignore[arg-type]
     start = time.perf_counter()
     result = merge(spec, pipe, cache_dir=cache, force=True)
