@@ -248,7 +248,9 @@ def toy_concepts(names: Sequence[str], lora_dir: Path | None = None) -> tuple[Co
 
 def merged_pipe(
     method: str, params: dict[str, Any], names: tuple[str, ...], cache: Path
-) -> tuple[Any, float]:
+) -> tuple[Any, float, dict[str, Any]]:
+    """The toy pipeline with ``names`` merged by ``method``; merge seconds; the merge's layer
+    figures (what `scenecraft merge --json` shows)."""
     pipe = load_toyworld_pipeline()
     concepts = toy_concepts(names)
     spec = MergeSpec(
@@ -258,7 +260,7 @@ def merged_pipe(
     result = merge(spec, pipe, cache_dir=cache, force=True)
     seconds = time.perf_counter() - start
     apply_merge(pipe, result)
-    return pipe, seconds
+    return pipe, seconds, result.figures
 
 
 def adapters_pipe(names: tuple[str, ...]) -> tuple[Any, float]:
@@ -311,9 +313,10 @@ def run_case(
     jobs: Sequence[RenderJob],
     tally: Tally,
     adapters: Adapters | None = None,
+    per_concept: dict[str, list[float]] | None = None,
 ) -> None:
     """Render and judge one case with every seed; add per-concept scores, render time and
-    seed-pair box differences to ``tally``."""
+    seed-pair box differences to ``tally`` (identities also to ``per_concept``, by name)."""
     start = time.perf_counter()
     ims = render_case(pipe, jobs, adapters)
     tally.render_seconds += time.perf_counter() - start
@@ -335,6 +338,8 @@ def run_case(
             tally.values["accuracy"].append(c.accuracy)
             tally.values["identity"].append(c.identity)
             tally.identity_by_concept.setdefault(c.name, []).append(c.identity)
+            if per_concept is not None:
+                per_concept.setdefault(c.name, []).append(c.identity)
             # no box and no placement asked: placement is not scored for that concept
             if c.placement is not None:
                 tally.values["placement"].append(c.placement)
@@ -367,13 +372,15 @@ def evaluate(n_seeds: int, regions: Sequence[str]) -> dict[str, Any]:
     modes = sorted({v[1] for v in variants} | {"off"})
     jobs = {mode: compiled_jobs(all_cases, seeds, mode) for mode in modes}
     index = {c.label: i for i, c in enumerate(all_cases)}
+    points: list[dict[str, Any]] = []  # per merge and concept: layer figures + image identity
     with tempfile.TemporaryDirectory() as tmp:
         for label, method, params in (*METHODS, ("adapters", "adapters", {})):
             for merged, chosen in groups.items():
+                identity: dict[str, list[float]] = {}  # this merge, regions off
                 if method == "adapters":
                     pipe, merge_s = adapters_pipe(merged)
                 else:
-                    pipe, merge_s = merged_pipe(method, params, merged, Path(tmp))
+                    pipe, merge_s, figures = merged_pipe(method, params, merged, Path(tmp))
                 for name, mode, confine in variants:
                     if confine and method != "adapters":
                         continue
@@ -384,7 +391,10 @@ def evaluate(n_seeds: int, regions: Sequence[str]) -> dict[str, Any]:
                         assert tally.merge_seconds is not None
                         tally.merge_seconds.append(merge_s)
                         ad = confined(merged) if confine else None
-                        run_case(pipe, case, jobs[mode][index[case.label]], tally, ad)
+                        own = identity if name == "off" else None
+                        run_case(pipe, case, jobs[mode][index[case.label]], tally, ad, own)
+                if method != "adapters":
+                    points += figure_points(label, merged, figures, identity)
                 print(f"{label} {'+'.join(merged)} done", flush=True)
         # the ceiling: each concept's own LoRA, alone, on its single-concept prompt
         for case in all_cases:
@@ -407,7 +417,76 @@ def evaluate(n_seeds: int, regions: Sequence[str]) -> dict[str, Any]:
         "guidance": DEFAULT_GUIDANCE,
         "cases": {c.label: expected_prompt(c.scene) for c in all_cases},
         "rows": rows,
+        "figures_vs_identity": correlations(points),
+        "figure_points": points,
     }
+
+
+FIGURES = ("fidelity", "separation")  # layer figures per concept and stage (docs/loraclr.md)
+
+
+def figure_points(
+    method: str,
+    merged: tuple[str, ...],
+    figures: dict[str, Any],
+    identity: dict[str, list[float]],
+) -> list[dict[str, Any]]:
+    """One point per merged concept: its layer figures (mean and worst over a stage's layers,
+    per stage) and its mean image identity in this merge's pictures (regions off)."""
+    points = []
+    for concept in merged:
+        point: dict[str, Any] = {
+            "method": method,
+            "merged": "+".join(merged),
+            "concept": concept,
+            "identity": statistics.fmean(identity[concept]),
+        }
+        for stage, entry in figures.get("stages", {}).items():
+            per = entry.get("per_concept", {}).get(concept)
+            if per is None:
+                continue
+            for fig in FIGURES:
+                for agg in ("mean", "worst"):
+                    point[f"{stage}.{fig}.{agg}"] = per[fig][agg]
+        points.append(point)
+    return points
+
+
+def _ranks(xs: Sequence[float]) -> list[float]:
+    """Ranks 1..n, ties sharing their mean rank (for Spearman's rho)."""
+    order = sorted(range(len(xs)), key=lambda i: xs[i])
+    ranks = [0.0] * len(xs)
+    i = 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and xs[order[j + 1]] == xs[order[i]]:
+            j += 1
+        for k in range(i, j + 1):
+            ranks[order[k]] = (i + j) / 2 + 1
+        i = j + 1
+    return ranks
+
+
+def correlations(points: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Pearson r and Spearman rho of every layer figure against image identity, over the
+    benchmark's merges (points with that figure; a constant column has no correlation)."""
+    keys = sorted({k for p in points for k in p if k.count(".") == 2})
+    out = []
+    for key in keys:
+        pts = [p for p in points if isinstance(p.get(key), (int, float)) and p[key] == p[key]]
+        xs, ys = [float(p[key]) for p in pts], [float(p["identity"]) for p in pts]
+        if len(pts) < 3 or len(set(xs)) < 2 or len(set(ys)) < 2:
+            out.append({"figure": key, "n": len(pts), "pearson": None, "spearman": None})
+            continue
+        out.append(
+            {
+                "figure": key,
+                "n": len(pts),
+                "pearson": round(statistics.correlation(xs, ys), 3),
+                "spearman": round(statistics.correlation(_ranks(xs), _ranks(ys)), 3),
+            }
+        )
+    return out
 
 
 def _cell(s: dict[str, float] | None) -> str:
@@ -436,7 +515,19 @@ def markdown(result: dict[str, Any]) -> str:
         for r in sorted(result["rows"], key=lambda r: (r["row"].startswith("same"), r["row"]))
     ]
     prompts = "\n".join(f"- {k}: `{v}`" for k, v in result["cases"].items())
-    return head + "\n".join(lines) + "\n\nPrompts:\n" + prompts + "\n"
+    corr = [
+        f"| {c['figure']} | {c['n']} | {c['pearson']} | {c['spearman']} |"
+        for c in result.get("figures_vs_identity", [])
+    ]
+    table = (
+        "\n\nLayer figures vs image identity (per merged concept, regions off; both"
+        " figures are lower when better, so a figure that predicts images correlates negatively):\n\n"
+        "| figure (stage.figure.aggregate) | points | Pearson r | Spearman rho |\n|---|---|---|---|\n"
+        + "\n".join(corr)
+        if corr
+        else ""
+    )
+    return head + "\n".join(lines) + "\n\nPrompts:\n" + prompts + table + "\n"
 
 
 def write_results(out: Path, result: dict[str, Any], table: str) -> None:

@@ -59,6 +59,7 @@ class TrainConfig:
     seed: int = 0  # data / noise seed
     init: Path | None = None  # warm start from this trained base folder (keeps its VAE)
     world: int = VERSION  # world version the data comes from (1: fixed slots, 2: drawn layouts)
+    vae_init: bool = False  # with a VAE folder: train it further instead of keeping it as is
 
 
 def images_tensor(images: list[Any]) -> torch.Tensor:
@@ -69,19 +70,31 @@ def images_tensor(images: list[Any]) -> torch.Tensor:
 
 def scene_batch(rng: random.Random, n: int, world: int = VERSION) -> tuple[torch.Tensor, list[str]]:
     """``n`` random scenes of a world version, each drawn with its own layout seed."""
-    scenes = [random_scene(rng, version=world) for _ in range(n)]
-    images = [render(s, rng.randrange(2**31), version=world) for s in scenes]
+    scenes: list[Any] = []
+    images: list[Any] = []
+    while len(scenes) < n:
+        scene = random_scene(rng, version=world)
+        try:
+            images.append(render(scene, rng.randrange(2**31), version=world))
+        except ValueError:  # a crowded draw whose layout search gave up: draw another scene
+            continue
+        scenes.append(scene)
     return images_tensor(images), [caption(s) for s in scenes]
 
 
-def train_vae(vae: Any, cfg: TrainConfig, log: Any = print) -> None:
-    """Reconstruction (L1 + 1e-6 KL) on freshly drawn scenes; stops at the time or step budget."""
+def train_vae(vae: Any, cfg: TrainConfig, log: Any = print, out: Path | None = None) -> None:
+    """Reconstruction (L1 + 1e-6 KL) on freshly drawn scenes; stops at the time or step budget
+    (with ``out``: the VAE is saved there every ``checkpoint_minutes``)."""
     rng = random.Random(cfg.seed + 1)
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
-    start = time.time()
+    start = last_ckpt = time.time()
     step = 0
     vae.train()
-    while step < cfg.vae_steps and time.time() - start < cfg.vae_minutes * 60:
+    budget = cfg.vae_minutes * 60
+    while step < cfg.vae_steps and (elapsed := time.time() - start) < budget:
+        frac = step / cfg.vae_steps if cfg.vae_steps < TrainConfig.vae_steps else elapsed / budget
+        for group in opt.param_groups:  # cosine to a tenth of the peak
+            group["lr"] = cfg.vae_lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, frac))))
         x, _ = scene_batch(rng, cfg.vae_batch, cfg.world)  # (B, 3, 64, 64)
         posterior = vae.encode(x).latent_dist
         recon = vae.decode(posterior.mean + 0.1 * torch.randn_like(posterior.mean)).sample
@@ -92,6 +105,10 @@ def train_vae(vae: Any, cfg: TrainConfig, log: Any = print) -> None:
         if step % 50 == 0:
             log(f"vae step {step} loss {loss.item():.4f} t {time.time() - start:.0f}s")
         step += 1
+        if out is not None and time.time() - last_ckpt > cfg.checkpoint_minutes * 60:
+            vae.save_pretrained(out)  # a long run keeps what it has learnt
+            last_ckpt = time.time()
+            log(f"vae checkpoint at step {step}")
     vae.eval()
 
 
@@ -182,10 +199,15 @@ def save_pipeline(components: dict[str, Any], out: Path) -> None:
 
 
 def train_unet(
-    components: dict[str, Any], cfg: TrainConfig, out: Path | None, log: Any = print
+    components: dict[str, Any],
+    cfg: TrainConfig,
+    out: Path | None,
+    log: Any = print,
+    keep_scale: bool = False,
 ) -> None:
-    """Joint UNet + text-encoder training on cached latents; EMA weights are what gets saved."""
-    z, captions = cache_latents(components, cfg, keep_scale=cfg.init is not None)
+    """Joint UNet + text-encoder training on cached latents; EMA weights are what gets saved.
+    ``keep_scale``: keep the VAE's latent scale (a warm start on its own VAE)."""
+    z, captions = cache_latents(components, cfg, keep_scale=keep_scale)
     ids = tokenize(components["tokenizer"], captions)
     empty = tokenize(components["tokenizer"], [""])[0]
     unet, te, sched = components["unet"], components["text_encoder"], components["scheduler"]
@@ -322,16 +344,20 @@ def train_base(
     components = build_components(model)
     if cfg.init is not None:
         warm_start(components, cfg.init, log)
-    elif vae_dir is not None:
+        if vae_dir is not None:  # a VAE trained for this world replaces the init's
+            components["vae"] = AutoencoderKL.from_pretrained(vae_dir)
+    elif vae_dir is not None and not cfg.vae_init:
         components["vae"] = AutoencoderKL.from_pretrained(vae_dir)
     else:
-        train_vae(components["vae"], cfg, log)
+        if vae_dir is not None:  # fine-tune a trained VAE (both halves) on this world's scenes
+            components["vae"] = AutoencoderKL.from_pretrained(vae_dir)
+        train_vae(components["vae"], cfg, log, out if vae_only else None)
     components["vae"].requires_grad_(False)
     if vae_only:
         if out is not None:
             components["vae"].save_pretrained(out)
         return components
-    train_unet(components, cfg, out, log)
+    train_unet(components, cfg, out, log, keep_scale=cfg.init is not None and vae_dir is None)
     return components
 
 
@@ -351,6 +377,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--vae", type=Path, default=None, help="a trained VAE folder (skips stage 1)"
     )
+    parser.add_argument(
+        "--vae-init",
+        action="store_true",
+        help="with --vae: fine-tune that VAE on --world's scenes instead of keeping it",
+    )
+    parser.add_argument("--vae-lr", type=float, default=TrainConfig.vae_lr)
     parser.add_argument(
         "--init", type=Path, default=None, help="warm start from a trained base (keeps its VAE)"
     )
@@ -375,6 +407,8 @@ def main(argv: list[str] | None = None) -> None:
         n_data=args.n_data,
         init=args.init,
         world=args.world,
+        vae_init=args.vae_init,
+        vae_lr=args.vae_lr,
         lr=args.lr,
         batch=args.batch,
         warmup=args.warmup,
