@@ -71,3 +71,19 @@ def assemble_pipeline(components: dict[str, Any]) -> Any:
     )
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def cross_attention_modules(unet: Any) -> list[str]:
+    """Names of the UNet's attention modules that attend to the prompt: ``attn2`` in every SD
+    block, and ``attn1`` too in blocks built with ``only_cross_attention`` (the toy world's
+    16x16 blocks). diffusers marks them: ``Attention.is_cross_attention``."""
+    return [
+        name
+        for name, module in unet.named_modules()
+        if getattr(module, "is_cross_attention", False) and hasattr(module, "to_k")
+    ]
+
+
+def cross_attention_kv(unet: Any, prefix: str = "") -> set[str]:
+    """Paths of the projections that read prompt tokens (each cross-attention's to_k / to_v)."""
+    return {f"{prefix}{m}.{p}" for m in cross_attention_modules(unet) for p in ("to_k", "to_v")}

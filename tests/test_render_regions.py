@@ -311,3 +311,42 @@ def test_confined_adapters_act_only_inside_their_regions(two_adapters: Any) -> N
         everywhere = (layer(x) - layer.base_layer(x)).view(2, h, w, -1)
     assert torch.allclose(everywhere, ziggy + momo, atol=1e-5)
     assert sorted(pipe.get_active_adapters()) == ["momo", "ziggy"]
+
+
+def test_blocks_that_attend_only_to_the_prompt_are_regional_too() -> None:
+    # the toy world's 16x16 blocks use only_cross_attention: attn1 reads the prompt as well,
+    # so a region must steer it, and the merge must fit its K/V on prompt tokens
+    from dataclasses import replace
+
+    from scenecraft.merge.engine import KV, stage_of
+    from scenecraft.sdparts import cross_attention_kv
+    from scenecraft.toyworld.model import TINY, assemble, build_components
+
+    torch.manual_seed(0)
+    pipe = assemble(build_components(replace(TINY, finest_cross_attention=True)))
+    pipe.set_progress_bar_config(disable=True)
+    names = cross_attention_names(pipe.unet)
+    assert any(".attn1." in n for n in names) and any(".attn2." in n for n in names)
+    assert all(n.startswith(("down_blocks.0", "up_blocks.2")) for n in names if ".attn1." in n)
+    kv = cross_attention_kv(pipe.unet, "unet.")
+    path = next(p for p in sorted(kv) if ".attn1.to_k" in p)
+    assert stage_of(path, pipe.unet.get_submodule(path[5:]), False, kv) == KV
+
+    def draw(job: RenderJob) -> np.ndarray:
+        with regional(pipe, [job]):
+            out = pipe(
+                prompt=[job.prompt],
+                negative_prompt=[job.negative_prompt],
+                width=64,
+                height=64,
+                num_inference_steps=2,
+                guidance_scale=4.0,
+                generator=[torch.Generator().manual_seed(3)],
+                output_type="np",
+            )
+        return np.asarray(out.images)
+
+    whole = regional_job((region((0.0, 0.0, 1.0, 1.0), prompt="red star"),), seed=3, size=64)
+    alone = draw(make_job("duo", 3, "red star", size=64))
+    assert np.abs(draw(whole) - alone).max() < 1e-4
+    assert np.abs(draw(make_job("duo", 3, GLOBAL, size=64)) - alone).max() > 1e-3

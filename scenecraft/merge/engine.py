@@ -6,7 +6,7 @@ Stages (each uses the merged result of the one before):
   1. text-encoder    Linear layers of every text encoder (SDXL: both); X_c from each concept's
                      OWN text encoders (base + its LoRA + its token embeddings) on
                      "photo of a {token}", "{token}" (+ class noun);
-  2. cross-attention UNet attn2.to_k / to_v; X_c = the context the MERGED text encoder(s) give
+  2. cross-attention UNet to_k / to_v (attn2; attn1 too where it attends to the prompt); X_c = the context the MERGED text encoder(s) give
                      (SDXL: both encoders' penultimate states concatenated, 2048 wide) at
                      concept-token positions + end token;
   3. spatial         (optional, ``MergeConfig.spatial``) other UNet Linear / 1×1 conv layers;
@@ -40,6 +40,7 @@ from scenecraft.merge.methods import (
 )
 from scenecraft.merge.quality import QualityLog, batch_quality
 from scenecraft.merge.types import ConceptLoRA, MergeConfig
+from scenecraft.sdparts import cross_attention_kv
 
 TEXT, KV, SPATIAL, FALLBACK = "text-encoder", "cross-attention", "spatial", "fallback"
 
@@ -51,13 +52,14 @@ class MergeOutcome:
     figures: dict[str, Any] = field(default_factory=dict)  # JSON-able quality figures
 
 
-def stage_of(path: str, module: nn.Module, spatial: bool) -> str:
-    """Which feature stage covers a module (or FALLBACK)."""
+def stage_of(path: str, module: nn.Module, spatial: bool, kv: set[str]) -> str:
+    """Which feature stage covers a module (or FALLBACK); ``kv``: the UNet's cross-attention
+    to_k / to_v paths (`sdparts.cross_attention_kv`), whose inputs are prompt tokens."""
     if not F.has_rows(module):
         return FALLBACK
     if path.startswith(F.TEXT_PREFIXES):
         return TEXT
-    if path.startswith("unet.") and (".attn2.to_k" in path or ".attn2.to_v" in path):
+    if path in kv:
         return KV
     if path.startswith("unet.") and spatial:
         return SPATIAL
@@ -297,8 +299,9 @@ def run_merge(
     touched = {p: [c for c in concepts if p in c.layers] for p in modules}
     single = [p for p, cs in touched.items() if len(cs) == 1 and not cfg.solve_single]
     stages: dict[str, list[str]] = defaultdict(list)
+    kv = cross_attention_kv(pipe.unet, "unet.")
     for p in sorted(set(modules) - set(single)):
-        stages[stage_of(p, modules[p], cfg.spatial)].append(p)
+        stages[stage_of(p, modules[p], cfg.spatial, kv)].append(p)
     for p in single:
         run.weights[p] = run.base(p) + touched[p][0].delta(p).to(run.base(p).device)
     # data-free methods on a pipeline whose features cannot be read merge without figures

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 
 from scenecraft.plan import RenderJob
 from scenecraft.render.encode import encode_prompts
+from scenecraft.sdparts import cross_attention_kv, cross_attention_modules
 
 Box = tuple[float, float, float, float]
 
@@ -297,17 +298,15 @@ def _spatial_hook(state: RegionalState, name_set: set[str]) -> Any:
     return hook
 
 
-TEXT_SIDE = ("attn2.to_k", "attn2.to_v")  # inputs are prompt tokens: confined per region row
-
-
 @contextmanager
 def confined_adapters(unet: Any, state: RegionalState) -> Iterator[None]:
     """The UNet's own LoRA forward off; each adapter's output added inside its regions only
     (image-side layers by hooks, text-side K/V by the regional processor)."""
     hooks = []
+    text_side = cross_attention_kv(unet)  # inputs are prompt tokens: confined per region row
     for name, module in unet.named_modules():
         names = lora_names(module)
-        if names and not name.endswith(TEXT_SIDE):
+        if names and name not in text_side:
             hooks.append(module.register_forward_hook(_spatial_hook(state, names)))
     unet.disable_adapters()
     try:
@@ -322,8 +321,9 @@ def confined_adapters(unet: Any, state: RegionalState) -> Iterator[None]:
 
 
 def cross_attention_names(unet: Any) -> list[str]:
-    """Processor names of the UNet's cross-attention layers (``...attn2.processor``)."""
-    return [name for name in unet.attn_processors if name.endswith("attn2.processor")]
+    """Processor names of the UNet's cross-attention layers (``...attn2.processor``, and
+    ``attn1`` where a block attends only to the prompt)."""
+    return [f"{name}.processor" for name in cross_attention_modules(unet)]
 
 
 @contextmanager

@@ -198,6 +198,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--world", type=int, default=VERSION, choices=(1, 2))
     parser.add_argument("--pair-p", type=float, default=LoraConfig.pair_p)
+    parser.add_argument("--n-data", type=int, default=LoraConfig.n_data)
+    parser.add_argument("--lr", type=float, default=LoraConfig.lr)
     parser.add_argument(
         "--orthogonal",
         type=int,
@@ -215,6 +217,8 @@ def main(argv: list[str] | None = None) -> None:
         steps=args.steps,
         world=args.world,
         pair_p=args.pair_p,
+        n_data=args.n_data,
+        lr=args.lr,
         orthogonal_count=args.orthogonal_count,
     )
     for k, name in enumerate(args.concepts):
