@@ -6,9 +6,9 @@ mean difference may not exceed 1.5 levels (CPU float noise moves it by far less)
 change (another prompt, sampler, seed rule, a broken processor) moves it by tens of levels.
 ``SCENECRAFT_UPDATE_SNAPSHOTS=1`` records new signatures after a deliberate change.
 
-`solo` and `duo-global` (one prompt) are the pictures the renderer drew before the CLI layer,
-the typed semantic model, the merge contract and regions landed (commit 530084f renders them
-with a mean difference of 0.0 levels); `duo` is the same scene with regions.
+`solo` and `duo-global` have one prompt; `duo` is the same scene with regions. Recorded anew when
+the shipped weights became world 2's (the world-1 signatures, which commit 530084f reproduced
+with a mean difference of 0.0 levels, are in this file's history).
 """
 
 from __future__ import annotations

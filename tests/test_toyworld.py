@@ -40,7 +40,7 @@ def _one_thread() -> Any:
     torch.set_num_threads(before)
 
 
-# world 2 (drawn layouts, up to four sprites) is opt-in: the shipped weights are world 1's
+# world 2 (drawn layouts, up to four sprites), the shipped weights' world, named explicitly
 def r2(scene: W.Scene, seed: int = 0) -> Any:
     return W.render(scene, seed, version=2)
 
@@ -406,7 +406,7 @@ def test_orthogonal_mode_freezes_mutually_orthogonal_down_projections() -> None:
         for i in (0, 1)
     }
     downs = {i: _downs(p) for i, p in pipes.items()}
-    assert len(downs[0]) == 68  # every adapted module (UNet + text encoder)
+    assert len(downs[0]) == 92  # every adapted module (UNet incl. the 16x16 blocks + text encoder)
     for name, a0 in downs[0].items():
         rank, dim = a0.shape
         # A is exactly the slot of the shared basis it was given: not moved by training

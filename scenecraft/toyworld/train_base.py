@@ -1,12 +1,15 @@
 """Train the toy world's base model: first the 4x VAE, then UNet + text encoder (v-prediction).
 
     python -m scenecraft.toyworld.train_base --vae-minutes 6 --minutes 40 --out DIR
-    python -m scenecraft.toyworld.train_base --init OLD_BASE --steps 4000 --out DIR  # warm start
+    python -m scenecraft.toyworld.train_base --vae OLD/vae --vae-init --vae-only --out VAE
+    python -m scenecraft.toyworld.train_base --init OLD_BASE --vae VAE --steps 11000 --out DIR
 
-``--init`` starts from a trained base (world 1's shipped weights): its VAE is kept as it is
-(same 64x64 canvas), every UNet / text-encoder weight that still fits is copied, and what is new
-(the 16x16 attention blocks, longer position table, new concept tokens) starts as a no-op or from
-the old values; then UNet + text encoder train on world-2 scenes.
+``--vae DIR --vae-init`` fine-tunes a trained VAE (both halves) on ``--world``'s scenes.
+``--init`` starts from a trained base (world 1's weights, the recipe in docs/toyworld.md): its
+VAE is kept (same 64x64 canvas) unless ``--vae`` gives another, every UNet / text-encoder weight
+that still fits is copied, and what is new (the 16x16 attention blocks, longer position table,
+new concept tokens) starts as a no-op or from the old values; then UNet + text encoder train on
+``--world``'s scenes.
 
 Deterministic for a seed (data, init and noise come from seeded generators; wall-clock budgets
 only decide when to stop). Logs loss to stdout and writes the pipeline to ``--out`` (a diffusers

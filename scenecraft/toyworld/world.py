@@ -8,9 +8,9 @@ position, on the 4-pixel latent grid, such that every placement holds, no two sp
 included) come within 4 pixels of each other and the side borders stay clear (the judge reads
 the backdrop there). Same prompt, different seed: different boxes.
 
-World 1 (``version=1``, the world the shipped weights were trained on, ``VERSION``): one or two
-24-px sprites on fixed slots. World 2 is opt-in (``version=2``, the trainers' ``--world 2``)
-until weights trained on it reach the single-concept bar (docs/toyworld.md says where it stands).
+World 2 is the world the shipped weights were trained on (``VERSION``). World 1
+(``version=1``): one or two 24-px sprites on fixed slots, the first wave's world, kept for
+reproducing its figures (docs/toyworld.md).
 
 Every caption is written by `scenecraft.prompts.scene_prompt`, the compiler's own English, e.g.
 ``red striped star left of <BLIP> square, yellow circle and pink square, on grass``.
@@ -26,7 +26,7 @@ from PIL import Image
 
 from scenecraft.prompts import Clause, SceneText, Subject, scene_prompt
 
-VERSION = 1  # the world the shipped weights were trained on (1: fixed slots; 2: drawn layouts)
+VERSION = 2  # the world the shipped weights were trained on (1: fixed slots; 2: drawn layouts)
 SIZE = 64  # image side, pixels
 SPRITE = 24  # world 1's sprite side, pixels; world 2's middle size
 SIZES = (20, 24, 28)  # world 2 sprite sides, pixels (multiples of the 4-pixel latent cell)
