@@ -474,6 +474,8 @@ def correlations(points: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     out = []
     for key in keys:
         pts = [p for p in points if isinstance(p.get(key), (int, float)) and p[key] == p[key]]
+        if not pts:  # a stage no merge solved (e.g. the fallback's linear sum has no figures)
+            continue
         xs, ys = [float(p[key]) for p in pts], [float(p["identity"]) for p in pts]
         if len(pts) < 3 or len(set(xs)) < 2 or len(set(ys)) < 2:
             out.append({"figure": key, "n": len(pts), "pearson": None, "spearman": None})

@@ -485,3 +485,24 @@ def test_vae_fine_tune_starts_from_the_given_vae_and_saves_it(tmp_path: Path) ->
     # two steps from v0 stay close to v0 (a fresh VAE would differ everywhere by its init)
     delta = max(float((before[k] - after[k]).abs().max()) for k in before)
     assert delta < 0.05
+
+
+def test_vae_roundtrip_scores_a_lossless_vae_as_exact_and_a_lossy_one_lower() -> None:
+    from types import SimpleNamespace
+
+    from scenecraft.toyworld.evaluate import vae_roundtrip
+
+    class Lossless:
+        def encode(self, x: torch.Tensor) -> Any:
+            return SimpleNamespace(latent_dist=SimpleNamespace(mean=x))
+
+        def decode(self, z: torch.Tensor) -> Any:
+            return SimpleNamespace(sample=z)
+
+    class Blurry(Lossless):
+        def decode(self, z: torch.Tensor) -> Any:  # 8x down and up: shapes and patterns go
+            small = torch.nn.functional.avg_pool2d(z, 8)
+            return SimpleNamespace(sample=torch.nn.functional.interpolate(small, scale_factor=8))
+
+    assert vae_roundtrip(Lossless(), n=4) == {"1": 1.0, "2": 1.0, "3": 1.0, "4": 1.0}
+    assert all(v < 0.5 for v in vae_roundtrip(Blurry(), n=4).values())
