@@ -332,9 +332,8 @@ def installed(unet: Any, state: RegionalState) -> Iterator[None]:
     processors found before are put back afterwards, also on error."""
     saved = dict(unet.attn_processors)
     processor = RegionalAttnProcessor(state)
-    unet.set_attn_processor(
-        {name: processor if name in cross_attention_names(unet) else p for name, p in saved.items()}
-    )
+    cross = set(cross_attention_names(unet))  # one walk of the UNet, not one per layer
+    unet.set_attn_processor({name: processor if name in cross else p for name, p in saved.items()})
     try:
         yield
     finally:
