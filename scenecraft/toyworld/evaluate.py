@@ -21,6 +21,7 @@ from scenecraft.toyworld.model import (
     DEFAULT_GUIDANCE,
     DEFAULT_STEPS,
     LORA_DIR,
+    images_tensor,
     load_toyworld_pipeline,
 )
 from scenecraft.toyworld.world import RELATIONS, SETTINGS, random_sprite
@@ -67,8 +68,6 @@ def score(
 def vae_roundtrip(vae: Any, n: int = 32, seed: int = 0, version: int = 2) -> dict[str, float]:
     """Identity the judge still finds after a VAE round trip of ground truth (the ceiling any
     UNet has under this VAE): mean per sprite count, ``n`` scenes each, drawn layouts."""
-    import numpy as np
-
     from scenecraft.toyworld.judge import ground_truth
     from scenecraft.toyworld.world import render
 
@@ -76,8 +75,7 @@ def vae_roundtrip(vae: Any, n: int = 32, seed: int = 0, version: int = 2) -> dic
     for count in (1, 2, 3, 4):
         scenes = plain_scenes(n, seed + count, count == 2, count)
         truth = [render(ground_truth(e), seed + i, version=version) for i, e in enumerate(scenes)]
-        arr_in = np.stack([np.asarray(im, dtype=np.float32) for im in truth])  # (n, 64, 64, 3)
-        x = torch.from_numpy(arr_in).permute(0, 3, 1, 2) / 127.5 - 1.0  # (n, 3, 64, 64)
+        x = images_tensor(truth)  # (n, 3, 64, 64) in [-1, 1]
         y = vae.decode(vae.encode(x).latent_dist.mean).sample.clamp(-1, 1)
         arr = ((y.permute(0, 2, 3, 1) + 1) * 127.5).round().to(torch.uint8).numpy()
         images = [Image.fromarray(a) for a in arr]

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from scenecraft.models import quiet_libraries
@@ -172,3 +173,9 @@ def load_toyworld_pipeline(device: str = "cpu", path: str | Path | None = None) 
 
 DEFAULT_STEPS = 20  # sampling steps the shipped model is judged with
 DEFAULT_GUIDANCE = 4.0  # classifier-free guidance scale the shipped model is judged with
+
+
+def images_tensor(images: list[Any]) -> torch.Tensor:
+    """PIL images -> (N, 3, 64, 64) float in [-1, 1]."""
+    arr = np.stack([np.asarray(im, dtype=np.float32) for im in images])  # (N, 64, 64, 3)
+    return torch.from_numpy(arr).permute(0, 3, 1, 2) / 127.5 - 1.0

@@ -27,7 +27,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -38,6 +37,7 @@ from scenecraft.toyworld.model import (
     ModelConfig,
     assemble,
     build_components,
+    images_tensor,
 )
 from scenecraft.toyworld.world import VERSION, caption, random_scene, render
 
@@ -63,12 +63,6 @@ class TrainConfig:
     init: Path | None = None  # warm start from this trained base folder (keeps its VAE)
     world: int = VERSION  # world version the data comes from (1: fixed slots, 2: drawn layouts)
     vae_init: bool = False  # with a VAE folder: train it further instead of keeping it as is
-
-
-def images_tensor(images: list[Any]) -> torch.Tensor:
-    """PIL images -> (N, 3, 64, 64) float in [-1, 1]."""
-    arr = np.stack([np.asarray(im, dtype=np.float32) for im in images])  # (N, 64, 64, 3)
-    return torch.from_numpy(arr).permute(0, 3, 1, 2) / 127.5 - 1.0
 
 
 def scene_batch(rng: random.Random, n: int, world: int = VERSION) -> tuple[torch.Tensor, list[str]]:
@@ -347,13 +341,9 @@ def train_base(
     components = build_components(model)
     if cfg.init is not None:
         warm_start(components, cfg.init, log)
-        if vae_dir is not None:  # a VAE trained for this world replaces the init's
-            components["vae"] = AutoencoderKL.from_pretrained(vae_dir)
-    elif vae_dir is not None and not cfg.vae_init:
+    if vae_dir is not None:  # a trained VAE (with --init: replaces the init's)
         components["vae"] = AutoencoderKL.from_pretrained(vae_dir)
-    else:
-        if vae_dir is not None:  # fine-tune a trained VAE (both halves) on this world's scenes
-            components["vae"] = AutoencoderKL.from_pretrained(vae_dir)
+    if cfg.init is None and (vae_dir is None or cfg.vae_init):  # train it (further: vae_init)
         train_vae(components["vae"], cfg, log, out if vae_only else None)
     components["vae"].requires_grad_(False)
     if vae_only:

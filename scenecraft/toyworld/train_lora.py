@@ -30,8 +30,8 @@ from typing import Any
 import torch
 
 from scenecraft.files import atomic_output
-from scenecraft.toyworld.model import BASE_DIR, LORA_DIR, load_toyworld_pipeline
-from scenecraft.toyworld.train_base import diffusion_loss, images_tensor, tokenize
+from scenecraft.toyworld.model import BASE_DIR, LORA_DIR, images_tensor, load_toyworld_pipeline
+from scenecraft.toyworld.train_base import diffusion_loss, tokenize
 from scenecraft.toyworld.world import CONCEPTS, VERSION, caption, random_scene, render
 
 UNET_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
