@@ -350,3 +350,39 @@ def test_blocks_that_attend_only_to_the_prompt_are_regional_too() -> None:
     alone = draw(make_job("duo", 3, "red star", size=64))
     assert np.abs(draw(whole) - alone).max() < 1e-4
     assert np.abs(draw(make_job("duo", 3, GLOBAL, size=64)) - alone).max() > 1e-3
+
+
+def test_gathered_attention_equals_the_dense_mix() -> None:
+    # each attention runs only on the tokens it weighs in; the result is the formula's, where
+    # boxes overlap, cut through cells, leave the global prompt some tokens, or are padding
+    from diffusers.models.attention_processor import Attention
+
+    from scenecraft.render.regions import RegionalState
+
+    torch.manual_seed(0)
+    attn = Attention(query_dim=16, cross_attention_dim=8, heads=2, dim_head=8).eval()
+    boxes: list[list[Any]] = [
+        [(0.0, 0.0, 0.55, 1.0), (0.4, 0.1, 1.0, 0.8)],  # overlap, edges through cells
+        [(0.25, 0.25, 0.75, 0.75), None],  # one region (padding), the global prompt around it
+    ]
+    embeds = torch.randn(2, 2, 5, 8)  # (R, B, T, D)
+    state = RegionalState(embeds, embeds.clone(), boxes, (6, 6))
+    x, ctx = torch.randn(2, 36, 16), torch.randn(2, 5, 8)
+    with torch.no_grad():
+        got = RegionalAttnProcessor(state)(attn, x, ctx)
+
+        def dense(prompt: torch.Tensor) -> torch.Tensor:  # (B, N, C) before to_out
+            q = attn.to_q(x).unflatten(-1, (2, 8)).transpose(1, 2)
+            k = attn.to_k(prompt).unflatten(-1, (2, 8)).transpose(1, 2)
+            v = attn.to_v(prompt).unflatten(-1, (2, 8)).transpose(1, 2)
+            o = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+            return o.transpose(1, 2).flatten(2)
+
+        m = masks_for(boxes, 6, 6)  # (B, R, N)
+        cover = m.sum(1)[..., None]  # (B, N, 1)
+        o_r = torch.stack([dense(embeds[r]) for r in range(2)], 1)  # (B, R, N, C)
+        mix = (m[..., None] * o_r).sum(1) / cover.clamp(min=1) + (1 - cover.clamp(max=1)) * dense(
+            ctx
+        )
+        want = attn.to_out[0](mix)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)

@@ -10,8 +10,10 @@ written as a diffusers attention processor for the UNet's cross-attention layers
 
 so a token fully inside one box takes that region's attention, a token outside every box keeps
 the global one, overlapping boxes average, and a token on a box edge blends by how much of it
-the box covers (the only soft edge: exact area coverage, no blur). The global and region
-attentions share one ``scaled_dot_product_attention`` call; self-attention is untouched.
+the box covers (the only soft edge: exact area coverage, no blur). Each attention is computed
+only for the image tokens whose weight in the sum is not zero (gathered per level, scattered
+back), so side-by-side regions that tile the canvas cost one attention over it, not 1 + R.
+Self-attention is untouched.
 
 Classifier-free guidance: the pipeline's batch is ``[uncond × B, cond × B]``; region r's
 embeddings are ``[negative_r × B, prompt_r × B]`` where negative_r is the region's own negative
@@ -102,6 +104,7 @@ class RegionalState:
     kv: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
     _masks: dict[tuple[int, bool], torch.Tensor] = field(default_factory=dict)
     _mixing: dict[tuple[int, int, Any, Any], tuple[torch.Tensor, ...]] = field(default_factory=dict)
+    _plans: dict[tuple[int, int, Any, Any], list[Gather | None]] = field(default_factory=dict)
     _adapter_masks: dict[tuple[int, int, bool], dict[str, torch.Tensor]] = field(
         default_factory=dict
     )
@@ -133,6 +136,16 @@ class RegionalState:
             self._mixing[key] = (m, 1 / cover.clamp(min=1), 1 - cover.clamp(max=1))
         return self._mixing[key]
 
+    def plan(self, tokens: int, batch: int, like: torch.Tensor) -> list[Gather | None]:
+        """[global, region 1..R]: which image tokens each attention is needed for, and their
+        weights in the mix (`mixing`); None where no token needs it. Cached per level."""
+        key = (tokens, batch, like.dtype, like.device)
+        if key not in self._plans:
+            m, inv, rest = self.mixing(tokens, batch, like)
+            weights = [rest, *(m_r * inv for m_r in m)]  # each (batch, 1, N, 1)
+            self._plans[key] = [Gather.of(w[:, 0, :, 0]) for w in weights]
+        return self._plans[key]
+
     def adapter_masks(self, hw: tuple[int, int], batch: int) -> dict[str, torch.Tensor]:
         """adapter -> (batch, h·w) coverage of the union of its regions, for confined adapters."""
         cfg = batch == 2 * len(self.boxes)
@@ -149,6 +162,37 @@ class RegionalState:
                 out[name] = torch.cat([union, union]) if cfg else union
             self._adapter_masks[key] = out
         return self._adapter_masks[key]
+
+
+@dataclass(frozen=True)
+class Gather:
+    """The image tokens one attention is computed for, per image, and their mixing weights."""
+
+    index: torch.Tensor | None  # (batch, n) token indices, weighted ones first; None: all N
+    weight: torch.Tensor  # (batch, 1, n, 1) weights (0 on the padding of shorter rows)
+
+    @staticmethod
+    def of(weight: torch.Tensor) -> Gather | None:
+        """From (batch, N) weights: None when every weight is 0."""
+        needed = weight > 0
+        n = int(needed.sum(1).max())
+        if n == 0:
+            return None
+        if n == weight.shape[1]:
+            return Gather(None, weight[:, None, :, None])
+        index = torch.argsort((~needed).to(torch.int8), dim=1, stable=True)[:, :n]  # (batch, n)
+        return Gather(index, weight.gather(1, index)[:, None, :, None])
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """(batch, h, N, d) queries -> weight · attention at this gather's tokens, (batch, h, n,
+        d)."""
+        if self.index is not None:
+            q = q.gather(2, self.expand(q))
+        return F.scaled_dot_product_attention(q, k, v) * self.weight
+
+    def expand(self, q: torch.Tensor) -> torch.Tensor:
+        assert self.index is not None
+        return self.index[:, None, :, None].expand(-1, q.shape[1], -1, q.shape[3])
 
 
 # ---------------------------------------------------------------------------- the processor
@@ -195,20 +239,22 @@ class RegionalAttnProcessor:
         def split(x: torch.Tensor) -> torch.Tensor:  # (..., L, C) -> (..., h, L, d)
             return x.unflatten(-1, (heads, head_dim)).transpose(-3, -2)
 
-        q = split(query)[None]  # (1, batch, h, N, d): the same queries for every prompt
-        k = torch.cat([split(key)[None], split(k_r)])  # (1+R, batch, h, T, d)
-        v = torch.cat([split(value)[None], split(v_r)])
+        q = split(query)  # (batch, h, N, d): the same queries for every prompt
         if attn.norm_q is not None:
             q = attn.norm_q(q)
+        keys = [split(key), *split(k_r)]  # [global, region 1..R], each (batch, h, T, d)
+        values = [split(value), *split(v_r)]
         if attn.norm_k is not None:
-            k = attn.norm_k(k)
-        n = k.shape[0]  # 1 + R; 4-D inputs keep SDPA on its fused kernels
-        o = F.scaled_dot_product_attention(
-            q.expand(n, *q.shape[1:]).flatten(0, 1), k.flatten(0, 1), v.flatten(0, 1)
-        ).unflatten(0, (n, batch))  # (1+R, batch, h, N, d) = [global, region 1..R]
-
-        m, inv, rest = self.state.mixing(tokens, batch, o)  # (R, batch, 1, N, 1), (batch, 1, N, 1)
-        mixed = (m * o[1:]).sum(0) * inv + rest * o[0]
+            keys = [attn.norm_k(k) for k in keys]
+        mixed = torch.zeros_like(q)  # Σ weight · attention, token by token
+        for part, k, v in zip(self.state.plan(tokens, batch, q), keys, values, strict=True):
+            if part is None:
+                continue
+            o = part.attend(q, k, v)
+            if part.index is None:
+                mixed = mixed + o
+            else:
+                mixed = mixed.scatter_add(2, part.expand(q), o)
 
         hidden_states = mixed.transpose(1, 2).reshape(batch, -1, heads * head_dim)
         hidden_states = hidden_states.to(query.dtype)
