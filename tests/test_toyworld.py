@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 from dataclasses import replace
 from pathlib import Path
@@ -506,3 +507,60 @@ def test_vae_roundtrip_scores_a_lossless_vae_as_exact_and_a_lossy_one_lower() ->
 
     assert vae_roundtrip(Lossless(), n=4) == {"1": 1.0, "2": 1.0, "3": 1.0, "4": 1.0}
     assert all(v < 0.5 for v in vae_roundtrip(Blurry(), n=4).values())
+
+
+# --- regional training (--regional) -----------------------------------------------------------
+
+
+def test_grown_boxes_tile_without_overlap_and_hold_their_sprites() -> None:
+    rng = random.Random(0)
+    sizes = []
+    for seed in range(60):
+        scene = W.random_scene(random.Random(seed), version=2)
+        body = lay2(scene, seed)
+        reaches = [W.reach(b, s) for b, s in zip(body, scene.sprites, strict=True)]
+        boxes = TB.grown_boxes(reaches, rng)
+        px = [tuple(round(v * W.SIZE) for v in b) for b in boxes]
+        for r, b in zip(reaches, px, strict=True):
+            assert b[0] <= r[0] and b[1] <= r[1] and b[2] >= r[2] and b[3] >= r[3]
+            assert min(b) >= 0 and max(b) <= W.SIZE
+        for a, b in itertools.combinations(px, 2):
+            assert a[2] <= b[0] or b[2] <= a[0] or a[3] <= b[1] or b[3] <= a[1], (a, b)
+        sizes += [(b[2] - b[0]) * (b[3] - b[1]) for b in px]
+    # grown by a random amount: from (almost) the sprite alone to most of the canvas
+    assert min(sizes) < 40 * 40 and max(sizes) >= 48 * 48
+
+
+def test_region_text_is_the_compilers_regions_on_rule() -> None:
+    blip, kiki = W.CONCEPTS["blip"].sprite, W.CONCEPTS["kiki"].sprite
+    scene = W.pair(blip, "left-of", replace(kiki, attribute="a hat"), "on grass")
+    text = TB.scene_regions(scene, lay2(scene), random.Random(0))
+    # what `scenecraft compile` writes for `blip left of kiki` (benchmarks/toyworld_eval 2a)
+    assert text.prompt == "square left of triangle, on grass"
+    assert [p for _, p in text.regions] == [
+        "purple spotted square left of triangle, on grass",
+        "square left of red striped triangle wearing a hat, on grass",
+    ]
+
+
+def test_a_regional_training_step_reads_each_box_from_its_own_prompt() -> None:
+    torch.manual_seed(0)
+    parts = build_components(replace(TINY, finest_cross_attention=True))
+    unet, te, sched, tok = (parts[k] for k in ("unet", "text_encoder", "scheduler", "tokenizer"))
+    before = {k: type(p) for k, p in unet.attn_processors.items()}
+    scenes = [W.pair(W.CONCEPTS["blip"].sprite, "left-of", W.CONCEPTS["kiki"].sprite)] * 2
+    texts = [TB.scene_regions(s, lay2(s), random.Random(i)) for i, s in enumerate(scenes)]
+    empty = TB.tokenize(tok, [""])[0]
+    regions, prompts = TB.region_batch([1], texts[1:], tok, empty, 2)  # row 0: not regional
+    ids = TB.tokenize(tok, ["square left of triangle", prompts[0]])
+    z0 = torch.randn(2, 4, 16, 16)
+
+    def loss(r: Any) -> torch.Tensor:
+        return TB.diffusion_loss(unet, te, sched, z0, ids, torch.Generator().manual_seed(1), r)
+
+    plain, regional = loss(None), loss(regions)
+    assert regions[0].shape == (2, 2, ids.shape[1]) and regions[1][0] == [None, None]
+    assert not torch.allclose(plain, regional)
+    regional.backward()  # the region prompts train the text encoder too
+    assert te.get_input_embeddings().weight.grad is not None
+    assert {k: type(p) for k, p in unet.attn_processors.items()} == before

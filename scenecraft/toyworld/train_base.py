@@ -4,6 +4,15 @@
     python -m scenecraft.toyworld.train_base --vae OLD/vae --vae-init --vae-only --out VAE
     python -m scenecraft.toyworld.train_base --init OLD_BASE --vae VAE --steps 11000 --out DIR
 
+``--regional P``: on a share P of the multi-sprite training scenes the UNet's cross-attention is
+regional, exactly as `scenecraft.render.regions` samples it: each sprite's box (its body and hat,
+grown by a random amount up to the canvas edge or the next sprite) reads that sprite's region
+prompt (the compiler's `regions on` text: the whole scene with only that sprite described, the
+others by shape) and the rest of the canvas reads the global prompt (every sprite by shape).
+A base trained only on whole-image captions places sprites where the noise puts them and
+ignores a box (docs/toyworld.md has the figures); SD-scale models localise region prompts
+without this, the toy base has to be shown it.
+
 ``--vae DIR --vae-init`` fine-tunes a trained VAE (both halves) on ``--world``'s scenes.
 ``--init`` starts from a trained base (world 1's weights, the recipe in docs/toyworld.md): its
 VAE is kept (same 64x64 canvas) unless ``--vae`` gives another, every UNet / text-encoder weight
@@ -30,6 +39,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from scenecraft.prompts import anonymous, scene_prompt
 from scenecraft.toyworld.model import (
     BASE_DIR,
     MODELS,
@@ -39,7 +49,28 @@ from scenecraft.toyworld.model import (
     build_components,
     images_tensor,
 )
-from scenecraft.toyworld.world import VERSION, caption, random_scene, render
+from scenecraft.toyworld.world import (
+    GRID,
+    SIZE,
+    VERSION,
+    Box,
+    Scene,
+    caption,
+    random_scene,
+    reach,
+    render_with_boxes,
+    scene_text,
+)
+
+NormBox = tuple[float, float, float, float]  # (x0, y0, x1, y1), fractions of the canvas
+
+
+@dataclass(frozen=True)
+class SceneRegions:
+    """One cached scene's regional conditioning (what the compiler writes for it)."""
+
+    prompt: str  # the global prompt: every sprite by its shape only
+    regions: tuple[tuple[NormBox, str], ...]  # per sprite: its grown box and its region prompt
 
 
 @dataclass(frozen=True)
@@ -63,20 +94,76 @@ class TrainConfig:
     init: Path | None = None  # warm start from this trained base folder (keeps its VAE)
     world: int = VERSION  # world version the data comes from (1: fixed slots, 2: drawn layouts)
     vae_init: bool = False  # with a VAE folder: train it further instead of keeping it as is
+    regional: float = 0.0  # share of multi-sprite scenes trained with regional cross-attention
 
 
 def scene_batch(rng: random.Random, n: int, world: int = VERSION) -> tuple[torch.Tensor, list[str]]:
     """``n`` random scenes of a world version, each drawn with its own layout seed."""
-    scenes: list[Any] = []
+    x, scenes, _ = scene_batch_with_boxes(rng, n, world)
+    return x, [caption(s) for s in scenes]
+
+
+def scene_batch_with_boxes(
+    rng: random.Random, n: int, world: int = VERSION
+) -> tuple[torch.Tensor, list[Scene], list[list[Box]]]:
+    """``n`` random scenes, their images (n, 3, 64, 64) and each sprite's body box."""
+    scenes: list[Scene] = []
     images: list[Any] = []
+    boxes: list[list[Box]] = []
     while len(scenes) < n:
         scene = random_scene(rng, version=world)
         try:
-            images.append(render(scene, rng.randrange(2**31), version=world))
+            image, body = render_with_boxes(scene, rng.randrange(2**31), version=world)
         except ValueError:  # a crowded draw whose layout search gave up: draw another scene
             continue
+        images.append(image)
         scenes.append(scene)
-    return images_tensor(images), [caption(s) for s in scenes]
+        boxes.append(body)
+    return images_tensor(images), scenes, boxes
+
+
+def grown_boxes(reaches: list[Box], rng: random.Random) -> list[NormBox]:
+    """Region boxes around sprites: each starts as its sprite's reach (body and hat) and grows
+    one grid cell at a time, round robin in random order, each side up to a random number of
+    cells, never onto another region nor past the canvas, so regions tile part or all of it
+    without overlapping (as the compiler's layouts do)."""
+    boxes = [list(b) for b in reaches]
+    budget = [[rng.randint(0, SIZE // GRID) for _ in range(4)] for _ in boxes]  # x0 y0 x1 y1
+
+    def free(i: int, b: list[int]) -> bool:
+        if min(b[0], b[1]) < 0 or max(b[2], b[3]) > SIZE:
+            return False
+        return all(
+            b[2] <= o[0] or o[2] <= b[0] or b[3] <= o[1] or o[3] <= b[1]
+            for j, o in enumerate(boxes)
+            if j != i
+        )
+
+    while any(any(left) for left in budget):
+        for i in rng.sample(range(len(boxes)), len(boxes)):
+            for side in rng.sample(range(4), 4):
+                if not budget[i][side]:
+                    continue
+                grown = list(boxes[i])
+                grown[side] += -GRID if side < 2 else GRID
+                if free(i, grown):
+                    boxes[i] = grown
+                    budget[i][side] -= 1
+                else:
+                    budget[i][side] = 0
+    return [(b[0] / SIZE, b[1] / SIZE, b[2] / SIZE, b[3] / SIZE) for b in boxes]
+
+
+def scene_regions(scene: Scene, boxes: list[Box], rng: random.Random) -> SceneRegions:
+    """The compiler's regional text for a scene (`regions on`), boxes grown around the sprites."""
+    text = scene_text(scene)
+    plain = {f"s{i}": s.shape for i, s in enumerate(scene.sprites)}
+    grown = grown_boxes([reach(b, s) for b, s in zip(boxes, scene.sprites, strict=True)], rng)
+    regions = tuple(
+        (box, scene_prompt(anonymous(text, {k: v for k, v in plain.items() if k != f"s{i}"})))
+        for i, box in enumerate(grown)
+    )
+    return SceneRegions(scene_prompt(anonymous(text, plain)), regions)
 
 
 def train_vae(vae: Any, cfg: TrainConfig, log: Any = print, out: Path | None = None) -> None:
@@ -138,20 +225,24 @@ def finetune_decoder(vae: Any, cfg: TrainConfig, minutes: float, log: Any = prin
 @torch.no_grad()
 def cache_latents(
     components: dict[str, Any], cfg: TrainConfig, keep_scale: bool = False
-) -> tuple[torch.Tensor, list[str]]:
+) -> tuple[torch.Tensor, list[str], list[SceneRegions]]:
     """Encode ``n_data`` scenes; sets the VAE's scaling_factor so latents have unit std
-    (``keep_scale``: a warm start keeps the scale its UNet was trained with)."""
+    (``keep_scale``: a warm start keeps the scale its UNet was trained with). Also each scene's
+    regional text (its boxes grown by a separate generator, so the latents do not depend on
+    whether the run trains regions)."""
     rng = random.Random(cfg.seed + 2)
+    grow = random.Random(cfg.seed + 5)
     vae = components["vae"]
-    latents, captions = [], []
+    latents, captions, regions = [], [], []
     for i in range(0, cfg.n_data, 256):
-        x, caps = scene_batch(rng, min(256, cfg.n_data - i), cfg.world)
+        x, scenes, boxes = scene_batch_with_boxes(rng, min(256, cfg.n_data - i), cfg.world)
         latents.append(vae.encode(x).latent_dist.mean)  # (b, 4, 16, 16)
-        captions += caps
+        captions += [caption(s) for s in scenes]
+        regions += [scene_regions(s, b, grow) for s, b in zip(scenes, boxes, strict=True)]
     z = torch.cat(latents)
     if not keep_scale:
         vae.register_to_config(scaling_factor=float(1.0 / z.std()))
-    return z * vae.config.scaling_factor, captions
+    return z * vae.config.scaling_factor, captions, regions
 
 
 def tokenize(tokenizer: Any, captions: list[str]) -> torch.Tensor:
@@ -164,6 +255,9 @@ def tokenize(tokenizer: Any, captions: list[str]) -> torch.Tensor:
     ).input_ids
 
 
+RegionBatch = tuple[torch.Tensor, list[list[NormBox | None]]]  # ids (R, B, T), boxes per image
+
+
 def diffusion_loss(
     unet: Any,
     text_encoder: Any,
@@ -171,15 +265,43 @@ def diffusion_loss(
     z0: torch.Tensor,
     ids: torch.Tensor,
     gen: torch.Generator,
+    regions: RegionBatch | None = None,
 ) -> torch.Tensor:
-    """v-prediction loss: ||v_theta(z_t, t, c) - (alpha_t eps - sigma_t z0)||^2."""
+    """v-prediction loss: ||v_theta(z_t, t, c) - (alpha_t eps - sigma_t z0)||^2; with
+    ``regions`` the UNet's cross-attention is regional (`scenecraft.render.regions`)."""
     b = z0.shape[0]
     eps = torch.randn(z0.shape, generator=gen)  # (B, 4, 16, 16)
     t = torch.randint(0, scheduler.config.num_train_timesteps, (b,), generator=gen)
     zt = scheduler.add_noise(z0, eps, t)
     v = scheduler.get_velocity(z0, eps, t)
     c = text_encoder(ids)[0]  # (B, T, D)
-    return F.mse_loss(unet(zt, t, c).sample, v)
+    if regions is None:
+        return F.mse_loss(unet(zt, t, c).sample, v)
+    from scenecraft.render.regions import RegionalState, installed
+
+    region_ids, boxes = regions
+    R = region_ids.shape[0]
+    c_r = text_encoder(region_ids.flatten(0, 1))[0].unflatten(0, (R, b))  # (R, B, T, D)
+    state = RegionalState(
+        embeds=c_r, negative=c_r, boxes=boxes, latent_hw=(z0.shape[-2], z0.shape[-1])
+    )
+    with installed(unet, state):
+        return F.mse_loss(unet(zt, t, c).sample, v)
+
+
+def region_batch(
+    rows: list[int], regions: list[SceneRegions], tokenizer: Any, empty: torch.Tensor, b: int
+) -> tuple[RegionBatch, list[str]]:
+    """The regional conditioning of a batch whose ``rows`` (batch index) are regional, from
+    their scenes' ``regions`` (same order); other rows get no box. Also the rows' global
+    prompts."""
+    R = max(len(r.regions) for r in regions)
+    ids = empty[None, None].repeat(R, b, 1)  # (R, B, T): padding reads the empty prompt
+    boxes: list[list[NormBox | None]] = [[None] * R for _ in range(b)]
+    for row, scene in zip(rows, regions, strict=True):
+        ids[: len(scene.regions), row] = tokenize(tokenizer, [p for _, p in scene.regions])
+        boxes[row][: len(scene.regions)] = [box for box, _ in scene.regions]
+    return (ids, boxes), [r.prompt for r in regions]
 
 
 def save_pipeline(components: dict[str, Any], out: Path) -> None:
@@ -204,7 +326,7 @@ def train_unet(
 ) -> None:
     """Joint UNet + text-encoder training on cached latents; EMA weights are what gets saved.
     ``keep_scale``: keep the VAE's latent scale (a warm start on its own VAE)."""
-    z, captions = cache_latents(components, cfg, keep_scale=keep_scale)
+    z, captions, texts = cache_latents(components, cfg, keep_scale=keep_scale)
     ids = tokenize(components["tokenizer"], captions)
     empty = tokenize(components["tokenizer"], [""])[0]
     unet, te, sched = components["unet"], components["text_encoder"], components["scheduler"]
@@ -230,7 +352,21 @@ def train_unet(
         batch_ids = ids[idx].clone()
         drop = torch.rand(cfg.batch, generator=gen) < cfg.drop_caption
         batch_ids[drop] = empty
-        loss = diffusion_loss(unet, te, sched, z[idx], batch_ids, gen)
+        regions = None
+        if cfg.regional > 0:  # rows drawn regional: multi-sprite, caption kept
+            pick = torch.rand(cfg.batch, generator=gen) < cfg.regional
+            rows = [
+                k
+                for k in range(cfg.batch)
+                if pick[k] and not drop[k] and len(texts[int(idx[k])].regions) >= 2
+            ]
+            if rows:
+                chosen = [texts[int(idx[k])] for k in rows]
+                regions, prompts = region_batch(
+                    rows, chosen, components["tokenizer"], empty, cfg.batch
+                )
+                batch_ids[rows] = tokenize(components["tokenizer"], prompts)
+        loss = diffusion_loss(unet, te, sched, z[idx], batch_ids, gen, regions)
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -385,6 +521,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warmup", type=int, default=TrainConfig.warmup)
     parser.add_argument("--checkpoint-minutes", type=float, default=TrainConfig.checkpoint_minutes)
     parser.add_argument(
+        "--regional",
+        type=float,
+        default=TrainConfig.regional,
+        help="share of multi-sprite scenes trained with regional cross-attention",
+    )
+    parser.add_argument(
         "--decoder-minutes", type=float, default=0.0, help="only fine-tune --out's decoder"
     )
     args = parser.parse_args(argv)
@@ -406,6 +548,7 @@ def main(argv: list[str] | None = None) -> None:
         batch=args.batch,
         warmup=args.warmup,
         checkpoint_minutes=args.checkpoint_minutes,
+        regional=args.regional,
     )
     if args.decoder_minutes:  # stage 3: sharpen the decoder of a trained base, in place
         from diffusers import AutoencoderKL

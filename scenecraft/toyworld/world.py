@@ -169,7 +169,7 @@ def _clear(a: Box, b: Box, gap: int) -> bool:
     return a[2] + gap <= b[0] or b[2] + gap <= a[0] or a[3] + gap <= b[1] or b[3] + gap <= a[1]
 
 
-def _reach(box: Box, sprite: Sprite) -> Box:
+def reach(box: Box, sprite: Sprite) -> Box:
     """The box with its wearer's hat or crown."""
     return (box[0], box[1] - HAT, box[2], box[3]) if sprite.attribute else box
 
@@ -229,13 +229,13 @@ def _draw(scene: Scene, rng: random.Random, sizes: tuple[int, ...]) -> list[Box]
 def _fits(scene: Scene, boxes: dict[int, Box], i: int, box: Box) -> bool:
     """Whether sprite i at ``box`` stays on the canvas, clear of the placed sprites, and keeps
     its placements with them."""
-    reach = _reach(box, scene.sprites[i])
-    if reach[0] < MARGIN or reach[2] > SIZE - MARGIN or reach[1] < 0 or reach[3] > SIZE:
+    mine = reach(box, scene.sprites[i])
+    if mine[0] < MARGIN or mine[2] > SIZE - MARGIN or mine[1] < 0 or mine[3] > SIZE:
         return False
     stacks = {(a, b) for a, rel, b in scene.placements if rel == "on-top-of"}
     for j, other in boxes.items():
         gap = STACK_GAP if (i, j) in stacks or (j, i) in stacks else GAP
-        if not _clear(reach, _reach(other, scene.sprites[j]), gap):
+        if not _clear(mine, reach(other, scene.sprites[j]), gap):
             return False
     for a, relation, b in scene.placements:
         if a == i and b in boxes and relation_holds(relation, box, boxes[b]) is False:
