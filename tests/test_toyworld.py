@@ -564,3 +564,18 @@ def test_a_regional_training_step_reads_each_box_from_its_own_prompt() -> None:
     regional.backward()  # the region prompts train the text encoder too
     assert te.get_input_embeddings().weight.grad is not None
     assert {k: type(p) for k, p in unet.attn_processors.items()} == before
+
+
+def test_evaluate_regions_uses_the_compilers_layout_and_region_text() -> None:
+    from scenecraft.toyworld.evaluate import regional_text
+
+    blip, kiki = W.CONCEPTS["blip"].sprite, W.CONCEPTS["kiki"].sprite
+    scene = J.expected_scene(
+        [("a", blip), ("b", kiki)], [("a", "left-of", "b")], setting="on grass"
+    )
+    prompt, regions = regional_text(scene)
+    assert prompt == "square left of triangle, on grass"
+    assert regions == [
+        ((0.0, 0.0, 0.5, 1.0), "purple spotted square left of triangle, on grass"),
+        ((0.5, 0.0, 1.0, 1.0), "square left of red striped triangle, on grass"),
+    ]

@@ -1,6 +1,7 @@
 """Sample the toy model and score the samples with the judge (used by the trainers' reports).
 
 python -m scenecraft.toyworld.evaluate --seeds 16 --grid /tmp/toyworld_grid.png [--lora NAME]
+python -m scenecraft.toyworld.evaluate --regions     # does the base draw each sprite in its box?
 """
 
 from __future__ import annotations
@@ -9,13 +10,21 @@ import argparse
 import json
 import random
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
 from PIL import Image
 
-from scenecraft.toyworld.judge import ExpectedScene, expected_prompt, expected_scene, judge
+from scenecraft.toyworld.judge import (
+    ExpectedScene,
+    NormBox,
+    expected_prompt,
+    expected_scene,
+    ground_truth,
+    judge,
+)
 from scenecraft.toyworld.model import (
     BASE_DIR,
     DEFAULT_GUIDANCE,
@@ -24,7 +33,7 @@ from scenecraft.toyworld.model import (
     images_tensor,
     load_toyworld_pipeline,
 )
-from scenecraft.toyworld.world import RELATIONS, SETTINGS, random_sprite
+from scenecraft.toyworld.world import RELATIONS, SETTINGS, random_sprite, scene_text
 
 
 def sample(
@@ -85,6 +94,58 @@ def vae_roundtrip(vae: Any, n: int = 32, seed: int = 0, version: int = 2) -> dic
     return report
 
 
+def regional_text(scene: ExpectedScene) -> tuple[str, list[tuple[NormBox, str]]]:
+    """What the compiler writes for a scene of plain sprites with `regions on`: the global
+    prompt (every sprite by its shape) and per sprite its layout box (`scenecraft.layout`) and
+    region prompt (the scene with only that sprite described)."""
+    from scenecraft.layout import derive
+    from scenecraft.prompts import anonymous, scene_prompt
+
+    text = scene_text(ground_truth(scene))
+    names = [s.name for s in scene.sprites]
+    index = {n: f"s{i}" for i, n in enumerate(names)}
+    boxes = derive(names, [(p.subject, p.relation, p.target) for p in scene.placements])
+    plain = {f"s{i}": s.sprite.shape for i, s in enumerate(scene.sprites)}
+    regions = [
+        (boxes[n], scene_prompt(anonymous(text, {k: v for k, v in plain.items() if k != index[n]})))
+        for n in names
+    ]
+    return scene_prompt(anonymous(text, plain)), regions
+
+
+@torch.no_grad()
+def regional_score(
+    pipe: Any, scenes: Sequence[ExpectedScene], seed: int = 0
+) -> tuple[dict[str, float], list[Image.Image]]:
+    """Mean judge scores of scenes rendered with regional sampling (`regional_text`), each
+    sprite judged inside its box; scene i is sampled with seed ``seed + i``."""
+    from scenecraft.render.regions import RegionalState, encode, installed
+
+    texts = [regional_text(e) for e in scenes]
+    R = max(len(r) for _, r in texts)
+    prompts = [r[k][1] if k < len(r) else g for g, r in texts for k in range(R)]
+    pos, neg = encode(pipe, prompts, [None] * len(prompts))  # (B·R, T, D), image-major
+    B = len(scenes)
+    state = RegionalState(
+        embeds=pos.view(B, R, *pos.shape[1:]).transpose(0, 1).contiguous(),
+        negative=neg.view(B, R, *neg.shape[1:]).transpose(0, 1).contiguous(),
+        boxes=[[r[k][0] if k < len(r) else None for k in range(R)] for _, r in texts],
+        latent_hw=(16, 16),
+    )
+    with installed(pipe.unet, state):
+        images = sample(pipe, [g for g, _ in texts], seed)
+    boxed = [
+        replace(e, sprites=tuple(replace(s, box=b) for s, (b, _) in zip(e.sprites, r, strict=True)))
+        for e, (_, r) in zip(scenes, texts, strict=True)
+    ]
+    results = [judge(im, e) for im, e in zip(images, boxed, strict=True)]
+    means = {
+        k: sum(getattr(r, k) for r in results) / len(results)
+        for k in ("accuracy", "identity", "placement")
+    }
+    return means, images
+
+
 def plain_scenes(n: int, seed: int, pairs: bool, count: int | None = None) -> list[ExpectedScene]:
     """Scenes of plain sprites (base-model check): one sprite, or ``count`` (default two, with
     a placement between the first two) of different shapes."""
@@ -134,6 +195,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--vae", type=Path, default=None, help="only score this VAE's round trip of ground truth"
     )
+    parser.add_argument(
+        "--regions",
+        action="store_true",
+        help="plain sprites with regional sampling, each judged inside its layout box",
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.vae is not None:
@@ -143,7 +209,13 @@ def main(argv: list[str] | None = None) -> None:
         return
     report: dict[str, Any] = {}
     images: list[Image.Image] = []
-    if not args.lora:
+    if args.regions:
+        pipe = load_toyworld_pipeline(path=args.base)
+        for label, count in (("pairs", 2), ("three", 3), ("four", 4)):
+            scenes = plain_scenes(args.seeds, 1, count == 2, count)
+            report[f"{label}, regions"], ims = regional_score(pipe, scenes, seed=1000)
+            images += ims
+    elif not args.lora:
         pipe = load_toyworld_pipeline(path=args.base)
         for label, count in (("single", 1), ("pairs", 2), ("three", 3), ("four", 4)):
             scenes = plain_scenes(args.seeds, 1, count == 2, count)
