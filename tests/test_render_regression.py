@@ -8,7 +8,10 @@ change (another prompt, sampler, seed rule, a broken processor) moves it by tens
 
 `solo` and `duo-global` have one prompt; `duo` is the same scene with regions. Recorded anew when
 the shipped weights became world 2's (the world-1 signatures, which commit 530084f reproduced
-with a mean difference of 0.0 levels, are in this file's history).
+with a mean difference of 0.0 levels, are in this file's history), and again when the world-2
+base was fine-tuned to follow regions and its LoRAs retrained (docs/toyworld.md, step 3b): the
+concepts now carry their shipped LoRAs (merged linearly), because that base draws nothing for a
+token it has never seen, so without them `duo` and `duo-global` were the same empty sea.
 """
 
 from __future__ import annotations
@@ -22,11 +25,11 @@ import pytest
 from PIL import Image
 
 from scenecraft.cli import main
-from scenecraft.toyworld.model import BASE_DIR
+from scenecraft.toyworld import BASE_DIR, lora_path
 
 SNAPSHOT = Path(__file__).parent / "snapshots" / "render_signatures.json"
 SCENE = """model "{base}" family sd15
-merge none
+merge linear
 defaults {{
   size 64x64
   steps 8
@@ -37,10 +40,12 @@ defaults {{
 concept ziggy {{
   token "<ZIGGY>"
   class "circle"
+  lora "{ziggy}"
 }}
 concept blip {{
   token "<BLIP>"
   class "square"
+  lora "{blip}"
 }}
 scene solo {{
   setting "on grass"
@@ -66,9 +71,11 @@ def signature(path: Path) -> list[int]:
 
 def test_toy_pictures_match_their_recorded_signatures(tmp_path: Path) -> None:
     scene = tmp_path / "regression.scene"
-    scene.write_text(SCENE.format(base=BASE_DIR), encoding="utf-8")
+    loras = {n: lora_path(n) for n in ("ziggy", "blip")}
+    scene.write_text(SCENE.format(base=BASE_DIR, **loras), encoding="utf-8")
     out = tmp_path / "out"
-    assert main(["render", str(scene), "--out", str(out), "--quiet"]) == 0
+    args = ["render", str(scene), "--out", str(out), "--cache-dir", str(tmp_path / "c"), "--quiet"]
+    assert main(args) == 0
     got = {
         name: signature(out / "regression" / name / "3.png")
         for name in ("solo", "duo", "duo-global")
