@@ -70,7 +70,9 @@ METHODS: tuple[tuple[str, str, dict[str, Any]], ...] = (
     ("ties", "ties", {}),
     ("gradient-fusion", "gradient-fusion", {}),
     ("loraclr", "loraclr", {}),
+    ("loraclr + scene prompts", "loraclr", {}),  # merge `scene_prompts true`: SCENE_PROMPTS
 )
+SCENE_PROMPTS = "loraclr + scene prompts"  # the row whose merge also reads the region prompts
 METRICS = ("accuracy", "identity", "placement")
 
 
@@ -247,20 +249,48 @@ def toy_concepts(names: Sequence[str], lora_dir: Path | None = None) -> tuple[Co
 
 
 def merged_pipe(
-    method: str, params: dict[str, Any], names: tuple[str, ...], cache: Path
+    method: str,
+    params: dict[str, Any],
+    names: tuple[str, ...],
+    cache: Path,
+    prompts: dict[str, tuple[str, ...]] | None = None,
 ) -> tuple[Any, float, dict[str, Any]]:
     """The toy pipeline with ``names`` merged by ``method``; merge seconds; the merge's layer
-    figures (what `scenecraft merge --json` shows)."""
+    figures (what `scenecraft merge --json` shows). With ``prompts`` (concept -> its region
+    prompts) the merge is `scene_prompts true`, as the compiler hands it over."""
     pipe = load_toyworld_pipeline()
     concepts = toy_concepts(names)
+    stages: dict[str, Any] = {}
+    if prompts is not None:
+        concepts = tuple(
+            c.model_copy(update={"prompts": prompts.get(c.name, ())}) for c in concepts
+        )
+        stages = {"scene_prompts": True}
     spec = MergeSpec(
-        base=BaseModelSpec(source=str(BASE_DIR)), concepts=concepts, method=method, params=params
-    )  # type: ignore[arg-type]
+        base=BaseModelSpec(source=str(BASE_DIR)),
+        concepts=concepts,
+        method=method,  # type: ignore[arg-type]
+        params=params,
+        stages=stages,
+    )
     start = time.perf_counter()
     result = merge(spec, pipe, cache_dir=cache, force=True)
     seconds = time.perf_counter() - start
     apply_merge(pipe, result)
     return pipe, seconds, result.figures
+
+
+def region_prompts(
+    jobs: Sequence[Sequence[RenderJob]], cases: Sequence[int]
+) -> dict[str, tuple[str, ...]]:
+    """concept -> the distinct region prompts of these cases' jobs (the compiler's
+    `region_prompts` for a file holding exactly these cases)."""
+    out: dict[str, list[str]] = {}
+    for i in cases:
+        for r in jobs[i][0].regions:
+            if r.prompt not in out.setdefault(r.subject, []):
+                out[r.subject].append(r.prompt)
+    return {k: tuple(v) for k, v in out.items()}
 
 
 def adapters_pipe(names: tuple[str, ...]) -> tuple[Any, float]:
@@ -369,7 +399,7 @@ def evaluate(n_seeds: int, regions: Sequence[str]) -> dict[str, Any]:
     for c in all_cases:
         groups.setdefault(c.merged, []).append(c)
     variants = [v for v in VARIANTS if v[0] in regions]
-    modes = sorted({v[1] for v in variants} | {"off"})
+    modes = sorted({v[1] for v in variants} | {"off", "on"})  # "on": the scene-prompt merge
     jobs = {mode: compiled_jobs(all_cases, seeds, mode) for mode in modes}
     index = {c.label: i for i, c in enumerate(all_cases)}
     points: list[dict[str, Any]] = []  # per merge and concept: layer figures + image identity
@@ -380,7 +410,10 @@ def evaluate(n_seeds: int, regions: Sequence[str]) -> dict[str, Any]:
                 if method == "adapters":
                     pipe, merge_s = adapters_pipe(merged)
                 else:
-                    pipe, merge_s, figures = merged_pipe(method, params, merged, Path(tmp))
+                    prompts = None
+                    if label == SCENE_PROMPTS:  # what the compiler hands a file of these cases
+                        prompts = region_prompts(jobs["on"], [index[c.label] for c in chosen])
+                    pipe, merge_s, figures = merged_pipe(method, params, merged, Path(tmp), prompts)
                 for name, mode, confine in variants:
                     if confine and method != "adapters":
                         continue

@@ -60,6 +60,7 @@ class ConceptSpec(_Model):
     embedding: str | None = None  # textual-inversion embedding file bound to the tokens
     references: tuple[str, ...] = ()  # reference images (for evaluation)
     placeholder: bool = False  # True when the LoRA file does not exist yet (check --allow-missing)
+    prompts: tuple[str, ...] = ()  # merge `scene_prompts`: its region prompts in this plan
 
 
 class MergeSpec(_Model):
@@ -87,6 +88,7 @@ def merge_key(spec: MergeSpec, files: Sequence[tuple[str | None, str | None]]) -
             "stages": spec.stages,
             "concepts": [
                 [list(c.tokens), c.weight, c.class_noun, c.kind, lora, embedding]
+                + ([list(c.prompts)] if c.prompts else [])  # keys without them stay as they were
                 for c, (lora, embedding) in zip(spec.concepts, files, strict=True)
             ],
         },

@@ -7,6 +7,7 @@ import re
 from collections.abc import Callable
 from dataclasses import fields
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -97,3 +98,42 @@ def test_docs_list_every_parameter(method: str) -> None:
     section = text.split("### 3.4 Merge methods")[1].split("### 3.5")[0]
     for name in PARAMS[method]:
         assert re.search(rf"`{name}`", section), (method, name)
+
+
+def test_scene_prompts_hand_each_concept_its_region_prompts(scene_file: ScenePath) -> None:
+    def plan(merge: str, setting: str = "at sea") -> Any:
+        text = (
+            'model "example-org/sd15-base"\n'
+            'concept a {\n  token "<A>"\n  class "man"\n}\n'
+            'concept b {\n  token "<B>"\n  class "dog"\n}\n'
+            f"{merge}"
+            f'scene duo {{\n  setting "{setting}"\n  a left of b\n}}\n'
+            "scene solo {\n  a\n}\n"
+        )
+        return load(scene_file(text)).plan
+
+    default = plan("merge loraclr\n")
+    assert all(c.prompts == () for c in default.merge.concepts)
+    on = plan("merge loraclr {\n  scene_prompts true\n}\n")
+    regions = {r.subject: r.prompt for j in on.jobs for r in j.regions}
+    assert {c.name: c.prompts for c in on.merge.concepts} == {
+        "a": (regions["a"],),
+        "b": (regions["b"],),
+    }
+    assert regions["a"] == "<A> man left of dog, at sea"
+    assert on.merge.stages == {"scene_prompts": True}
+    # the prompts are part of the merge: another setting is another merge, but only with them
+    assert plan("merge loraclr {\n  scene_prompts true\n}\n", "in a park").merge.key != on.merge.key
+    assert plan("merge loraclr\n", "in a park").merge.key == default.merge.key
+
+
+def test_scene_prompts_become_feature_prompts_with_tokens_expanded() -> None:
+    from scenecraft.merge.features import concept_prompts
+    from scenecraft.merge.types import ConceptLoRA
+
+    c = ConceptLoRA("a", ("<A>",), {}, class_noun="man", prompts=("<A> man left of dog",))
+    texts = {"<A>": "<A> <A>_1"}  # a two-vector embedding
+    assert concept_prompts(c, texts, ("{token}",)) == ["<A> <A>_1", "<A> <A>_1 man"]
+    assert concept_prompts(c, texts, ("{token}",), scene_prompts=True)[-1] == (
+        "<A> <A>_1 man left of dog"
+    )

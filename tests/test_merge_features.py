@@ -117,6 +117,23 @@ def test_gradient_fusion_is_exact_on_cross_attention_with_few_rows(
     assert outcome.figures["stages"]["text-encoder"]["fidelity"]["worst"] > 1e-3
 
 
+def test_scene_prompts_add_feature_rows_only_when_asked(
+    engine_pipe: Any, engine_concepts: list[ConceptLoRA]
+) -> None:
+    from dataclasses import replace
+
+    concepts = [
+        replace(c, prompts=(f"{c.tokens[0]} man waves at a dog in a library",))
+        for c in engine_concepts[:2]
+    ]
+    rows = {}
+    for on in (False, True):
+        cfg = MergeConfig(templates=("{token}",), scene_prompts=on)
+        outcome = run_merge(engine_pipe, concepts, "gradient-fusion", {}, config=cfg)
+        rows[on] = outcome.figures["feature_rows"]["text-encoder"]
+    assert all(rows[True][k] > rows[False][k] for k in rows[False]), rows
+
+
 def test_spatial_stage_and_data_free_figures(
     engine_pipe: Any, engine_concepts: list[ConceptLoRA]
 ) -> None:

@@ -77,6 +77,19 @@ def concept_spec(info: ConceptInfo) -> p.ConceptSpec:
     )
 
 
+def region_prompts(checked: Checked) -> dict[str, tuple[str, ...]]:
+    """concept -> the distinct region prompts the plan renders it with, in scene order (what
+    merge `scene_prompts` hands the merge as extra feature prompts)."""
+    out: dict[str, list[str]] = {}
+    for scene in checked.scenes.values():
+        settings = {**checked.defaults, **scene.settings}
+        _, regions = scene_regions(checked, scene, settings, scene_text(checked, scene, settings))
+        for r in regions:
+            if r.subject in checked.concepts and r.prompt not in out.setdefault(r.subject, []):
+                out[r.subject].append(r.prompt)
+    return {c: tuple(ps) for c, ps in out.items()}
+
+
 def merge_spec(checked: Checked, used: list[str]) -> p.MergeSpec:
     model = checked.model
     base = (
@@ -86,6 +99,11 @@ def merge_spec(checked: Checked, used: list[str]) -> p.MergeSpec:
     )
     concepts = tuple(concept_spec(checked.concepts[c]) for c in checked.concepts if c in used)
     params, stages = resolve(checked.merge_method, checked.merge_params)
+    if stages.get("scene_prompts"):  # the merge reads the prompts: they belong to its key
+        prompts = region_prompts(checked)
+        concepts = tuple(
+            c.model_copy(update={"prompts": prompts.get(c.name, ())}) for c in concepts
+        )
     spec = p.MergeSpec(
         base=base,
         concepts=concepts,

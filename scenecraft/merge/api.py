@@ -104,6 +104,7 @@ def _read_concept(spec: ConceptSpec, index: ModuleIndex) -> ConceptLoRA | None:
     else:
         concept = ConceptLoRA(spec.name, spec.tokens, {}, spec.weight)
     concept.class_noun = spec.class_noun
+    concept.prompts = spec.prompts
     if spec.embedding is not None:
         rows = read_embedding(
             spec.embedding, name=spec.name, tokens=spec.tokens, pipe_or_module_index=index

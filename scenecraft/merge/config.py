@@ -50,6 +50,13 @@ _STAGES: dict[str, Param] = {
         "also merge the UNet's spatial layers (needs sampling runs)",
         stage=("spatial",),
     ),
+    "scene_prompts": Param(
+        "bool",
+        False,
+        "also fit the text stages on the region prompts the file renders each concept with "
+        "(they join the merge key: editing one re-merges)",
+        stage=("scene_prompts",),
+    ),
     "max_rows": Param(
         "int",
         None,

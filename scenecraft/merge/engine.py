@@ -313,7 +313,9 @@ def run_merge(
             emb.setdefault(component, {}).update(rows)
     needs_text = features and any(stages[s] for s in (TEXT, KV, SPATIAL))
     with F.token_embeddings(pipe, concepts) if needs_text else nullcontext() as texts:
-        prompts = [F.concept_prompts(c, texts or {}, cfg.templates) for c in concepts]
+        prompts = [
+            F.concept_prompts(c, texts or {}, cfg.templates, cfg.scene_prompts) for c in concepts
+        ]
         # 2. text encoder
         X = _text_stage(run, stages[TEXT], prompts) if features and stages[TEXT] else None
         run.solve(TEXT, stages[TEXT], X, method if X is not None else fallback)

@@ -222,9 +222,13 @@ def _component_tokens(
 
 
 def concept_prompts(
-    concept: ConceptLoRA, texts: dict[str, str], templates: tuple[str, ...]
+    concept: ConceptLoRA,
+    texts: dict[str, str],
+    templates: tuple[str, ...],
+    scene_prompts: bool = False,
 ) -> list[str]:
-    """Prompts "photo of a {token}", "{token}" (+ "… {class}" when the class noun is known)."""
+    """Prompts "photo of a {token}", "{token}" (+ "… {class}" when the class noun is known);
+    with ``scene_prompts`` also the prompts the plan renders the concept with (its regions)."""
     noun = concept.class_noun
     prompts = []
     for token in concept.tokens:
@@ -233,6 +237,10 @@ def concept_prompts(
             prompts.append(template.format(token=word))
             if noun:
                 prompts.append(template.format(token=f"{word} {noun}"))
+    for prompt in concept.prompts if scene_prompts else ():
+        for token in concept.tokens:  # multi-vector embeddings: the token's expanded words
+            prompt = prompt.replace(token, texts.get(token, token))
+        prompts.append(prompt)
     return prompts
 
 

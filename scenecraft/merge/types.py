@@ -45,6 +45,7 @@ class ConceptLoRA:
     sha256: str = ""  # of that file
     family: str | None = None  # "sd15" | "sd2" | "sdxl" when the file says so
     class_noun: str | None = None  # the scene's class noun: feature prompts "photo of a <tok> man"
+    prompts: tuple[str, ...] = ()  # the region prompts the plan renders it with (scene_prompts)
     metadata: dict[str, Any] = field(default_factory=dict)  # e.g. kohya ss_* fields
 
     def delta(self, module: str) -> torch.Tensor:
@@ -56,6 +57,7 @@ class MergeConfig:
     """How the merge engine runs its stages (scenecraft.merge.engine); not the method's params."""
 
     templates: tuple[str, ...] = ("photo of a {token}", "{token}")  # prompts per concept token
+    scene_prompts: bool = False  # stages 1-2 also read each concept's plan prompts (its regions)
     figures: bool = True  # collect features (and report quality) for data-free methods too
     spatial: bool = False  # stage 3 (a sampling run per concept); on in the GPU suite
     spatial_steps: int = 4  # denoising steps of that run
