@@ -78,8 +78,9 @@ def merge_key(spec: MergeSpec, files: Sequence[tuple[str | None, str | None]]) -
     """A merge's one identity (`MergeSpec.key`): what its merged weights depend on that a plan
     knows — base, method, resolved parameters and, per concept in order, its tokens, weight,
     class and kind and the sha256 of its LoRA and embedding files (``files``, one pair per
-    concept). Names, references and paths are not part of it: renaming a concept or moving
-    its file keeps the merge. The merge cache adds what only the engine knows (docs/merge.md)."""
+    concept), and its `prompts` when merge `scene_prompts` set them. Names, references and
+    paths are not part of it: renaming a concept or moving its file keeps the merge. The merge
+    cache adds what only the engine knows (docs/merge.md)."""
     return stable_hash(
         {
             "base": spec.base.model_dump(mode="json"),
