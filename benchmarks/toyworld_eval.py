@@ -256,8 +256,8 @@ def merged_pipe(
     prompts: dict[str, tuple[str, ...]] | None = None,
 ) -> tuple[Any, float, dict[str, Any]]:
     """The toy pipeline with ``names`` merged by ``method``; merge seconds; the merge's layer
-    figures (what `scenecraft merge --json` shows). With ``prompts`` (concept -> its region
-    prompts) the merge is `scene_prompts true`, as the compiler hands it over."""
+    figures (what `scenecraft merge --json` shows). With ``prompts`` (concept -> the prompts it
+    is rendered with) the merge is `scene_prompts true`, as the compiler hands it over."""
     pipe = load_toyworld_pipeline()
     concepts = toy_concepts(names)
     stages: dict[str, Any] = {}
@@ -280,16 +280,21 @@ def merged_pipe(
     return pipe, seconds, result.figures
 
 
-def region_prompts(
-    jobs: Sequence[Sequence[RenderJob]], cases: Sequence[int]
+def scene_prompts(
+    jobs: Sequence[Sequence[RenderJob]], chosen: Sequence[Case], index: dict[str, int]
 ) -> dict[str, tuple[str, ...]]:
-    """concept -> the distinct region prompts of these cases' jobs (the compiler's
-    `region_prompts` for a file holding exactly these cases)."""
+    """concept -> the distinct prompts these cases render it with (the compiler's
+    `scene_prompts` for a file holding exactly these cases): region prompts where a job has
+    regions, the job's prompt where the concept is drawn from one prompt."""
     out: dict[str, list[str]] = {}
-    for i in cases:
-        for r in jobs[i][0].regions:
-            if r.prompt not in out.setdefault(r.subject, []):
-                out[r.subject].append(r.prompt)
+    for case in chosen:
+        job = jobs[index[case.label]][0]
+        pairs = [(r.subject, r.prompt) for r in job.regions] or [
+            (s.name, job.prompt) for s in case.scene.sprites
+        ]
+        for name, prompt in pairs:
+            if prompt not in out.setdefault(name, []):
+                out[name].append(prompt)
     return {k: tuple(v) for k, v in out.items()}
 
 
@@ -412,7 +417,7 @@ def evaluate(n_seeds: int, regions: Sequence[str]) -> dict[str, Any]:
                 else:
                     prompts = None
                     if label == SCENE_PROMPTS:  # what the compiler hands a file of these cases
-                        prompts = region_prompts(jobs["on"], [index[c.label] for c in chosen])
+                        prompts = scene_prompts(jobs["on"], chosen, index)
                     pipe, merge_s, figures = merged_pipe(method, params, merged, Path(tmp), prompts)
                 for name, mode, confine in variants:
                     if confine and method != "adapters":

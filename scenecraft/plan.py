@@ -60,7 +60,7 @@ class ConceptSpec(_Model):
     embedding: str | None = None  # textual-inversion embedding file bound to the tokens
     references: tuple[str, ...] = ()  # reference images (for evaluation)
     placeholder: bool = False  # True when the LoRA file does not exist yet (check --allow-missing)
-    prompts: tuple[str, ...] = ()  # merge `scene_prompts`: its region prompts in this plan
+    prompts: tuple[str, ...] = ()  # merge `scene_prompts`: the prompts this plan renders it with
 
 
 class MergeSpec(_Model):

@@ -116,11 +116,12 @@ def test_scene_prompts_hand_each_concept_its_region_prompts(scene_file: ScenePat
     assert all(c.prompts == () for c in default.merge.concepts)
     on = plan("merge loraclr {\n  scene_prompts true\n}\n")
     regions = {r.subject: r.prompt for j in on.jobs for r in j.regions}
+    solo = next(j.prompt for j in on.jobs if j.scene == "solo")
     assert {c.name: c.prompts for c in on.merge.concepts} == {
-        "a": (regions["a"],),
+        "a": (regions["a"], solo),  # its region prompt, and the prompt it is drawn alone with
         "b": (regions["b"],),
     }
-    assert regions["a"] == "<A> man left of dog, at sea"
+    assert (regions["a"], solo) == ("<A> man left of dog, at sea", "<A> man")
     assert on.merge.stages == {"scene_prompts": True}
     # the prompts are part of the merge: another setting is another merge, but only with them
     assert plan("merge loraclr {\n  scene_prompts true\n}\n", "in a park").merge.key != on.merge.key

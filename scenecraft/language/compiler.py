@@ -77,16 +77,27 @@ def concept_spec(info: ConceptInfo) -> p.ConceptSpec:
     )
 
 
-def region_prompts(checked: Checked) -> dict[str, tuple[str, ...]]:
-    """concept -> the distinct region prompts the plan renders it with, in scene order (what
-    merge `scene_prompts` hands the merge as extra feature prompts)."""
+def scene_prompts(checked: Checked) -> dict[str, tuple[str, ...]]:
+    """concept -> the distinct prompts the plan renders it with, in scene order (what merge
+    `scene_prompts` hands the merge as extra feature prompts): its region prompts in regional
+    scenes, the scene's prompt where it is drawn from one prompt."""
     out: dict[str, list[str]] = {}
+
+    def add(concept: str, prompt: str) -> None:
+        if prompt not in out.setdefault(concept, []):
+            out[concept].append(prompt)
+
     for scene in checked.scenes.values():
         settings = {**checked.defaults, **scene.settings}
-        _, regions = scene_regions(checked, scene, settings, scene_text(checked, scene, settings))
+        text = scene_text(checked, scene, settings)
+        global_text, regions = scene_regions(checked, scene, settings, text)
         for r in regions:
-            if r.subject in checked.concepts and r.prompt not in out.setdefault(r.subject, []):
-                out[r.subject].append(r.prompt)
+            if r.subject in checked.concepts:
+                add(r.subject, r.prompt)
+        if not regions:
+            for name in dict.fromkeys(_names(text, checked)):
+                if name in checked.concepts:
+                    add(name, scene_prompt(global_text))
     return {c: tuple(ps) for c, ps in out.items()}
 
 
@@ -100,7 +111,7 @@ def merge_spec(checked: Checked, used: list[str]) -> p.MergeSpec:
     concepts = tuple(concept_spec(checked.concepts[c]) for c in checked.concepts if c in used)
     params, stages = resolve(checked.merge_method, checked.merge_params)
     if stages.get("scene_prompts"):  # the merge reads the prompts: they belong to its key
-        prompts = region_prompts(checked)
+        prompts = scene_prompts(checked)
         concepts = tuple(
             c.model_copy(update={"prompts": prompts.get(c.name, ())}) for c in concepts
         )

@@ -45,7 +45,7 @@ class ConceptLoRA:
     sha256: str = ""  # of that file
     family: str | None = None  # "sd15" | "sd2" | "sdxl" when the file says so
     class_noun: str | None = None  # the scene's class noun: feature prompts "photo of a <tok> man"
-    prompts: tuple[str, ...] = ()  # the region prompts the plan renders it with (scene_prompts)
+    prompts: tuple[str, ...] = ()  # the prompts the plan renders it with (scene_prompts)
     metadata: dict[str, Any] = field(default_factory=dict)  # e.g. kohya ss_* fields
 
     def delta(self, module: str) -> torch.Tensor:
