@@ -72,7 +72,7 @@ METHODS: tuple[tuple[str, str, dict[str, Any]], ...] = (
     ("loraclr", "loraclr", {}),
     ("loraclr + scene prompts", "loraclr", {}),  # merge `scene_prompts true`: SCENE_PROMPTS
 )
-SCENE_PROMPTS = "loraclr + scene prompts"  # the row whose merge also reads the region prompts
+SCENE_PROMPTS = "loraclr + scene prompts"  # the row whose merge also reads its rendered prompts
 METRICS = ("accuracy", "identity", "placement")
 
 
