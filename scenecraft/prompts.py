@@ -179,6 +179,12 @@ def alone(scene: SceneText, name: str) -> SceneText:
     return replace(scene, subjects=(subject,), clauses=(), activity=None, extra=())
 
 
+def only(scene: SceneText, plain: dict[str, str], name: str) -> SceneText:
+    """The region text of subject ``name`` (`regions on`): the whole scene with only that
+    subject's identity and attributes; the other subjects in ``plain`` by their class words."""
+    return anonymous(scene, {k: v for k, v in plain.items() if k != name})
+
+
 def anonymous(scene: SceneText, plain: dict[str, str]) -> SceneText:
     """The global text: subjects named in ``plain`` (name -> class words) lose their identity
     and their attributes; everything else stays."""

@@ -19,7 +19,7 @@ from scenecraft.files import sha256_file
 from scenecraft.language import nodes as n
 from scenecraft.language.check import Checked, ConceptInfo, SceneInfo
 from scenecraft.merge.config import resolve
-from scenecraft.prompts import SceneText, Subject, alone, anonymous, scene_prompt
+from scenecraft.prompts import SceneText, Subject, alone, anonymous, only, scene_prompt
 
 CLIP_WINDOW = 77
 MAX_JOBS = 100_000  # images per plan; `--max-jobs N` raises it (`too-many-jobs`)
@@ -206,7 +206,7 @@ def scene_regions(
         if mode == "alone":  # Mix-of-Show: the subject alone in the setting
             prompt = scene_prompt(alone(text, name))
         else:  # the whole scene, with only this subject's identity and attributes
-            prompt = scene_prompt(anonymous(text, {k: v for k, v in plain.items() if k != name}))
+            prompt = scene_prompt(only(text, plain, name))
         regions.append(
             p.Region(
                 subject=name,

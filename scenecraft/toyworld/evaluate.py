@@ -33,7 +33,7 @@ from scenecraft.toyworld.model import (
     images_tensor,
     load_toyworld_pipeline,
 )
-from scenecraft.toyworld.world import RELATIONS, SETTINGS, random_sprite, scene_text
+from scenecraft.toyworld.world import RELATIONS, SETTINGS, random_sprite, region_prompts
 
 
 def sample(
@@ -77,7 +77,6 @@ def score(
 def vae_roundtrip(vae: Any, n: int = 32, seed: int = 0, version: int = 2) -> dict[str, float]:
     """Identity the judge still finds after a VAE round trip of ground truth (the ceiling any
     UNet has under this VAE): mean per sprite count, ``n`` scenes each, drawn layouts."""
-    from scenecraft.toyworld.judge import ground_truth
     from scenecraft.toyworld.world import render
 
     report = {}
@@ -99,18 +98,11 @@ def regional_text(scene: ExpectedScene) -> tuple[str, list[tuple[NormBox, str]]]
     prompt (every sprite by its shape) and per sprite its layout box (`scenecraft.layout`) and
     region prompt (the scene with only that sprite described)."""
     from scenecraft.layout import derive
-    from scenecraft.prompts import anonymous, scene_prompt
 
-    text = scene_text(ground_truth(scene))
+    prompt, regions = region_prompts(ground_truth(scene))
     names = [s.name for s in scene.sprites]
-    index = {n: f"s{i}" for i, n in enumerate(names)}
     boxes = derive(names, [(p.subject, p.relation, p.target) for p in scene.placements])
-    plain = {f"s{i}": s.sprite.shape for i, s in enumerate(scene.sprites)}
-    regions = [
-        (boxes[n], scene_prompt(anonymous(text, {k: v for k, v in plain.items() if k != index[n]})))
-        for n in names
-    ]
-    return scene_prompt(anonymous(text, plain)), regions
+    return prompt, [(boxes[n], r) for n, r in zip(names, regions, strict=True)]
 
 
 @torch.no_grad()

@@ -39,7 +39,6 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from scenecraft.prompts import anonymous, scene_prompt
 from scenecraft.toyworld.model import (
     BASE_DIR,
     MODELS,
@@ -58,8 +57,8 @@ from scenecraft.toyworld.world import (
     caption,
     random_scene,
     reach,
+    region_prompts,
     render_with_boxes,
-    scene_text,
 )
 
 NormBox = tuple[float, float, float, float]  # (x0, y0, x1, y1), fractions of the canvas
@@ -156,14 +155,9 @@ def grown_boxes(reaches: list[Box], rng: random.Random) -> list[NormBox]:
 
 def scene_regions(scene: Scene, boxes: list[Box], rng: random.Random) -> SceneRegions:
     """The compiler's regional text for a scene (`regions on`), boxes grown around the sprites."""
-    text = scene_text(scene)
-    plain = {f"s{i}": s.shape for i, s in enumerate(scene.sprites)}
+    prompt, regions = region_prompts(scene)
     grown = grown_boxes([reach(b, s) for b, s in zip(boxes, scene.sprites, strict=True)], rng)
-    regions = tuple(
-        (box, scene_prompt(anonymous(text, {k: v for k, v in plain.items() if k != f"s{i}"})))
-        for i, box in enumerate(grown)
-    )
-    return SceneRegions(scene_prompt(anonymous(text, plain)), regions)
+    return SceneRegions(prompt, tuple(zip(grown, regions, strict=True)))
 
 
 def train_vae(vae: Any, cfg: TrainConfig, log: Any = print, out: Path | None = None) -> None:
