@@ -103,11 +103,30 @@ class RegionalState:
     adapters: list[list[str | None]] | None = None  # confined adapters: one per region slot
     kv: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
     _masks: dict[tuple[int, bool], torch.Tensor] = field(default_factory=dict)
-    _mixing: dict[tuple[int, int, Any, Any], tuple[torch.Tensor, ...]] = field(default_factory=dict)
     _plans: dict[tuple[int, int, Any, Any], list[Gather | None]] = field(default_factory=dict)
     _adapter_masks: dict[tuple[int, int, bool], dict[str, torch.Tensor]] = field(
         default_factory=dict
     )
+
+    @classmethod
+    def image_major(
+        cls,
+        pos: torch.Tensor,
+        neg: torch.Tensor,
+        boxes: list[list[Box | None]],
+        latent_hw: tuple[int, int],
+        adapters: list[list[str | None]] | None = None,
+    ) -> RegionalState:
+        """From region encodings in image-major order, (B·R, T, D) each: image 0's R slots,
+        then image 1's, ... (R = the slots per image in ``boxes``)."""
+        B, R = len(boxes), len(boxes[0])
+        return cls(
+            embeds=pos.view(B, R, *pos.shape[1:]).transpose(0, 1).contiguous(),
+            negative=neg.view(B, R, *neg.shape[1:]).transpose(0, 1).contiguous(),
+            boxes=boxes,
+            latent_hw=latent_hw,
+            adapters=adapters,
+        )
 
     def context(self, batch: int) -> torch.Tensor:
         """(R, batch, T, D): with CFG (batch = 2B) ``[negative; prompt]``, else the prompts."""
@@ -128,13 +147,11 @@ class RegionalState:
         return self._masks[key].to(device=like.device, dtype=like.dtype)
 
     def mixing(self, tokens: int, batch: int, like: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """(m, 1/max(W, 1), 1 - min(W, 1)) at one level: W = Σ_r m_r; cached per level."""
-        key = (tokens, batch, like.dtype, like.device)
-        if key not in self._mixing:
-            m = self.masks(tokens, batch, like)  # (R, batch, 1, N, 1)
-            cover = m.sum(0)
-            self._mixing[key] = (m, 1 / cover.clamp(min=1), 1 - cover.clamp(max=1))
-        return self._mixing[key]
+        """(m, 1/max(W, 1), 1 - min(W, 1)) at one level: W = Σ_r m_r (`plan` caches what it
+        derives from them)."""
+        m = self.masks(tokens, batch, like)  # (R, batch, 1, N, 1)
+        cover = m.sum(0)
+        return m, 1 / cover.clamp(min=1), 1 - cover.clamp(max=1)
 
     def plan(self, tokens: int, batch: int, like: torch.Tensor) -> list[Gather | None]:
         """[global, region 1..R]: which image tokens each attention is needed for, and their
@@ -448,14 +465,13 @@ def regional_state(
         pos, neg = encode(pipe, prompts, negatives)  # (B·R, T, D), image-major
     else:
         pos, neg = _encode_per_adapter(pipe, prompts, negatives, owners, adapters)
-    B = len(jobs)
     scale = pipe.vae_scale_factor
-    return RegionalState(
-        embeds=pos.view(B, R, *pos.shape[1:]).transpose(0, 1).contiguous(),
-        negative=neg.view(B, R, *neg.shape[1:]).transpose(0, 1).contiguous(),
-        boxes=boxes,
-        latent_hw=(jobs[0].height // scale, jobs[0].width // scale),
-        adapters=[owners[i * R : (i + 1) * R] for i in range(B)] if adapters else None,
+    return RegionalState.image_major(
+        pos,
+        neg,
+        boxes,
+        (jobs[0].height // scale, jobs[0].width // scale),
+        [owners[i * R : (i + 1) * R] for i in range(len(jobs))] if adapters else None,
     )
 
 

@@ -117,13 +117,8 @@ def regional_score(
     R = max(len(r) for _, r in texts)
     prompts = [r[k][1] if k < len(r) else g for g, r in texts for k in range(R)]
     pos, neg = encode(pipe, prompts, [None] * len(prompts))  # (B·R, T, D), image-major
-    B = len(scenes)
-    state = RegionalState(
-        embeds=pos.view(B, R, *pos.shape[1:]).transpose(0, 1).contiguous(),
-        negative=neg.view(B, R, *neg.shape[1:]).transpose(0, 1).contiguous(),
-        boxes=[[r[k][0] if k < len(r) else None for k in range(R)] for _, r in texts],
-        latent_hw=(16, 16),
-    )
+    boxes = [[r[k][0] if k < len(r) else None for k in range(R)] for _, r in texts]
+    state = RegionalState.image_major(pos, neg, boxes, latent_hw=(16, 16))
     with installed(pipe.unet, state):
         images = sample(pipe, [g for g, _ in texts], seed)
     boxed = [
