@@ -143,7 +143,9 @@ def cases() -> list[Case]:
     return out
 
 
-def scene_file(cases: Sequence[Case], seeds: Sequence[int], regions: str) -> str:
+def scene_file(
+    cases: Sequence[Case], seeds: Sequence[int], regions: str, merge: str = "merge none"
+) -> str:
     """The cases as a scene file: one scene per case, every seed, compiled by scenecraft."""
     names = sorted({s.name for c in cases for s in c.scene.sprites})
     lines = [f'model "{BASE_DIR}" family sd15']
@@ -155,7 +157,7 @@ def scene_file(cases: Sequence[Case], seeds: Sequence[int], regions: str) -> str
             f'  lora "{lora_path(n)}"',
             "}",
         ]
-    lines += ["merge none", "defaults {", "  size 64x64", f"  regions {regions}"]
+    lines += [merge, "defaults {", "  size 64x64", f"  regions {regions}"]
     lines += [f"  steps {DEFAULT_STEPS}", f"  guidance {DEFAULT_GUIDANCE}", "}"]
     for i, c in enumerate(cases):
         lines += [f"scene c{i} {{", f"  seeds {seeds[0]}..{seeds[-1]}"]
@@ -280,22 +282,14 @@ def merged_pipe(
     return pipe, seconds, result.figures
 
 
-def scene_prompts(
-    jobs: Sequence[Sequence[RenderJob]], chosen: Sequence[Case], index: dict[str, int]
-) -> dict[str, tuple[str, ...]]:
-    """concept -> the distinct prompts these cases render it with (the compiler's
-    `scene_prompts` for a file holding exactly these cases): region prompts where a job has
-    regions, the job's prompt where the concept is drawn from one prompt."""
-    out: dict[str, list[str]] = {}
-    for case in chosen:
-        job = jobs[index[case.label]][0]
-        pairs = [(r.subject, r.prompt) for r in job.regions] or [
-            (s.name, job.prompt) for s in case.scene.sprites
-        ]
-        for name, prompt in pairs:
-            if prompt not in out.setdefault(name, []):
-                out[name].append(prompt)
-    return {k: tuple(v) for k, v in out.items()}
+def scene_prompts(cases: Sequence[Case], seeds: Sequence[int]) -> dict[str, tuple[str, ...]]:
+    """concept -> the prompts the compiler hands a `scene_prompts true` merge of a file holding
+    exactly these cases (regions on)."""
+    merge = "merge loraclr {\n  scene_prompts true\n}"
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "cases.scene"
+        path.write_text(scene_file(cases, seeds, "on", merge))
+        return {c.name: c.prompts for c in load(path).plan.merge.concepts}
 
 
 def adapters_pipe(names: tuple[str, ...]) -> tuple[Any, float]:
@@ -404,7 +398,7 @@ def evaluate(n_seeds: int, regions: Sequence[str]) -> dict[str, Any]:
     for c in all_cases:
         groups.setdefault(c.merged, []).append(c)
     variants = [v for v in VARIANTS if v[0] in regions]
-    modes = sorted({v[1] for v in variants} | {"off", "on"})  # "on": the scene-prompt merge
+    modes = sorted({v[1] for v in variants} | {"off"})
     jobs = {mode: compiled_jobs(all_cases, seeds, mode) for mode in modes}
     index = {c.label: i for i, c in enumerate(all_cases)}
     points: list[dict[str, Any]] = []  # per merge and concept: layer figures + image identity
@@ -417,7 +411,7 @@ def evaluate(n_seeds: int, regions: Sequence[str]) -> dict[str, Any]:
                 else:
                     prompts = None
                     if label == SCENE_PROMPTS:  # what the compiler hands a file of these cases
-                        prompts = scene_prompts(jobs["on"], chosen, index)
+                        prompts = scene_prompts(chosen, seeds)
                     pipe, merge_s, figures = merged_pipe(method, params, merged, Path(tmp), prompts)
                 for name, mode, confine in variants:
                     if confine and method != "adapters":
