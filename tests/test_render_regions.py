@@ -386,3 +386,34 @@ def test_gathered_attention_equals_the_dense_mix() -> None:
         )
         want = attn.to_out[0](mix)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_confined_adapters_without_cross_attention_kv_render() -> None:
+    # a LoRA trained on image-side layers only leaves the cross-attention to_k / to_v plain
+    # Linear layers: confining it must not look for a PEFT base layer there
+    import warnings
+
+    from safetensors.torch import load_file
+
+    from scenecraft.render.regions import Adapters
+    from tests._fixtures_render import lora_files
+
+    pipe = tiny_pipe()
+    image_side = {
+        k: v
+        for k, v in load_file(str(lora_files()[0])).items()
+        if k.startswith("unet.") and ".attn2.to_k." not in k and ".attn2.to_v." not in k
+    }
+    assert image_side and any(".attn1." in k for k in image_side)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pipe.load_lora_weights(image_side, adapter_name="ziggy")
+    try:
+        kv = next(m for n, m in pipe.unet.named_modules() if n.endswith("attn2.to_k"))
+        assert not hasattr(kv, "base_layer")  # the case this test is about
+        job = regional_job((region((0.0, 0.0, 1.0, 1.0)),))
+        confined = confined_render(pipe, [job], Adapters({"ziggy": ("ziggy", 1.0)}))
+        alone = render([make_job("duo", 7, OTHER)])  # the adapter everywhere, one prompt
+        assert np.abs(confined - alone).max() < 1e-4
+    finally:
+        pipe.unload_lora_weights()

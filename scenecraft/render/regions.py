@@ -309,7 +309,7 @@ class RegionalAttnProcessor:
         assert self.state.adapters is not None
         names = lora_names(layer)
         delta = torch.zeros(
-            (*context.shape[:2], layer.base_layer.out_features),
+            (*context.shape[:2], getattr(layer, "base_layer", layer).out_features),
             dtype=context.dtype,
             device=context.device,
         )
