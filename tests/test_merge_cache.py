@@ -191,10 +191,10 @@ def _rewrite_lora(lora_dir: Path, base_pipe: Any) -> None:
 
 
 @pytest.mark.parametrize(
-    "change", ["lora-bytes", "weight", "method", "param", "tokens", "base-file"]
+    "change", ["lora-bytes", "weight", "method", "param", "tokens", "base-file", "engine"]
 )
 def test_any_input_change_is_a_miss(
-    change: str, tmp_path: Path, base_pipe: Any, lora_dir: Path
+    change: str, tmp_path: Path, base_pipe: Any, lora_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     local = tmp_path / "loras"
     local.mkdir()
@@ -216,6 +216,8 @@ def test_any_input_change_is_a_miss(
     elif change == "tokens":
         concepts = (spec.concepts[0].model_copy(update={"tokens": ("<a2>",)}),) + spec.concepts[1:]
         spec = spec.model_copy(update={"concepts": concepts})
+    elif change == "engine":  # same inputs, an engine that merges them differently
+        monkeypatch.setattr(merge_api, "ENGINE_REVISION", merge_api.ENGINE_REVISION + 1)
     else:
         base_file.write_bytes(b"other base model bytes")
     second = merge(spec, base_pipe, cache_dir=root, run=run)

@@ -134,6 +134,62 @@ def test_scene_prompts_add_feature_rows_only_when_asked(
     assert all(rows[True][k] > rows[False][k] for k in rows[False]), rows
 
 
+def test_scene_prompts_aim_kv_at_each_concepts_own_text_encoder(
+    engine_pipe: Any, engine_concepts: list[ConceptLoRA], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # end to end, on the prompt it is rendered with: the merged K/V on the MERGED text
+    # encoder's context should give what the concept's own K/V give on its OWN encoder's
+    from dataclasses import replace
+
+    from scenecraft.merge import engine as E
+    from scenecraft.sdparts import cross_attention_kv
+
+    concepts = [
+        replace(c, prompts=(f"{c.tokens[0]} man waves at a dog in a library",))
+        for c in engine_concepts[:2]
+    ]
+    cfg = MergeConfig(templates=("{token}",), scene_prompts=True)
+
+    def kv_error(outcome: MergeOutcome) -> float:
+        modules = F.resolve_modules(engine_pipe, list(outcome.weights))
+        kv = sorted(cross_attention_kv(engine_pipe.unet, "unet.") & set(outcome.weights))
+        te = {p: w for p, w in outcome.weights.items() if p.startswith(F.TEXT_PREFIXES)}
+        assert kv and te
+        err = 0.0
+        with F.token_embeddings(engine_pipe, concepts) as texts:
+            for c in concepts:
+                words = [texts.get(t, t) for t in c.tokens]
+                with F.patched(modules, F.own_weights(c, modules, F.TEXT_PREFIXES)):
+                    own = F.token_states(engine_pipe, list(c.prompts), words)
+                with F.patched(modules, te):
+                    merged = F.token_states(engine_pipe, list(c.prompts), words)
+                for p in kv:
+                    W0 = F.weight_matrix(modules[p]).detach().float()
+                    want = own @ (W0 + c.delta(p)).T
+                    got = merged @ outcome.weights[p].float().T
+                    err += float((got - want).norm() / want.norm())
+        return err
+
+    aimed = run_merge(engine_pipe, concepts, "gradient-fusion", {}, config=cfg)
+    monkeypatch.setattr(E, "_retarget_kv", lambda *args: None)
+    plain = run_merge(engine_pipe, concepts, "gradient-fusion", {}, config=cfg)
+    assert kv_error(aimed) < 0.5 * kv_error(plain), (kv_error(aimed), kv_error(plain))
+
+
+def test_ridge_solve_is_the_regularised_least_squares_in_both_forms() -> None:
+    from scenecraft.merge.fusion import ridge_solve
+
+    g = torch.Generator().manual_seed(0)
+    for n, d in ((40, 8), (5, 8)):  # primal (rows >= inputs) and dual (fewer rows)
+        X = torch.randn(2, n, d, generator=g, dtype=torch.float64)
+        T = torch.randn(2, n, 3, generator=g, dtype=torch.float64)
+        M, eps = ridge_solve(X, T, 1e-3)
+        eye = torch.eye(d, dtype=torch.float64)
+        want = torch.linalg.solve(X.mT @ X + eps.view(2, 1, 1) * eye, X.mT @ T)
+        assert torch.allclose(M, want, atol=1e-9)
+        assert torch.allclose(eps, 1e-3 * X.square().sum((1, 2)) / d)
+
+
 def test_spatial_stage_and_data_free_figures(
     engine_pipe: Any, engine_concepts: list[ConceptLoRA]
 ) -> None:

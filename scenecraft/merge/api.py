@@ -35,7 +35,7 @@ from scenecraft.merge.cache import (
     verify_entry,
     write_entry,
 )
-from scenecraft.merge.engine import run_merge
+from scenecraft.merge.engine import ENGINE_REVISION, run_merge
 from scenecraft.merge.formats import read_concept_lora, read_embedding
 from scenecraft.merge.formats_index import ModuleIndex
 from scenecraft.merge.types import ConceptLoRA, MergeConfig
@@ -151,13 +151,15 @@ def merge_identity(
 ) -> dict[str, Any]:
     """The merge's one identity is the plan's key (`MergeSpec.key`: method, resolved params,
     concepts, LoRA digests at compile time); the cache entry adds what the plan cannot know:
-    the base weights' identity, the dtype, the scenecraft version and the entry format, and the
-    files' digests as read now (a LoRA changed since the plan was compiled is a new entry)."""
+    the base weights' identity, the dtype, the scenecraft version, the engine revision
+    (`engine.ENGINE_REVISION`) and the entry format, and the files' digests as read now (a LoRA
+    changed since the plan was compiled is a new entry)."""
     read = {c.name: (c.sha256 or None, c.metadata.get("embedding_sha256")) for c in concepts}
     files = [read.get(c.name, (None, None)) for c in spec.concepts]
     return {
         "plan_key": spec.key or merge_key(spec, files),
         "entry_format": ENTRY_FORMAT,
+        "engine_revision": ENGINE_REVISION,
         "scenecraft_version": scenecraft.__version__,
         "base": base,
         "dtype": str(dtype),

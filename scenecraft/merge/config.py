@@ -53,7 +53,8 @@ _STAGES: dict[str, Param] = {
     "scene_prompts": Param(
         "bool",
         False,
-        "also fit the text stages on the prompts the file renders each concept with "
+        "also fit the text stages on the prompts the file renders each concept with, "
+        "cross-attention K/V aimed at what its own LoRA gives on them "
         "(they join the merge key: editing one re-merges)",
         stage=("scene_prompts",),
     ),

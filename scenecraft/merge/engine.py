@@ -8,7 +8,9 @@ Stages (each uses the merged result of the one before):
                      "photo of a {token}", "{token}" (+ class noun);
   2. cross-attention UNet to_k / to_v (attn2; attn1 too where it attends to the prompt); X_c = the context the MERGED text encoder(s) give
                      (SDXL: both encoders' penultimate states concatenated, 2048 wide) at
-                     concept-token positions + end token;
+                     concept-token positions + end token; with ``scene_prompts`` each
+                     concept's update is first aimed at its OWN encoder's context
+                     (`_retarget_kv`), so the text-encoder merge's error is not passed on;
   3. spatial         (optional, ``MergeConfig.spatial``) other UNet Linear / 1×1 conv layers;
                      X_c from a short sampling run of concept c's own UNet.
 A layer no concept touches is left alone; a layer one concept touches gets W0 + ΔW_c; a layer
@@ -31,6 +33,7 @@ from torch import nn
 from scenecraft.diagnostics import error
 from scenecraft.events import MergeStage, Reporter, emit
 from scenecraft.merge import features as F
+from scenecraft.merge.fusion import ridge_solve
 from scenecraft.merge.methods import (
     DATA_FREE,
     FEATURE_BASED,
@@ -43,6 +46,10 @@ from scenecraft.merge.types import ConceptLoRA, MergeConfig
 from scenecraft.sdparts import cross_attention_kv
 
 TEXT, KV, SPATIAL, FALLBACK = "text-encoder", "cross-attention", "spatial", "fallback"
+# Bumped when the same inputs merge to different weights (part of every cache entry's identity,
+# so an entry written by an earlier engine is not reused). 2: scene_prompts aims K/V at each
+# concept's own text encoder (`_retarget_kv`).
+ENGINE_REVISION = 2
 
 
 @dataclass
@@ -149,11 +156,16 @@ class _Run:
         self.layer_stats: dict[str, dict[str, Any]] = {}
         self.rows: dict[str, dict[str, int]] = defaultdict(dict)  # stage -> concept -> rows
         self.seconds: dict[str, float] = defaultdict(float)
+        # (concept, to_k / to_v path) -> ΔW'_c: its own update re-aimed at the merged text
+        # encoder's context (`_retarget_kv`, with scene_prompts)
+        self.retargeted: dict[tuple[int, str], torch.Tensor] = {}
 
     def base(self, path: str) -> torch.Tensor:
         return F.weight_matrix(self.modules[path]).detach().float()
 
     def delta(self, c: int, path: str) -> torch.Tensor:
+        if (c, path) in self.retargeted:
+            return self.retargeted[(c, path)]
         concept = self.concepts[c]
         if path not in concept.layers:
             return torch.zeros_like(self.base(path))
@@ -253,6 +265,43 @@ def _kv_stage(
     return out
 
 
+def _own_contexts(run: _Run, prompts: list[list[str]], texts: dict[str, str]) -> list[torch.Tensor]:
+    """X_c^own (n_c, dim): the context each concept's OWN text encoder gives at the rows stage 2
+    reads (same prompts and positions as `_kv_stage`, so row i of both is the same token)."""
+    out = []
+    for concept, ps in zip(run.concepts, prompts, strict=True):
+        words = [texts.get(t, t) for t in concept.tokens]
+        with F.patched(run.modules, F.own_weights(concept, run.modules, F.TEXT_PREFIXES)):
+            out.append(F.token_states(run.pipe, ps, words)[: run.cfg.text_max_rows])
+    return out
+
+
+def _retarget_kv(
+    run: _Run, paths: list[str], X: list[dict[str, torch.Tensor]], own: list[torch.Tensor]
+) -> None:
+    """Aim each concept's to_k / to_v update at what its own LoRA gives end to end.
+
+    Stage 2 fits W* X_c ≈ (W0 + ΔW_c) X_c on the MERGED encoder's context X_c, but the concept's
+    own LoRA reads its OWN encoder's context X_c^own: the text-encoder merge's error passes
+    straight into the UNet. A ridge map from one context to the other, fitted on the concept's
+    rows (ε relative, as in gradient fusion),
+
+        A_c = argmin_A ‖X_c A − X_c^own‖² + ε‖A − I‖²            (dim, dim)
+        ΔW'_c = (W0 + ΔW_c) A_cᵀ − W0                             (out, dim)
+
+    makes W0 + ΔW'_c on the merged context give (W0 + ΔW_c) on the own one; the method then
+    merges the ΔW'_c. Only with ``scene_prompts``: fitted on the prompts the file renders, the
+    map is used where it was fitted (on the template prompts alone it extrapolates to the
+    rendered ones and lost the same-class pair: docs/loraclr.md)."""
+    for c in range(len(run.concepts)):
+        x = X[c][paths[0]]  # (n, dim): every to_k / to_v reads the same context
+        E, _ = ridge_solve(x[None], (own[c] - x)[None])  # (1, dim, dim): A_c − I
+        A = torch.eye(x.shape[1], dtype=torch.float64, device=x.device) + E[0]
+        for p in paths:
+            W = run.base(p).double() + run.delta(c, p).double()  # (out, dim)
+            run.retargeted[(c, p)] = (W @ A.T - run.base(p).double()).float()
+
+
 def _spatial_stage(
     run: _Run, paths: list[str], prompts: list[list[str]]
 ) -> list[dict[str, torch.Tensor]]:
@@ -319,6 +368,8 @@ def run_merge(
         # 2. text encoder
         X = _text_stage(run, stages[TEXT], prompts) if features and stages[TEXT] else None
         run.solve(TEXT, stages[TEXT], X, method if X is not None else fallback)
+        retarget = cfg.scene_prompts and method in FEATURE_BASED and bool(stages[KV])
+        own = _own_contexts(run, prompts, texts or {}) if retarget else None
         merged_te = {p: w for p, w in run.weights.items() if p.startswith(F.TEXT_PREFIXES)}
         with F.patched(modules, merged_te):
             # 3. cross-attention K/V from the merged text encoder
@@ -327,6 +378,8 @@ def run_merge(
                 if features and stages[KV]
                 else None
             )
+            if X is not None and own is not None:
+                _retarget_kv(run, stages[KV], X, own)
             run.solve(KV, stages[KV], X, method if X is not None else fallback)
             # 4. spatial layers from each concept's own sampling run
             X = (

@@ -54,14 +54,26 @@ def gradient_fusion(
         Xs.append(x64)
         Ts.append(x64 @ dW.double().transpose(1, 2))  # (L, n_c, out)
     Xt, T = torch.cat(Xs, 1), torch.cat(Ts, 1)  # (L, N, in), (L, N, out)
-    N = Xt.shape[1]
-    eps = eps_rel * Xt.square().sum((1, 2)) / n_in  # (L,)
-    eps = torch.where(eps > 0, eps, torch.full_like(eps, 1e-12)).view(L, 1, 1)
-    if n_in > N:
-        K = Xt @ Xt.transpose(1, 2) + eps * torch.eye(N, dtype=torch.float64, device=W0.device)
-        Dt = Xt.transpose(1, 2) @ torch.linalg.solve(K, T)  # (L, in, out)
-    else:
-        G = Xt.transpose(1, 2) @ Xt + eps * torch.eye(n_in, dtype=torch.float64, device=W0.device)
-        Dt = torch.linalg.solve(G, Xt.transpose(1, 2) @ T)  # (L, in, out)
+    Dt, eps = ridge_solve(Xt, T, eps_rel)  # (L, in, out), (L,)
     W = W0 + Dt.transpose(1, 2).to(W0.dtype)
-    return W, [{"eps": float(e), "form": "dual" if n_in > N else "primal"} for e in eps.view(L)]
+    form = "dual" if n_in > Xt.shape[1] else "primal"
+    return W, [{"eps": float(e), "form": form} for e in eps]
+
+
+def ridge_solve(
+    X: torch.Tensor, T: torch.Tensor, eps_rel: float = DEFAULT_RIDGE
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """argmin_M ‖X M − T‖² + ε‖M‖² per layer, ε = eps_rel · tr(XᵀX) / in, in float64.
+
+    X (L, N, in), T (L, N, out) -> M (L, in, out) and ε (L,); solved in the smaller of the two
+    spaces: N ≥ in: M = (XᵀX + εI_in)⁻¹ XᵀT, N < in: M = Xᵀ (XXᵀ + εI_N)⁻¹ T."""
+    X, T = X.double(), T.double()
+    L, N, n_in = X.shape
+    eps = eps_rel * X.square().sum((1, 2)) / n_in  # (L,)
+    eps = torch.where(eps > 0, eps, torch.full_like(eps, 1e-12))
+    Xt = X.transpose(1, 2)  # (L, in, N)
+    if n_in > N:
+        K = X @ Xt + eps.view(L, 1, 1) * torch.eye(N, dtype=X.dtype, device=X.device)
+        return Xt @ torch.linalg.solve(K, T), eps
+    G = Xt @ X + eps.view(L, 1, 1) * torch.eye(n_in, dtype=X.dtype, device=X.device)
+    return torch.linalg.solve(G, Xt @ T), eps
