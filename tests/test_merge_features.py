@@ -84,15 +84,33 @@ def test_run_merge_figures(
         assert set(stages[name]["per_concept"]) == {c.name for c in engine_concepts}
     rows = figures["feature_rows"]
     assert all(n > 0 for n in rows["text-encoder"].values())
-    # spatial layers (attn1.to_q) with stage 3 off fall back to the linear sum
+    # spatial layers (attn1.to_q) with stage 3 off fall back to the mean of the updates
     spatial = [p for p in engine_concepts[0].layers if ".attn1." in p]
     assert figures["modules"]["fallback"] == len(spatial) > 0
-    assert figures["fallback_method"] == "linear"
+    assert figures["fallback_method"] == "average"
     for p in spatial:
-        expected = sum(c.delta(p) for c in engine_concepts[:2])
+        expected = sum(c.delta(p) for c in engine_concepts[:2]) / 2
         torch.testing.assert_close(
             loraclr_run[0].weights[p] - loraclr_run[2][p + ".weight"], expected
         )
+
+
+def test_fallback_linear_sums_the_updates(
+    engine_pipe: Any, engine_concepts: list[ConceptLoRA]
+) -> None:
+    from scenecraft.merge.config import resolve
+
+    params, stages = resolve("loraclr", {"fallback": "linear"})
+    assert stages == {"fallback": "linear"} and params == {}
+    cfg = MergeConfig(**stages)
+    outcome = run_merge(engine_pipe, engine_concepts[:2], "gradient-fusion", {}, config=cfg)
+    assert outcome.figures["fallback_method"] == "linear"
+    spatial = [p for p in engine_concepts[0].layers if ".attn1." in p]
+    modules = F.resolve_modules(engine_pipe, spatial)
+    for p in spatial:
+        W0 = F.weight_matrix(modules[p]).detach()
+        expected = sum(c.delta(p) for c in engine_concepts[:2])
+        torch.testing.assert_close(outcome.weights[p] - W0, expected)
 
 
 def test_embeddings_pass_through(loraclr_run: tuple[Any, ...]) -> None:

@@ -58,6 +58,14 @@ _STAGES: dict[str, Param] = {
         "(they join the merge key: editing one re-merges)",
         stage=("scene_prompts",),
     ),
+    "fallback": Param(
+        "word",
+        "average",
+        "multi-concept layers no feature stage covers (the image side unless `spatial`): "
+        "the mean of the concepts' updates, or their sum (linear)",
+        choices=("average", "linear"),
+        stage=("fallback",),
+    ),
     "max_rows": Param(
         "int",
         None,

@@ -15,7 +15,9 @@ Stages (each uses the merged result of the one before):
                      X_c from a short sampling run of concept c's own UNet.
 A layer no concept touches is left alone; a layer one concept touches gets W0 + ΔW_c; a layer
 several touch is solved by the method, batched over layers of equal shape. Multi-concept layers
-that no stage covers (3×3 convs, spatial layers with stage 3 off, …) use ``MergeConfig.fallback``.
+that no stage covers (3×3 convs, spatial layers with stage 3 off, …) use ``MergeConfig.fallback``
+(the mean of the updates by default: what least squares gives when the layer's inputs cannot
+tell the concepts apart).
 The pipeline's weights are patched only temporarily and come back unchanged.
 """
 
@@ -48,8 +50,8 @@ from scenecraft.sdparts import cross_attention_kv
 TEXT, KV, SPATIAL, FALLBACK = "text-encoder", "cross-attention", "spatial", "fallback"
 # Bumped when the same inputs merge to different weights (part of every cache entry's identity,
 # so an entry written by an earlier engine is not reused). 2: scene_prompts aims K/V at each
-# concept's own text encoder (`_retarget_kv`).
-ENGINE_REVISION = 2
+# concept's own text encoder (`_retarget_kv`); 3: feature methods' fallback is the average.
+ENGINE_REVISION = 3
 
 
 @dataclass

@@ -65,7 +65,7 @@ class MergeConfig:
     spatial_guidance: float = 7.5  # classifier-free guidance of that run (both halves recorded)
     spatial_max_rows: int = 2048  # rows kept per concept and layer in stage 3
     text_max_rows: int = 4096  # rows kept per concept and layer in stages 1-2
-    fallback: str = "linear"  # data-free method for multi-concept layers without features
+    fallback: str = "average"  # data-free method for multi-concept layers without features
     solve_single: bool = False  # also solve layers only one concept touches (default: W0 + ΔW_c)
     batch_elements: int = 2**26  # cap on C·L·out·in per solve batch (memory)
     seed: int = 0  # subsampling, sampling noise, DARE masks
