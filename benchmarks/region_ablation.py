@@ -8,7 +8,7 @@ LoRAs' modules fall into two sides:
 - text side: the text encoder and the UNet's cross-attention to_k / to_v (every projection that
   reads prompt tokens: what LoRACLR's stages 1-2 merge);
 - image side: every other UNet module the LoRAs touch (self-attention, to_q, to_out: what the
-  merge sums linearly unless its spatial stage is on).
+  merge's `fallback` covers unless its spatial stage is on: the mean of the updates).
 
 Each side is either MERGED (the loraclr merge's W*) or OWN: each concept's own LoRA for that side,
 loaded as a runtime adapter and confined to the concept's region (`confined_adapters`: region

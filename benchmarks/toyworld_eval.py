@@ -256,18 +256,20 @@ def merged_pipe(
     names: tuple[str, ...],
     cache: Path,
     prompts: dict[str, tuple[str, ...]] | None = None,
+    stages: dict[str, Any] | None = None,
 ) -> tuple[Any, float, dict[str, Any]]:
     """The toy pipeline with ``names`` merged by ``method``; merge seconds; the merge's layer
     figures (what `scenecraft merge --json` shows). With ``prompts`` (concept -> the prompts it
-    is rendered with) the merge is `scene_prompts true`, as the compiler hands it over."""
+    is rendered with) the merge is `scene_prompts true`, as the compiler hands it over;
+    ``stages``: other stage parameters as a merge block resolves them (e.g. fallback)."""
     pipe = load_toyworld_pipeline()
     concepts = toy_concepts(names)
-    stages: dict[str, Any] = {}
+    stages = dict(stages or {})
     if prompts is not None:
         concepts = tuple(
             c.model_copy(update={"prompts": prompts.get(c.name, ())}) for c in concepts
         )
-        stages = {"scene_prompts": True}
+        stages["scene_prompts"] = True
     spec = MergeSpec(
         base=BaseModelSpec(source=str(BASE_DIR)),
         concepts=concepts,

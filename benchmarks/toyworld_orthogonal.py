@@ -7,7 +7,8 @@ mutually orthogonal to every other concept's (``python -m scenecraft.toyworld.tr
 benchmarks/toyworld_eval.py (imported, not copied), regions off, judged exactly:
 
 - 1 in one image: each of lulu, blip, kiki, momo alone, drawn by the 4-concept merge —
-  shipped (non-orthogonal) LoRAs linear / loraclr, orthogonal LoRAs linear / loraclr — and
+  shipped (non-orthogonal) LoRAs linear / loraclr / loraclr with the image side summed
+  (`fallback linear`), the same for the orthogonal LoRAs — and
   each concept's own LoRA alone (shipped and orthogonal: the ceilings);
 - 2 in one image: the benchmark's two pair prompts, each merged from its two concepts.
 
@@ -56,11 +57,31 @@ from scenecraft.toyworld.world import VERSION  # noqa: E402
 ORTHOGONAL_DIR = Path(__file__).resolve().parent.parent / "scenecraft/toyworld/weights/orthogonal"
 
 
-def merged(method: str, names: tuple[str, ...], lora_dir: Path, cache: Path) -> tuple[Any, float]:
+# (row label, method, stage parameters): loraclr averages the image side by default; the
+# orthogonal LoRAs are built to be summed, so loraclr with `fallback linear` is a row too
+VARIANTS: tuple[tuple[str, str, dict[str, Any]], ...] = (
+    ("linear", "linear", {}),
+    ("loraclr", "loraclr", {}),
+    ("loraclr, image side summed", "loraclr", {"fallback": "linear"}),
+)
+
+
+def merged(
+    method: str,
+    names: tuple[str, ...],
+    lora_dir: Path,
+    cache: Path,
+    stages: dict[str, Any] | None = None,
+) -> tuple[Any, float]:
     """The toy base with ``names``' LoRAs from ``lora_dir`` merged by scenecraft's own code."""
     pipe = load_toyworld_pipeline()
     concepts = toy_concepts(names, lora_dir)
-    spec = MergeSpec(base=BaseModelSpec(source=str(BASE_DIR)), concepts=concepts, method=method)  # type: ignore[arg-type]
+    spec = MergeSpec(
+        base=BaseModelSpec(source=str(BASE_DIR)),
+        concepts=concepts,
+        method=method,  # type: ignore[arg-type]
+        stages=stages or {},
+    )
     start = time.perf_counter()
     result = merge(spec, pipe, cache_dir=cache, force=True)
     seconds = time.perf_counter() - start
@@ -185,18 +206,18 @@ def evaluate(n_seeds: int, orthogonal_dir: Path, pairs: bool) -> dict[str, Any]:
 
     with tempfile.TemporaryDirectory() as tmp:
         for source, lora_dir in sources:
-            for method in ("linear", "loraclr"):
+            for label, method, stages in VARIANTS:
                 for names, idx in groups.items():
-                    pipe, seconds = merged(method, names, lora_dir, Path(tmp))
+                    pipe, seconds = merged(method, names, lora_dir, Path(tmp), stages)
                     for i in idx:
                         add(
                             f"{chosen[i].count} in one image",
-                            f"{source} {method}",
+                            f"{source} {label}",
                             pipe,
                             i,
                             seconds,
                         )
-                    print(f"{source} {method} {'+'.join(names)} done", flush=True)
+                    print(f"{source} {label} {'+'.join(names)} done", flush=True)
             for i, c in enumerate(chosen):
                 if c.count == 1:
                     pipe, seconds = own(c.scene.sprites[0].name, lora_dir)

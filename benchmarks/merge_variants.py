@@ -1,0 +1,155 @@
+"""loraclr's merge settings against render-seed noise: each variant on several seed sets.
+
+The toy-world cases of benchmarks/toyworld_eval.py that decide a merge default — each of lulu,
+blip, kiki, momo alone after their 4-concept merge, the two pairs and the same-class pair with
+regions on, the two 4-concept pictures with regions on — rendered by loraclr merges that differ
+in one setting, on several disjoint sets of 16 render seeds. A change is worth a default only
+if it holds on every set; the spread between sets is the noise (±0.08 for a concept alone).
+
+Variants: the image-side ``fallback`` (``linear``: the sum of the concepts' updates, the default
+until 2026-12-01; ``average``: their mean, the default since) × ``scene_prompts`` off / on.
+
+    python benchmarks/merge_variants.py [--sets 1000,2000,3000] [--out benchmarks/results/merge_variants.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from toyworld_eval import (  # noqa: E402
+    Case,
+    Tally,
+    cases,
+    compiled_jobs,
+    merged_pipe,
+    run_case,
+    scene_prompts,
+    write_results,
+)
+
+from scenecraft.toyworld.world import VERSION  # noqa: E402
+
+LABELS = (
+    "lulu alone",
+    "blip alone",
+    "kiki alone",
+    "momo alone",
+    "2a",
+    "2b",
+    "hard pair",
+    "4a",
+    "4b",
+)
+COLUMNS = {  # column -> the cases it pools
+    "alone (4 merged)": ("lulu alone", "blip alone", "kiki alone", "momo alone"),
+    "2 in one": ("2a", "2b"),
+    "same-class pair": ("hard pair",),
+    "4 in one": ("4a", "4b"),
+}
+VARIANTS: tuple[tuple[str, dict[str, Any]], ...] = (
+    ("fallback linear", {"fallback": "linear"}),
+    ("fallback average", {"fallback": "average"}),
+    ("fallback linear + scene_prompts", {"fallback": "linear", "scene_prompts": True}),
+    ("fallback average + scene_prompts", {"fallback": "average", "scene_prompts": True}),
+)
+
+
+def run_set(first_seed: int, n_seeds: int) -> dict[str, dict[str, dict[str, float]]]:
+    """variant -> column -> identity / placement means over one seed set."""
+    seeds = list(range(first_seed, first_seed + n_seeds))
+    chosen = [c for c in cases() if c.label in LABELS]
+    groups: dict[tuple[str, ...], list[Case]] = {}
+    for c in chosen:
+        groups.setdefault(c.merged, []).append(c)
+    jobs = {
+        mode: dict(zip([c.label for c in chosen], compiled_jobs(chosen, seeds, mode), strict=True))
+        for mode in ("off", "on")
+    }
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for label, stages in VARIANTS:
+            tallies: dict[str, Tally] = {}
+            for names, group in groups.items():
+                prompts = scene_prompts(group, seeds) if stages.get("scene_prompts") else None
+                fallback = {"fallback": stages["fallback"]}
+                pipe, _, _ = merged_pipe("loraclr", {}, names, Path(tmp), prompts, fallback)
+                for case in group:
+                    mode = "off" if case.count == 1 else "on"
+                    run_case(
+                        pipe,
+                        case,
+                        jobs[mode][case.label],
+                        tallies.setdefault(case.label, Tally.new()),
+                    )
+            out[label] = {col: _pool(tallies, labels) for col, labels in COLUMNS.items()}
+            print(first_seed, label, out[label], flush=True)
+    return out
+
+
+def _pool(tallies: dict[str, Tally], labels: Sequence[str]) -> dict[str, float]:
+    ident = [v for lab in labels for v in tallies[lab].values["identity"]]
+    place = [v for lab in labels for v in tallies[lab].values["placement"]]
+    return {
+        "identity": round(statistics.fmean(ident), 3),
+        **({"placement": round(statistics.fmean(place), 3)} if place else {}),
+    }
+
+
+def markdown(result: dict[str, Any]) -> str:
+    sets = result["seed_sets"]
+    head = (
+        f"loraclr on toy world {result['world']}, {result['seeds']} render seeds per set, "
+        f"seed sets starting at {', '.join(map(str, sets))} (first = toyworld_eval's); per "
+        "cell identity (/ placement in the region) on each set, then the mean.\n\n"
+        f"| variant | {' | '.join(COLUMNS)} |\n|---|{'---|' * len(COLUMNS)}\n"
+    )
+    lines = []
+    for label, _ in VARIANTS:
+        cells = []
+        for col in COLUMNS:
+            per = [result["sets"][str(s)][label][col] for s in sets]
+            ident = " / ".join(f"{p['identity']:.2f}" for p in per)
+            mean = statistics.fmean(p["identity"] for p in per)
+            cell = f"{ident} → **{mean:.2f}**"
+            if "placement" in per[0]:
+                pmean = statistics.fmean(p["placement"] for p in per)
+                cell += f" (in region {pmean:.2f})"
+            cells.append(cell)
+        lines.append(f"| {label} | {' | '.join(cells)} |")
+    return head + "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
+    parser.add_argument("--sets", default="1000,2000,3000", help="first seed of each set")
+    parser.add_argument("--seeds", type=int, default=16, help="render seeds per set")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/merge_variants.json"))
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    start = time.perf_counter()
+    sets = [int(s) for s in args.sets.split(",")]
+    result: dict[str, Any] = {
+        "world": 2,
+        "weights_world": VERSION,
+        "seeds": args.seeds,
+        "seed_sets": sets,
+        "sets": {str(s): run_set(s, args.seeds) for s in sets},
+    }
+    result["seconds"] = round(time.perf_counter() - start, 1)
+    write_results(args.out, result, markdown(result))
+
+
+if __name__ == "__main__":
+    main()
