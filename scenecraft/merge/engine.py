@@ -7,8 +7,8 @@ Stages (each uses the merged result of the one before):
                      OWN text encoders (base + its LoRA + its token embeddings) on
                      "photo of a {token}", "{token}" (+ class noun);
   2. cross-attention UNet to_k / to_v (attn2; attn1 too where it attends to the prompt); X_c = the context the MERGED text encoder(s) give
-                     (SDXL: both encoders' penultimate states concatenated, 2048 wide) at
-                     concept-token positions + end token; with ``scene_prompts`` each
+                     (SDXL: both encoders' penultimate states concatenated, 2048 wide) from
+                     the concept's first token to the end token; with ``scene_prompts`` each
                      concept's update is first aimed at its OWN encoder's context
                      (`_retarget_kv`), so the text-encoder merge's error is not passed on;
   3. spatial         (optional, ``MergeConfig.spatial``) other UNet Linear / 1×1 conv layers;
