@@ -10,6 +10,7 @@ import hashlib
 import os
 import re
 import stat
+from dataclasses import dataclass
 from typing import Any
 
 from scenecraft import layout
@@ -77,7 +78,7 @@ def concept_spec(info: ConceptInfo) -> p.ConceptSpec:
     )
 
 
-def scene_prompts(checked: Checked) -> dict[str, tuple[str, ...]]:
+def scene_prompts(checked: Checked, composed: dict[str, Composed]) -> dict[str, tuple[str, ...]]:
     """concept -> the distinct prompts the plan renders it with, in scene order (what merge
     `scene_prompts` hands the merge as extra feature prompts): its region prompts in regional
     scenes, the scene's prompt where it is drawn from one prompt."""
@@ -87,21 +88,18 @@ def scene_prompts(checked: Checked) -> dict[str, tuple[str, ...]]:
         if prompt not in out.setdefault(concept, []):
             out[concept].append(prompt)
 
-    for scene in checked.scenes.values():
-        settings = {**checked.defaults, **scene.settings}
-        text = scene_text(checked, scene, settings)
-        global_text, regions = scene_regions(checked, scene, settings, text)
-        for r in regions:
+    for scene in composed.values():
+        for r in scene.regions:
             if r.subject in checked.concepts:
                 add(r.subject, r.prompt)
-        if not regions:
-            for name in dict.fromkeys(_names(text, checked)):
+        if not scene.regions:
+            for name in dict.fromkeys(_names(scene.text, checked)):
                 if name in checked.concepts:
-                    add(name, scene_prompt(global_text))
+                    add(name, scene.prompt)
     return {c: tuple(ps) for c, ps in out.items()}
 
 
-def merge_spec(checked: Checked, used: list[str]) -> p.MergeSpec:
+def merge_spec(checked: Checked, used: list[str], composed: dict[str, Composed]) -> p.MergeSpec:
     model = checked.model
     base = (
         p.BaseModelSpec(source=model.source, family=model.family, revision=model.revision)  # type: ignore[arg-type]
@@ -111,7 +109,7 @@ def merge_spec(checked: Checked, used: list[str]) -> p.MergeSpec:
     concepts = tuple(concept_spec(checked.concepts[c]) for c in checked.concepts if c in used)
     params, stages = resolve(checked.merge_method, checked.merge_params)
     if stages.get("scene_prompts"):  # the merge reads the prompts: they belong to its key
-        prompts = scene_prompts(checked)
+        prompts = scene_prompts(checked, composed)
         concepts = tuple(
             c.model_copy(update={"prompts": prompts.get(c.name, ())}) for c in concepts
         )
@@ -131,6 +129,23 @@ def merge_spec(checked: Checked, used: list[str]) -> p.MergeSpec:
 
 
 # ----------------------------------------------------------------------------------- scenes
+
+
+@dataclass(frozen=True)
+class Composed:
+    """A scene's prompts, derived once per compile: read by the merge (`scene_prompts`) and by
+    the scene's jobs."""
+
+    text: SceneText  # the whole scene
+    prompt: str  # the global prompt (the setting, style, interactions with regions on)
+    regions: tuple[p.Region, ...]  # () when the scene is drawn from one prompt
+
+
+def compose(checked: Checked, scene: SceneInfo) -> Composed:
+    settings = {**checked.defaults, **scene.settings}
+    text = scene_text(checked, scene, settings)
+    global_text, regions = scene_regions(checked, scene, settings, text)
+    return Composed(text, scene_prompt(global_text), regions)
 
 
 def clean(text: str) -> str:
@@ -237,12 +252,14 @@ def _warn_long(
 
 
 def scene_jobs(
-    checked: Checked, scene: SceneInfo, merge_key: str, warnings: list[Diagnostic]
+    checked: Checked,
+    scene: SceneInfo,
+    composed: Composed,
+    merge_key: str,
+    warnings: list[Diagnostic],
 ) -> list[p.RenderJob]:
     settings = {**checked.defaults, **scene.settings}
-    text = scene_text(checked, scene, settings)
-    global_text, regions = scene_regions(checked, scene, settings, text)
-    prompt = scene_prompt(global_text)
+    text, prompt, regions = composed.text, composed.prompt, composed.regions
     tokens = estimate_tokens(prompt)
     anchor = scene.anchor
     _warn_long(f"scene `{scene.name}`", prompt, tokens, anchor, warnings)
@@ -395,11 +412,12 @@ def compile_plan(
     """The RenderPlan of a checked program, plus compile-time warnings."""
     check_image_bounds(checked, MAX_JOBS if max_jobs is None else max_jobs)
     warnings: list[Diagnostic] = []
-    merge = merge_spec(checked, used_concepts(checked))
+    composed = {name: compose(checked, scene) for name, scene in checked.scenes.items()}
+    merge = merge_spec(checked, used_concepts(checked), composed)
     jobs: list[p.RenderJob] = []
     by_scene: dict[str, list[p.RenderJob]] = {}
     for name, scene in checked.scenes.items():
-        scene_list = scene_jobs(checked, scene, merge.key, warnings)
+        scene_list = scene_jobs(checked, scene, composed[name], merge.key, warnings)
         by_scene[name] = scene_list
         jobs.extend(scene_list)
     boards = []
