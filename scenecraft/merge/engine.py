@@ -260,21 +260,28 @@ def _kv_stage(
     """X_c for to_k / to_v ``paths``: merged text encoder states at the concept's tokens."""
     out = []
     for c, concept in enumerate(run.concepts):
-        words = [texts.get(t, t) for t in concept.tokens]
-        x = F.token_states(run.pipe, prompts[c], words)[: run.cfg.text_max_rows]
+        x = _token_context(run, concept, prompts[c], texts)
         run.rows[KV][concept.name] = int(x.shape[0])
         out.append({p: x for p in paths})
     return out
 
 
+def _token_context(
+    run: _Run, concept: ConceptLoRA, prompts: list[str], texts: dict[str, str]
+) -> torch.Tensor:
+    """(n, dim): the context the pipeline's text encoder(s), as currently weighted, give on
+    ``prompts`` at the rows stage 2 reads (from the concept's first token on, capped)."""
+    words = [texts.get(t, t) for t in concept.tokens]
+    return F.token_states(run.pipe, prompts, words)[: run.cfg.text_max_rows]
+
+
 def _own_contexts(run: _Run, prompts: list[list[str]], texts: dict[str, str]) -> list[torch.Tensor]:
     """X_c^own (n_c, dim): the context each concept's OWN text encoder gives at the rows stage 2
-    reads (same prompts and positions as `_kv_stage`, so row i of both is the same token)."""
+    reads (`_token_context`, as `_kv_stage`: row i of both is the same token)."""
     out = []
     for concept, ps in zip(run.concepts, prompts, strict=True):
-        words = [texts.get(t, t) for t in concept.tokens]
         with F.patched(run.modules, F.own_weights(concept, run.modules, F.TEXT_PREFIXES)):
-            out.append(F.token_states(run.pipe, ps, words)[: run.cfg.text_max_rows])
+            out.append(_token_context(run, concept, ps, texts))
     return out
 
 
