@@ -70,11 +70,14 @@ def text_side(pipe: Any) -> Any:
     return lambda path: path.startswith(F.TEXT_PREFIXES) or path in kv
 
 
-def side_pipe(names: tuple[str, ...], text: str, image: str, cache: Path) -> tuple[Any, bool]:
+def side_pipe(
+    names: tuple[str, ...], text: str, image: str, cache: Path, base: Any
+) -> tuple[Any, bool]:
     """The toy pipeline for one (text side, image side) choice, and whether adapters are loaded.
 
-    MERGED sides keep the loraclr merge's weights; OWN sides get the base weights back and each
-    concept's own LoRA for that side as an adapter named after the concept."""
+    MERGED sides keep the loraclr merge's weights; OWN sides get the base weights back (read
+    from ``base``, an unmerged toy pipeline) and each concept's own LoRA for that side as an
+    adapter named after the concept."""
     pipe, _, _ = merged_pipe("loraclr", {}, names, cache)
     own = {"text": text == "own", "image": image == "own"}
     if not any(own.values()):
@@ -86,11 +89,11 @@ def side_pipe(names: tuple[str, ...], text: str, image: str, cache: Path) -> tup
 
     files = {n: load_file(str(lora_path(n))) for n in names}
     paths = sorted({module_of(k) for sd in files.values() for k in sd if wanted(module_of(k))})
-    base = F.resolve_modules(load_toyworld_pipeline(), paths)
+    w0 = F.resolve_modules(base, paths)
     mine = F.resolve_modules(pipe, paths)
     with torch.no_grad():  # the merge's W* -> W0 where the own LoRAs take over
         for p in paths:
-            F.weight_matrix(mine[p]).copy_(F.weight_matrix(base[p]))
+            F.weight_matrix(mine[p]).copy_(F.weight_matrix(w0[p]))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # PEFT: "multiple adapters" is what this wants
         for n, sd in files.items():
@@ -136,12 +139,13 @@ def evaluate(n_seeds: int) -> dict[str, Any]:
         for mode in ("off", "on")
     }
     rows = []
+    base = load_toyworld_pipeline()  # the W0 every OWN side goes back to
     with tempfile.TemporaryDirectory() as tmp:
         for text in SIDES:
             for image in SIDES:
                 tallies: dict[str, Tally] = {}
                 for names, chosen in groups.items():
-                    pipe, adapters = side_pipe(names, text, image, Path(tmp))
+                    pipe, adapters = side_pipe(names, text, image, Path(tmp), base)
                     run_group(pipe, adapters, names, chosen, jobs, tallies)
                 row: dict[str, Any] = {"text": text, "image": image}
                 for name, t in tallies.items():

@@ -257,13 +257,15 @@ def merged_pipe(
     cache: Path,
     prompts: dict[str, tuple[str, ...]] | None = None,
     stages: dict[str, Any] | None = None,
+    lora_dir: Path | None = None,
 ) -> tuple[Any, float, dict[str, Any]]:
     """The toy pipeline with ``names`` merged by ``method``; merge seconds; the merge's layer
     figures (what `scenecraft merge --json` shows). With ``prompts`` (concept -> the prompts it
     is rendered with) the merge is `scene_prompts true`, as the compiler hands it over;
-    ``stages``: other stage parameters as a merge block resolves them (e.g. fallback)."""
+    ``stages``: other stage parameters as a merge block resolves them (e.g. fallback);
+    ``lora_dir``: LoRAs from there instead of the shipped ones."""
     pipe = load_toyworld_pipeline()
-    concepts = toy_concepts(names)
+    concepts = toy_concepts(names, lora_dir)
     stages = dict(stages or {})
     if prompts is not None:
         concepts = tuple(

@@ -36,16 +36,12 @@ from toyworld_eval import (  # noqa: E402
     _cell,
     cases,
     compiled_jobs,
+    merged_pipe,
     run_case,
-    toy_concepts,
     write_results,
 )
 
-from scenecraft.merge.api import merge  # noqa: E402
-from scenecraft.merge.apply import apply_merge  # noqa: E402
-from scenecraft.plan import BaseModelSpec, MergeSpec  # noqa: E402
 from scenecraft.toyworld import (  # noqa: E402
-    BASE_DIR,
     DEFAULT_GUIDANCE,
     DEFAULT_STEPS,
     LORA_DIR,
@@ -64,29 +60,6 @@ VARIANTS: tuple[tuple[str, str, dict[str, Any]], ...] = (
     ("loraclr", "loraclr", {}),
     ("loraclr, image side summed", "loraclr", {"fallback": "linear"}),
 )
-
-
-def merged(
-    method: str,
-    names: tuple[str, ...],
-    lora_dir: Path,
-    cache: Path,
-    stages: dict[str, Any] | None = None,
-) -> tuple[Any, float]:
-    """The toy base with ``names``' LoRAs from ``lora_dir`` merged by scenecraft's own code."""
-    pipe = load_toyworld_pipeline()
-    concepts = toy_concepts(names, lora_dir)
-    spec = MergeSpec(
-        base=BaseModelSpec(source=str(BASE_DIR)),
-        concepts=concepts,
-        method=method,  # type: ignore[arg-type]
-        stages=stages or {},
-    )
-    start = time.perf_counter()
-    result = merge(spec, pipe, cache_dir=cache, force=True)
-    seconds = time.perf_counter() - start
-    apply_merge(pipe, result)
-    return pipe, seconds
 
 
 def own(name: str, lora_dir: Path) -> tuple[Any, float]:
@@ -208,7 +181,9 @@ def evaluate(n_seeds: int, orthogonal_dir: Path, pairs: bool) -> dict[str, Any]:
         for source, lora_dir in sources:
             for label, method, stages in VARIANTS:
                 for names, idx in groups.items():
-                    pipe, seconds = merged(method, names, lora_dir, Path(tmp), stages)
+                    pipe, seconds, _ = merged_pipe(
+                        method, {}, names, Path(tmp), None, stages, lora_dir
+                    )
                     for i in idx:
                         add(
                             f"{chosen[i].count} in one image",
