@@ -1,4 +1,4 @@
-"""The language commands stay light: `check`, `compile`, `fmt`, `layout` never import torch,
+"""The language commands stay light: `check`, `compile`, `fmt`, `layout` (and `cache`) never import torch,
 diffusers or transformers (an editor may run them on every keystroke); and the package has no
 import circles, counting imports inside functions too."""
 
@@ -33,6 +33,7 @@ print(json.dumps({"code": code, "modules": sorted(m for m in sys.modules if "." 
         ["compile", "--json", "scenes/toyworld.scene"],
         ["fmt", "--stdout", "scenes/toyworld.scene"],
         ["layout", "scenes/toyworld.scene", "--out", "{tmp}"],
+        ["cache", "list", "--cache-dir", "{tmp}"],
     ],
 )
 def test_language_commands_never_import_torch(argv: list[str], tmp_path: Path) -> None:

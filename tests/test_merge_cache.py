@@ -553,3 +553,181 @@ def test_real_engine_linear_merge_applies_in_process(tmp_path: Path, fresh_pipe:
     for m in a:
         expected = w0[m] + a[m].delta() + (c[m].delta() if m in c else 0)
         torch.testing.assert_close(module_weight(fresh_pipe, m), expected, rtol=0, atol=1e-5)
+
+
+# ---------------------------------------------------------------------- use and pruning
+
+
+def _age(entry: Path, seconds_ago: float) -> None:
+    """Make an entry look last used ``seconds_ago``."""
+    t = time.time() - seconds_ago
+    for name in (merge_cache.MANIFEST, merge_cache.USED):
+        if (entry / name).exists():
+            os.utime(entry / name, (t, t))
+
+
+def _with_prompts(spec: MergeSpec, prompt: str) -> MergeSpec:
+    return spec.model_copy(
+        update={
+            "stages": {"scene_prompts": True},
+            "concepts": tuple(
+                c.model_copy(update={"prompts": (f"{c.tokens[0]} {prompt}",)})
+                for c in spec.concepts
+            ),
+        }
+    )
+
+
+def test_entries_list_size_last_use_and_lineage(
+    tmp_path: Path, base_pipe: Any, lora_dir: Path
+) -> None:
+    result = merge(_spec(lora_dir), base_pipe, cache_dir=tmp_path, run=FakeRun())
+    assert result.path is not None
+    _age(result.path, 3600)
+    before = time.time()
+    assert merge(_spec(lora_dir), base_pipe, cache_dir=tmp_path, run=FakeRun()).cached
+    [info] = merge_cache.entries(tmp_path)
+    assert info.key == result.key and info.method == "linear"
+    assert info.concepts == ("a", "b", "c")
+    assert info.bytes == sum(p.stat().st_size for p in result.path.rglob("*") if p.is_file())
+    assert info.last_used >= before - 1  # the cache hit is a use
+    assert info.lineage == result.key == result.manifest["lineage"]  # no scene prompts
+    assert merge_cache.entries(tmp_path / "absent") == []
+
+
+def test_prompt_edits_supersede_older_entries_of_the_same_merge(
+    tmp_path: Path, base_pipe: Any, lora_dir: Path
+) -> None:
+    run, events = FakeRun(), []
+    other = merge(_spec(lora_dir, params={"margin": 0.25}), base_pipe, cache_dir=tmp_path, run=run)
+    keys, lineages = [], set()
+    for prompt in ("at sea", "on grass", "in the desert"):
+        spec = _with_prompts(_spec(lora_dir), prompt)
+        result = merge(spec, base_pipe, cache_dir=tmp_path, run=run, reporter=events.append)
+        keys.append(result.key)
+        lineages.add(result.manifest["lineage"])
+        _age(result.path, 3600)  # type: ignore[arg-type]
+    _age(other.path, 7200)  # type: ignore[arg-type]
+    assert len(set(keys)) == 3 and len(lineages) == 1 and lineages != {other.key}
+    # the third merge superseded the first; the second stays (two kept); other merges untouched
+    assert _entries(tmp_path) == sorted([other.key, *keys[1:]])
+    notices = [e for e in events if type(e).__name__ == "Notice"]
+    assert len(notices) == 1 and "removed 1 cached merge" in notices[0].message
+    # an entry used in the last minutes is never pruned, even when superseded
+    for key in keys[1:]:
+        merge_cache.mark_used(tmp_path / key)  # e.g. another render serving it right now
+    spec = _with_prompts(_spec(lora_dir), "under a night sky")
+    fourth = merge(spec, base_pipe, cache_dir=tmp_path, run=run)
+    assert _entries(tmp_path) == sorted([other.key, *keys[1:], fourth.key])
+
+
+def test_prune_by_age_size_and_use(tmp_path: Path, base_pipe: Any, lora_dir: Path) -> None:
+    run = FakeRun()
+    paths = [
+        merge(_spec(lora_dir, params={"margin": m}), base_pipe, cache_dir=tmp_path, run=run).path
+        for m in (0.1, 0.2, 0.3)
+    ]
+    assert all(p is not None for p in paths)
+    for p, hours in zip(paths, (48, 24, 0), strict=True):  # the last one: in use right now
+        _age(p, hours * 3600 + 1)  # type: ignore[arg-type]
+    sizes = {e.key: e.bytes for e in merge_cache.entries(tmp_path)}
+    # dry run: reported, nothing removed
+    gone = merge_cache.prune(tmp_path, older_than=0, dry_run=True)
+    assert [e.key for e in gone] == [paths[0].name, paths[1].name]  # type: ignore[union-attr]
+    assert len(_entries(tmp_path)) == 3
+    # by age: only the one unused for two days
+    gone = merge_cache.prune(tmp_path, older_than=36 * 3600)
+    assert [e.key for e in gone] == [paths[0].name]  # type: ignore[union-attr]
+    assert _entries(tmp_path) == sorted(p.name for p in paths[1:])  # type: ignore[union-attr]
+    # by size: least recently used first, never the one in use, even at 0 bytes
+    assert merge_cache.prune(tmp_path, max_bytes=sum(sizes.values())) == []
+    gone = merge_cache.prune(tmp_path, max_bytes=0)
+    assert [e.key for e in gone] == [paths[1].name]  # type: ignore[union-attr]
+    assert _entries(tmp_path) == [paths[2].name]  # type: ignore[union-attr]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".old-")]  # no leftovers
+
+
+def _cache_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    from scenecraft.cli.main import main
+
+    code = main(argv)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_cache_command_lists_and_prunes(
+    tmp_path: Path, base_pipe: Any, lora_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = tmp_path / "cache"
+    result = merge(_spec(lora_dir), base_pipe, cache_dir=root, run=FakeRun())
+    code, out, _ = _cache_cli(["cache", "list", "--cache-dir", str(root), "--json"], capsys)
+    [row] = json.loads(out)
+    assert code == 0 and row["key"] == result.key and row["concepts"] == ["a", "b", "c"]
+    code, out, _ = _cache_cli(["cache", "list", "--cache-dir", str(root)], capsys)
+    assert code == 0 and result.key in out and "1 merge(s)" in out
+    _age(result.path, 3 * 86400)  # type: ignore[arg-type]
+    prune = ["cache", "prune", "--cache-dir", str(root), "--older-than", "2d"]
+    code, out, _ = _cache_cli([*prune, "--dry-run"], capsys)
+    assert code == 0 and out.startswith(f"would remove {result.key}") and _entries(root)
+    code, out, _ = _cache_cli([*prune, "--json"], capsys)
+    report = json.loads(out)
+    assert code == 0 and [r["key"] for r in report["removed"]] == [result.key]
+    assert report["kept"] == 0 and _entries(root) == []
+    code, out, _ = _cache_cli(["cache", "list", "--cache-dir", str(root)], capsys)
+    assert code == 0 and "no cached merges" in out
+
+
+@pytest.mark.parametrize(
+    "flag, value", [("--max-size", "ten gigs"), ("--max-size", "-1G"), ("--older-than", "30")]
+)
+def test_cache_prune_refuses_bad_sizes_and_ages(
+    flag: str, value: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from scenecraft.cli.main import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["cache", "prune", "--cache-dir", str(tmp_path), flag, value])
+    assert exit_info.value.code == 2
+    assert f"argument {flag}" in capsys.readouterr().err
+
+
+def test_cache_sizes_and_ages_parse() -> None:
+    from scenecraft.cli.args import _duration, _size
+
+    assert [_size(t) for t in ("0", "512", "500M", "1.5GB", "10GiB", "2t")] == [
+        0,
+        512,
+        500 * 2**20,
+        int(1.5 * 2**30),
+        10 * 2**30,
+        2 * 2**40,
+    ]
+    assert [_duration(t) for t in ("45s", "90m", "12h", "30d", "2w")] == [
+        45,
+        5400,
+        43200,
+        30 * 86400,
+        14 * 86400,
+    ]
+
+
+def test_cache_prune_on_a_read_only_cache_is_a_diagnostic(
+    tmp_path: Path,
+    base_pipe: Any,
+    lora_dir: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    root = tmp_path / "cache"
+    result = merge(_spec(lora_dir), base_pipe, cache_dir=root, run=FakeRun())
+    _age(result.path, 3 * 86400)  # type: ignore[arg-type]
+
+    def refuse(*args: Any, **kwargs: Any) -> str:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(merge_cache.tempfile, "mkdtemp", refuse)  # the rename aside fails
+    code, _, err = _cache_cli(
+        ["cache", "prune", "--cache-dir", str(root), "--older-than", "1d"], capsys
+    )
+    assert code == 2 and "merge-cache-unwritable" in err and "Traceback" not in err
+    assert _entries(root) == [result.key]  # nothing half-removed

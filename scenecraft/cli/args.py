@@ -135,6 +135,68 @@ def _review_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="with --summary: JSON on stdout")
 
 
+_SIZE_UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+_TIME_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def _size(text: str) -> int:
+    """Bytes from ``500M``, ``10G``, ``1.5GB``, ``0`` (binary units)."""
+    t = text.strip().upper().removesuffix("B").removesuffix("I")
+    unit = t[-1:] if t[-1:] in _SIZE_UNITS and t[-1:] else ""
+    try:
+        value = float(t[: len(t) - len(unit)])
+    except ValueError:
+        value = -1.0
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"expected a size such as 500M or 10G, not {text!r}")
+    return int(value * _SIZE_UNITS[unit])
+
+
+def _duration(text: str) -> float:
+    """Seconds from ``30d``, ``12h``, ``90m``, ``2w``, ``45s``."""
+    t = text.strip().lower()
+    try:
+        value = float(t[:-1]) if t[-1:] in _TIME_UNITS else -1.0
+    except ValueError:
+        value = -1.0
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"expected a time such as 30d, 12h or 90m, not {text!r}")
+    return value * _TIME_UNITS[t[-1]]
+
+
+def _cache_args(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    ls = sub.add_parser("list", help="every cached merge: key, last use, size, concepts")
+    pr = sub.add_parser(
+        "prune",
+        help="remove superseded merges (the same merge for older scene prompts), and with "
+        "--older-than / --max-size the least recently used",
+    )
+    for q in (ls, pr):
+        q.add_argument(
+            "--cache-dir",
+            default=None,
+            metavar="DIR",
+            help="merge cache folder (default: $SCENECRAFT_CACHE or ~/.cache/scenecraft/merges)",
+        )
+        q.add_argument("--json", action="store_true", help="machine-readable output on stdout")
+    pr.add_argument(
+        "--older-than",
+        type=_duration,
+        default=None,
+        metavar="AGE",
+        help="also remove merges unused for AGE (30d, 12h, 90m)",
+    )
+    pr.add_argument(
+        "--max-size",
+        type=_size,
+        default=None,
+        metavar="SIZE",
+        help="then remove the least recently used until the cache holds at most SIZE (10G)",
+    )
+    pr.add_argument("--dry-run", action="store_true", help="say what would go, remove nothing")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="scenecraft",
@@ -176,6 +238,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("review", help="rate rendered images against their references (a page)")
     _review_args(p)
+
+    p = sub.add_parser("cache", help="list or prune the merge cache (no model needed)")
+    _cache_args(p)
     return parser
 
 
@@ -256,3 +321,26 @@ class ReviewSettings:
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> ReviewSettings:
         return cls(Path(args.out_dir), args.port, args.summary, args.json)
+
+
+@dataclass(frozen=True)
+class CacheSettings:
+    """``scenecraft cache list|prune``."""
+
+    action: str  # "list" | "prune"
+    cache_dir: Path | None = None  # None: $SCENECRAFT_CACHE, else the user cache folder
+    json: bool = False
+    older_than: float | None = None  # prune: seconds without a use
+    max_bytes: int | None = None  # prune: the most the cache may hold afterwards
+    dry_run: bool = False
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> CacheSettings:
+        return cls(
+            action=args.action,
+            cache_dir=Path(args.cache_dir) if args.cache_dir else None,
+            json=args.json,
+            older_than=getattr(args, "older_than", None),
+            max_bytes=getattr(args, "max_size", None),
+            dry_run=getattr(args, "dry_run", False),
+        )

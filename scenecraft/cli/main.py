@@ -1,4 +1,4 @@
-"""The `scenecraft` command: check, compile, fmt, layout, merge, render, review.
+"""The `scenecraft` command: check, compile, fmt, layout, merge, render, review, cache.
 
 Every user error is a Diagnostic rendered here (exit code 2); nothing below prints a traceback.
 Arguments are defined in `scenecraft.cli.args`; only `merge` and `render` import torch.
@@ -12,7 +12,13 @@ import sys
 from collections.abc import Callable, Sequence
 
 from scenecraft.api import Loaded, load
-from scenecraft.cli.args import MergeSettings, RenderSettings, ReviewSettings, build_parser
+from scenecraft.cli.args import (
+    CacheSettings,
+    MergeSettings,
+    RenderSettings,
+    ReviewSettings,
+    build_parser,
+)
 from scenecraft.cli.common import EXIT_INTERNAL, EXIT_OK, EXIT_USER_ERROR, Output, variables
 from scenecraft.cli.language import cmd_check, cmd_compile, cmd_fmt, cmd_layout
 from scenecraft.diagnostics import DiagnosticError, to_json
@@ -46,6 +52,12 @@ def cmd_review(args: argparse.Namespace, out: Output) -> int:
     return run_review(ReviewSettings.from_args(args))
 
 
+def cmd_cache(args: argparse.Namespace, out: Output) -> int:
+    from scenecraft.cli.cache import run as run_cache  # reads manifests: no torch
+
+    return run_cache(CacheSettings.from_args(args))
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace, Output], int]] = {
     "check": cmd_check,
     "compile": cmd_compile,
@@ -54,6 +66,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Output], int]] = {
     "merge": cmd_merge,
     "render": cmd_render,
     "review": cmd_review,
+    "cache": cmd_cache,
 }
 
 

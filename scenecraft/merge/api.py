@@ -29,6 +29,8 @@ from scenecraft.merge.cache import (
     base_identity,
     cache_key,
     lookup,
+    mark_used,
+    prune,
     quarantine,
     read_manifest,
     resolve_cache_dir,
@@ -170,6 +172,21 @@ def merge_identity(
     }
 
 
+def merge_lineage(spec: MergeSpec, identity: dict[str, Any]) -> str:
+    """The entry name the merge would have without its concepts' `scene_prompts` prompts:
+    entries that differ only in those prompts share it, so editing a prompt supersedes the
+    entry merged for the old one (`cache.prune` keeps the most recently used few)."""
+    if not any(c.prompts for c in spec.concepts):
+        return cache_key(identity)
+    bare = spec.model_copy(
+        update={
+            "concepts": tuple(c.model_copy(update={"prompts": ()}) for c in spec.concepts),
+            "key": "",
+        }
+    )
+    return cache_key({**identity, "plan_key": merge_key(bare, identity["files"])})
+
+
 def _manifest(
     key: str,
     identity: dict[str, Any],
@@ -178,9 +195,11 @@ def _manifest(
     deltas: dict[str, torch.Tensor],
     embeddings: dict[str, dict[str, torch.Tensor]],
     seconds: float,
+    lineage: str,
 ) -> dict[str, Any]:
     return {
         "key": key,
+        "lineage": lineage,
         "scenecraft_version": identity["scenecraft_version"],
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "seconds": round(seconds, 3),
@@ -269,6 +288,7 @@ def merge(
             )
             entry = None
     if entry is not None and manifest is not None:
+        mark_used(entry)  # `cache.prune` never removes what was used in the last minutes
         figures = manifest.get("figures", {})
         seconds = time.perf_counter() - start
         emit(reporter, MergeFinished(key, True, seconds, str(entry), figures))
@@ -289,13 +309,34 @@ def merge(
     for component, rows in outcome.embeddings.items():
         embeddings.setdefault(component, {}).update(rows)
     seconds = time.perf_counter() - start
-    manifest = _manifest(key, identity, concepts, outcome, deltas, embeddings, seconds)
+    lineage = merge_lineage(spec, identity)
+    manifest = _manifest(key, identity, concepts, outcome, deltas, embeddings, seconds, lineage)
     path = write_entry(root, key, deltas, embeddings, manifest)  # merge-cache-unwritable
+    mark_used(path)
     emit(reporter, MergeStage("save", 1, 1))
+    if lineage != key:  # a prompt edit: drop the entries merged for older prompts
+        _prune_superseded(root, lineage, reporter)
     emit(
         reporter, MergeFinished(key, False, time.perf_counter() - start, str(path), outcome.figures)
     )
     return MergeResult(key, path, False, outcome.figures, read_manifest(path))
+
+
+def _prune_superseded(root: Path, lineage: str, reporter: Reporter | None) -> None:
+    try:
+        removed = prune(root, lineage=lineage)
+    except OSError:
+        return  # pruning only saves space; the merge itself is done
+    if removed:
+        mb = sum(e.bytes for e in removed) / 2**20
+        emit(
+            reporter,
+            Notice(
+                "info",
+                f"removed {len(removed)} cached merge(s) of these concepts for earlier scene "
+                f"prompts ({mb:.1f} MB); `scenecraft cache list` shows the cache",
+            ),
+        )
 
 
 def _concept_embeddings(concepts: list[ConceptLoRA]) -> dict[str, dict[str, torch.Tensor]]:

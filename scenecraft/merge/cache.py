@@ -22,6 +22,11 @@ embedding is finite. A damaged entry is never applied: `quarantine` moves it asi
 ``<root>/.bad-<key>-*`` and the merge is rebuilt (``scenecraft.merge.api.merge``). Leftovers of
 killed runs (``.tmp-*`` after a day, ``.old-*`` and ``.bad-*`` after an hour) are swept whenever
 an entry is written. Files and folders get the modes the umask gives.
+
+Use and pruning: every time `merge` serves an entry it touches ``<key>/.used``, so an entry's
+last use is known; `prune` removes entries superseded within their lineage (the same merge with
+other `scene_prompts` prompts; `merge` does this itself after writing one), unused for a while,
+or beyond a size, least recently used first, and never one used in the last ten minutes.
 """
 
 from __future__ import annotations
@@ -32,14 +37,16 @@ import shutil
 import tempfile
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from scenecraft.diagnostics import DiagnosticError, error
 from scenecraft.files import atomic_write_text, disk_note, follow_umask, os_reason, sha256_file
 from scenecraft.plan import BaseModelSpec, stable_hash
+
+if TYPE_CHECKING:  # torch is imported where tensors are read or written: `scenecraft cache`
+    import torch  # lists and prunes entries without it
 
 CACHE_ENV = "SCENECRAFT_CACHE"  # overrides the cache folder (same meaning as --cache-dir)
 MANIFEST = "manifest.json"
@@ -200,6 +207,7 @@ def load_entry(
     Verified: the tensor files' checksums match the manifest and every value is finite;
     otherwise `merge-entry-invalid`.
     """
+    import torch
     from safetensors.torch import load_file
 
     entry = Path(entry)
@@ -338,3 +346,131 @@ def _publish(tmp: Path, final: Path) -> Path:
     finally:
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+# ------------------------------------------------------------------------- use and pruning
+
+USED = ".used"  # touched whenever `merge` serves the entry: its last use is this file's mtime
+IN_USE_SECONDS = 600  # used this recently: another process may be reading it, never pruned
+KEEP_PER_LINEAGE = 2  # entries kept per lineage (the most recently used) when pruning
+
+
+@dataclass(frozen=True)
+class EntryInfo:
+    """One cache entry as `scenecraft cache list` shows it (read from its manifest)."""
+
+    key: str  # the entry's folder name (`merge_entry` in provenance)
+    path: Path
+    bytes: int  # every file of the folder
+    last_used: float  # epoch seconds: the last merge that wrote or served it
+    created: str  # ISO time the merge was written
+    method: str
+    concepts: tuple[str, ...]  # concept names as the merging file called them
+    lineage: str  # shared by entries that differ only in `scene_prompts`' prompts; else = key
+
+
+def mark_used(entry: Path) -> None:
+    """Record a use of ``entry`` (best effort: a read-only cache still serves merges)."""
+    try:
+        (entry / USED).touch()
+    except OSError:
+        pass
+
+
+def _info(entry: Path) -> EntryInfo:
+    try:
+        manifest = json.loads((entry / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        manifest = {}
+    manifest = manifest if isinstance(manifest, dict) else {}
+    stamps, size = [], 0
+    for path in entry.rglob("*"):
+        try:
+            st = path.stat()
+        except OSError:
+            continue
+        if path.is_file():
+            size += st.st_size
+        if path.name in (MANIFEST, USED):
+            stamps.append(st.st_mtime)
+    concepts = manifest.get("concepts")
+    return EntryInfo(
+        key=entry.name,
+        path=entry,
+        bytes=size,
+        last_used=max(stamps, default=0.0),
+        created=str(manifest.get("created", "")),
+        method=str(manifest.get("method", "?")),
+        concepts=tuple(str(c.get("name", "?")) for c in concepts if isinstance(c, dict))
+        if isinstance(concepts, list)
+        else (),
+        lineage=str(manifest.get("lineage") or entry.name),
+    )
+
+
+def entries(root: Path) -> list[EntryInfo]:
+    """Every complete entry under ``root`` (a folder with a manifest), most recently used first."""
+    if not root.is_dir():
+        return []
+    found = [
+        _info(p)
+        for p in root.iterdir()
+        if not p.name.startswith(".") and p.is_dir() and (p / MANIFEST).is_file()
+    ]
+    return sorted(found, key=lambda e: (-e.last_used, e.key))
+
+
+def remove_entry(entry: Path) -> None:
+    """Remove an entry in one rename (readers see it whole or not at all), then its files."""
+    aside = Path(tempfile.mkdtemp(prefix=f".old-{entry.name}-", dir=entry.parent))
+    os.replace(entry, aside / "entry")
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+def prune(
+    root: Path,
+    *,
+    older_than: float | None = None,
+    max_bytes: int | None = None,
+    lineage: str | None = None,
+    keep: int = KEEP_PER_LINEAGE,
+    dry_run: bool = False,
+    now: float | None = None,
+) -> list[EntryInfo]:
+    """Remove entries nobody will miss and return them, least recently used first.
+
+    1. superseded: per lineage (only ``lineage`` when given), all but the ``keep`` most
+       recently used — what editing a `scene_prompts` merge's prompts leaves behind;
+    2. ``older_than`` seconds without a use;
+    3. ``max_bytes``: least recently used first until the entries fit.
+    An entry used in the last `IN_USE_SECONDS` is never removed (another process may be
+    reading it). Entries are derived data: a removed one is merged again when next needed.
+    """
+    now = time.time() if now is None else now
+    listed = entries(root)
+    gone: dict[str, EntryInfo] = {}
+    by_lineage: dict[str, list[EntryInfo]] = {}
+    for e in listed:  # most recently used first
+        by_lineage.setdefault(e.lineage, []).append(e)
+    for name, group in by_lineage.items():
+        if lineage is None or name == lineage:
+            gone |= {e.key: e for e in group[keep:]}
+    if older_than is not None:
+        gone |= {e.key: e for e in listed if now - e.last_used > older_than}
+    if max_bytes is not None:
+        left = sum(e.bytes for e in listed if e.key not in gone)
+        for e in reversed(listed):  # least recently used first
+            if left <= max_bytes:
+                break
+            if e.key not in gone and now - e.last_used > IN_USE_SECONDS:
+                gone[e.key] = e
+                left -= e.bytes
+    removed = sorted(
+        (e for e in gone.values() if now - e.last_used > IN_USE_SECONDS),
+        key=lambda e: (e.last_used, e.key),
+    )
+    if not dry_run:
+        for e in removed:
+            remove_entry(e.path)
+        _sweep_stale(root)
+    return removed
