@@ -13,9 +13,11 @@ concept by the toy-world judge (scenecraft.toyworld.judge):
   pattern) in one picture, reported on its own.
 
 Methods: linear, ties, gradient-fusion, loraclr (scenecraft.merge), and runtime adapters
-(diffusers set_adapters: what users do today). Each row gives per-concept Accuracy / Identity /
-Placement as mean ± std [min, max] over (image, concept), merge seconds, render seconds per
-image, and the share of seed pairs of the same prompt whose sprite boxes differ.
+(diffusers set_adapters: what users do today; as `scenecraft render --adapters` draws them, each
+picture with the adapters of the concepts it holds, so a concept alone is its own LoRA). Each
+row gives per-concept Accuracy / Identity / Placement as mean ± std [min, max] over (image,
+concept), merge seconds, render seconds per image, and the share of seed pairs of the same
+prompt whose sprite boxes differ.
 
 Every picture goes through scenecraft's own plan path: the cases are written as a scene file,
 compiled (`scenecraft.load`), and each job rendered through the renderer's regional sampling
@@ -427,6 +429,9 @@ def evaluate(n_seeds: int, regions: Sequence[str]) -> dict[str, Any]:
                         assert tally.merge_seconds is not None
                         tally.merge_seconds.append(merge_s)
                         ad = confined(merged) if confine else None
+                        if method == "adapters" and not confine:  # as `render --adapters`:
+                            held = [s.name for s in case.scene.sprites]  # the picture's own
+                            pipe.set_adapters(held, [1.0] * len(held))
                         own = identity if name == "off" else None
                         run_case(pipe, case, jobs[mode][index[case.label]], tally, ad, own)
                 if method != "adapters":

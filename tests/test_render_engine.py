@@ -242,3 +242,55 @@ def test_every_sampler_is_built_from_the_models_own_scheduler_config(tmp_path: P
         assert plain.config.use_karras_sigmas is False
     finally:
         pipe.scheduler = original
+
+
+def test_adapters_are_active_only_for_the_concepts_a_picture_holds(tmp_path: Path) -> None:
+    """--adapters draws each picture with its own concepts' LoRAs (what a user of runtime LoRAs
+    writes per prompt), not every LoRA of the file: a one-concept picture equals that LoRA
+    alone, a picture without concepts equals the base; one batch per set of active adapters."""
+    plan = make_plan(seeds=(1,), scenes=("duo", "solo", "empty"), batch_size=3)
+    held = {"duo": ("ziggy", "momo"), "solo": ("momo",), "empty": ()}
+    jobs = tuple(j.model_copy(update={"concepts": held[j.scene]}) for j in plan.jobs)
+    plan = plan.model_copy(update={"jobs": jobs})
+    tasks = plan_images(plan, tmp_path, adapters=True)
+    assert [t.adapters for t in tasks] == [("ziggy", "momo"), ("momo",), ()]
+    rec = Recorder()
+    pipe = tiny_pipe()
+    adapted = render(plan, tmp_path / "a", pipe=pipe, adapters=True, reporter=rec)
+    assert len(rec.of(BatchStarted)) == 3  # one pipeline call per set of active adapters
+    by_scene = {p.parent.name: p for p in adapted.written}
+    # momo alone: the plan with only momo's LoRA
+    only_momo = plan.model_copy(
+        update={
+            "merge": plan.merge.model_copy(update={"concepts": plan.merge.concepts[1:]}),
+            "jobs": tuple(j for j in jobs if j.scene == "solo"),
+        }
+    )
+    [alone] = render(only_momo, tmp_path / "m", pipe=tiny_pipe(), adapters=True).written
+    assert np.abs(pixels(by_scene["solo"]).astype(int) - pixels(alone)).max() <= 1
+    # no concept: the base model
+    base = render(plan, tmp_path / "b", pipe=tiny_pipe())
+    base_empty = next(p for p in base.written if p.parent.name == "empty")
+    assert np.abs(pixels(by_scene["empty"]).astype(int) - pixels(base_empty)).max() <= 1
+    # both concepts: both LoRAs (differs from momo alone's picture of the same seed and prompt)
+    assert np.abs(pixels(by_scene["duo"]).astype(int) - pixels(base.written[0])).max() > 8
+    assert read_png_metadata(by_scene["solo"]).scenecraft["mode"] == "adapters"
+
+
+def test_adapter_image_keys_follow_the_active_adapters(tmp_path: Path) -> None:
+    from scenecraft.render.batching import image_key
+    from scenecraft.render.engine import weights_key
+
+    plan = make_plan(seeds=(1,), scenes=("solo",))
+    [base] = plan_images(plan, tmp_path)
+    job = plan.jobs[0]
+    # keys of images rendered without --adapters are as before
+    assert base.adapters == () and base.key == image_key(job, 0, weights_key(plan, "base"), "base")
+    [both] = plan_images(plan, tmp_path, adapters=True)
+    fewer = plan.model_copy(update={"jobs": (job.model_copy(update={"concepts": ("momo",)}),)})
+    [one] = plan_images(fewer, tmp_path, adapters=True)
+    assert both.adapters == ("ziggy", "momo") and one.adapters == ("momo",)
+    assert one.job.id == both.job.id and one.key != both.key  # same job, other adapters
+    assert image_key(job, 0, plan.merge.key, "adapters", ("momo",)) != image_key(
+        job, 0, plan.merge.key, "adapters", ("ziggy", "momo")
+    )

@@ -3,8 +3,10 @@
 Merged: ``scenecraft.merge.api.merge`` builds (or fetches from its cache) W* for every layer
 and ``scenecraft.merge.apply.apply_merge`` writes it into the pipeline in place: the renderer
 then pays exactly the base model's cost per step. Adapters: each concept's LoRA is loaded with
-``load_lora_weights(path, adapter_name=...)`` and all are activated with ``set_adapters``
-(W0 + Σ_c w_c ΔW_c evaluated at run time), for side-by-side comparison with the merge.
+``load_lora_weights(path, adapter_name=...)``; each picture is drawn with the adapters of the
+concepts it holds active (`activate`: W0 + Σ_{c in the picture} w_c ΔW_c at run time, what a
+user of runtime LoRAs writes per prompt), or in a regional scene each confined to its box
+(``scenecraft.render.regions``), for side-by-side comparison with the merge.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import Any
 
 from scenecraft.diagnostics import error
 from scenecraft.events import Notice, Reporter, emit
-from scenecraft.plan import ConceptSpec, MergeSpec
+from scenecraft.plan import ConceptSpec, MergeSpec, RenderJob
 
 
 def adapter_name(concept: ConceptSpec) -> str:
@@ -72,6 +74,22 @@ def _load_all(pipe: Any, concepts: Sequence[ConceptSpec], reporter: Reporter | N
         pipe.set_adapters(names, adapter_weights=weights)
         emit(reporter, Notice("info", f"runtime adapters: {', '.join(names)}"))
     return names
+
+
+def active_adapters(concepts: Sequence[ConceptSpec], job: RenderJob) -> tuple[str, ...]:
+    """The adapters a picture is drawn with: those of the concepts it holds, in merge order."""
+    held = set(job.concepts)
+    return tuple(adapter_name(c) for c in concepts if c.lora is not None and c.name in held)
+
+
+def activate(pipe: Any, concepts: Sequence[ConceptSpec], names: Sequence[str]) -> None:
+    """Only the adapters ``names`` active, each with its concept's weight; none: LoRAs off."""
+    if not names:
+        pipe.disable_lora()
+        return
+    pipe.enable_lora()
+    weight = {adapter_name(c): c.weight for c in concepts}
+    pipe.set_adapters(list(names), adapter_weights=[weight[n] for n in names])
 
 
 def load_embedding(pipe: Any, concept: ConceptSpec) -> None:

@@ -25,11 +25,12 @@ class ImageTask:
     seed: int  # the generator seed of this image: job.seed + n
     path: Path  # where the PNG goes
     key: str  # content key: job id, n, merge key, mode; a PNG with this key is up to date
+    adapters: tuple[str, ...] = ()  # --adapters: the runtime adapters this image is drawn with
 
     @property
-    def group(self) -> tuple[int, int, int, float, str, str, bool]:
+    def group(self) -> Group:
         """Settings that must agree inside one pipeline call (regional jobs go together: the
-        regional processors run only for them)."""
+        regional processors run only for them; with --adapters, one set of active adapters)."""
         j = self.job
         return (
             j.width,
@@ -39,17 +40,27 @@ class ImageTask:
             j.sampler,
             j.negative_prompt,
             bool(j.regions),
+            self.adapters,
         )
 
 
-def image_key(job: RenderJob, n: int, merge_key: str, mode: str) -> str:
-    """What determines the pixels beyond the job itself: image index, merged weights, mode."""
-    return stable_hash({"job": job.id, "n": n, "merge": merge_key, "mode": mode}, 20)
+Group = tuple[int, int, int, float, str, str, bool, tuple[str, ...]]
+
+
+def image_key(
+    job: RenderJob, n: int, merge_key: str, mode: str, adapters: tuple[str, ...] | None = None
+) -> str:
+    """What determines the pixels beyond the job itself: image index, merged weights, mode,
+    and with --adapters the adapters active for it."""
+    what: dict[str, object] = {"job": job.id, "n": n, "merge": merge_key, "mode": mode}
+    if adapters is not None:
+        what["adapters"] = list(adapters)
+    return stable_hash(what, 20)
 
 
 def make_batches(tasks: Iterable[ImageTask], batch_size: int) -> list[list[ImageTask]]:
     """Group by compatible settings (first-seen order), then cut into batches of ``batch_size``."""
-    groups: dict[tuple[int, int, int, float, str, str, bool], list[ImageTask]] = {}
+    groups: dict[Group, list[ImageTask]] = {}
     for task in tasks:
         groups.setdefault(task.group, []).append(task)
     size = max(1, batch_size)

@@ -122,8 +122,9 @@ def plan_images(
     for job in select_jobs(plan, only, shard):
         sampler_def(job.sampler)  # unknown samplers fail before any work
         path = image_path(out, job, suffix, memo)
-        key = image_key(job, job.index, wkey, mode)
-        tasks.append(ImageTask(job, job.index, generator_seed(job), path, key))
+        active = adapter_mod.active_adapters(plan.merge.concepts, job) if adapters else None
+        key = image_key(job, job.index, wkey, mode, active)
+        tasks.append(ImageTask(job, job.index, generator_seed(job), path, key, active or ()))
     check_unique_paths(_output_sources(plan, out, tasks, suffix))  # before anything renders
     return tasks
 
@@ -358,6 +359,8 @@ class _Session:
             emit(reporter, StepDone(i + 1, int(getattr(p, "num_timesteps", job.steps))))
             return kwargs
 
+        if self.confined and self.confined.of and not job.regions:  # regional: confined
+            adapter_mod.activate(pipe, self.plan.merge.concepts, tasks[0].adapters)
         with regional(pipe, [t.job for t in tasks], self.confined) as extra:
             prompts: dict[str, Any] = extra or {
                 "prompt": [t.job.prompt for t in tasks],
