@@ -731,3 +731,21 @@ def test_cache_prune_on_a_read_only_cache_is_a_diagnostic(
     )
     assert code == 2 and "merge-cache-unwritable" in err and "Traceback" not in err
     assert _entries(root) == [result.key]  # nothing half-removed
+
+
+def test_a_large_cache_says_how_to_prune(
+    tmp_path: Path, base_pipe: Any, lora_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    events: list[Event] = []
+    merge(_spec(lora_dir), base_pipe, cache_dir=tmp_path, run=FakeRun(), reporter=events.append)
+    assert not [e for e in events if type(e).__name__ == "Notice"]  # a few MB: nothing said
+    monkeypatch.setattr(merge_cache, "HINT_BYTES", 1)
+    events.clear()
+    spec = _spec(lora_dir, params={"margin": 0.25})
+    merge(spec, base_pipe, cache_dir=tmp_path, run=FakeRun(), reporter=events.append)
+    [notice] = [e for e in events if type(e).__name__ == "Notice"]
+    assert "in 2 merges" in notice.message and "scenecraft cache prune" in notice.message
+    assert len(_entries(tmp_path)) == 2  # a hint: nothing removed
+    events.clear()  # a cache hit writes nothing and says nothing
+    merge(spec, base_pipe, cache_dir=tmp_path, run=FakeRun(), reporter=events.append)
+    assert not [e for e in events if type(e).__name__ == "Notice"]

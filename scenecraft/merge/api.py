@@ -23,11 +23,13 @@ import scenecraft
 from scenecraft.diagnostics import Collector, DiagnosticError, error
 from scenecraft.events import MergeFinished, MergeStage, MergeStarted, Notice, Reporter, emit
 from scenecraft.files import sha256_file
+from scenecraft.merge import cache
 from scenecraft.merge.apply import APPLIED_ATTR, changed_deltas
 from scenecraft.merge.cache import (
     ENTRY_FORMAT,
     base_identity,
     cache_key,
+    entries,
     lookup,
     mark_used,
     prune,
@@ -316,6 +318,7 @@ def merge(
     emit(reporter, MergeStage("save", 1, 1))
     if lineage != key:  # a prompt edit: drop the entries merged for older prompts
         _prune_superseded(root, lineage, reporter)
+    _size_hint(root, reporter)
     emit(
         reporter, MergeFinished(key, False, time.perf_counter() - start, str(path), outcome.figures)
     )
@@ -335,6 +338,21 @@ def _prune_superseded(root: Path, lineage: str, reporter: Reporter | None) -> No
                 "info",
                 f"removed {len(removed)} cached merge(s) of these concepts for earlier scene "
                 f"prompts ({mb:.1f} MB); `scenecraft cache list` shows the cache",
+            ),
+        )
+
+
+def _size_hint(root: Path, reporter: Reporter | None) -> None:
+    """An info notice when the cache has grown past `cache.HINT_BYTES` (it removes nothing)."""
+    listed = entries(root)
+    total = sum(e.bytes for e in listed)
+    if total > cache.HINT_BYTES:
+        emit(
+            reporter,
+            Notice(
+                "info",
+                f"the merge cache holds {total / 2**30:.1f} GB in {len(listed)} merges ({root}); "
+                "`scenecraft cache prune --older-than 30d` or `--max-size 10G` frees space",
             ),
         )
 

@@ -353,6 +353,7 @@ def _publish(tmp: Path, final: Path) -> Path:
 USED = ".used"  # touched whenever `merge` serves the entry: its last use is this file's mtime
 IN_USE_SECONDS = 600  # used this recently: another process may be reading it, never pruned
 KEEP_PER_LINEAGE = 2  # entries kept per lineage (the most recently used) when pruning
+HINT_BYTES = 20 * 2**30  # past this, writing a merge says how to prune (nothing is removed)
 
 
 @dataclass(frozen=True)
