@@ -7,7 +7,9 @@ in one setting, on several disjoint sets of 16 render seeds. A change is worth a
 if it holds on every set; the spread between sets is the noise (±0.08 for a concept alone).
 
 Variants: the image-side ``fallback`` (``linear``: the sum of the concepts' updates, the default
-until 2026-12-01; ``average``: their mean, the default since) × ``scene_prompts`` off / on.
+until 2026-12-01; ``average``: their mean, the default since) × ``scene_prompts`` off / on. The
+ceiling row draws each concept alone with its own LoRA on the same seeds, so "alone" is also
+given as a share of it (merge fidelity's target: ≥ 0.9× the own-LoRA ceiling).
 
     python benchmarks/merge_variants.py [--sets 1000,2000,3000] [--out benchmarks/results/merge_variants.json]
 """
@@ -33,6 +35,7 @@ from toyworld_eval import (  # noqa: E402
     cases,
     compiled_jobs,
     merged_pipe,
+    own_pipe,
     run_case,
     scene_prompts,
     write_results,
@@ -57,6 +60,8 @@ COLUMNS = {  # column -> the cases it pools
     "same-class pair": ("hard pair",),
     "4 in one": ("4a", "4b"),
 }
+CEILING = "own LoRA (ceiling)"  # each concept alone drawn by its own LoRA, same seeds
+ALONE = "alone (4 merged)"
 VARIANTS: tuple[tuple[str, dict[str, Any]], ...] = (
     ("fallback linear", {"fallback": "linear"}),
     ("fallback average", {"fallback": "average"}),
@@ -94,6 +99,15 @@ def run_set(first_seed: int, n_seeds: int) -> dict[str, dict[str, dict[str, floa
                     )
             out[label] = {col: _pool(tallies, labels) for col, labels in COLUMNS.items()}
             print(first_seed, label, out[label], flush=True)
+    tallies = {}
+    for case in chosen:
+        if case.count == 1:
+            pipe, _ = own_pipe(case.scene.sprites[0].name)
+            run_case(
+                pipe, case, jobs["off"][case.label], tallies.setdefault(case.label, Tally.new())
+            )
+    out[CEILING] = {ALONE: _pool(tallies, COLUMNS[ALONE])}
+    print(first_seed, CEILING, out[CEILING], flush=True)
     return out
 
 
@@ -111,17 +125,24 @@ def markdown(result: dict[str, Any]) -> str:
     head = (
         f"loraclr on toy world {result['world']}, {result['seeds']} render seeds per set, "
         f"seed sets starting at {', '.join(map(str, sets))} (first = toyworld_eval's); per "
-        "cell identity (/ placement in the region) on each set, then the mean.\n\n"
+        "cell identity (/ placement in the region) on each set, then the mean; alone also as a "
+        "share of the own-LoRA ceiling on the same seeds.\n\n"
         f"| variant | {' | '.join(COLUMNS)} |\n|---|{'---|' * len(COLUMNS)}\n"
     )
     lines = []
-    for label, _ in VARIANTS:
+    ceiling = statistics.fmean(result["sets"][str(s)][CEILING][ALONE]["identity"] for s in sets)
+    for label in [*(v[0] for v in VARIANTS), CEILING]:
         cells = []
         for col in COLUMNS:
+            if col not in result["sets"][str(sets[0])][label]:
+                cells.append("–")
+                continue
             per = [result["sets"][str(s)][label][col] for s in sets]
             ident = " / ".join(f"{p['identity']:.2f}" for p in per)
             mean = statistics.fmean(p["identity"] for p in per)
             cell = f"{ident} → **{mean:.2f}**"
+            if col == ALONE and label != CEILING:
+                cell += f" ({mean / ceiling:.2f}× the ceiling)"
             if "placement" in per[0]:
                 pmean = statistics.fmean(p["placement"] for p in per)
                 cell += f" (in region {pmean:.2f})"
