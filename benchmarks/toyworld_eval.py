@@ -25,7 +25,9 @@ compiled (`scenecraft.load`), and each job rendered through the renderer's regio
 ``on`` (a region per concept: the scene with only that concept's identity), ``alone``
 (Mix-of-Show's region prompts: the concept alone), and for runtime adapters ``confined`` (regions
 on, each adapter confined to its concept's region). With regions, Placement is judged against the
-concept's region box; single-concept pictures have no regions, so they are rendered once.
+concept's region box; single-concept pictures have no regions, so they are rendered once. The
+``loraclr + scene prompts`` row merges once per regions setting, on the prompts a file of its
+cases with that setting hands the merge (a concept alone: the regions-on file's merge).
 
     python benchmarks/toyworld_eval.py [--seeds 16] [--out benchmarks/results/toyworld_eval.json]
 """
@@ -39,7 +41,7 @@ import statistics
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -288,13 +290,15 @@ def merged_pipe(
     return pipe, seconds, result.figures
 
 
-def scene_prompts(cases: Sequence[Case], seeds: Sequence[int]) -> dict[str, tuple[str, ...]]:
+def scene_prompts(
+    cases: Sequence[Case], seeds: Sequence[int], regions: str = "on"
+) -> dict[str, tuple[str, ...]]:
     """concept -> the prompts the compiler hands a `scene_prompts true` merge of a file holding
-    exactly these cases (regions on)."""
+    exactly these cases with `regions` on, alone or off (off: each scene's one prompt)."""
     merge = "merge loraclr {\n  scene_prompts true\n}"
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "cases.scene"
-        path.write_text(scene_file(cases, seeds, "on", merge))
+        path.write_text(scene_file(cases, seeds, regions, merge))
         return {c.name: c.prompts for c in load(path).plan.merge.concepts}
 
 
@@ -309,6 +313,35 @@ def adapters_pipe(names: tuple[str, ...]) -> tuple[Any, float]:
 
 def own_pipe(name: str) -> tuple[Any, float]:
     return adapters_pipe((name,))
+
+
+@dataclass
+class Models:
+    """The model a file of one merge group's cases renders with, per `regions` mode: one merge
+    (or the runtime adapters) for every mode, and with scene_prompts one merge per mode, fitted
+    on the prompts that file hands it (its region prompts, or its one prompt per scene)."""
+
+    label: str
+    method: str
+    params: dict[str, Any]
+    merged: tuple[str, ...]
+    chosen: list[Case]
+    seeds: Sequence[int]
+    cache: Path
+    made: dict[str, tuple[Any, float, dict[str, Any]]] = field(default_factory=dict)
+
+    def get(self, mode: str) -> tuple[Any, float, dict[str, Any]]:
+        """(pipeline, merge or load seconds, the merge's layer figures)."""
+        key = mode if self.label == SCENE_PROMPTS else ""
+        if key not in self.made:
+            if self.method == "adapters":
+                self.made[key] = (*adapters_pipe(self.merged), {})
+            else:
+                prompts = scene_prompts(self.chosen, self.seeds, mode) if key else None
+                self.made[key] = merged_pipe(
+                    self.method, self.params, self.merged, self.cache, prompts
+                )
+        return self.made[key]
 
 
 @dataclass
@@ -412,19 +445,15 @@ def evaluate(n_seeds: int, regions: Sequence[str]) -> dict[str, Any]:
         for label, method, params in (*METHODS, ("adapters", "adapters", {})):
             for merged, chosen in groups.items():
                 identity: dict[str, list[float]] = {}  # this merge, regions off
-                if method == "adapters":
-                    pipe, merge_s = adapters_pipe(merged)
-                else:
-                    prompts = None
-                    if label == SCENE_PROMPTS:  # what the compiler hands a file of these cases
-                        prompts = scene_prompts(chosen, seeds)
-                    pipe, merge_s, figures = merged_pipe(method, params, merged, Path(tmp), prompts)
+                models = Models(label, method, params, merged, chosen, seeds, Path(tmp))
                 for name, mode, confine in variants:
                     if confine and method != "adapters":
                         continue
                     for case in chosen:
                         if case.count == 1 and name != "off":
                             continue  # no regions in a single-concept picture: same image
+                        # a concept alone: the merge of the file as shipped (regions on)
+                        pipe, merge_s, _ = models.get(mode if case.count > 1 else "on")
                         tally = tallies.setdefault((row_name(case), label, name), Tally.new())
                         assert tally.merge_seconds is not None
                         tally.merge_seconds.append(merge_s)
@@ -432,10 +461,12 @@ def evaluate(n_seeds: int, regions: Sequence[str]) -> dict[str, Any]:
                         if method == "adapters" and not confine:  # as `render --adapters`:
                             held = [s.name for s in case.scene.sprites]  # the picture's own
                             pipe.set_adapters(held, [1.0] * len(held))
-                        own = identity if name == "off" else None
+                        # layer figures vs pictures: the pictures of the regions-on merge
+                        same = label != SCENE_PROMPTS or case.count == 1
+                        own = identity if name == "off" and same else None
                         run_case(pipe, case, jobs[mode][index[case.label]], tally, ad, own)
                 if method != "adapters":
-                    points += figure_points(label, merged, figures, identity)
+                    points += figure_points(label, merged, models.get("on")[2], identity)
                 print(f"{label} {'+'.join(merged)} done", flush=True)
         # the ceiling: each concept's own LoRA, alone, on its single-concept prompt
         for case in all_cases:
@@ -473,9 +504,13 @@ def figure_points(
     identity: dict[str, list[float]],
 ) -> list[dict[str, Any]]:
     """One point per merged concept: its layer figures (mean and worst over a stage's layers,
-    per stage) and its mean image identity in this merge's pictures (regions off)."""
+    per stage) and its mean image identity in this merge's pictures (regions off); none for a
+    concept without such pictures (scene_prompts: only the concepts drawn alone are pictures of
+    the regions-on merge whose figures these are)."""
     points = []
     for concept in merged:
+        if not identity.get(concept):
+            continue
         point: dict[str, Any] = {
             "method": method,
             "merged": "+".join(merged),

@@ -55,7 +55,7 @@ _STAGES: dict[str, Param] = {
         False,
         "also fit the text stages on the prompts the file renders each concept with, "
         "cross-attention K/V aimed at what its own LoRA gives on them "
-        "(they join the merge key: editing one re-merges)",
+        "(they join the merge key: editing one re-merges and re-renders the file's images)",
         stage=("scene_prompts",),
     ),
     "fallback": Param(
