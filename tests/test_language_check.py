@@ -263,3 +263,50 @@ def test_unused_concept_warns_only_for_the_main_file(scene_file: ScenePath) -> N
     )
     unused = [d for d in load(main).warnings if d.code == "unused-concept"]
     assert [d.message for d in unused] == ["concept `zed` is never used in a scene"]
+
+
+def test_tokens_written_inside_prompt_text_are_reported(scene_file: ScenePath) -> None:
+    """`token-in-text`: a trigger token inside any text that reaches the prompt as written
+    (defaults, settings, attributes, quoted verbs, objects, `together`), once per place; not
+    in `negative`, not inside another word, not when the concept is named."""
+    path = scene_file(
+        MODEL
+        + CAST
+        + """
+defaults {
+  style "photo of <TAYLOR>"
+  negative "<GOSLING>, blurry"
+}
+
+scene a {
+  gosling wears "a shirt like <TAYLOR>'s"
+  gosling "hugs" taylor
+  setting "a park"
+}
+
+scene b {
+  taylor
+  object vase "a vase shaped like <GOSLING>"
+  together "<TAYLOR><GOSLING> dancing"
+  extra "not<GOSLING>x", "x<TAYLOR>y"
+}
+"""
+    )
+    warned = [d for d in load(path).warnings if d.code == "token-in-text"]
+    lines = [(d.span.line if d.span else 0, d.message.split("`")[1]) for d in warned]
+    assert sorted(lines) == [
+        (14, "<TAYLOR>"),  # defaults style
+        (19, "<TAYLOR>"),  # an attribute
+        (26, "<GOSLING>"),  # an object's text
+        (27, "<GOSLING>"),  # together: two tokens side by side are two words
+        (27, "<TAYLOR>"),
+    ]
+    assert "name the concept instead (`taylor`" in warned[0].help  # type: ignore[operator]
+
+
+def test_token_match_is_a_whole_word() -> None:
+    from scenecraft.language.check import contains_token
+
+    assert contains_token("with <ZIGGY>, on grass", "<ZIGGY>")
+    assert contains_token("ohwx man", "ohwx") and not contains_token("ohwxy man", "ohwx")
+    assert not contains_token("she asks", "sks") and contains_token("a sks dog", "sks")
