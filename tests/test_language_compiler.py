@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from scenecraft.api import load
 from scenecraft.language.compiler import CLIP_WINDOW, estimate_tokens
 from scenecraft.plan import Placement, RenderJob, RenderPlan, generator_seed
@@ -252,3 +254,20 @@ def test_example_files_compile_and_every_job_is_valid() -> None:
         for job in plan.jobs:
             assert RenderJob.model_validate(job.model_dump()) == job
             assert job.prompt and "  " not in job.prompt and not job.prompt.endswith(","), job
+
+
+@pytest.mark.parametrize(
+    "setting, prompt",
+    [
+        ("a library", "in a library"),
+        ("next to a lake", "next to a lake"),
+        ("behind the castle walls", "behind the castle walls"),
+        ("Beside the fire", "Beside the fire"),
+        ("between two towers", "between two towers"),
+        ("indoors", "indoors"),
+        ("nextdoor", "in nextdoor"),  # a word that only starts like one
+    ],
+)
+def test_a_setting_reads_as_a_place(scene_file: ScenePath, setting: str, prompt: str) -> None:
+    job = plan_of(scene_file, f'  gosling\n  setting "{setting}"').jobs[0]
+    assert job.prompt == f"<GOSLING> man, {prompt}"
