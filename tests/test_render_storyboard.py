@@ -142,3 +142,22 @@ def test_title_heads_the_sheet_and_the_page(tmp_path: Path) -> None:
     assert (sheet[PAD : PAD + TITLE_H - 4] < 128).any()  # title text drawn above the grid
     page = (tmp_path / "story" / "tale.html").read_text()
     assert "<title>A &lt;long&gt; day</title>" in page and "<h1>A &lt;long&gt; day</h1>" in page
+
+
+def test_page_draws_each_regional_panels_boxes_behind_a_switch(tmp_path: Path) -> None:
+    from scenecraft.plan import Region
+    from scenecraft.render.storyboard import html_page
+
+    path = tmp_path / "p.png"
+    Image.new("RGB", (64, 64), "white").save(path)
+    regions = (
+        Region(subject="ziggy", box=(0.0, 0.0, 0.5, 1.0), prompt="<ZIGGY> man & <dog>"),
+        Region(subject="momo", box=(0.5, 0.25, 1.0, 1.0), prompt="<MOMO> dog"),
+    )
+    page = html_page("t", [Panel(0, "two", "man and dog", (path,), regions)], 1)
+    assert page.count('<div class="box"') == 2 and 'id="show-regions"' in page
+    assert 'style="left:50%;top:25%;width:50%;height:75%"' in page  # the box in % of the image
+    assert "<li><b>ziggy</b> &lt;ZIGGY&gt; man &amp; &lt;dog&gt;</li>" in page  # escaped
+    assert "#show-regions:checked ~ .grid .box{display:block}" in page  # hidden until switched
+    plain = html_page("t", [Panel(0, "one", "a man", (path,))], 1)
+    assert '<div class="box"' not in plain and "show-regions" not in plain.split("</style>")[1]

@@ -2,7 +2,9 @@
 
 Panels appear in order, ``columns`` per row; each cell shows the panel's first image with its
 caption (PIL's default font). The HTML page inlines every panel image as a ``data:`` URI, so it
-can be mailed or archived as one file, and lists each panel's caption and prompt (escaped).
+can be mailed or archived as one file, and lists each panel's caption and prompt (escaped); a
+"show regions" switch draws each regional panel's boxes, labelled, over its images (what
+`scenecraft layout` draws before rendering), and the captions list the region prompts.
 Panels whose images are not on disk yet are drawn as grey placeholders.
 """
 
@@ -17,7 +19,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from scenecraft.files import atomic_write, atomic_write_text
-from scenecraft.plan import RenderJob, RenderPlan, StoryboardSpec
+from scenecraft.plan import Region, RenderJob, RenderPlan, StoryboardSpec
 from scenecraft.render.outputs import confined, image_path
 
 CELL = 256  # longest side of a panel in the contact sheet, pixels
@@ -33,6 +35,7 @@ class Panel:
     caption: str  # caption as written (may be empty)
     prompt: str  # prompt of the panel's first job
     images: tuple[Path, ...]  # images on disk, in job order
+    regions: tuple[Region, ...] = ()  # the regions of the panel's first job (regional sampling)
 
 
 def collect_panels(plan: RenderPlan, board: StoryboardSpec, out: Path, suffix: str) -> list[Panel]:
@@ -47,6 +50,7 @@ def collect_panels(plan: RenderPlan, board: StoryboardSpec, out: Path, suffix: s
                 spec.caption or "",
                 pj[0].prompt if pj else "",
                 tuple(p for p in paths if p.is_file()),
+                pj[0].regions if pj else (),
             )
         )
     return panels
@@ -145,24 +149,50 @@ def _img_class(path: Path) -> str:
         return ""
 
 
+def _boxes(regions: tuple[Region, ...]) -> str:
+    """Each region as a labelled box over the image, in % of its size (hidden until the page's
+    "show regions" switch is on)."""
+    out = []
+    for r in regions:
+        x0, y0, x1, y1 = (100 * v for v in r.box)
+        out.append(
+            f'<div class="box" data-subject="{html.escape(r.subject)}" style="left:{x0:g}%;'
+            f'top:{y0:g}%;width:{x1 - x0:g}%;height:{y1 - y0:g}%">'
+            f"<span>{html.escape(r.subject)}</span></div>"
+        )
+    return "".join(out)
+
+
 def html_page(title: str, panels: list[Panel], columns: int) -> str:
     """One self-contained page: a CSS grid of panels, captions and prompts escaped; images fill
-    their cell (small ones scaled up with crisp pixels)."""
+    their cell (small ones scaled up with crisp pixels); regional panels carry their boxes."""
     cells = []
     for panel in panels:
+        boxes = _boxes(panel.regions)
         imgs = (
             "".join(
-                f'<img{_img_class(p)} src="{_data_uri(p)}" '
-                f'alt="{html.escape(panel.caption or p.stem)}">'
+                f'<div class="frame"><img{_img_class(p)} src="{_data_uri(p)}" '
+                f'alt="{html.escape(panel.caption or p.stem)}">{boxes}</div>'
                 for p in panel.images
             )
             or '<div class="missing">not rendered</div>'
         )
+        regions = "".join(
+            f"<li><b>{html.escape(r.subject)}</b> {html.escape(r.prompt)}</li>"
+            for r in panel.regions
+        )
         cells.append(
             f'<figure data-panel="{panel.index}">{imgs}<figcaption>'
             f"<b>{panel.index + 1}. {html.escape(panel.caption)}</b>"
-            f'<p class="prompt">{html.escape(panel.prompt)}</p></figcaption></figure>'
+            f'<p class="prompt">{html.escape(panel.prompt)}</p>'
+            + (f'<ul class="regions">{regions}</ul>' if regions else "")
+            + "</figcaption></figure>"
         )
+    switch = (
+        '<input type="checkbox" id="show-regions"><label for="show-regions"> show regions</label>'
+        if any(p.regions for p in panels)
+        else ""
+    )
     return (
         '<!DOCTYPE html>\n<html><head><meta charset="utf-8">'
         f"<title>{html.escape(title)}</title><style>"
@@ -171,7 +201,12 @@ def html_page(title: str, panels: list[Panel], columns: int) -> str:
         "figure{margin:0}img{width:100%;height:auto;display:block}"
         "img.small{image-rendering:pixelated}"
         ".prompt{color:#555;font-size:12px}.missing{background:#ccc;padding:40px}"
-        f"</style></head><body><h1>{html.escape(title)}</h1>"
+        ".frame{position:relative}.box{display:none;position:absolute;box-sizing:border-box;"
+        "border:2px solid #e6007a;color:#fff;font-size:11px}"
+        ".box span{background:#e6007a;padding:0 3px}"
+        "#show-regions:checked ~ .grid .box{display:block}"
+        ".regions{color:#555;font-size:12px;padding-left:16px;margin:0}"
+        f"</style></head><body><h1>{html.escape(title)}</h1>{switch}"
         f'<div class="grid">{"".join(cells)}</div><script>{_SCRIPT}</script></body></html>\n'
     )
 
