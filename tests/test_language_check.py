@@ -310,3 +310,14 @@ def test_token_match_is_a_whole_word() -> None:
     assert contains_token("with <ZIGGY>, on grass", "<ZIGGY>")
     assert contains_token("ohwx man", "ohwx") and not contains_token("ohwxy man", "ohwx")
     assert not contains_token("she asks", "sks") and contains_token("a sks dog", "sks")
+
+
+def test_a_style_token_in_text_says_how_to_name_the_style(scene_file: ScenePath) -> None:
+    path = scene_file(
+        MODEL
+        + CAST
+        + 'concept noir {\n  token "<NOIR>"\n  kind style\n}\n'
+        + 'scene s {\n  gosling\n  style "<NOIR>, moody"\n}\n'
+    )
+    [warned] = [d for d in load(path).warnings if d.code == "token-in-text"]
+    assert warned.help == "write `style noir`: a style concept named so is merged"

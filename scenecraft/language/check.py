@@ -488,9 +488,13 @@ class Checker:
                         f"the token `{token}` of concept `{info.name}` is written inside text",
                         span,
                         label="reaches the prompt as written",
-                        help=f"name the concept instead (`{info.name}`, e.g. `{info.name} beside "
-                        "...`): a concept named in a scene is merged, placed and given its own "
-                        "region",
+                        help=(
+                            f"write `style {info.name}`: a style concept named so is merged"
+                            if info.kind == "style"
+                            else f"name the concept instead (`{info.name}`, e.g. `{info.name} "
+                            "beside ...`): a concept named in a scene is merged, placed and "
+                            "given its own region"
+                        ),
                     )
 
 
