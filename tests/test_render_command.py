@@ -100,3 +100,35 @@ def test_errors_and_interrupt(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
 
     monkeypatch.setattr(command, "render", interrupted)
     assert run(parse("--out", str(tmp_path)), loaded())[0] == 130
+
+
+def test_dry_run_says_whether_the_merge_is_cached(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    what = loaded(seeds=(1,), method="linear")
+    cache = tmp_path / "cache"
+    dry = parse("--out", str(tmp_path), "--dry-run", "--cache-dir", str(cache))
+    code, out = run(dry, what)
+    assert code == 0 and "merge linear" in out and "not cached, the run merges first" in out
+    code, _ = run(parse("--out", str(tmp_path), "--device", "cpu", "--cache-dir", str(cache)), what)
+    assert code == 0
+    code, out = run(
+        parse("--out", str(tmp_path), "--dry-run", "--cache-dir", str(cache), "--force"), what
+    )
+    assert "cached (float32; a run in another dtype merges again)" in out
+    code, out = run(dry, what)
+    assert "not needed, every image is up to date" in out
+    code, _ = run(
+        parse("--out", str(tmp_path), "--dry-run", "--cache-dir", str(cache), "--json"), what
+    )
+    report = json.loads(capsys.readouterr().out)
+    assert report["mode"] == "merged" and report["merge_cached"] == ["torch.float32"]
+
+
+def test_dry_run_does_not_claim_a_merge_when_older_entries_cannot_say(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    (cache / ("0" * 32)).mkdir(parents=True)  # an entry written before manifests named their plan
+    (cache / ("0" * 32) / "manifest.json").write_text('{"method": "linear"}')
+    dry = parse("--out", str(tmp_path), "--dry-run", "--cache-dir", str(cache))
+    code, out = run(dry, loaded(seeds=(1,), method="linear"))
+    assert code == 0 and "not among the cached merges that name their plan (1 older ones" in out

@@ -17,6 +17,7 @@ from rich.table import Table
 
 from scenecraft.cli.args import RenderSettings
 from scenecraft.diagnostics import error
+from scenecraft.merge.cache import EntryInfo, entries, resolve_cache_dir
 from scenecraft.plan import RenderPlan
 from scenecraft.render.batching import ImageTask
 from scenecraft.render.engine import (
@@ -103,9 +104,14 @@ def dry_run(
             }
             for t, status in rows
         ]
-        print(json.dumps({"mode": mode, "merge_key": weights_key(plan, mode), "images": data}))
+        report = {"mode": mode, "merge_key": weights_key(plan, mode), "images": data}
+        if mode == "merged":
+            report["merge_cached"] = [e.dtype for e in _cached_merges(plan, s)]
+        print(json.dumps(report))
         return 0
     table = Table(title=f"{len(tasks)} image(s), mode {mode}", show_lines=False)
+    if mode == "merged":
+        console.print(_merge_line(plan, s, any(status == "render" for _, status in rows)))
     if len(rows) > MAX_ROWS:  # one row per scene: Rich takes a minute for 20,000 rows
         return _dry_run_summary(console, table, rows, out_root)
     for col in ("job", "scene", "seed", "size", "steps", "sampler", "status"):
@@ -125,6 +131,30 @@ def dry_run(
         )
     console.print(table)
     return 0
+
+
+def _cached_merges(plan: RenderPlan, s: RenderSettings) -> list[EntryInfo]:
+    """Cache entries built for this plan's merge key (any dtype; manifests only, no model)."""
+    return [e for e in entries(resolve_cache_dir(s.cache_dir)) if e.plan_key == plan.merge.key]
+
+
+def _merge_line(plan: RenderPlan, s: RenderSettings, needed: bool) -> str:
+    """Whether the run has to merge first: the cache holds this plan's merge, or not."""
+    spec = plan.merge
+    what = f"merge {spec.method} {spec.key[:10]} ({len(spec.concepts)} concepts)"
+    if not needed:
+        return f"{what}: not needed, every image is up to date"
+    found = _cached_merges(plan, s)
+    if found:
+        dtypes = ", ".join(sorted({e.dtype.removeprefix("torch.") for e in found}))
+        return f"{what}: cached ({dtypes}; a run in another dtype merges again)"
+    older = sum(1 for e in entries(resolve_cache_dir(s.cache_dir)) if not e.plan_key)
+    if older:  # entries written before manifests recorded their plan cannot be matched here
+        return (
+            f"{what}: not among the cached merges that name their plan ({older} older ones do not)"
+        )
+    extra = " (its scene_prompts are part of it)" if spec.stages.get("scene_prompts") else ""
+    return f"{what}: not cached, the run merges first{extra}"
 
 
 def _dry_run_summary(

@@ -201,6 +201,7 @@ def _manifest(
 ) -> dict[str, Any]:
     return {
         "key": key,
+        "plan_key": identity["plan_key"],  # the plan's merge key (`compile` prints it)
         "lineage": lineage,
         "scenecraft_version": identity["scenecraft_version"],
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -368,6 +368,8 @@ class EntryInfo:
     method: str
     concepts: tuple[str, ...]  # concept names as the merging file called them
     lineage: str  # shared by entries that differ only in `scene_prompts`' prompts; else = key
+    plan_key: str = ""  # the plan's merge key it was built for ("" in entries before 2026-12-02)
+    dtype: str = ""  # the dtype the base ran in ("torch.float32", ...)
 
 
 def mark_used(entry: Path) -> None:
@@ -406,6 +408,8 @@ def _info(entry: Path) -> EntryInfo:
         if isinstance(concepts, list)
         else (),
         lineage=str(manifest.get("lineage") or entry.name),
+        plan_key=str(manifest.get("plan_key", "")),
+        dtype=str(manifest.get("dtype", "")),
     )
 
 
