@@ -52,13 +52,18 @@ def _engine_args(p: argparse.ArgumentParser, *, what: str) -> None:
         metavar="T",
         help=f"{', '.join(DTYPES)} (default: fp16 on GPU, fp32 on CPU)",
     )
+    _cache_dir_arg(p)
+    p.add_argument("--force", action="store_true", help=what)
+
+
+def _cache_dir_arg(p: argparse.ArgumentParser) -> None:
+    """--cache-dir (`merge`, `render`, `cache`)."""
     p.add_argument(
         "--cache-dir",
         default=None,
         metavar="DIR",
         help="merge cache folder (default: $SCENECRAFT_CACHE or ~/.cache/scenecraft/merges)",
     )
-    p.add_argument("--force", action="store_true", help=what)
 
 
 def _render_args(p: argparse.ArgumentParser) -> None:
@@ -173,12 +178,7 @@ def _cache_args(p: argparse.ArgumentParser) -> None:
         "--older-than / --max-size the least recently used",
     )
     for q in (ls, pr):
-        q.add_argument(
-            "--cache-dir",
-            default=None,
-            metavar="DIR",
-            help="merge cache folder (default: $SCENECRAFT_CACHE or ~/.cache/scenecraft/merges)",
-        )
+        _cache_dir_arg(q)
         q.add_argument("--json", action="store_true", help="machine-readable output on stdout")
     pr.add_argument(
         "--older-than",
