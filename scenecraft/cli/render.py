@@ -106,7 +106,8 @@ def dry_run(
         ]
         report = {"mode": mode, "merge_key": weights_key(plan, mode), "images": data}
         if mode == "merged":
-            report["merge_cached"] = [e.dtype for e in _cached_merges(plan, s)]
+            listed = entries(resolve_cache_dir(s.cache_dir))
+            report["merge_cached"] = [e.dtype for e in _cached_merges(plan, listed)]
         print(json.dumps(report))
         return 0
     table = Table(title=f"{len(tasks)} image(s), mode {mode}", show_lines=False)
@@ -133,9 +134,9 @@ def dry_run(
     return 0
 
 
-def _cached_merges(plan: RenderPlan, s: RenderSettings) -> list[EntryInfo]:
-    """Cache entries built for this plan's merge key (any dtype; manifests only, no model)."""
-    return [e for e in entries(resolve_cache_dir(s.cache_dir)) if e.plan_key == plan.merge.key]
+def _cached_merges(plan: RenderPlan, listed: list[EntryInfo]) -> list[EntryInfo]:
+    """The entries built for this plan's merge key (any dtype; manifests only, no model)."""
+    return [e for e in listed if e.plan_key == plan.merge.key]
 
 
 def _merge_line(plan: RenderPlan, s: RenderSettings, needed: bool) -> str:
@@ -144,11 +145,12 @@ def _merge_line(plan: RenderPlan, s: RenderSettings, needed: bool) -> str:
     what = f"merge {spec.method} {spec.key[:10]} ({len(spec.concepts)} concepts)"
     if not needed:
         return f"{what}: not needed, every image is up to date"
-    found = _cached_merges(plan, s)
+    listed = entries(resolve_cache_dir(s.cache_dir))  # each manifest read once
+    found = _cached_merges(plan, listed)
     if found:
         dtypes = ", ".join(sorted({e.dtype.removeprefix("torch.") for e in found}))
         return f"{what}: cached ({dtypes}; a run in another dtype merges again)"
-    older = sum(1 for e in entries(resolve_cache_dir(s.cache_dir)) if not e.plan_key)
+    older = sum(1 for e in listed if not e.plan_key)
     if older:  # entries written before manifests recorded their plan cannot be matched here
         return (
             f"{what}: not among the cached merges that name their plan ({older} older ones do not)"
