@@ -25,7 +25,6 @@ of the same loraclr merge over 3 disjoint sets of 8 render seeds.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import tempfile
@@ -38,7 +37,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from toyworld_eval import FOUR, cases, summary, toy_concepts, write_results  # noqa: E402
+from toyworld_eval import (  # noqa: E402
+    FOUR,
+    bench_parser,
+    cases,
+    run_and_write,
+    summary,
+    toy_concepts,
+)
 
 from scenecraft.merge import features as F  # noqa: E402
 from scenecraft.merge.api import merge  # noqa: E402
@@ -368,16 +374,9 @@ def markdown(result: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
-    parser.add_argument("--seeds", type=int, default=8, help="render seeds per concept")
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/merge_ablation.json"))
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser = bench_parser(__doc__, "merge_ablation", 8, "render seeds per concept", threads=1)
     args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    start = time.perf_counter()
-    result = evaluate(args.seeds)
-    result["seconds"] = round(time.perf_counter() - start, 1)
-    write_results(args.out, result, markdown(result))
+    run_and_write(args, lambda: evaluate(args.seeds), markdown)
 
 
 if __name__ == "__main__":

@@ -16,29 +16,26 @@ given as a share of it (merge fidelity's target: ≥ 0.9× the own-LoRA ceiling)
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import tempfile
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
-
-import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
 from toyworld_eval import (  # noqa: E402
     Case,
     Tally,
+    bench_parser,
     cases,
     compiled_jobs,
     merged_pipe,
     own_pipe,
+    run_and_write,
     run_case,
     scene_prompts,
-    write_results,
 )
 
 from scenecraft.toyworld.world import VERSION  # noqa: E402
@@ -152,24 +149,21 @@ def markdown(result: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
+    parser = bench_parser(__doc__, "merge_variants", 16, "render seeds per set", threads=2)
     parser.add_argument("--sets", default="1000,2000,3000", help="first seed of each set")
-    parser.add_argument("--seeds", type=int, default=16, help="render seeds per set")
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/merge_variants.json"))
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    start = time.perf_counter()
     sets = [int(s) for s in args.sets.split(",")]
-    result: dict[str, Any] = {
-        "world": 2,
-        "weights_world": VERSION,
-        "seeds": args.seeds,
-        "seed_sets": sets,
-        "sets": {str(s): run_set(s, args.seeds) for s in sets},
-    }
-    result["seconds"] = round(time.perf_counter() - start, 1)
-    write_results(args.out, result, markdown(result))
+
+    def run() -> dict[str, Any]:
+        return {
+            "world": 2,
+            "weights_world": VERSION,
+            "seeds": args.seeds,
+            "seed_sets": sets,
+            "sets": {str(s): run_set(s, args.seeds) for s in sets},
+        }
+
+    run_and_write(args, run, markdown)
 
 
 if __name__ == "__main__":

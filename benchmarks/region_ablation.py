@@ -21,10 +21,8 @@ in a single-concept picture OWN is that concept's adapter alone. merged / merged
 
 from __future__ import annotations
 
-import argparse
 import sys
 import tempfile
-import time
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -39,14 +37,15 @@ from toyworld_eval import (  # noqa: E402
     FOUR,
     Case,
     Tally,
+    bench_parser,
     cases,
     compiled_jobs,
     confined,
     merged_pipe,
     row_name,
+    run_and_write,
     run_case,
     summary,
-    write_results,
 )
 
 from scenecraft.merge import features as F  # noqa: E402
@@ -194,16 +193,9 @@ def markdown(result: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
-    parser.add_argument("--seeds", type=int, default=16, help="seeds per prompt")
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/region_ablation.json"))
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser = bench_parser(__doc__, "region_ablation", 16, "seeds per prompt", threads=2)
     args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    start = time.perf_counter()
-    result = evaluate(args.seeds)
-    result["seconds"] = round(time.perf_counter() - start, 1)
-    write_results(args.out, result, markdown(result))
+    run_and_write(args, lambda: evaluate(args.seeds), markdown)
 
 
 if __name__ == "__main__":

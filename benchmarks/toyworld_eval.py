@@ -40,7 +40,7 @@ import json
 import statistics
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -616,21 +616,40 @@ def write_results(out: Path, result: dict[str, Any], table: str) -> None:
     print(f"total {result['seconds']} s; wrote {out} and {out.with_suffix('.md')}")
 
 
+def bench_parser(
+    doc: str | None, name: str, seeds: int, seeds_help: str, threads: int
+) -> argparse.ArgumentParser:
+    """The flags every toy-world benchmark takes: --seeds, --out (benchmarks/results/NAME.json)
+    and --threads; a script adds its own."""
+    parser = argparse.ArgumentParser(description=(doc or "").split("\n")[0])
+    parser.add_argument("--seeds", type=int, default=seeds, help=seeds_help)
+    parser.add_argument("--out", type=Path, default=Path(f"benchmarks/results/{name}.json"))
+    parser.add_argument("--threads", type=int, default=threads, help="torch CPU threads")
+    return parser
+
+
+def run_and_write(
+    args: argparse.Namespace,
+    run: Callable[[], dict[str, Any]],
+    table: Callable[[dict[str, Any]], str],
+) -> None:
+    """``run()`` on ``args.threads`` CPU threads, timed into its result's ``seconds``; the
+    result written as JSON and Markdown (`write_results`)."""
+    torch.set_num_threads(args.threads)
+    start = time.perf_counter()
+    result = run()
+    result["seconds"] = round(time.perf_counter() - start, 1)
+    write_results(args.out, result, table(result))
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
-    parser.add_argument("--seeds", type=int, default=16, help="seeds per prompt")
+    parser = bench_parser(__doc__, "toyworld_eval", 16, "seeds per prompt", threads=1)
     parser.add_argument(
         "--regions", default="off,on,alone,confined", help="variants to run (comma-separated)"
     )
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/toyworld_eval.json"))
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
     regions = [r.strip() for r in args.regions.split(",")]
-    start = time.perf_counter()
-    result = evaluate(args.seeds, regions)
-    result["seconds"] = round(time.perf_counter() - start, 1)
-    write_results(args.out, result, markdown(result))
+    run_and_write(args, lambda: evaluate(args.seeds, regions), markdown)
 
 
 if __name__ == "__main__":

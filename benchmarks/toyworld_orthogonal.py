@@ -17,7 +17,6 @@ benchmarks/toyworld_eval.py (imported, not copied), regions off, judged exactly:
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import tempfile
@@ -34,11 +33,12 @@ from toyworld_eval import (  # noqa: E402
     Case,
     Tally,
     _cell,
+    bench_parser,
     cases,
     compiled_jobs,
     merged_pipe,
+    run_and_write,
     run_case,
-    write_results,
 )
 
 from scenecraft.toyworld import (  # noqa: E402
@@ -243,20 +243,13 @@ def markdown(result: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
-    parser.add_argument("--seeds", type=int, default=8, help="seeds per prompt")
+    parser = bench_parser(__doc__, "toyworld_orthogonal", 8, "seeds per prompt", threads=1)
     parser.add_argument("--orthogonal-dir", type=Path, default=ORTHOGONAL_DIR)
     parser.add_argument("--no-pairs", action="store_true", help="single-concept pictures only")
-    parser.add_argument(
-        "--out", type=Path, default=Path("benchmarks/results/toyworld_orthogonal.json")
-    )
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    start = time.perf_counter()
-    result = evaluate(args.seeds, args.orthogonal_dir, not args.no_pairs)
-    result["seconds"] = round(time.perf_counter() - start, 1)
-    write_results(args.out, result, markdown(result))
+    run_and_write(
+        args, lambda: evaluate(args.seeds, args.orthogonal_dir, not args.no_pairs), markdown
+    )
 
 
 if __name__ == "__main__":
