@@ -133,9 +133,10 @@ def merge_spec(checked: Checked, used: list[str], composed: dict[str, Composed])
 
 @dataclass(frozen=True)
 class Composed:
-    """A scene's prompts, derived once per compile: read by the merge (`scene_prompts`) and by
-    the scene's jobs."""
+    """A scene's settings and prompts, derived once per compile: read by the merge
+    (`scene_prompts`) and by the scene's jobs."""
 
+    settings: dict[str, Any]  # `defaults` overridden by the scene's own settings
     text: SceneText  # the whole scene
     prompt: str  # the global prompt (the setting, style, interactions with regions on)
     regions: tuple[p.Region, ...]  # () when the scene is drawn from one prompt
@@ -145,7 +146,7 @@ def compose(checked: Checked, scene: SceneInfo) -> Composed:
     settings = {**checked.defaults, **scene.settings}
     text = scene_text(checked, scene, settings)
     global_text, regions = scene_regions(checked, scene, settings, text)
-    return Composed(text, scene_prompt(global_text), regions)
+    return Composed(settings, text, scene_prompt(global_text), regions)
 
 
 def clean(text: str) -> str:
@@ -258,8 +259,8 @@ def scene_jobs(
     merge_key: str,
     warnings: list[Diagnostic],
 ) -> list[p.RenderJob]:
-    settings = {**checked.defaults, **scene.settings}
-    text, prompt, regions = composed.text, composed.prompt, composed.regions
+    settings, text = composed.settings, composed.text
+    prompt, regions = composed.prompt, composed.regions
     tokens = estimate_tokens(prompt)
     anchor = scene.anchor
     _warn_long(f"scene `{scene.name}`", prompt, tokens, anchor, warnings)
