@@ -13,9 +13,11 @@ Rules:
 Clauses are joined with ", ".
 
 Regional sampling writes two more kinds of prompt from the same scene:
-- a region prompt is the subject alone, as a single-subject scene would say it (its token, class
-  and own attributes, then setting, lighting and style): ``<TAYLOR> woman wearing a crown, in a
-  library``; another subject's words never reach it;
+- a region prompt leads with its subject as a single-subject scene would say it (its token,
+  class and own attributes: what the subject's LoRA was trained on, token first), then the
+  global prompt: ``<TAYLOR> woman wearing a crown, man waves at woman, in a library``; another
+  subject's identity and attributes never reach it (`regions alone`: the subject alone in the
+  setting, lighting and style, Mix-of-Show's region prompts);
 - the global prompt keeps the structure (interactions, placements, objects, activity, setting,
   lighting, style) but names each concept by its class noun only: ``man waves at woman, in a
   library``; the regions supply who they are.
@@ -198,10 +200,17 @@ def alone(scene: SceneText, name: str) -> SceneText:
     return replace(scene, subjects=(subject,), clauses=(), activity=None, extra=())
 
 
-def only(scene: SceneText, plain: dict[str, str], name: str) -> SceneText:
-    """The region text of subject ``name`` (`regions on`): the whole scene with only that
-    subject's identity and attributes; the other subjects in ``plain`` by their class words."""
-    return anonymous(scene, {k: v for k, v in plain.items() if k != name})
+def region_prompt(scene: SceneText, plain: dict[str, str], name: str) -> str:
+    """The region prompt of subject ``name`` (`regions on`): the subject first, with its
+    attributes, as its LoRA was trained to read it (``<KIKI> triangle wearing a hat``), then
+    the global prompt (the scene with every subject in ``plain`` by its class words), which
+    ties it to the rest: ``<KIKI> triangle, square left of triangle, on grass``."""
+    subject = next(s for s in scene.subjects if s.name == name)
+    head = describe(subject)
+    if scene.prefix:
+        head = f"{scene.prefix} {head}"
+    rest = scene_prompt(replace(anonymous(scene, plain), prefix=None))
+    return f"{head}, {rest}" if rest else head
 
 
 def anonymous(scene: SceneText, plain: dict[str, str]) -> SceneText:

@@ -52,10 +52,10 @@ def test_docs_example_prompt() -> None:
     assert job.prompt.startswith("man waves at man, woman and man, in a blooming summer garden")
     assert [r.subject for r in job.regions] == ["gosling", "lebron", "taylor", "messi"]
     assert job.regions[0].prompt.startswith(
-        "<GOSLING> man waves at man, woman and man, in a blooming summer garden"
+        "<GOSLING> man, man waves at man, woman and man, in a blooming summer garden"
     )
     assert job.regions[2].prompt.startswith(
-        "man waves at man, <TAYLOR> woman and man, in a blooming summer garden"
+        "<TAYLOR> woman, man waves at man, woman and man, in a blooming summer garden"
     )
 
 
@@ -203,8 +203,8 @@ def test_storyboard_panels_become_jobs(scene_file: ScenePath) -> None:
     assert (first.index, first.scene, first.caption) == (0, "meet", "They meet")
     assert [by_id[i].prompt for i in first.job_ids] == ["man greets woman"]
     assert [r.prompt for r in by_id[first.job_ids[0]].regions] == [
-        "<GOSLING> man greets woman",
-        "man greets <TAYLOR> woman",
+        "<GOSLING> man, man greets woman",
+        "<TAYLOR> woman, man greets woman",
     ]
     assert (second.index, second.scene, second.caption) == (1, "trip-2", "The end")
     [inline] = [by_id[i] for i in second.job_ids]

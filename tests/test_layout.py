@@ -121,14 +121,40 @@ def test_regions_alone_and_in_context(scene_file: ScenePath) -> None:
     [job] = plan.jobs
     assert job.prompt == "man waves at woman, in a park"
     assert [r.prompt for r in job.regions] == [
-        "<A> man wearing a hat waves at woman, in a park",
-        "man waves at <B> woman, in a park",
+        "<A> man wearing a hat, man waves at woman, in a park",
+        "<B> woman, man waves at woman, in a park",
     ]
     plan = load(scene_file(HEAD + f"scene s {{\n  regions alone\n{body}\n}}\n")).plan
     assert [r.prompt for r in plan.jobs[0].regions] == [
         "<A> man wearing a hat, in a park",
         "<B> woman, in a park",
     ]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        "  a left of b\n  c on top of d",
+        "  d right of c\n  b below a",
+        '  c waves at a, d and b\n  b wears "a crown"',
+        '  a, b, c, d\n  d wears "a hat"\n  together "having a picnic"',
+    ],
+)
+def test_every_region_prompt_leads_with_its_own_token(scene_file: ScenePath, body: str) -> None:
+    """Whatever the order of mention, each region prompt starts with its subject's token and
+    attributes (where a LoRA trained alone reads it) and never holds another concept's token
+    or attributes; the rest is the global prompt, word for word."""
+    attrs = {"b": "a crown", "d": "a hat"}
+    [job, *_] = load(scene_file(HEAD + f'scene s {{\n{body}\n  setting "a park"\n}}\n')).plan.jobs
+    for region in job.regions:
+        own = f"<{region.subject.upper()}>"
+        assert region.prompt.startswith(own)
+        head, rest = region.prompt.split(", ", 1)
+        assert rest == job.prompt
+        assert [t for t in ("<A>", "<B>", "<C>", "<D>") if t in region.prompt] == [own]
+        for name, words in attrs.items():
+            worn = name == region.subject and f'{name} wears "{words}"' in body
+            assert (f"wearing {words}" in region.prompt) == worn, name
 
 
 def test_concept_negative_goes_to_its_region(scene_file: ScenePath) -> None:

@@ -121,7 +121,7 @@ def test_scene_prompts_hand_each_concept_its_region_prompts(scene_file: ScenePat
         "a": (regions["a"], solo),  # its region prompt, and the prompt it is drawn alone with
         "b": (regions["b"],),
     }
-    assert (regions["a"], solo) == ("<A> man left of dog, at sea", "<A> man")
+    assert (regions["a"], solo) == ("<A> man, man left of dog, at sea", "<A> man")
     assert on.merge.stages == {"scene_prompts": True}
     # the prompts are part of the merge: another setting is another merge, but only with them
     assert plan("merge loraclr {\n  scene_prompts true\n}\n", "in a park").merge.key != on.merge.key

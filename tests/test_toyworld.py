@@ -538,8 +538,8 @@ def test_region_text_is_the_compilers_regions_on_rule() -> None:
     # what `scenecraft compile` writes for `blip left of kiki` (benchmarks/toyworld_eval 2a)
     assert text.prompt == "square left of triangle, on grass"
     assert [p for _, p in text.regions] == [
-        "purple spotted square left of triangle, on grass",
-        "square left of red striped triangle wearing a hat, on grass",
+        "purple spotted square, square left of triangle, on grass",
+        "red striped triangle wearing a hat, square left of triangle, on grass",
     ]
 
 
@@ -576,6 +576,6 @@ def test_evaluate_regions_uses_the_compilers_layout_and_region_text() -> None:
     prompt, regions = regional_text(scene)
     assert prompt == "square left of triangle, on grass"
     assert regions == [
-        ((0.0, 0.0, 0.5, 1.0), "purple spotted square left of triangle, on grass"),
-        ((0.5, 0.0, 1.0, 1.0), "square left of red striped triangle, on grass"),
+        ((0.0, 0.0, 0.5, 1.0), "purple spotted square, square left of triangle, on grass"),
+        ((0.5, 0.0, 1.0, 1.0), "red striped triangle, square left of triangle, on grass"),
     ]

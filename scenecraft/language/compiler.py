@@ -20,7 +20,7 @@ from scenecraft.files import sha256_file
 from scenecraft.language import nodes as n
 from scenecraft.language.check import Checked, ConceptInfo, SceneInfo
 from scenecraft.merge.config import resolve
-from scenecraft.prompts import SceneText, Subject, alone, anonymous, only, scene_prompt
+from scenecraft.prompts import SceneText, Subject, alone, anonymous, region_prompt, scene_prompt
 
 CLIP_WINDOW = 77
 MAX_JOBS = 100_000  # images per plan; `--max-jobs N` raises it (`too-many-jobs`)
@@ -204,9 +204,9 @@ def scene_regions(
 
     A scene is regional with two or more concepts, or any explicit area, unless `regions off`.
     Single-concept scenes keep their one prompt (and so their images) exactly. A region's
-    prompt is the whole scene with only its subject's identity and attributes (`regions on`:
-    the other concepts by their class noun, as in the global prompt), or the subject alone in
-    the setting (`regions alone`, Mix-of-Show's region prompts).
+    prompt leads with its subject's identity and attributes, token first as its LoRA was
+    trained, then the global prompt (`regions on`), or is the subject alone in the setting
+    (`regions alone`, Mix-of-Show's region prompts).
     """
     concepts = [s.name for s in text.subjects if s.name in checked.concepts]
     mode = settings.get("regions", "on")
@@ -221,8 +221,8 @@ def scene_regions(
         info = checked.concepts.get(name)
         if mode == "alone":  # Mix-of-Show: the subject alone in the setting
             prompt = scene_prompt(alone(text, name))
-        else:  # the whole scene, with only this subject's identity and attributes
-            prompt = scene_prompt(only(text, plain, name))
+        else:  # this subject's identity and attributes first, then the global prompt
+            prompt = region_prompt(text, plain, name)
         regions.append(
             p.Region(
                 subject=name,

@@ -24,7 +24,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 from PIL import Image
 
-from scenecraft.prompts import Clause, SceneText, Subject, anonymous, only, scene_prompt
+from scenecraft.prompts import Clause, SceneText, Subject, anonymous, region_prompt, scene_prompt
 
 VERSION = 2  # the world the shipped weights were trained on (1: fixed slots; 2: drawn layouts)
 SIZE = 64  # image side, pixels
@@ -133,11 +133,11 @@ def caption(scene: Scene) -> str:
 
 def region_prompts(scene: Scene) -> tuple[str, list[str]]:
     """What the compiler writes for the scene with `regions on`: the global prompt (every
-    sprite by its shape) and, per sprite, its region prompt (the scene with only that sprite
-    described)."""
+    sprite by its shape) and, per sprite, its region prompt (that sprite described, then the
+    global prompt)."""
     text = scene_text(scene)
     plain = {f"s{i}": s.shape for i, s in enumerate(scene.sprites)}
-    regions = [scene_prompt(only(text, plain, f"s{i}")) for i in range(len(scene.sprites))]
+    regions = [region_prompt(text, plain, f"s{i}") for i in range(len(scene.sprites))]
     return scene_prompt(anonymous(text, plain)), regions
 
 
