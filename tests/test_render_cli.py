@@ -44,8 +44,8 @@ def test_render_two_concepts_end_to_end(tmp_path: Path, capsys: pytest.CaptureFi
     # two concepts: a global prompt, and a region per concept rendered with the merged model
     assert meta.fields["Prompt"] == "man waves at dog, in a park"
     assert meta.fields["Regions"] == (
-        "ziggy [0,0,0.5,1] <ZIGGY> man wearing a hat waves at dog, in a park | "
-        "momo [0.5,0,1,1] man waves at <MOMO> dog, in a park"
+        "ziggy [0,0,0.5,1] <ZIGGY> man wearing a hat, man waves at dog, in a park | "
+        "momo [0.5,0,1,1] <MOMO> dog, man waves at dog, in a park"
     )
     assert meta.scenecraft is not None
     assert meta.scenecraft["job"]["concepts"] == ["ziggy", "momo"]

@@ -12,6 +12,8 @@ with a mean difference of 0.0 levels, are in this file's history), and again whe
 base was fine-tuned to follow regions and its LoRAs retrained (docs/toyworld.md, step 3b): the
 concepts now carry their shipped LoRAs (merged linearly), because that base draws nothing for a
 token it has never seen, so without them `duo` and `duo-global` were the same empty sea.
+`duo` alone was recorded anew when region prompts began to lead with their subject
+(`solo` and `duo-global` unchanged).
 """
 
 from __future__ import annotations
