@@ -7,8 +7,10 @@
 ``--regional P``: on a share P of the multi-sprite training scenes the UNet's cross-attention is
 regional, exactly as `scenecraft.render.regions` samples it: each sprite's box (its body and hat,
 grown by a random amount up to the canvas edge or the next sprite) reads that sprite's region
-prompt (the compiler's `regions on` text: the whole scene with only that sprite described, the
-others by shape) and the rest of the canvas reads the global prompt (every sprite by shape).
+prompt (the compiler's `regions on` text: that sprite described, then the global prompt; the
+shipped base was trained on the text of the time, the whole scene with only that sprite
+described, docs/toyworld.md) and the rest of the canvas reads the global prompt (every sprite by
+shape).
 A base trained only on whole-image captions places sprites where the noise puts them and
 ignores a box (docs/toyworld.md has the figures); SD-scale models localise region prompts
 without this, the toy base has to be shown it.
