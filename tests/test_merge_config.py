@@ -128,6 +128,29 @@ def test_scene_prompts_hand_each_concept_its_region_prompts(scene_file: ScenePat
     assert plan("merge loraclr\n", "in a park").merge.key == default.merge.key
 
 
+def test_co_subjects_add_region_shaped_feature_prompts() -> None:
+    """Each other merged concept's class noun gives the two prompts a region prompt of a scene
+    holding both starts like (scenecraft.prompts.region_prompt), once per noun; a concept
+    without a class noun gets none (nothing to say it by)."""
+    from scenecraft.merge.features import concept_prompts
+    from scenecraft.merge.types import ConceptLoRA
+
+    c = ConceptLoRA("a", ("<A>",), {}, class_noun="man")
+    got = concept_prompts(c, {}, ("{token}",), others=("dog", "woman", "dog"))
+    assert got == [
+        "<A>",
+        "<A> man",
+        "<A> man, man and dog",
+        "<A> man, dog and man",
+        "<A> man, man and woman",
+        "<A> man, woman and man",
+    ]
+    same = concept_prompts(c, {}, ("{token}",), others=("man",))
+    assert same == ["<A>", "<A> man", "<A> man, man and man"]
+    bare = ConceptLoRA("b", ("<B>",), {})
+    assert concept_prompts(bare, {}, ("{token}",), others=("dog",)) == ["<B>"]
+
+
 def test_scene_prompts_become_feature_prompts_with_tokens_expanded() -> None:
     from scenecraft.merge.features import concept_prompts
     from scenecraft.merge.types import ConceptLoRA

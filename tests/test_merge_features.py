@@ -123,8 +123,9 @@ def test_gradient_fusion_is_exact_on_cross_attention_with_few_rows(
 ) -> None:
     """With one template, 3 concepts × a few rows (from the token to the end of "<tok>" and
     "<tok> man") < 32 input dims: stage 2 can match every concept exactly — which also checks
-    that its features come from the merged text encoder consistently."""
-    cfg = MergeConfig(templates=("{token}",))
+    that its features come from the merged text encoder consistently (no region-shaped rows:
+    `co_subjects` off, and so no K/V map)."""
+    cfg = MergeConfig(templates=("{token}",), co_subjects=False)
     outcome = run_merge(
         engine_pipe, engine_concepts, "gradient-fusion", {"eps_rel": 1e-10}, config=cfg
     )
@@ -192,6 +193,38 @@ def test_scene_prompts_aim_kv_at_each_concepts_own_text_encoder(
     monkeypatch.setattr(E, "_retarget_kv", lambda *args: None)
     plain = run_merge(engine_pipe, concepts, "gradient-fusion", {}, config=cfg)
     assert kv_error(aimed) < 0.5 * kv_error(plain), (kv_error(aimed), kv_error(plain))
+
+
+def test_co_subjects_add_rows_and_aim_kv_without_scene_text(
+    engine_pipe: Any, engine_concepts: list[ConceptLoRA], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`co_subjects` (the default) reads region-shaped prompts built from the class nouns and
+    aims K/V with them; off, or without class nouns, the K/V map is not used (it would be
+    fitted on the templates alone)."""
+    from dataclasses import replace
+
+    from scenecraft.merge import engine as E
+
+    nouns = [
+        replace(c, class_noun=n) for c, n in zip(engine_concepts[:2], ("man", "dog"), strict=True)
+    ]
+    calls: list[int] = []
+    real = E._retarget_kv
+    monkeypatch.setattr(E, "_retarget_kv", lambda *a: calls.append(1) or real(*a))
+    rows, weights = {}, {}
+    for on in (False, True):
+        cfg = MergeConfig(templates=("{token}",), co_subjects=on)
+        outcome = run_merge(engine_pipe, nouns, "gradient-fusion", {}, config=cfg)
+        rows[on] = outcome.figures["feature_rows"]["text-encoder"]
+        weights[on] = outcome.weights
+    assert calls == [1]  # only with co_subjects
+    assert all(rows[True][k] > rows[False][k] for k in rows[False]), rows
+    changed = [p for p in weights[True] if not torch.equal(weights[True][p], weights[False][p])]
+    assert changed
+    # no class nouns: nothing region-shaped to read, so neither rows nor the map
+    bare = [replace(c, class_noun=None) for c in engine_concepts[:2]]
+    run_merge(engine_pipe, bare, "gradient-fusion", {}, config=MergeConfig(templates=("{token}",)))
+    assert calls == [1]
 
 
 def test_ridge_solve_is_the_regularised_least_squares_in_both_forms() -> None:

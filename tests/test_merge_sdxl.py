@@ -223,9 +223,11 @@ def test_sdxl_merge_leaves_the_pipeline_unchanged(sdxl_runs: dict[str, Any]) -> 
 
 def test_cross_attention_fusion_is_exact_with_few_rows() -> None:
     """2 concepts × ~8 context rows < 80 context dims: stage 2 can match both exactly — which
-    checks that K/V features are the concatenated context of the MERGED text encoders."""
+    checks that K/V features are the concatenated context of the MERGED text encoders
+    (`co_subjects` off: no region-shaped rows, no K/V map)."""
     pipe, concepts = sdxl_pipe(), _concepts()
-    outcome = run_merge(pipe, concepts, "gradient-fusion", {"eps_rel": 1e-10})
+    cfg = MergeConfig(co_subjects=False)
+    outcome = run_merge(pipe, concepts, "gradient-fusion", {"eps_rel": 1e-10}, config=cfg)
     assert outcome.figures["stages"]["cross-attention"]["fidelity"]["worst"] < 1e-3
     # check it independently: the merged K of one layer on the merged encoders' context
     path = next(p for p in outcome.weights if p.endswith("attn2.to_k"))

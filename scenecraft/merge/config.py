@@ -58,6 +58,14 @@ _STAGES: dict[str, Param] = {
         "(they join the merge key: editing one re-merges and re-renders the file's images)",
         stage=("scene_prompts",),
     ),
+    "co_subjects": Param(
+        "bool",
+        True,
+        "also fit the text stages on region-shaped prompts built from the merged concepts' "
+        "class nouns (`<KIKI> triangle, triangle and square`), cross-attention K/V aimed at "
+        "what each concept's own LoRA gives on them; needs no scene text",
+        stage=("co_subjects",),
+    ),
     "fallback": Param(
         "word",
         "average",

@@ -5,11 +5,14 @@
 Stages (each uses the merged result of the one before):
   1. text-encoder    Linear layers of every text encoder (SDXL: both); X_c from each concept's
                      OWN text encoders (base + its LoRA + its token embeddings) on
-                     "photo of a {token}", "{token}" (+ class noun);
+                     "photo of a {token}", "{token}" (+ class noun), and with ``co_subjects``
+                     (default) region-shaped prompts: "{token} {class}, {class} and {other}"
+                     for each other merged concept's class noun, both orders;
   2. cross-attention UNet to_k / to_v (attn2; attn1 too where it attends to the prompt); X_c = the context the MERGED text encoder(s) give
                      (SDXL: both encoders' penultimate states concatenated, 2048 wide) from
-                     the concept's first token to the end token; with ``scene_prompts`` each
-                     concept's update is first aimed at its OWN encoder's context
+                     the concept's first token to the end token; with region-shaped rows
+                     (``co_subjects``) or ``scene_prompts`` each concept's update is first
+                     aimed at its OWN encoder's context
                      (`_retarget_kv`), so the text-encoder merge's error is not passed on;
   3. spatial         (optional, ``MergeConfig.spatial``) other UNet Linear / 1×1 conv layers;
                      X_c from a short sampling run of concept c's own UNet.
@@ -50,8 +53,9 @@ from scenecraft.sdparts import cross_attention_kv
 TEXT, KV, SPATIAL, FALLBACK = "text-encoder", "cross-attention", "spatial", "fallback"
 # Bumped when the same inputs merge to different weights (part of every cache entry's identity,
 # so an entry written by an earlier engine is not reused). 2: scene_prompts aims K/V at each
-# concept's own text encoder (`_retarget_kv`); 3: feature methods' fallback is the average.
-ENGINE_REVISION = 3
+# concept's own text encoder (`_retarget_kv`); 3: feature methods' fallback is the average;
+# 4: co_subjects (region-shaped feature prompts, K/V aimed at each own LoRA on them) by default.
+ENGINE_REVISION = 4
 
 
 @dataclass
@@ -159,7 +163,7 @@ class _Run:
         self.rows: dict[str, dict[str, int]] = defaultdict(dict)  # stage -> concept -> rows
         self.seconds: dict[str, float] = defaultdict(float)
         # (concept, to_k / to_v path) -> ΔW'_c: its own update re-aimed at the merged text
-        # encoder's context (`_retarget_kv`, with scene_prompts)
+        # encoder's context (`_retarget_kv`, with co_subjects or scene_prompts)
         self.retargeted: dict[tuple[int, str], torch.Tensor] = {}
 
     def base(self, path: str) -> torch.Tensor:
@@ -299,9 +303,9 @@ def _retarget_kv(
         ΔW'_c = (W0 + ΔW_c) A_cᵀ − W0                             (out, dim)
 
     makes W0 + ΔW'_c on the merged context give (W0 + ΔW_c) on the own one; the method then
-    merges the ΔW'_c. Only with ``scene_prompts``: fitted on the prompts the file renders, the
-    map is used where it was fitted (on the template prompts alone it extrapolates to the
-    rendered ones and lost the same-class pair: docs/loraclr.md)."""
+    merges the ΔW'_c. Only with rows shaped like the rendered prompts (``co_subjects``'
+    region-shaped prompts, or ``scene_prompts``' own): fitted on the template prompts alone it
+    extrapolates to the rendered ones and lost the same-class pair (docs/loraclr.md)."""
     for c in range(len(run.concepts)):
         x = X[c][paths[0]]  # (n, dim): every to_k / to_v reads the same context
         E, _ = ridge_solve(x[None], (own[c] - x)[None])  # (1, dim, dim): A_c − I
@@ -309,6 +313,11 @@ def _retarget_kv(
         for p in paths:
             W = run.base(p).double() + run.delta(c, p).double()  # (out, dim)
             run.retargeted[(c, p)] = (W @ A.T - run.base(p).double()).float()
+
+
+def _other_nouns(concepts: list[ConceptLoRA], concept: ConceptLoRA) -> tuple[str, ...]:
+    """The class nouns of the concepts merged with ``concept`` (co_subjects' feature prompts)."""
+    return tuple(dict.fromkeys(c.class_noun for c in concepts if c is not concept and c.class_noun))
 
 
 def _spatial_stage(
@@ -371,13 +380,19 @@ def run_merge(
             emb.setdefault(component, {}).update(rows)
     needs_text = features and any(stages[s] for s in (TEXT, KV, SPATIAL))
     with F.token_embeddings(pipe, concepts) if needs_text else nullcontext() as texts:
+        others = [_other_nouns(concepts, c) if cfg.co_subjects else () for c in concepts]
         prompts = [
-            F.concept_prompts(c, texts or {}, cfg.templates, cfg.scene_prompts) for c in concepts
+            F.concept_prompts(c, texts or {}, cfg.templates, cfg.scene_prompts, o)
+            for c, o in zip(concepts, others, strict=True)
         ]
         # 2. text encoder
         X = _text_stage(run, stages[TEXT], prompts) if features and stages[TEXT] else None
         run.solve(TEXT, stages[TEXT], X, method if X is not None else fallback)
-        retarget = cfg.scene_prompts and method in FEATURE_BASED and bool(stages[KV])
+        # the K/V map needs rows shaped like the rendered prompts: scene or region-shaped ones
+        shaped = cfg.scene_prompts or any(
+            o and c.class_noun for c, o in zip(concepts, others, strict=True)
+        )
+        retarget = shaped and method in FEATURE_BASED and bool(stages[KV])
         own = _own_contexts(run, prompts, texts or {}) if retarget else None
         merged_te = {p: w for p, w in run.weights.items() if p.startswith(F.TEXT_PREFIXES)}
         with F.patched(modules, merged_te):

@@ -226,9 +226,14 @@ def concept_prompts(
     texts: dict[str, str],
     templates: tuple[str, ...],
     scene_prompts: bool = False,
+    others: tuple[str, ...] = (),
 ) -> list[str]:
     """Prompts "photo of a {token}", "{token}" (+ "… {class}" when the class noun is known);
-    with ``scene_prompts`` also the prompts the plan renders the concept with (its regions)."""
+    with ``others`` (the other merged concepts' class nouns) also region-shaped prompts, the
+    shape of every region prompt the compiler writes (`scenecraft.prompts.region_prompt`): the
+    concept, then it and one other by class noun, both orders ("<KIKI> triangle, triangle and
+    square", "<KIKI> triangle, square and triangle"); with ``scene_prompts`` also the prompts the
+    plan renders the concept with (its regions)."""
     noun = concept.class_noun
     prompts = []
     for token in concept.tokens:
@@ -237,6 +242,13 @@ def concept_prompts(
             prompts.append(template.format(token=word))
             if noun:
                 prompts.append(template.format(token=f"{word} {noun}"))
+        if noun:
+            shaped = [
+                f"{word} {noun}, {a} and {b}"
+                for other in dict.fromkeys(others)
+                for a, b in ((noun, other), (other, noun))
+            ]
+            prompts += list(dict.fromkeys(shaped))
     for prompt in concept.prompts if scene_prompts else ():
         for token in concept.tokens:  # multi-vector embeddings: the token's expanded words
             prompt = prompt.replace(token, texts.get(token, token))
