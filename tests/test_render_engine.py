@@ -294,3 +294,26 @@ def test_adapter_image_keys_follow_the_active_adapters(tmp_path: Path) -> None:
     assert image_key(job, 0, plan.merge.key, "adapters", ("momo",)) != image_key(
         job, 0, plan.merge.key, "adapters", ("ziggy", "momo")
     )
+
+
+def test_merged_image_keys_follow_the_merge_engine_revision(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A newer merge engine merges the same plan to other weights (its cache entries are new):
+    images drawn with a merge are then out of date; base and runtime-adapter images are not."""
+    from scenecraft.render import engine as render_engine
+
+    merged = make_plan(method="linear", seeds=(1,), scenes=("solo",))
+    base = make_plan(seeds=(1,), scenes=("solo",))
+
+    def keys() -> tuple[str, str, str]:
+        [m] = plan_images(merged, tmp_path)
+        [b] = plan_images(base, tmp_path)
+        [a] = plan_images(base, tmp_path, adapters=True)
+        return m.key, b.key, a.key
+
+    before = keys()
+    monkeypatch.setattr(render_engine, "ENGINE_REVISION", render_engine.ENGINE_REVISION + 1)
+    after = keys()
+    assert after[0] != before[0]
+    assert after[1:] == before[1:]

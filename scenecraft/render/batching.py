@@ -48,13 +48,21 @@ Group = tuple[int, int, int, float, str, str, bool, tuple[str, ...]]
 
 
 def image_key(
-    job: RenderJob, n: int, merge_key: str, mode: str, adapters: tuple[str, ...] | None = None
+    job: RenderJob,
+    n: int,
+    merge_key: str,
+    mode: str,
+    adapters: tuple[str, ...] | None = None,
+    engine_revision: int | None = None,
 ) -> str:
     """What determines the pixels beyond the job itself: image index, merged weights, mode,
-    and with --adapters the adapters active for it."""
+    with --adapters the adapters active for it, and for a merged model the merge engine's
+    revision (a newer engine merges the same plan to other weights, so its images are new)."""
     what: dict[str, object] = {"job": job.id, "n": n, "merge": merge_key, "mode": mode}
     if adapters is not None:
         what["adapters"] = list(adapters)
+    if engine_revision is not None:
+        what["engine_revision"] = engine_revision
     return stable_hash(what, 20)
 
 

@@ -34,6 +34,7 @@ from scenecraft.events import (
     StepDone,
     emit,
 )
+from scenecraft.merge.engine import ENGINE_REVISION
 from scenecraft.plan import RenderPlan, generator_seed, stable_hash
 from scenecraft.render import adapters as adapter_mod
 from scenecraft.render.batching import (
@@ -116,6 +117,7 @@ def plan_images(
     out = Path(out_dir)
     mode = render_mode(plan, adapters)
     wkey = weights_key(plan, mode)
+    revision = ENGINE_REVISION if mode == "merged" else None  # merged weights: engine-made
     suffix = ".adapters" if adapters else ""
     tasks = []
     memo: dict[tuple[str, ...], Path] = {}  # resolved folders, for this pass only
@@ -123,7 +125,7 @@ def plan_images(
         sampler_def(job.sampler)  # unknown samplers fail before any work
         path = image_path(out, job, suffix, memo)
         active = adapter_mod.active_adapters(plan.merge.concepts, job) if adapters else None
-        key = image_key(job, job.index, wkey, mode, active)
+        key = image_key(job, job.index, wkey, mode, active, revision)
         tasks.append(ImageTask(job, job.index, generator_seed(job), path, key, active or ()))
     check_unique_paths(_output_sources(plan, out, tasks, suffix))  # before anything renders
     return tasks
