@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import tempfile
 import time
@@ -156,9 +157,17 @@ def regional_step_cost(
     ctx = torch.randn(2, 77, context_dim, generator=g).to(device, dtype)
     t = torch.tensor(500, device=device)
 
-    def step() -> None:
+    def one() -> None:
         with torch.no_grad():
             unet(x, t, encoder_hidden_states=ctx)
+
+    # a sample is k steps, k chosen so it takes >= 0.25 s: a 16-ms toy step timed alone moved
+    # the 2-region ratio between 0.92 and 1.23 from run to run on this CPU
+    k = max(1, math.ceil(0.25 / max(timed(one), 1e-6)))
+
+    def step() -> None:
+        for _ in range(k):
+            one()
 
     def state(r: int) -> RegionalState:
         emb = torch.randn(r, 1, 77, context_dim, generator=g).to(device, dtype)
@@ -173,12 +182,13 @@ def regional_step_cost(
             with installed(unet, state(r)):
                 step()  # warm-up (masks are cached per level)
                 runs[f"regions_{r}"].append(timed(step))
-    med = {k: statistics.median(v) for k, v in runs.items()}
+    med = {name: statistics.median(v) / k for name, v in runs.items()}
     return {
         "s_per_step": med,
         **{f"ratio_{r}_regions": med[f"regions_{r}"] / med["global"] for r in regions},
         "latent": latent,
         "repeats": repeats,
+        "steps_per_sample": k,
     }
 
 
