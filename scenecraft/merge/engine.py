@@ -316,8 +316,9 @@ def _retarget_kv(
 
 
 def _other_nouns(concepts: list[ConceptLoRA], concept: ConceptLoRA) -> tuple[str, ...]:
-    """The class nouns of the concepts merged with ``concept`` (co_subjects' feature prompts)."""
-    return tuple(dict.fromkeys(c.class_noun for c in concepts if c is not concept and c.class_noun))
+    """The class nouns of the concepts merged with ``concept`` (co_subjects' feature prompts;
+    `features.concept_prompts` drops repeats)."""
+    return tuple(c.class_noun for c in concepts if c is not concept and c.class_noun)
 
 
 def _spatial_stage(

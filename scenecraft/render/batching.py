@@ -24,7 +24,7 @@ class ImageTask:
     n: int  # 0-based image index within the job's seed (images_per_seed > 1)
     seed: int  # the generator seed of this image: job.seed + n
     path: Path  # where the PNG goes
-    key: str  # content key: job id, n, merge key, mode; a PNG with this key is up to date
+    key: str  # content key (`image_key`); a PNG with this key is up to date
     adapters: tuple[str, ...] = ()  # --adapters: the runtime adapters this image is drawn with
 
     @property
