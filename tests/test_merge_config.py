@@ -48,9 +48,9 @@ def test_engine_defaults_come_from_the_table() -> None:
         if method == "none":
             continue
         for name, p in params.items():
-            if not p.stage:
+            if not p.stage or p.method_too:
                 assert p.engine_name(name) in allowed_params(method), (method, name)
-            else:
+            if p.stage:
                 assert set(p.stage) <= {f.name for f in fields(MergeConfig)}
 
 
@@ -68,6 +68,9 @@ def test_resolve_maps_names_values_and_stages() -> None:
     assert params == {"max_iters": 80, "eps_rel": 0.1, "init": "fusion-normalised"}
     assert stages == {"text_max_rows": 512, "spatial_max_rows": 512, "spatial": True}
     assert resolve("linear", {}) == ({}, {})
+    # the merge seed reaches the method (DARE's masks, the reference recipe's row cut) and the
+    # engine (feature-row subsampling)
+    assert resolve("loraclr", {"seed": 3}) == ({"seed": 3}, {"seed": 3})
 
 
 def test_the_plan_holds_resolved_params_and_merge_seed_is_not_an_alias(

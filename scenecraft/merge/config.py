@@ -34,6 +34,7 @@ class Param:
     engine: str | None = None  # the engine's name when it differs from the user's
     values: Mapping[Any, Any] = field(default_factory=dict)  # user value -> engine value
     stage: tuple[str, ...] = ()  # MergeConfig fields it sets instead of a method parameter
+    method_too: bool = False  # with ``stage``: also passed to the method under its engine name
 
     def engine_name(self, name: str) -> str:
         return self.engine or name
@@ -42,7 +43,15 @@ class Param:
         return self.values.get(value, value)
 
 
-_SEED = Param("int", 0, "random seed of row subsampling and DARE's masks", 0, 2**31 - 1)
+_SEED = Param(
+    "int",
+    0,
+    "random seed of feature-row subsampling and DARE's masks",
+    0,
+    2**31 - 1,
+    stage=("seed",),
+    method_too=True,
+)
 _STAGES: dict[str, Param] = {
     "spatial": Param(
         "bool",
@@ -155,6 +164,6 @@ def resolve(method: str, params: Mapping[str, Any]) -> tuple[dict[str, Any], dic
         param = table[name]  # the checker has refused unknown names
         if param.stage:
             stages.update(dict.fromkeys(param.stage, value))
-        else:
+        if not param.stage or param.method_too:
             engine[param.engine_name(name)] = param.engine_value(value)
     return engine, stages
