@@ -69,7 +69,7 @@ def test_resolve_maps_names_values_and_stages() -> None:
     assert stages == {"text_max_rows": 512, "spatial_max_rows": 512, "spatial": True}
     assert resolve("linear", {}) == ({}, {})
     # the merge seed reaches the method (DARE's masks, the reference recipe's row cut) and the
-    # engine (feature-row subsampling)
+    # engine (feature-row subsampling, `continuations`' phrases)
     assert resolve("loraclr", {"seed": 3}) == ({"seed": 3}, {"seed": 3})
 
 
@@ -152,6 +152,33 @@ def test_co_subjects_add_region_shaped_feature_prompts() -> None:
     assert same == ["<A>", "<A> man", "<A> man, man and man"]
     bare = ConceptLoRA("b", ("<B>",), {})
     assert concept_prompts(bare, {}, ("{token}",), others=("dog",)) == ["<B>"]
+
+
+def test_continuations_follow_each_concept_with_common_word_phrases() -> None:
+    """`continuations`: seeded phrases of 1-4 of the vocabulary's whole words (ASCII letters,
+    two or more, in id order, capped), each after the concept and its class noun."""
+    from types import SimpleNamespace
+
+    from scenecraft.merge.features import common_words, concept_prompts, continuations
+    from scenecraft.merge.types import ConceptLoRA
+
+    vocab = {"a</w>": 1, "sea</w>": 4, "grass</w>": 5, "gr": 3, "<A>": 9, "x1</w>": 7}
+    vocab |= {"été</w>": 8, "hat</w>": 10}
+    tok = SimpleNamespace(get_vocab=lambda: vocab)
+    assert common_words(tok) == ["sea", "grass", "hat"]  # id order
+    assert common_words(tok, limit=2) == ["sea", "grass"]
+    words = ["sea", "grass", "hat"]
+    got = continuations(words, 40, seed=3)
+    assert len(got) == 40 and got == continuations(words, 40, seed=3)
+    assert got != continuations(words, 40, seed=4)
+    lengths = {len(p.split()) for p in got}
+    assert lengths == {1, 2, 3, 4}
+    assert {w for p in got for w in p.split()} <= set(words)
+    assert continuations([], 5, seed=0) == [] and continuations(words, 0, seed=0) == []
+    c = ConceptLoRA("a", ("<A>",), {}, class_noun="man")
+    assert concept_prompts(c, {}, ("{token}",), phrases=("sea hat",))[-1] == "<A> man, sea hat"
+    bare = ConceptLoRA("b", ("<B>",), {})
+    assert concept_prompts(bare, {}, ("{token}",), phrases=("sea",)) == ["<B>", "<B>, sea"]
 
 
 def test_scene_prompts_become_feature_prompts_with_tokens_expanded() -> None:

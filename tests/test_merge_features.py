@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Any
 
@@ -225,6 +226,29 @@ def test_co_subjects_add_rows_and_aim_kv_without_scene_text(
     bare = [replace(c, class_noun=None) for c in engine_concepts[:2]]
     run_merge(engine_pipe, bare, "gradient-fusion", {}, config=MergeConfig(templates=("{token}",)))
     assert calls == [1]
+
+
+def test_continuations_add_rows_and_change_the_merge(
+    engine_pipe: Any, engine_concepts: list[ConceptLoRA]
+) -> None:
+    """`continuations` (opt-in) reads each concept followed by phrases of the tiny vocabulary's
+    whole words; 0 (the default) reads none; the same seed gives the same merge, another seed
+    other phrases and so another merge."""
+    rows, weights = {}, {}
+    for n in (0, 6):
+        cfg = MergeConfig(templates=("{token}",), co_subjects=False, continuations=n)
+        outcome = run_merge(engine_pipe, engine_concepts[:2], "gradient-fusion", {}, config=cfg)
+        rows[n] = outcome.figures["feature_rows"]["text-encoder"]
+        weights[n] = outcome.weights
+    assert all(rows[6][k] > rows[0][k] for k in rows[0]), rows
+    assert any(not torch.equal(weights[6][p], weights[0][p]) for p in weights[6])
+    cfg = MergeConfig(templates=("{token}",), co_subjects=False, continuations=6)
+    again = run_merge(engine_pipe, engine_concepts[:2], "gradient-fusion", {}, config=cfg)
+    assert all(torch.equal(again.weights[p], weights[6][p]) for p in weights[6])
+    other = dataclasses.replace(cfg, seed=1)
+    moved = run_merge(engine_pipe, engine_concepts[:2], "gradient-fusion", {}, config=other)
+    assert any(not torch.equal(moved.weights[p], weights[6][p]) for p in weights[6])
+    assert MergeConfig().continuations == 0
 
 
 def test_ridge_solve_is_the_regularised_least_squares_in_both_forms() -> None:

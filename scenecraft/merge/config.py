@@ -46,7 +46,7 @@ class Param:
 _SEED = Param(
     "int",
     0,
-    "random seed of feature-row subsampling and DARE's masks",
+    "random seed of feature-row subsampling, `continuations`' phrases and DARE's masks",
     0,
     2**31 - 1,
     stage=("seed",),
@@ -74,6 +74,17 @@ _STAGES: dict[str, Param] = {
         "class nouns (`<KIKI> triangle, triangle and square`), cross-attention K/V aimed at "
         "what each concept's own LoRA gives on them; needs no scene text",
         stage=("co_subjects",),
+    ),
+    "continuations": Param(
+        "int",
+        0,
+        "also fit the text stages on each concept followed by this many seeded phrases of 1-4 "
+        "common words from the tokenizer's vocabulary (`<KIKI> triangle, sea hat under`): a "
+        "scene's own words come after the token; needs no scene text; 0: off (a trade: "
+        "docs/loraclr.md)",
+        0,
+        1024,
+        stage=("continuations",),
     ),
     "fallback": Param(
         "word",

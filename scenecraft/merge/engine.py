@@ -7,7 +7,9 @@ Stages (each uses the merged result of the one before):
                      OWN text encoders (base + its LoRA + its token embeddings) on
                      "photo of a {token}", "{token}" (+ class noun), and with ``co_subjects``
                      (default) region-shaped prompts: "{token} {class}, {class} and {other}"
-                     for each other merged concept's class noun, both orders;
+                     for each other merged concept's class noun, both orders; with
+                     ``continuations`` N (opt-in) "{token} {class}, {phrase}" for N seeded
+                     phrases of 1–4 of the tokenizer's common whole words;
   2. cross-attention UNet to_k / to_v (attn2; attn1 too where it attends to the prompt); X_c = the context the MERGED text encoder(s) give
                      (SDXL: both encoders' penultimate states concatenated, 2048 wide) from
                      the concept's first token to the end token; with region-shaped rows
@@ -382,8 +384,13 @@ def run_merge(
     needs_text = features and any(stages[s] for s in (TEXT, KV, SPATIAL))
     with F.token_embeddings(pipe, concepts) if needs_text else nullcontext() as texts:
         others = [_other_nouns(concepts, c) if cfg.co_subjects else () for c in concepts]
+        phrases = (
+            F.continuations(F.common_words(pipe.tokenizer), cfg.continuations, cfg.seed)
+            if needs_text
+            else []
+        )
         prompts = [
-            F.concept_prompts(c, texts or {}, cfg.templates, cfg.scene_prompts, o)
+            F.concept_prompts(c, texts or {}, cfg.templates, cfg.scene_prompts, o, phrases)
             for c, o in zip(concepts, others, strict=True)
         ]
         # 2. text encoder

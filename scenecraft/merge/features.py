@@ -21,6 +21,7 @@ tokenizers. Stage 3 calls the pipeline itself, which fills in SDXL's added condi
 from __future__ import annotations
 
 import math
+import random
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from typing import Any
@@ -221,19 +222,47 @@ def _component_tokens(
                 emb[ids[word]] = row
 
 
+# Whole words `continuations` draws from: the first this many of the vocabulary (CLIP's BPE
+# vocabulary is in merge order, so the most frequent words come first).
+COMMON_WORDS = 5000
+
+
+def common_words(tokenizer: Any, limit: int = COMMON_WORDS) -> list[str]:
+    """The tokenizer's whole-word entries (CLIP BPE: ``word</w>``; ASCII letters, at least two)
+    in id order, the first ``limit`` of them. A vocabulary without such entries gives none."""
+    found = []
+    for entry, i in tokenizer.get_vocab().items():
+        word = entry.removesuffix("</w>")
+        if entry.endswith("</w>") and len(word) >= 2 and word.isascii() and word.isalpha():
+            found.append((i, word))
+    return [w for _, w in sorted(found)[:limit]]
+
+
+def continuations(words: Sequence[str], n: int, seed: int) -> list[str]:
+    """``n`` seeded phrases of 1–4 words drawn from ``words`` (`common_words`): what follows a
+    concept's token in `concept_prompts` ("<KIKI> triangle, sea hat under"). None without words."""
+    if not words:
+        return []
+    rng = random.Random(seed)
+    return [" ".join(rng.choice(words) for _ in range(rng.randint(1, 4))) for _ in range(n)]
+
+
 def concept_prompts(
     concept: ConceptLoRA,
     texts: dict[str, str],
     templates: tuple[str, ...],
     scene_prompts: bool = False,
     others: tuple[str, ...] = (),
+    phrases: Sequence[str] = (),
 ) -> list[str]:
     """Prompts "photo of a {token}", "{token}" (+ "… {class}" when the class noun is known);
     with ``others`` (the other merged concepts' class nouns) also region-shaped prompts, the
     shape of every region prompt the compiler writes (`scenecraft.prompts.region_prompt`): the
     concept, then it and one other by class noun, both orders ("<KIKI> triangle, triangle and
-    square", "<KIKI> triangle, square and triangle"); with ``scene_prompts`` also the prompts the
-    plan renders the concept with (its regions)."""
+    square", "<KIKI> triangle, square and triangle"); with ``phrases`` (`continuations`) the
+    concept followed by each ("<KIKI> triangle, sea hat under"): a scene's own words come after
+    the token, and CLIP's causal encoder carries the concept into every one of them; with
+    ``scene_prompts`` also the prompts the plan renders the concept with (its regions)."""
     noun = concept.class_noun
     prompts = []
     for token in concept.tokens:
@@ -249,6 +278,8 @@ def concept_prompts(
                 for a, b in ((noun, other), (other, noun))
             ]
             prompts += list(dict.fromkeys(shaped))
+        subject = f"{word} {noun}" if noun else word
+        prompts += [f"{subject}, {phrase}" for phrase in phrases]
     for prompt in concept.prompts if scene_prompts else ():
         for token in concept.tokens:  # multi-vector embeddings: the token's expanded words
             prompt = prompt.replace(token, texts.get(token, token))
