@@ -7,7 +7,9 @@ in one setting, on several disjoint sets of 16 render seeds. A change is worth a
 if it holds on every set; the spread between sets is the noise (±0.08 for a concept alone).
 
 Variants: the image-side ``fallback`` (``linear``: the sum of the concepts' updates, the default
-until 2026-12-01; ``average``: their mean, the default since) × ``scene_prompts`` off / on. The
+until 2026-12-01; ``average``: their mean, the default since) × ``scene_prompts`` off / on; and
+``continuations 32`` (opt-in) merged with merge seeds 0, 1, 2 (the seed draws its phrases, so
+each is another merge: the spread between them is the draw's, beside the render seeds'). The
 ceiling row draws each concept alone with its own LoRA on the same seeds, so "alone" is also
 given as a share of it (merge fidelity's target: ≥ 0.9× the own-LoRA ceiling).
 
@@ -64,6 +66,10 @@ VARIANTS: tuple[tuple[str, dict[str, Any]], ...] = (
     ("fallback average", {"fallback": "average"}),
     ("fallback linear + scene_prompts", {"fallback": "linear", "scene_prompts": True}),
     ("fallback average + scene_prompts", {"fallback": "average", "scene_prompts": True}),
+    *(
+        (f"continuations 32, merge seed {seed}", {"continuations": 32, "seed": seed})
+        for seed in (0, 1, 2)
+    ),
 )
 
 
@@ -84,8 +90,8 @@ def run_set(first_seed: int, n_seeds: int) -> dict[str, dict[str, dict[str, floa
             tallies: dict[str, Tally] = {}
             for names, group in groups.items():
                 prompts = scene_prompts(group, seeds) if stages.get("scene_prompts") else None
-                fallback = {"fallback": stages["fallback"]}
-                pipe, _, _ = merged_pipe("loraclr", {}, names, Path(tmp), prompts, fallback)
+                rest = {k: v for k, v in stages.items() if k != "scene_prompts"}
+                pipe, _, _ = merged_pipe("loraclr", {}, names, Path(tmp), prompts, rest)
                 for case in group:
                     mode = "off" if case.count == 1 else "on"
                     run_case(
@@ -145,7 +151,27 @@ def markdown(result: dict[str, Any]) -> str:
                 cell += f" (in region {pmean:.2f})"
             cells.append(cell)
         lines.append(f"| {label} | {' | '.join(cells)} |")
+    lines.append(_seed_mean(result, ceiling))
     return head + "\n".join(lines) + "\n"
+
+
+def _seed_mean(result: dict[str, Any], ceiling: float) -> str:
+    """One row: the continuations variants' means, pooled over their merge seeds (± the spread
+    between the merge seeds' means)."""
+    sets = result["seed_sets"]
+    labels = [v[0] for v in VARIANTS if v[0].startswith("continuations")]
+    cells = []
+    for col in COLUMNS:
+        per_seed = [
+            statistics.fmean(result["sets"][str(s)][lab][col]["identity"] for s in sets)
+            for lab in labels
+        ]
+        mean, spread = statistics.fmean(per_seed), statistics.pstdev(per_seed)
+        cell = f"**{mean:.2f}** ± {spread:.2f}"
+        if col == ALONE:
+            cell += f" ({mean / ceiling:.2f}× the ceiling)"
+        cells.append(cell)
+    return f"| continuations 32, mean over merge seeds (± their spread) | {' | '.join(cells)} |"
 
 
 def main(argv: list[str] | None = None) -> None:
