@@ -386,7 +386,7 @@ def run_merge(
         others = [_other_nouns(concepts, c) if cfg.co_subjects else () for c in concepts]
         phrases = (
             F.continuations(F.common_words(pipe.tokenizer), cfg.continuations, cfg.seed)
-            if needs_text
+            if needs_text and cfg.continuations
             else []
         )
         prompts = [
