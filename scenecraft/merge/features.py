@@ -267,18 +267,18 @@ def concept_prompts(
     prompts = []
     for token in concept.tokens:
         word = texts.get(token, token)
+        subject = f"{word} {noun}" if noun else word  # "<KIKI> triangle"
         for template in templates:
             prompts.append(template.format(token=word))
             if noun:
-                prompts.append(template.format(token=f"{word} {noun}"))
+                prompts.append(template.format(token=subject))
         if noun:
             shaped = [
-                f"{word} {noun}, {a} and {b}"
+                f"{subject}, {a} and {b}"
                 for other in dict.fromkeys(others)
                 for a, b in ((noun, other), (other, noun))
             ]
             prompts += list(dict.fromkeys(shaped))
-        subject = f"{word} {noun}" if noun else word
         prompts += [f"{subject}, {phrase}" for phrase in phrases]
     for prompt in concept.prompts if scene_prompts else ():
         for token in concept.tokens:  # multi-vector embeddings: the token's expanded words
