@@ -7,7 +7,9 @@ in one setting, on several disjoint sets of 16 render seeds. A change is worth a
 if it holds on every set; the spread between sets is the noise (±0.08 for a concept alone).
 
 Variants: the image-side ``fallback`` (``linear``: the sum of the concepts' updates, the default
-until 2026-12-01; ``average``: their mean, the default since) × ``scene_prompts`` off / on; and
+until 2026-12-01; ``average``: their mean, the default since) × ``scene_prompts`` off / on; the
+default with ``sequential false`` (the text encoder fitted on each concept's own encoder's
+inputs, the engine before 2026-12-02's layer-by-layer fit); and
 ``continuations 32`` (opt-in) merged with merge seeds 0, 1, 2 (the seed draws its phrases, so
 each is another merge: the spread between them is the draw's, beside the render seeds'). The
 ceiling row draws each concept alone with its own LoRA on the same seeds, so "alone" is also
@@ -62,6 +64,7 @@ COLUMNS = {  # column -> the cases it pools
 CEILING = "own LoRA (ceiling)"  # each concept alone drawn by its own LoRA, same seeds
 ALONE = "alone (4 merged)"
 VARIANTS: tuple[tuple[str, dict[str, Any]], ...] = (
+    ("fallback average, sequential false", {"fallback": "average", "sequential": False}),
     ("fallback linear", {"fallback": "linear"}),
     ("fallback average", {"fallback": "average"}),
     ("fallback linear + scene_prompts", {"fallback": "linear", "scene_prompts": True}),

@@ -251,6 +251,61 @@ def test_continuations_add_rows_and_change_the_merge(
     assert MergeConfig().continuations == 0
 
 
+def test_input_waves_follow_the_forward_and_group_shared_inputs(engine_pipe: Any) -> None:
+    paths = linear_paths(engine_pipe, "text_encoder")
+    waves = F.input_waves(engine_pipe, F.resolve_modules(engine_pipe, paths), "a photo")
+    layer = "text_encoder.encoder.layers.{}."
+    expected = []
+    for i in range(len(engine_pipe.text_encoder.encoder.layers)):
+        expected += [
+            [layer.format(i) + f"self_attn.{x}_proj" for x in "qkv"],
+            [layer.format(i) + "self_attn.out_proj"],
+            [layer.format(i) + "mlp.fc1"],
+            [layer.format(i) + "mlp.fc2"],
+        ]
+    assert waves == expected
+
+
+def test_sequential_text_stage_fits_each_layer_on_the_merged_layers_before_it(
+    engine_pipe: Any, engine_concepts: list[ConceptLoRA]
+) -> None:
+    """`sequential` (default): wave by wave, X_c is read from the text encoder merged so far.
+    With gradient fusion, the last layer's W* is exactly the fusion on those inputs; without
+    `sequential` it is fitted on each concept's own encoder's inputs, a different W*; the first
+    wave reads the token embeddings either way, so it merges the same."""
+    from scenecraft.merge.fusion import gradient_fusion
+
+    cfg = MergeConfig(templates=("{token}", "photo of a {token}"), co_subjects=False)
+    assert cfg.sequential and MergeConfig().sequential
+    seq = run_merge(engine_pipe, engine_concepts, "gradient-fusion", {}, config=cfg)
+    old = run_merge(
+        engine_pipe,
+        engine_concepts,
+        "gradient-fusion",
+        {},
+        config=dataclasses.replace(cfg, sequential=False),
+    )
+    first = "text_encoder.encoder.layers.0.self_attn.q_proj"
+    last = max(p for p in seq.weights if p.endswith("mlp.fc2"))
+    torch.testing.assert_close(seq.weights[first], old.weights[first])
+    modules = F.resolve_modules(engine_pipe, list(seq.weights))
+    te = {p: w for p, w in seq.weights.items() if p.startswith(F.TEXT_PREFIXES)}
+    X = []
+    with F.token_embeddings(engine_pipe, engine_concepts) as texts, F.patched(modules, te):
+        for c, concept in enumerate(engine_concepts):
+            prompts = F.concept_prompts(concept, texts, cfg.templates)
+            rows = F.text_rows(engine_pipe, {last: modules[last]}, prompts, 4096, c)
+            X.append(rows[last][None])
+    W0 = F.weight_matrix(modules[last]).detach().float()[None]
+    deltas = [
+        (c.delta(last) if last in c.layers else torch.zeros_like(W0[0]))[None]
+        for c in engine_concepts
+    ]
+    want, _ = gradient_fusion(W0, deltas, X)
+    torch.testing.assert_close(seq.weights[last], want[0], rtol=1e-4, atol=1e-5)
+    assert (old.weights[last] - want[0]).abs().max() > 1e-3
+
+
 def test_ridge_solve_is_the_regularised_least_squares_in_both_forms() -> None:
     from scenecraft.merge.fusion import ridge_solve
 

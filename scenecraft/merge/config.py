@@ -86,6 +86,13 @@ _STAGES: dict[str, Param] = {
         1024,
         stage=("continuations",),
     ),
+    "sequential": Param(
+        "bool",
+        True,
+        "merge the text encoder layer by layer in forward order, each layer fitted on the "
+        "inputs the layers merged before it give (false: on each concept's own encoder's)",
+        stage=("sequential",),
+    ),
     "fallback": Param(
         "word",
         "average",

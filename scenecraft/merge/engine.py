@@ -3,8 +3,10 @@
     outcome = run_merge(pipe, concepts, "loraclr", params)   # MergeOutcome(weights, embeddings, figures)
 
 Stages (each uses the merged result of the one before):
-  1. text-encoder    Linear layers of every text encoder (SDXL: both); X_c from each concept's
-                     OWN text encoders (base + its LoRA + its token embeddings) on
+  1. text-encoder    Linear layers of every text encoder (SDXL: both), in forward order
+                     (``sequential``, default): X_c from the text encoder merged so far (the
+                     layers before the module already merged; without ``sequential``: each
+                     concept's OWN encoder, base + its LoRA), the concept's token embeddings, on
                      "photo of a {token}", "{token}" (+ class noun), and with ``co_subjects``
                      (default) region-shaped prompts: "{token} {class}, {class} and {other}"
                      for each other merged concept's class noun, both orders; with
@@ -56,8 +58,9 @@ TEXT, KV, SPATIAL, FALLBACK = "text-encoder", "cross-attention", "spatial", "fal
 # Bumped when the same inputs merge to different weights (part of every cache entry's identity,
 # so an entry written by an earlier engine is not reused). 2: scene_prompts aims K/V at each
 # concept's own text encoder (`_retarget_kv`); 3: feature methods' fallback is the average;
-# 4: co_subjects (region-shaped feature prompts, K/V aimed at each own LoRA on them) by default.
-ENGINE_REVISION = 4
+# 4: co_subjects (region-shaped feature prompts, K/V aimed at each own LoRA on them) by default;
+# 5: the text encoder merged layer by layer on the merged layers' inputs (``sequential``).
+ENGINE_REVISION = 5
 
 
 @dataclass
@@ -260,6 +263,34 @@ def _text_stage(
     return out
 
 
+def _text_stage_sequential(
+    run: _Run, paths: list[str], prompts: list[list[str]], method: str
+) -> None:
+    """Stage 1 in forward order (``sequential``, the default): wave by wave
+    (`features.input_waves`), X_c is read from the text encoder merged so far, so each layer is
+    fitted on the inputs it will get in the merged model, not on its own encoder's inputs;
+    targets stay Y_c = X_c (W0 + ΔW_c)ᵀ on those inputs. Aiming each update at its own
+    encoder's output instead (a ridge map, as `_retarget_kv`) lost identity on the toy world
+    (docs/loraclr.md)."""
+    cfg = run.cfg
+    for wave in F.input_waves(run.pipe, {p: run.modules[p] for p in paths}, prompts[0][0]):
+        merged = {p: w for p, w in run.weights.items() if p.startswith(F.TEXT_PREFIXES)}
+        watched = {p: run.modules[p] for p in wave}
+        X = []
+        with F.patched(run.modules, merged):
+            for c, concept in enumerate(run.concepts):
+                emit(
+                    run.reporter,
+                    MergeStage(TEXT, c, len(run.concepts), f"features: {concept.name}"),
+                )
+                X.append(
+                    F.text_rows(run.pipe, watched, prompts[c], cfg.text_max_rows, cfg.seed + c)
+                )
+                n = max(int(x.shape[0]) for x in X[-1].values())
+                run.rows[TEXT][concept.name] = max(run.rows[TEXT].get(concept.name, 0), n)
+        run.solve(TEXT, wave, X, method)
+
+
 def _kv_stage(
     run: _Run, paths: list[str], prompts: list[list[str]], texts: dict[str, str]
 ) -> list[dict[str, torch.Tensor]]:
@@ -394,8 +425,11 @@ def run_merge(
             for c, o in zip(concepts, others, strict=True)
         ]
         # 2. text encoder
-        X = _text_stage(run, stages[TEXT], prompts) if features and stages[TEXT] else None
-        run.solve(TEXT, stages[TEXT], X, method if X is not None else fallback)
+        if cfg.sequential and method in FEATURE_BASED and stages[TEXT]:
+            _text_stage_sequential(run, stages[TEXT], prompts, method)
+        else:
+            X = _text_stage(run, stages[TEXT], prompts) if features and stages[TEXT] else None
+            run.solve(TEXT, stages[TEXT], X, method if X is not None else fallback)
         # the K/V map needs rows shaped like the rendered prompts: scene or region-shaped ones
         shaped = cfg.scene_prompts or any(
             o and c.class_noun for c, o in zip(concepts, others, strict=True)

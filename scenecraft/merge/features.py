@@ -404,6 +404,42 @@ def text_rows(
 
 
 @torch.no_grad()
+def input_waves(pipe: Any, modules: dict[str, nn.Module], prompt: str) -> list[list[str]]:
+    """Text-encoder ``modules`` in forward order, grouped into waves of modules called one after
+    the other on the same input tensor (q / k / v of one attention): a module's input depends
+    only on the waves before its own. Modules the forward never calls come last, one each."""
+    calls: list[tuple[str, int]] = []  # (path, input data_ptr) in call order
+
+    def hook(path: str) -> Any:
+        def record(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+            calls.append((path, args[0].data_ptr()))
+
+        return record
+
+    handles = [m.register_forward_hook(hook(p)) for p, m in modules.items()]
+    try:
+        for name, tokenizer in TEXT_ENCODERS:
+            if any(p.startswith(f"{name}.") for p in modules):
+                ids, _ = _encode(pipe, [prompt], tokenizer)
+                getattr(pipe, name)(ids)
+    finally:
+        for h in handles:
+            h.remove()
+    waves: list[list[str]] = []
+    seen: set[str] = set()
+    last = None
+    for path, ptr in calls:
+        if path not in seen:
+            seen.add(path)
+            if waves and ptr == last:
+                waves[-1].append(path)
+            else:
+                waves.append([path])
+        last = ptr
+    return waves + [[p] for p in modules if p not in seen]
+
+
+@torch.no_grad()
 def context_states(
     pipe: Any, prompts: list[str], words: Sequence[str] = ()
 ) -> tuple[torch.Tensor, torch.Tensor]:

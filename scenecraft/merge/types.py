@@ -60,6 +60,7 @@ class MergeConfig:
     scene_prompts: bool = False  # stages 1-2 also read each concept's plan prompts (its regions)
     co_subjects: bool = True  # stages 1-2 also read region-shaped prompts from the class nouns
     continuations: int = 0  # stages 1-2 also read each concept + this many common-word phrases
+    sequential: bool = True  # stage 1 layer by layer, on the inputs the merged layers give
     figures: bool = True  # collect features (and report quality) for data-free methods too
     spatial: bool = False  # stage 3 (a sampling run per concept); on in the GPU suite
     spatial_steps: int = 4  # denoising steps of that run
