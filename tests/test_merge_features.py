@@ -266,6 +266,16 @@ def test_input_waves_follow_the_forward_and_group_shared_inputs(engine_pipe: Any
     assert waves == expected
 
 
+def test_a_merge_repeated_on_one_pipeline_gives_the_same_weights(
+    engine_pipe: Any, engine_concepts: list[ConceptLoRA]
+) -> None:
+    """Nothing of one merge leaks into the next (the waves of `sequential` once depended on
+    whether a freed input's memory was reused: every merge after the first could differ)."""
+    runs = [run_merge(engine_pipe, engine_concepts, "loraclr", {}) for _ in range(3)]
+    for other in runs[1:]:
+        assert all(torch.equal(other.weights[p], runs[0].weights[p]) for p in runs[0].weights)
+
+
 def test_sequential_text_stage_fits_each_layer_on_the_merged_layers_before_it(
     engine_pipe: Any, engine_concepts: list[ConceptLoRA]
 ) -> None:

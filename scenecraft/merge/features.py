@@ -407,12 +407,15 @@ def text_rows(
 def input_waves(pipe: Any, modules: dict[str, nn.Module], prompt: str) -> list[list[str]]:
     """Text-encoder ``modules`` in forward order, grouped into waves of modules called one after
     the other on the same input tensor (q / k / v of one attention): a module's input depends
-    only on the waves before its own. Modules the forward never calls come last, one each."""
-    calls: list[tuple[str, int]] = []  # (path, input data_ptr) in call order
+    only on the waves before its own. Modules the forward never calls come last, one each.
+
+    Inputs are compared by identity and kept alive until the end, so a freed tensor's memory
+    reused by the next input cannot make two inputs look the same."""
+    calls: list[tuple[str, torch.Tensor]] = []  # (path, its input) in call order
 
     def hook(path: str) -> Any:
         def record(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
-            calls.append((path, args[0].data_ptr()))
+            calls.append((path, args[0]))
 
         return record
 
@@ -427,15 +430,15 @@ def input_waves(pipe: Any, modules: dict[str, nn.Module], prompt: str) -> list[l
             h.remove()
     waves: list[list[str]] = []
     seen: set[str] = set()
-    last = None
-    for path, ptr in calls:
+    last: torch.Tensor | None = None
+    for path, x in calls:
         if path not in seen:
             seen.add(path)
-            if waves and ptr == last:
+            if waves and x is last:
                 waves[-1].append(path)
             else:
                 waves.append([path])
-        last = ptr
+        last = x
     return waves + [[p] for p in modules if p not in seen]
 
 
