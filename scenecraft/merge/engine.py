@@ -273,7 +273,8 @@ def _text_stage_sequential(
     encoder's output instead (a ridge map, as `_retarget_kv`) lost identity on the toy world
     (docs/loraclr.md)."""
     cfg = run.cfg
-    for wave in F.input_waves(run.pipe, {p: run.modules[p] for p in paths}, prompts[0][0]):
+    waves = F.input_waves(run.pipe, {p: run.modules[p] for p in paths}, prompts[0][0])
+    for k, wave in enumerate(waves):
         merged = {p: w for p, w in run.weights.items() if p.startswith(F.TEXT_PREFIXES)}
         watched = {p: run.modules[p] for p in wave}
         X = []
@@ -281,7 +282,9 @@ def _text_stage_sequential(
             for c, concept in enumerate(run.concepts):
                 emit(
                     run.reporter,
-                    MergeStage(TEXT, c, len(run.concepts), f"features: {concept.name}"),
+                    MergeStage(
+                        TEXT, c, len(run.concepts), f"features {k + 1}/{len(waves)}: {concept.name}"
+                    ),
                 )
                 X.append(
                     F.text_rows(run.pipe, watched, prompts[c], cfg.text_max_rows, cfg.seed + c)
