@@ -247,19 +247,28 @@ def _stack_rows(rows: list[torch.Tensor]) -> torch.Tensor:
 # ------------------------------------------------------------------------------- 3. stages
 
 
+def _text_rows(
+    run: _Run, c: int, watched: dict[str, nn.Module], prompts: list[str], step: str = ""
+) -> dict[str, torch.Tensor]:
+    """Concept c's stage-1 rows of ``watched`` under the text encoder as currently weighted;
+    counts its rows (the most any layer got) for the figures."""
+    concept = run.concepts[c]
+    emit(run.reporter, MergeStage(TEXT, c, len(run.concepts), f"features{step}: {concept.name}"))
+    X = F.text_rows(run.pipe, watched, prompts, run.cfg.text_max_rows, run.cfg.seed + c)
+    n = max(int(x.shape[0]) for x in X.values())
+    run.rows[TEXT][concept.name] = max(run.rows[TEXT].get(concept.name, 0), n)
+    return X
+
+
 def _text_stage(
     run: _Run, paths: list[str], prompts: list[list[str]]
 ) -> list[dict[str, torch.Tensor]]:
     """X_c for text-encoder ``paths`` from each concept's own text encoder."""
-    cfg, out = run.cfg, []
+    watched = {p: run.modules[p] for p in paths}
+    out = []
     for c, concept in enumerate(run.concepts):
-        emit(run.reporter, MergeStage(TEXT, c, len(run.concepts), f"features: {concept.name}"))
-        own = F.own_weights(concept, run.modules, F.TEXT_PREFIXES)
-        watched = {p: run.modules[p] for p in paths}
-        with F.patched(run.modules, own):
-            X = F.text_rows(run.pipe, watched, prompts[c], cfg.text_max_rows, cfg.seed + c)
-        run.rows[TEXT][concept.name] = max(int(x.shape[0]) for x in X.values())
-        out.append(X)
+        with F.patched(run.modules, F.own_weights(concept, run.modules, F.TEXT_PREFIXES)):
+            out.append(_text_rows(run, c, watched, prompts[c]))
     return out
 
 
@@ -272,25 +281,15 @@ def _text_stage_sequential(
     targets stay Y_c = X_c (W0 + ΔW_c)ᵀ on those inputs. Aiming each update at its own
     encoder's output instead (a ridge map, as `_retarget_kv`) lost identity on the toy world
     (docs/loraclr.md)."""
-    cfg = run.cfg
     waves = F.input_waves(run.pipe, {p: run.modules[p] for p in paths}, prompts[0][0])
     for k, wave in enumerate(waves):
         merged = {p: w for p, w in run.weights.items() if p.startswith(F.TEXT_PREFIXES)}
         watched = {p: run.modules[p] for p in wave}
-        X = []
-        with F.patched(run.modules, merged):
-            for c, concept in enumerate(run.concepts):
-                emit(
-                    run.reporter,
-                    MergeStage(
-                        TEXT, c, len(run.concepts), f"features {k + 1}/{len(waves)}: {concept.name}"
-                    ),
-                )
-                X.append(
-                    F.text_rows(run.pipe, watched, prompts[c], cfg.text_max_rows, cfg.seed + c)
-                )
-                n = max(int(x.shape[0]) for x in X[-1].values())
-                run.rows[TEXT][concept.name] = max(run.rows[TEXT].get(concept.name, 0), n)
+        with F.patched(run.modules, merged):  # once per wave: shared by every concept
+            X = [
+                _text_rows(run, c, watched, prompts[c], f" {k + 1}/{len(waves)}")
+                for c in range(len(run.concepts))
+            ]
         run.solve(TEXT, wave, X, method)
 
 
