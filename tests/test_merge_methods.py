@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -114,6 +115,21 @@ def test_our_recipe_is_scale_free(conflict: SyntheticLayers) -> None:
     W2, st2 = loraclr(conflict.W0, conflict.deltas, [x * 1e-3 for x in conflict.X], LoraclrConfig())
     torch.testing.assert_close(W1, W2, rtol=1e-3, atol=1e-4)
     assert [s["repel_active"] for s in st1] == [s["repel_active"] for s in st2]
+
+
+def test_refine_ridge_keeps_the_starts_ridge_in_the_steps(conflict: SyntheticLayers) -> None:
+    """With only the attract term left (no repel, no output or size terms), the start is the
+    exact minimiser of L_pos + ε‖D‖²: `refine_ridge` steps find nothing better and keep it,
+    while the plain steps undo the ridge (lower L_pos, the fit drawn closer to the rows)."""
+    only_attract = LoraclrConfig(margin=0.0, lambda_mse=0.0, lambda_reg=0.0, eps_rel=0.3)
+    with_ridge = dataclasses.replace(only_attract, refine_ridge=True)
+    kept, st_kept = loraclr(conflict.W0, conflict.deltas, conflict.X, with_ridge)
+    freed, st_freed = loraclr(conflict.W0, conflict.deltas, conflict.X, only_attract)
+    assert all(st["best_iter"] == 0 for st in st_kept), st_kept
+    assert all(st["loss_best"] < 0.99 * st["loss_init"] for st in st_freed), st_freed
+    e_kept, _ = batch_quality(kept, conflict.W0, conflict.deltas, conflict.X)
+    e_freed, _ = batch_quality(freed, conflict.W0, conflict.deltas, conflict.X)
+    assert (e_freed < e_kept).all(), (e_freed, e_kept)
 
 
 # ------------------------------------------------------------------------------- batching

@@ -149,6 +149,12 @@ PARAMS: dict[str, dict[str, Param]] = {
             values={"gradient-fusion": "fusion-normalised"},
         ),
         "ridge": _RIDGE,
+        "refine_ridge": Param(
+            "bool",
+            False,
+            "the optimiser steps keep the ridge their least-squares start was solved with: "
+            "fits hold on words the feature prompts lack, same-class concepts separate less",
+        ),
         **_STAGES,
         "seed": _SEED,
     },

@@ -73,6 +73,7 @@ class LoraclrConfig:
     rel_tol: float = 1e-4  # "improvement" means total loss drops by more than this fraction
     init: Literal["fusion-normalised", "fusion", "zero"] = _d("init")  # D at step 0
     eps_rel: float = _d("eps_rel")  # relative ridge of the fusion start
+    refine_ridge: bool = _d("refine_ridge")  # ours: the steps keep that ridge (ε‖D‖² in L)
     seed: int = _d("seed")  # row subsampling of the reference recipe
 
     @classmethod
@@ -139,6 +140,7 @@ class _Ours:
     D0Q: torch.Tensor  # (L, out, K) D0 Q, for ‖D‖_F
     D0n2: torch.Tensor  # (L,) ‖D0‖²_F
     reg_scale: torch.Tensor  # (L,) mean_c ‖ΔW_c‖_F
+    ridge: torch.Tensor  # (L,) ε of the attract term's ridge (0 without ``refine_ridge``)
 
 
 def _normalisers(E2: torch.Tensor, Y2: torch.Tensor) -> torch.Tensor:
@@ -164,8 +166,16 @@ def _effect_sizes(
 
 
 def _ours_setup(
-    W0: torch.Tensor, Dl: torch.Tensor, R: list[torch.Tensor], D0: torch.Tensor, margin: float
+    W0: torch.Tensor,
+    Dl: torch.Tensor,
+    R: list[torch.Tensor],
+    D0: torch.Tensor,
+    margin: float,
+    ridge_rel: float = 0.0,
 ) -> _Ours:
+    """The constants; ``ridge_rel`` > 0 (``refine_ridge``) adds ε‖D‖² to L_pos with ε relative
+    to the trace of Σ_c X_cᵀX_c / N_c², as the start's fusion computes it, so the start is the
+    exact minimiser of L_pos + ridge and the steps trade it only against the other terms."""
     C, L = Dl.shape[0], Dl.shape[1]
     # union row space of all concepts' features: D is only ever seen through X_c Dᵀ
     Q = torch.linalg.qr(torch.cat(R, dim=1).transpose(1, 2).double())[0].float()  # (L, in, K)
@@ -183,6 +193,7 @@ def _ours_setup(
             S.append(Sc)
     Y2 = Y2.clamp_min(1e-30)
     N2 = _normalisers(E2, Y2)
+    trace = torch.stack([r.square().sum((1, 2)) / N2[:, c] for c, r in enumerate(R)]).sum(0)
     return _Ours(
         P=[r @ Q for r in R],
         A=[R[c] @ (D0 - Dl[c]).transpose(1, 2) for c in range(C)],
@@ -196,6 +207,7 @@ def _ours_setup(
         D0Q=D0 @ Q,
         D0n2=D0.square().sum((1, 2)),
         reg_scale=Dl.flatten(2).norm(dim=2).mean(0).clamp_min(1e-12),
+        ridge=ridge_rel * trace / W0.shape[2],
     )
 
 
@@ -228,6 +240,7 @@ def _ours_loss(
         active[:, c] = gap > 0
     D2 = k.D0n2 + 2 * (k.D0Q * V).sum((1, 2)) + V.square().sum((1, 2))  # ‖D0 + V Qᵀ‖²
     reg = D2.clamp_min(0).sqrt() / k.reg_scale
+    pos = pos + k.ridge * D2.clamp_min(0)  # refine_ridge: the start's ridge (else 0)
     loss = cfg.lambda_con * (pos + neg) / C + cfg.lambda_mse * mse / C + cfg.lambda_reg * reg
     return loss, active
 
@@ -244,7 +257,7 @@ def _loraclr_ours(
         weights = 1.0 / _normalisers(E2, Y2) if cfg.init == "fusion-normalised" else None
         W_init, _ = gradient_fusion(W0, list(Dl.unbind(0)), R, cfg.eps_rel, concept_weights=weights)
         D0 = W_init - W0
-    k = _ours_setup(W0, Dl, R, D0, cfg.margin)
+    k = _ours_setup(W0, Dl, R, D0, cfg.margin, cfg.eps_rel if cfg.refine_ridge else 0.0)
     K = k.P[0].shape[2]
     sigma = Dl.square().mean((2, 3)).mean(0).sqrt().clamp_min(1e-12).view(L, 1, 1)
     U = torch.zeros(L, W0.shape[1], K, device=W0.device, requires_grad=True)
