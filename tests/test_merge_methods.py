@@ -132,6 +132,14 @@ def test_refine_ridge_keeps_the_starts_ridge_in_the_steps(conflict: SyntheticLay
     assert (e_freed < e_kept).all(), (e_freed, e_kept)
 
 
+def test_refine_ridge_with_the_reference_recipe_is_refused() -> None:
+    with pytest.raises(DiagnosticError) as info:
+        LoraclrConfig.from_params({"recipe": "reference", "refine_ridge": True})
+    [diagnostic] = info.value.errors
+    assert diagnostic.code == "merge-bad-param"
+    assert "recipe ours" in diagnostic.message
+
+
 # ------------------------------------------------------------------------------- batching
 
 

@@ -103,6 +103,13 @@ class LoraclrConfig:
                 f"unknown loraclr parameter `{unknown[0]}`",
                 help=did_you_mean(unknown[0], known) or f"known: {', '.join(sorted(known))}",
             )
+        if base.recipe == "reference" and params.get("refine_ridge"):
+            raise error(
+                "merge-bad-param",
+                "`refine_ridge` needs `recipe ours`: the reference recipe starts from zero, "
+                "without a ridge to keep",
+                help="drop `refine_ridge`, or `recipe ours`",
+            )
         return replace(base, **{k: v for k, v in params.items() if k != "recipe"})
 
     def as_dict(self) -> dict[str, Any]:
