@@ -356,6 +356,9 @@ class Tally:
     differ: int = 0
     merge_seconds: list[float] | None = None
     prompts: list[str] | None = None
+    # concept -> what the judge found in its place when its identity failed -> count
+    # ("purple plain square", "nothing"); merge_variants reads it
+    drawn_instead: dict[str, dict[str, int]] = field(default_factory=dict)
 
     @classmethod
     def new(cls) -> Tally:
@@ -373,6 +376,12 @@ class Tally:
             "images": self.images,
             "prompts": self.prompts,
         }
+
+
+def describe(found: Found) -> str:
+    """A found sprite's identity in words: "purple spotted square"."""
+    shape, colour, pattern = found.identity
+    return f"{colour} {pattern} {shape}"
 
 
 def run_case(
@@ -408,6 +417,10 @@ def run_case(
             tally.identity_by_concept.setdefault(c.name, []).append(c.identity)
             if per_concept is not None:
                 per_concept.setdefault(c.name, []).append(c.identity)
+            if not c.identity:
+                drawn = "nothing" if c.found is None else describe(scores.found[c.found])
+                counts = tally.drawn_instead.setdefault(c.name, {})
+                counts[drawn] = counts.get(drawn, 0) + 1
             # no box and no placement asked: placement is not scored for that concept
             if c.placement is not None:
                 tally.values["placement"].append(c.placement)
