@@ -28,7 +28,10 @@ Two recipes share that objective:
   * D starts at the closed-form minimiser of L_pos (gradient fusion with weights 1/N_c²);
     Adam then refines D inside the union row space of the features (D = D0 + V Qᵀ; the loss
     does not see other directions), in steps measured in the typical |ΔW| entry; each layer
-    stops on a loss plateau; the best-loss iterate of every layer is kept; fp32 throughout.
+    stops on a loss plateau; the best-loss iterate of every layer is kept; fp32 throughout;
+  * ``refine_ridge`` (opt-in): L_pos also carries the start's ridge ε‖D‖² (ε as gradient fusion
+    computes it from the weighted rows), so the steps keep it instead of undoing it in weakly
+    excited input directions (docs/loraclr.md).
 
 ``recipe="reference"`` (the authors' weight_fusion.py, for comparison)
   D = 0 at start, d = flattened L2 ‖P − Q‖_F over the whole set, Y_c' on concept c''s own
