@@ -60,6 +60,12 @@ def gradient_fusion(
     return W, [{"eps": float(e), "form": form} for e in eps]
 
 
+def relative_ridge(eps_rel: float, sq_sum: torch.Tensor, n_in: int) -> torch.Tensor:
+    """ε = eps_rel · tr(XᵀX) / in per layer, from ``sq_sum`` = ‖X‖²_F (L,): the ridge relative
+    to the features' scale that gradient fusion and LoRACLR's start (and ``refine_ridge``) use."""
+    return eps_rel * sq_sum / n_in
+
+
 def ridge_solve(
     X: torch.Tensor, T: torch.Tensor, eps_rel: float = DEFAULT_RIDGE
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -69,7 +75,7 @@ def ridge_solve(
     spaces: N ≥ in: M = (XᵀX + εI_in)⁻¹ XᵀT, N < in: M = Xᵀ (XXᵀ + εI_N)⁻¹ T."""
     X, T = X.double(), T.double()
     L, N, n_in = X.shape
-    eps = eps_rel * X.square().sum((1, 2)) / n_in  # (L,)
+    eps = relative_ridge(eps_rel, X.square().sum((1, 2)), n_in)  # (L,)
     eps = torch.where(eps > 0, eps, torch.full_like(eps, 1e-12))
     Xt = X.transpose(1, 2)  # (L, in, N)
     if n_in > N:

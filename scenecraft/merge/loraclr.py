@@ -54,7 +54,7 @@ import torch
 
 from scenecraft.diagnostics import did_you_mean, error
 from scenecraft.merge.config import default
-from scenecraft.merge.fusion import Stats, gradient_fusion
+from scenecraft.merge.fusion import Stats, gradient_fusion, relative_ridge
 
 
 def _d(name: str) -> Any:
@@ -203,7 +203,8 @@ def _ours_setup(
             S.append(Sc)
     Y2 = Y2.clamp_min(1e-30)
     N2 = _normalisers(E2, Y2)
-    trace = torch.stack([r.square().sum((1, 2)) / N2[:, c] for c, r in enumerate(R)]).sum(0)
+    # ‖X̃‖²_F of the start's weighted rows √(1/N_c²) X_c, stacked over concepts: (L,)
+    sq_sum = torch.stack([r.square().sum((1, 2)) / N2[:, c] for c, r in enumerate(R)]).sum(0)
     return _Ours(
         P=[r @ Q for r in R],
         A=[R[c] @ (D0 - Dl[c]).transpose(1, 2) for c in range(C)],
@@ -217,7 +218,7 @@ def _ours_setup(
         D0Q=D0 @ Q,
         D0n2=D0.square().sum((1, 2)),
         reg_scale=Dl.flatten(2).norm(dim=2).mean(0).clamp_min(1e-12),
-        ridge=ridge_rel * trace / W0.shape[2],
+        ridge=relative_ridge(ridge_rel, sq_sum, W0.shape[2]),
     )
 
 
@@ -248,9 +249,9 @@ def _ours_loss(
         gap = torch.relu(k.margin[:, c, others[c]] - d).max(1).values  # (L,) worst violation
         neg = neg + gap.square()
         active[:, c] = gap > 0
-    D2 = k.D0n2 + 2 * (k.D0Q * V).sum((1, 2)) + V.square().sum((1, 2))  # ‖D0 + V Qᵀ‖²
-    reg = D2.clamp_min(0).sqrt() / k.reg_scale
-    pos = pos + k.ridge * D2.clamp_min(0)  # refine_ridge: the start's ridge (else 0)
+    D2 = (k.D0n2 + 2 * (k.D0Q * V).sum((1, 2)) + V.square().sum((1, 2))).clamp_min(0)  # ‖D‖²
+    reg = D2.sqrt() / k.reg_scale
+    pos = pos + k.ridge * D2  # refine_ridge: the start's ridge (else 0)
     loss = cfg.lambda_con * (pos + neg) / C + cfg.lambda_mse * mse / C + cfg.lambda_reg * reg
     return loss, active
 
