@@ -227,25 +227,25 @@ def _drawn_instead(result: dict[str, Any]) -> str:
     ]
     for labels in COLUMNS.values():
         for case in labels:
-            names = list(result["sets"][str(sets[0])][DEFAULT]["drawn instead"].get(case, {}))
-            names += [
-                c
-                for c in result["sets"][str(sets[0])][CEILING]["drawn instead"].get(case, {})
-                if c not in names
-            ]
-            for concept in sorted(names):
-                cells = [_misses(result, label, case, concept) for label in (DEFAULT, CEILING)]
+            pooled = [_pooled(result, label, case) for label in (DEFAULT, CEILING)]
+            for concept in sorted({*pooled[0], *pooled[1]}):
+                cells = [_ranked(p.get(concept, {})) for p in pooled]
                 lines.append(f"| {case} | {concept} | {cells[0]} | {cells[1]} |")
     return "\n".join(lines)
 
 
-def _misses(result: dict[str, Any], label: str, case: str, concept: str) -> str:
-    counts: dict[str, int] = {}
+def _pooled(result: dict[str, Any], label: str, case: str) -> dict[str, dict[str, int]]:
+    """concept -> what was drawn instead -> count, one row's case pooled over every set."""
+    out: dict[str, dict[str, int]] = {}
     for s in result["seed_sets"]:
-        for drawn, k in (
-            result["sets"][str(s)][label]["drawn instead"].get(case, {}).get(concept, {}).items()
-        ):
-            counts[drawn] = counts.get(drawn, 0) + k
+        for concept, drawn in result["sets"][str(s)][label]["drawn instead"].get(case, {}).items():
+            counts = out.setdefault(concept, {})
+            for what, k in drawn.items():
+                counts[what] = counts.get(what, 0) + k
+    return out
+
+
+def _ranked(counts: dict[str, int]) -> str:
     ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
     return ", ".join(f"{drawn} {k}" for drawn, k in ranked) or "–"
 
