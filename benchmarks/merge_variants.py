@@ -260,15 +260,17 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument(
         "--update",
-        default="",
-        help="rerun only these rows (labels, ';'-separated) into the result already at --out",
+        action="append",
+        default=[],
+        metavar="ROW",
+        help="rerun only this row (its label; repeatable) into the result already at --out",
     )
     args = parser.parse_args(argv)
     sets = [int(s) for s in args.sets.split(",")]
 
     def run() -> dict[str, Any]:
         if args.update:
-            only = [label.strip() for label in args.update.split(";")]
+            only = [label.strip() for label in args.update]
             known = {v[0] for v in VARIANTS} | {CEILING}
             if unknown := [label for label in only if label not in known]:
                 raise SystemExit(f"unknown rows {unknown}; known: {sorted(known)}")
