@@ -130,14 +130,15 @@ def run_set(
         return out
     tallies = {}
     for names, group in groups.items():
+        shared = None  # every concept of the group as a runtime adapter: loaded once per group
         for case in group:
             tally = tallies.setdefault(case.label, Tally.new())
             if case.count == 1:
                 pipe, _ = own_pipe(case.scene.sprites[0].name)
                 run_case(pipe, case, jobs["off"][case.label], tally)
             else:
-                pipe, _ = adapters_pipe(names)
-                run_case(pipe, case, jobs["on"][case.label], tally, confined(names))
+                shared = shared or adapters_pipe(names)[0]
+                run_case(shared, case, jobs["on"][case.label], tally, confined(names))
     out[CEILING] = _row(tallies)
     print(first_seed, CEILING, out[CEILING], flush=True)
     return out
