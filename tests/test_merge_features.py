@@ -413,3 +413,44 @@ def test_bad_concepts_fail_loudly(engine_pipe: Any, engine_concepts: list[Concep
     with pytest.raises(DiagnosticError) as info:
         run_merge(engine_pipe, engine_concepts, "loraclrr", {})
     assert info.value.diagnostics[0].help == "did you mean `loraclr`?"
+
+
+def test_refine_ridge_defaults_to_on_only_for_distinct_class_nouns(
+    engine_pipe: Any, engine_concepts: list[ConceptLoRA]
+) -> None:
+    """loraclr's `refine_ridge` left unset is decided per merge: on when every concept has a
+    class noun and no two share one (case and spaces aside), off for a shared or missing class
+    and for the reference recipe; the figures say what was used, and a value the block gives
+    is kept. On, the merge is the `refine_ridge true` merge; off, the `refine_ridge false` one."""
+    from scenecraft.merge.engine import refine_ridge_for
+
+    two = engine_concepts[:2]
+    distinct = [
+        dataclasses.replace(c, class_noun=n) for c, n in zip(two, ("man", "dog"), strict=True)
+    ]
+    shared = [
+        dataclasses.replace(c, class_noun=n) for c, n in zip(two, ("man", " Man"), strict=True)
+    ]
+    missing = [
+        dataclasses.replace(c, class_noun=n) for c, n in zip(two, ("man", None), strict=True)
+    ]
+    assert refine_ridge_for(distinct, "ours")
+    assert not refine_ridge_for(shared, "ours")
+    assert not refine_ridge_for(missing, "ours")
+    assert not refine_ridge_for(distinct, "reference")
+
+    cfg = MergeConfig(templates=("{token}",))
+
+    def merged(concepts: list[ConceptLoRA], params: dict[str, Any]) -> MergeOutcome:
+        return run_merge(engine_pipe, concepts, "loraclr", {"max_iters": 5, **params}, config=cfg)
+
+    auto_on, forced_on = merged(distinct, {}), merged(distinct, {"refine_ridge": True})
+    forced_off = merged(distinct, {"refine_ridge": False})
+    assert auto_on.figures["params"]["refine_ridge"] is True
+    assert forced_off.figures["params"]["refine_ridge"] is False
+    assert all(torch.equal(auto_on.weights[p], forced_on.weights[p]) for p in auto_on.weights)
+    assert any(not torch.equal(auto_on.weights[p], forced_off.weights[p]) for p in auto_on.weights)
+    auto_off = merged(shared, {})
+    assert auto_off.figures["params"]["refine_ridge"] is False
+    plain = merged(shared, {"refine_ridge": False})
+    assert all(torch.equal(auto_off.weights[p], plain.weights[p]) for p in auto_off.weights)

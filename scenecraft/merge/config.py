@@ -151,9 +151,10 @@ PARAMS: dict[str, dict[str, Param]] = {
         "ridge": _RIDGE,
         "refine_ridge": Param(
             "bool",
-            False,
+            None,
             "the optimiser steps keep the ridge their least-squares start was solved with: "
-            "fits hold on words the feature prompts lack, same-class concepts separate less",
+            "fits hold on words the feature prompts lack, same-class concepts separate less "
+            "(default: on when every merged concept has a class noun and no two share one)",
         ),
         **_STAGES,
         "seed": _SEED,

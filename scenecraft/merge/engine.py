@@ -59,8 +59,10 @@ TEXT, KV, SPATIAL, FALLBACK = "text-encoder", "cross-attention", "spatial", "fal
 # so an entry written by an earlier engine is not reused). 2: scene_prompts aims K/V at each
 # concept's own text encoder (`_retarget_kv`); 3: feature methods' fallback is the average;
 # 4: co_subjects (region-shaped feature prompts, K/V aimed at each own LoRA on them) by default;
-# 5: the text encoder merged layer by layer on the merged layers' inputs (``sequential``).
-ENGINE_REVISION = 5
+# 5: the text encoder merged layer by layer on the merged layers' inputs (``sequential``);
+# 6: loraclr's steps keep their start's ridge when the concepts' classes are distinct
+# (``refine_ridge`` by default: `refine_ridge_for`).
+ENGINE_REVISION = 6
 
 
 @dataclass
@@ -381,6 +383,19 @@ def _spatial_stage(
     return out
 
 
+def refine_ridge_for(concepts: list[ConceptLoRA], recipe: str) -> bool:
+    """loraclr's ``refine_ridge`` where the merge block leaves it unset: on (the optimiser steps
+    keep their start's ridge) when every concept has a class noun and no two share one. There
+    the start already tells the concepts apart, and steps that undo the ridge only extrapolate
+    into input directions the feature prompts barely excite, where a scene's own words land.
+    Concepts of one class (or without one) need what the unridged steps do: push apart outputs
+    the start leaves close. The reference recipe has no ridged start. Measured on the toy world
+    in docs/loraclr.md ("The ridge in the steps")."""
+    nouns = [c.class_noun.strip().lower() if c.class_noun else None for c in concepts]
+    distinct = all(nouns) and len(set(nouns)) == len(nouns)
+    return recipe == "ours" and distinct
+
+
 def run_merge(
     pipe: Any,
     concepts: list[ConceptLoRA],
@@ -398,6 +413,8 @@ def run_merge(
     start = time.perf_counter()
     # 1. check inputs, sort modules into stages
     modules = _check(pipe, concepts, method, params, cfg)
+    if method == "loraclr" and params.get("refine_ridge") is None:
+        params["refine_ridge"] = refine_ridge_for(concepts, params.get("recipe", "ours"))
     run = _Run(pipe, concepts, method, params, cfg, modules, reporter)
     touched = {p: [c for c in concepts if p in c.layers] for p in modules}
     single = [p for p, cs in touched.items() if len(cs) == 1 and not cfg.solve_single]

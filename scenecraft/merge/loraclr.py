@@ -29,9 +29,10 @@ Two recipes share that objective:
     Adam then refines D inside the union row space of the features (D = D0 + V Qᵀ; the loss
     does not see other directions), in steps measured in the typical |ΔW| entry; each layer
     stops on a loss plateau; the best-loss iterate of every layer is kept; fp32 throughout;
-  * ``refine_ridge`` (opt-in): L_pos also carries the start's ridge ε‖D‖² (ε as gradient fusion
+  * ``refine_ridge``: L_pos also carries the start's ridge ε‖D‖² (ε as gradient fusion
     computes it from the weighted rows), so the steps keep it instead of undoing it in weakly
-    excited input directions (docs/loraclr.md).
+    excited input directions (docs/loraclr.md); by default on when the merged concepts' class
+    nouns are all known and distinct (the engine decides: `engine.refine_ridge_for`).
 
 ``recipe="reference"`` (the authors' weight_fusion.py, for comparison)
   D = 0 at start, d = flattened L2 ‖P − Q‖_F over the whole set, Y_c' on concept c''s own
@@ -76,7 +77,9 @@ class LoraclrConfig:
     rel_tol: float = 1e-4  # "improvement" means total loss drops by more than this fraction
     init: Literal["fusion-normalised", "fusion", "zero"] = _d("init")  # D at step 0
     eps_rel: float = _d("eps_rel")  # relative ridge of the fusion start
-    refine_ridge: bool = _d("refine_ridge")  # ours: the steps keep that ridge (ε‖D‖² in L)
+    # ours: the steps keep that ridge (ε‖D‖² in L); None (the table's default) is decided per
+    # merge by the engine (`engine.refine_ridge_for`: distinct class nouns) before it gets here
+    refine_ridge: bool | None = _d("refine_ridge")
     seed: int = _d("seed")  # row subsampling of the reference recipe
 
     @classmethod
