@@ -2,14 +2,16 @@
 
 The toy-world cases of benchmarks/toyworld_eval.py that decide a merge default — each of lulu,
 blip, kiki, momo alone after their 4-concept merge, the two pairs and the same-class pair with
-regions on, the two 4-concept pictures with regions on — rendered by loraclr merges that differ
+regions on, the two 3-concept and the two 4-concept pictures with regions on — rendered by loraclr merges that differ
 in one setting, on several disjoint sets of 16 render seeds. A change is worth a default only
 if it holds on every set; the spread between sets is the noise (±0.08 for a concept alone).
 
 Variants: the image-side ``fallback`` (``linear``: the sum of the concepts' updates, the default
 until 2026-12-01; ``average``: their mean, the default since) × ``scene_prompts`` off / on; the
 default with ``sequential false`` (the text encoder fitted on each concept's own encoder's
-inputs, the engine before 2026-12-02's layer-by-layer fit); and
+inputs, as before 2026-12-02's layer-by-layer fit); the default with ``refine_ridge false``
+(LoRACLR's steps free to undo their start's ridge: the default merge before 2026-12-03, which
+keeps it where the concepts' classes are distinct); and
 ``continuations 32`` (opt-in) merged with merge seeds 0, 1, 2 (the seed draws its phrases, so
 each is another merge: the spread between them is the draw's, beside the render seeds'). The
 ceiling row draws each concept alone with its own LoRA on the same seeds, so "alone" is also
@@ -63,6 +65,8 @@ LABELS = (
     "2a",
     "2b",
     "hard pair",
+    "3a",
+    "3b",
     "4a",
     "4b",
 )
@@ -70,6 +74,7 @@ COLUMNS = {  # column -> the cases it pools
     "alone (4 merged)": ("lulu alone", "blip alone", "kiki alone", "momo alone"),
     "2 in one": ("2a", "2b"),
     "same-class pair": ("hard pair",),
+    "3 in one": ("3a", "3b"),
     "4 in one": ("4a", "4b"),
 }
 # each concept alone drawn by its own LoRA; with regions each own LoRA confined to its region
@@ -83,7 +88,7 @@ VARIANTS: tuple[tuple[str, dict[str, Any], dict[str, Any]], ...] = (
     (DEFAULT, {"fallback": "average"}, {}),
     ("fallback linear + scene_prompts", {"fallback": "linear", "scene_prompts": True}, {}),
     ("fallback average + scene_prompts", {"fallback": "average", "scene_prompts": True}, {}),
-    ("fallback average + refine_ridge", {"fallback": "average"}, {"refine_ridge": True}),
+    ("fallback average, refine_ridge false", {"fallback": "average"}, {"refine_ridge": False}),
     *(
         (f"continuations 32, merge seed {seed}", {"continuations": 32, "seed": seed}, {})
         for seed in (0, 1, 2)
