@@ -3,8 +3,9 @@
 The toy-world cases of benchmarks/toyworld_eval.py that decide a merge default — each of lulu,
 blip, kiki, momo alone after their 4-concept merge, the two pairs and the same-class pair with
 regions on, the two 3-concept and the two 4-concept pictures with regions on — rendered by
-loraclr merges that differ in one setting, on several disjoint sets of 16 render seeds. A change is worth a default only
-if it holds on every set; the spread between sets is the noise (±0.08 for a concept alone).
+loraclr merges that differ in one setting, on several disjoint sets of 16 render seeds. A change
+is worth a default only if it holds on every set; the spread between sets is the noise (±0.08
+for a concept alone).
 
 Variants: the default (``fallback average``; since engine revision 6 ``refine_ridge`` is on
 where the merged concepts' class nouns are distinct, so in every case here but the same-class

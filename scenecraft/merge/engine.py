@@ -42,6 +42,7 @@ from torch import nn
 from scenecraft.diagnostics import error
 from scenecraft.events import MergeStage, Reporter, emit
 from scenecraft.merge import features as F
+from scenecraft.merge.config import default
 from scenecraft.merge.fusion import ridge_solve
 from scenecraft.merge.methods import (
     DATA_FREE,
@@ -414,7 +415,8 @@ def run_merge(
     # 1. check inputs, sort modules into stages
     modules = _check(pipe, concepts, method, params, cfg)
     if method == "loraclr" and params.get("refine_ridge") is None:
-        params["refine_ridge"] = refine_ridge_for(concepts, params.get("recipe", "ours"))
+        recipe = params.get("recipe", default("loraclr", "recipe"))
+        params["refine_ridge"] = refine_ridge_for(concepts, recipe)
     run = _Run(pipe, concepts, method, params, cfg, modules, reporter)
     touched = {p: [c for c in concepts if p in c.layers] for p in modules}
     single = [p for p, cs in touched.items() if len(cs) == 1 and not cfg.solve_single]
