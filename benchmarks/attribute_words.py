@@ -4,12 +4,13 @@ Each of lulu, blip, kiki, momo drawn alone `wearing a hat` and `wearing a crown,
 (eight prompts, one prompt each, regions off) and 3b's prompt (`kiki right of momo, blip
 wearing a hat`, regions on), all after the 4-concept merge of the four, on several sets of 16
 render seeds; rows: the default merge, the default with ``refine_ridge false`` (engine
-revision 5's default) and each concept's own LoRA (3b: each confined to its region). The toy
-LoRAs were trained on single sprites without attributes, so the own LoRAs lose identity under
-them too: the question is how a merge's loss compares with theirs, not with 1. Per cell the
-identity and (after the slash) the share of pictures where the concept wears what was asked.
+revision 5's default) and each concept's own LoRA (3b: each confined to its region): the
+question is how a merge's loss compares with the own LoRAs', not with 1. Per cell the identity
+and (after the slash) the share of pictures where the concept wears what was asked. The judge
+misreads hats the model draws darker than the world's (30, 30, 30) as ink, so hat cells
+undercount (docs/loraclr.md, "A judge defect under hats").
 
-    python benchmarks/attribute_words.py [--sets 1000,2000,3000] [--out benchmarks/results/attribute_words.json]
+    python benchmarks/attribute_words.py [--sets 1000,2000,3000] [--out PATH.json]
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from toyworld_eval import (  # noqa: E402
     run_and_write,
 )
 
+from scenecraft.plan import RenderJob  # noqa: E402
 from scenecraft.toyworld.judge import judge  # noqa: E402
 from scenecraft.toyworld.world import VERSION  # noqa: E402
 
@@ -65,36 +67,47 @@ def attribute_cases() -> list[Case]:
     return out
 
 
-def run_row(params: dict[str, Any] | None, sets: list[int], n_seeds: int) -> dict[str, Any]:
-    """case -> identity and attribute worn (shares over every set's pictures and concepts)."""
+def run_row(params: dict[str, Any] | None, jobs: dict[str, list[RenderJob]]) -> dict[str, Any]:
+    """case -> identity and attribute worn (shares over the case's pictures and concepts);
+    ``jobs``: each case's compiled jobs, every seed set's seeds in one list."""
     out: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
         merged = None if params is None else merged_pipe("loraclr", params, FOUR, Path(tmp))[0]
         shared = None
         for case in attribute_cases():
+            adapters = None
+            if merged is not None:
+                pipe = merged
+            elif case.count == 1:
+                pipe = own_pipe(case.scene.sprites[0].name)[0]
+            else:
+                shared = shared or adapters_pipe(FOUR)[0]
+                pipe, adapters = shared, confined(FOUR)
             ident: list[float] = []
             worn: list[float] = []
-            for first in sets:
-                seeds = list(range(first, first + n_seeds))
-                mode = "off" if case.count == 1 else "on"
-                jobs = compiled_jobs([case], seeds, mode)[0]
-                adapters = None
-                if merged is not None:
-                    pipe = merged
-                elif case.count == 1:
-                    pipe = own_pipe(case.scene.sprites[0].name)[0]
-                else:
-                    shared = shared or adapters_pipe(FOUR)[0]
-                    pipe, adapters = shared, confined(FOUR)
-                for im in render_case(pipe, jobs, adapters):
-                    scores = judge(im, case.scene)
-                    ident += [c.identity for c in scores.concepts]
-                    worn += [c.attribute for c in scores.concepts if c.attribute is not None]
+            for im in render_case(pipe, jobs[case.label], adapters):
+                scores = judge(im, case.scene)
+                ident += [c.identity for c in scores.concepts]
+                worn += [c.attribute for c in scores.concepts if c.attribute is not None]
             out[case.label] = {
                 "identity": round(statistics.fmean(ident), 3),
                 "worn": round(statistics.fmean(worn), 3) if worn else None,
             }
             print(params, case.label, out[case.label], flush=True)
+    return out
+
+
+def compiled(sets: list[int], n_seeds: int) -> dict[str, list[RenderJob]]:
+    """Each case's jobs, compiled once for every row: one prompt (regions off) for a concept
+    alone, regions on for 3b."""
+    out: dict[str, list[RenderJob]] = {}
+    for case in attribute_cases():
+        mode = "off" if case.count == 1 else "on"
+        out[case.label] = [
+            job
+            for first in sets  # a scene's seeds are one range: one compile per set
+            for job in compiled_jobs([case], range(first, first + n_seeds), mode)[0]
+        ]
     return out
 
 
@@ -127,7 +140,8 @@ def main(argv: list[str] | None = None) -> None:
     sets = [int(s) for s in args.sets.split(",")]
 
     def run() -> dict[str, Any]:
-        rows = {label: run_row(params, sets, args.seeds) for label, params in ROWS}
+        jobs = compiled(sets, args.seeds)
+        rows = {label: run_row(params, jobs) for label, params in ROWS}
         return {
             "world": 2,
             "weights_world": VERSION,
