@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,7 +88,7 @@ def contact_sheet(panels: list[Panel], columns: int, title: str | None = None) -
         else:
             draw.rectangle((x, y, x + CELL - 1, y + CELL - 1), fill=(200, 200, 200))
             draw.text((x + 6, y + 6), "not rendered", fill=(80, 80, 80), font=font)
-        text = f"{panel.index + 1}. {panel.caption}".strip()
+        text = panel_label(panel.index, panel.caption)
         _draw_words(draw, (x + 2, y + CELL + 3), _fit(draw, text, font, CELL - 4), font)
     return sheet
 
@@ -163,6 +164,17 @@ def _boxes(regions: tuple[Region, ...]) -> str:
     return "".join(out)
 
 
+_NUMBERED = re.compile(r"\s*\d+\s*[.):]")  # "1. Market day", "2) ...", "3: ..."
+
+
+def panel_label(index: int, caption: str) -> str:
+    """The caption under panel ``index`` (0-based): numbered ``"1. caption"`` unless the caption
+    already starts with a number, as the docs' own examples do (``panel market "1. Market day"``)."""
+    if _NUMBERED.match(caption):
+        return caption.strip()
+    return f"{index + 1}. {caption}".strip()
+
+
 def html_page(title: str, panels: list[Panel], columns: int) -> str:
     """One self-contained page: a CSS grid of panels, captions and prompts escaped; images fill
     their cell (small ones scaled up with crisp pixels); regional panels carry their boxes."""
@@ -183,7 +195,7 @@ def html_page(title: str, panels: list[Panel], columns: int) -> str:
         )
         cells.append(
             f'<figure data-panel="{panel.index}">{imgs}<figcaption>'
-            f"<b>{panel.index + 1}. {html.escape(panel.caption)}</b>"
+            f"<b>{html.escape(panel_label(panel.index, panel.caption))}</b>"
             f'<p class="prompt">{html.escape(panel.prompt)}</p>'
             + (f'<ul class="regions">{regions}</ul>' if regions else "")
             + "</figcaption></figure>"
