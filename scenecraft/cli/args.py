@@ -218,7 +218,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the RenderPlan as JSON on stdout")
     _source_args(p)
 
-    p = sub.add_parser("fmt", help="format scene files canonically (in place)")
+    p = sub.add_parser(
+        "fmt",
+        help="format scene files canonically (in place)",
+        description="Format plain scene files canonically, comments kept. Jinja templates "
+        "(.scene.j2 or files with {% %} / {{ }} tags) are not formatted.",
+    )
     p.add_argument("files", nargs="+", metavar="FILE")
     p.add_argument("--check", action="store_true", help="exit 1 if a file would change")
     p.add_argument("--stdout", action="store_true", help="print instead of rewriting")

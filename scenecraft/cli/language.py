@@ -66,7 +66,10 @@ def cmd_fmt(args: argparse.Namespace, out: Output) -> int:
                     Diagnostic(
                         "cannot-format-template",
                         f"`{f}` is a Jinja template; fmt formats plain scene files only",
-                        help="format the rendered output instead: `scenecraft compile` shows it",
+                        help=(
+                            "templates are not formatted; `scenecraft compile FILE --json` holds "
+                            "the rendered text as `rendered_source`"
+                        ),
                     )
                 ]
             )
