@@ -70,6 +70,17 @@ def kind_of(mode: int) -> str | None:
     return "not a regular file"
 
 
+MODEL_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
+
+
+def looks_like_hub_id(source: str) -> bool:
+    """``org/name`` (one slash, no colon, no path prefix or model-file suffix) reads as a hub id;
+    anything else (``./x``, ``/x``, ``a/b/c``, ``base``, ``x.safetensors``) is a path."""
+    if source.startswith((".", "/", "~", "\\")) or source.endswith(MODEL_FILE_SUFFIXES):
+        return False
+    return source.count("/") == 1 and ":" not in source
+
+
 def path_problem(path: str | Path) -> str | None:
     """None when ``path`` is a regular file (symlinks followed), else what is wrong, in words.
 

@@ -20,11 +20,17 @@ from typing import Any
 import torch
 
 from scenecraft.diagnostics import DiagnosticError, did_you_mean, error
-from scenecraft.files import load_error_note, path_problem, sha256_file
+from scenecraft.files import (
+    MODEL_FILE_SUFFIXES,
+    load_error_note,
+    looks_like_hub_id,
+    path_problem,
+    sha256_file,
+)
 from scenecraft.names import FAMILY_BY_CROSS_DIM
 from scenecraft.plan import BaseModelSpec, Family, stable_hash
 
-SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
+SINGLE_FILE_SUFFIXES = MODEL_FILE_SUFFIXES
 DTYPES: dict[str, torch.dtype] = {
     "float16": torch.float16,
     "fp16": torch.float16,
@@ -252,13 +258,13 @@ def load_pipeline(
         )
     with warnings.catch_warnings():  # newer diffusers renamed torch_dtype; older lack `dtype`
         warnings.filterwarnings("ignore", message=".*torch_dtype.*", category=FutureWarning)
-        if path.exists():
+        if looks_like_hub_id(base.source):  # `org/name`, whatever the current folder holds
+            pipe = _load_hub(base, torch_dtype)
+        elif path.exists():
             family = _check_family(base, detect_family(path))
             pipe = _load_local(path, family, torch_dtype, base)
-        elif _looks_like_path(base.source):
-            raise _not_found_path(base.source)
         else:
-            pipe = _load_hub(base, torch_dtype)
+            raise _not_found_path(base.source)
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(dev)
 
@@ -271,13 +277,6 @@ def _check_family(base: BaseModelSpec, detected: Family | None) -> Family | None
             help=f"declare `family {detected}` or point `base` at a `{base.family}` model",
         )
     return base.family or detected
-
-
-def _looks_like_path(source: str) -> bool:
-    """Hub ids are ``org/name``; anything else (``./x``, ``/x``, ``x.safetensors``) is a path."""
-    if source.startswith((".", "/", "~", "\\")) or source.endswith(SINGLE_FILE_SUFFIXES):
-        return True
-    return source.count("/") != 1 or ":" in source
 
 
 def _not_found_path(source: str) -> DiagnosticError:

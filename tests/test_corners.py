@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from scenecraft.render.storyboard import panel_label
@@ -22,3 +24,76 @@ def test_fmt_help_says_templates_are_not_formatted(capsys: pytest.CaptureFixture
         main(["fmt", "--help"])
     out = " ".join(capsys.readouterr().out.split())
     assert "Jinja templates" in out and "are not formatted" in out
+
+
+SCENE = """model "{model}"
+concept ziggy {{
+  token "<ZIGGY>"
+  class "man"
+  lora "z.safetensors"
+}}
+
+scene s {{
+  ziggy
+}}
+"""
+
+
+def _scene(folder: Path, model: str) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "z.safetensors").write_bytes(b"")
+    path = folder / "s.scene"
+    path.write_text(SCENE.format(model=model), encoding="utf-8")
+    return path
+
+
+def test_a_model_path_without_dot_slash_is_relative_to_the_scene_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from scenecraft import load
+
+    scene = _scene(tmp_path / "proj", "sc/weights/base")
+    (tmp_path / "proj/sc/weights/base").mkdir(parents=True)
+    for cwd in (tmp_path, tmp_path / "proj", tmp_path / "proj/sc"):  # any folder: one answer
+        monkeypatch.chdir(cwd)
+        loaded = load(str(scene))
+        assert loaded.plan.merge.base.source == str(tmp_path / "proj/sc/weights/base")
+        assert not [w for w in loaded.warnings if w.code.startswith("model")]
+
+
+def test_a_hub_like_id_naming_a_local_folder_is_warned_about(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from scenecraft import load
+
+    scene = _scene(tmp_path / "proj", "org/base")
+    (tmp_path / "org/base").mkdir(parents=True)  # in the current folder, not beside the file
+    monkeypatch.chdir(tmp_path)
+    loaded = load(str(scene))
+    assert loaded.plan.merge.base.source == "org/base"  # still the hub id
+    (warning,) = [w for w in loaded.warnings if w.code == "model-path-ambiguous"]
+    assert "current folder" in warning.message
+    (tmp_path / "proj/org/base").mkdir(parents=True)  # now beside the file too: the folder wins
+    loaded = load(str(scene))
+    assert loaded.plan.merge.base.source == str(tmp_path / "proj/org/base")
+    assert [w.code for w in loaded.warnings] == ["model-path-ambiguous"]
+
+
+def test_render_reads_a_hub_like_id_as_the_hub_whatever_the_current_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import scenecraft.models as models
+    from scenecraft.plan import BaseModelSpec
+
+    (tmp_path / "org/base").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    asked: list[str] = []
+
+    def fake_hub(base: BaseModelSpec, dtype: object) -> object:
+        asked.append(base.source)
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(models, "_load_hub", fake_hub)
+    with pytest.raises(RuntimeError, match="stop here"):
+        models.load_pipeline(BaseModelSpec(source="org/base"), device="cpu")
+    assert asked == ["org/base"]

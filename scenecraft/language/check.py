@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from scenecraft.diagnostics import Collector, Diagnostic, DiagnosticError, Label, did_you_mean
-from scenecraft.files import path_problem
+from scenecraft.files import looks_like_hub_id, path_problem
 from scenecraft.language import nodes as n
 from scenecraft.language import schema
 from scenecraft.language.check_scene import SceneBody, check_scene_body
@@ -210,7 +210,15 @@ class Checker:
             return prev
         opts = schema.read_block(self.c, item.options, schema.MODEL_KEYS, "`model`")
         source = src.value
-        local = source.startswith((".", "/", "~")) or source.endswith((".safetensors", ".ckpt"))
+        # a path is relative to the file that writes it, whatever folder render runs from
+        local = not looks_like_hub_id(source)
+        if not local and _exists(resolve_path(_base_dir(item), source)):
+            self._warn_hub_like_path(source, src, "beside the scene file: read as that folder")
+            local = True
+        elif not local and _exists(resolve_path(Path.cwd(), source)):
+            self._warn_hub_like_path(
+                source, src, "in the current folder: render reads the hub id, not the folder"
+            )
         if local and not source.startswith("~"):
             resolved = resolve_path(_base_dir(item), source)
             if not _exists(resolved):
@@ -224,6 +232,15 @@ class Checker:
             source = str(resolved)
         return ModelInfo(
             source, opts.get("family", (None,))[0], opts.get("revision", (None,))[0], item
+        )
+
+    def _warn_hub_like_path(self, source: str, src: n.Str, where: str) -> None:
+        self.c.warn(
+            "model-path-ambiguous",
+            f"`{source}` reads like a hub id but names a local folder {where}",
+            src.span,
+            label="hub id or folder?",
+            help=f'write `"./{source}"` for the folder next to the scene file, or rename the folder',
         )
 
     def duplicate(self, what: str, item: n.Node, first: n.Node, name: str = "") -> None:
