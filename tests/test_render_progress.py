@@ -32,6 +32,7 @@ ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 def script() -> list[Event]:
     events: list[Event] = [
         MergeStarted("loraclr", ("ziggy", "momo"), "abc123"),
+        MergeStage("text-encoder", 0, 3),
         MergeStage("text-encoder", 3, 3),
         MergeFinished("abc123", False, 1.5),
         RenderStarted(total=3, skipped=1, batches=2),
@@ -99,12 +100,15 @@ def test_plain_log_when_not_a_terminal() -> None:
     assert "\x1b[" not in buf.getvalue()
     assert lines == [
         "merging 2 concept(s) with loraclr (abc123)",
+        "merge: text-encoder (3)...",
         "merge: text-encoder done (3)",
         "merge abc123 ready in 1.5 s",
         "rendering 3 image(s) in 2 batch(es), 1 up to date",
+        "batch 1/2: 2 images, 4 steps",
         "[1/3] duo seed 1 -> out/story/duo/1.png",
         "[2/3] duo seed 2 -> out/story/duo/2.png",
         "warning: out of memory at batch 2; retrying with 1",
+        "batch 2/2: 1 image, 4 steps",
         "[3/3] solo seed 3 -> out/story/solo/3.png",
         "wrote 3 image(s), skipped 1 up to date, 2.0 s",
     ]

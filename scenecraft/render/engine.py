@@ -296,7 +296,11 @@ class _Session:
     # 3. Prepare the model
     def prepare(self, pipe: Any, device: str | None, dtype: str | None, cache_dir: Any) -> Any:
         if pipe is None:
+            emit(self.reporter, Notice("info", f"loading {self.model.name}"))
+            start = time.perf_counter()
             pipe = models.load_pipeline(self.plan.merge.base, device, dtype)
+            took = time.perf_counter() - start
+            emit(self.reporter, Notice("info", f"loaded {self.model.name} in {took:.1f} s"))
 
         if (note := models.sdxl_vae_note(pipe)) is not None:
             emit(self.reporter, Notice("info", note))

@@ -5,7 +5,8 @@
 - ``quiet``: warnings and errors only (stderr);
 - a terminal: `LiveDisplay` (overall images bar with ETA, the current batch's step bar with
   it/s, the merge stage, the last finished images);
-- otherwise (piped, CI logs): `PlainLog`, one line per finished image.
+- otherwise (piped, CI logs): `PlainLog`, a line per model load, merge stage, batch and
+  finished image, so a slow run on a busy machine is never a silent one.
 """
 
 from __future__ import annotations
@@ -120,8 +121,16 @@ class PlainLog:
             self.line(f"{event.level}: {event.message}")
         elif isinstance(event, MergeStarted):
             self.line(f"merging {len(event.concepts)} concept(s) with {event.method} ({event.key})")
+        elif isinstance(event, MergeStage) and event.done == 0 < event.total:
+            self.line(f"merge: {event.stage} ({event.total})...")  # a slow stage is not silent
         elif isinstance(event, MergeStage) and event.done == event.total > 0:
             self.line(f"merge: {event.stage} done ({event.total})")
+        elif isinstance(event, BatchStarted):
+            n = len(event.job_ids)
+            self.line(
+                f"batch {event.index + 1}/{event.total}: {n} image{'s' if n != 1 else ''}, "
+                f"{event.steps} steps"
+            )
         elif isinstance(event, MergeFinished):
             how = "from cache" if event.cached else f"in {event.seconds:.1f} s"
             self.line(f"merge {event.key} ready {how}")
