@@ -97,3 +97,25 @@ def test_render_reads_a_hub_like_id_as_the_hub_whatever_the_current_folder(
     with pytest.raises(RuntimeError, match="stop here"):
         models.load_pipeline(BaseModelSpec(source="org/base"), device="cpu")
     assert asked == ["org/base"]
+
+
+def test_dry_run_off_a_terminal_keeps_whole_paths(tmp_path: Path) -> None:
+    import io
+    from types import SimpleNamespace
+
+    from rich.console import Console
+
+    from scenecraft.cli import render as command
+    from scenecraft.cli.args import RenderSettings, build_parser
+    from tests._fixtures_render import make_plan, saved_pipeline_dir
+
+    argv = ["render", "f.scene", "--out", str(tmp_path), "--dry-run"]
+    settings = RenderSettings.from_args(build_parser().parse_args(argv))
+    long = ("the-knight-waves-at-the-queen-in-the-ancient-library", "solo")
+    plan = make_plan(base=str(saved_pipeline_dir()), seeds=(1,), scenes=long)
+    buf = io.StringIO()
+    console = Console(file=buf, width=80, force_terminal=False)  # what a pipe gets
+    assert command.run(settings, SimpleNamespace(plan=plan), console=console) == 0
+    text = buf.getvalue()
+    assert f"{long[0]}/1.png" in text  # one piece, not folded over lines
+    assert text.count(long[0]) == 2  # scene column and path, each whole

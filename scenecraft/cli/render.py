@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.measure import Measurement
 from rich.table import Table
 
 from scenecraft.cli.args import RenderSettings
@@ -130,8 +131,23 @@ def dry_run(
             status,
             str(t.path.relative_to(out_root)),
         )
-    console.print(table)
+    print_whole(console, table)
     return 0
+
+
+def print_whole(console: Console, table: Table) -> None:
+    """Off a terminal (a pipe, a log) nothing sets the width: print the table as wide as it needs
+    instead of cutting paths at Rich's 80 columns."""
+    if console.is_terminal:
+        console.print(table)
+        return
+    needed = Measurement.get(console, console.options.update_width(10_000), table).maximum
+    width = console.width
+    console.width = max(width, needed)  # Rich caps print(width=...) at the console's width
+    try:
+        console.print(table)
+    finally:
+        console.width = width
 
 
 def _cached_merges(plan: RenderPlan, listed: list[EntryInfo]) -> list[EntryInfo]:
@@ -180,6 +196,6 @@ def _dry_run_summary(
             str(len(group) - todo),
             str(group[0][0].path.parent.relative_to(out_root)),
         )
-    console.print(table)
+    print_whole(console, table)
     console.print("[dim]one row per scene; `--json` lists every image[/]")
     return 0
