@@ -347,3 +347,35 @@ def test_merge_fits_each_kv_layer_on_its_own_rows(
         direct = F.kv_token_states(pipe, prompts, [TOKEN], seen["paths"], 4096)
     for n in LAYERS:
         torch.testing.assert_close(k[n], direct[f"unet.{n}.to_k"])
+
+
+# ------------------------------------------------------------------------------- end to end
+
+
+def test_render_of_a_merged_plan_reads_each_layers_row(
+    layer_file: tuple[Path, torch.Tensor], tmp_path: Path
+) -> None:
+    """scene plan -> merge (cache entry with `<V>[i]`) -> apply -> render: layer i's keys are
+    computed from the merged text encoder's states with row i for `<V>`."""
+    from scenecraft.plan import ConceptSpec, stable_hash
+    from scenecraft.render.engine import render
+    from tests._fixtures_render import lora_files, make_plan, tiny_pipe
+
+    path, rows = layer_file
+    plan = make_plan(method="linear", seeds=(1,), scenes=("duo",))
+    concepts = (
+        ConceptSpec(name="v", tokens=(TOKEN,), lora=str(path), class_noun="man"),
+        ConceptSpec(name="ziggy", tokens=("<ZIGGY>",), lora=str(lora_files()[0])),
+    )
+    merge = plan.merge.model_copy(update={"concepts": concepts})
+    merge = merge.model_copy(update={"key": stable_hash(merge.model_dump(mode="json"))})
+    job = plan.jobs[0].model_copy(update={"prompt": PROMPT, "concepts": ("v",)})
+    plan = plan.model_copy(update={"merge": merge, "jobs": (job,)})
+    pipe = copy.deepcopy(tiny_pipe())
+    with _first_calls(pipe) as seen:
+        result = render(plan, tmp_path / "out", pipe=pipe, cache_dir=tmp_path / "cache")
+    assert len(result.written) == 1
+    negative = _truth(pipe, job.negative_prompt, None)  # the pipe now carries the merge
+    for i, name in enumerate(LAYERS):
+        context = torch.cat([negative, _truth(pipe, PROMPT, rows[i])])
+        torch.testing.assert_close(seen[name][0], context, rtol=1e-5, atol=1e-5)
