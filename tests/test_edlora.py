@@ -379,3 +379,24 @@ def test_render_of_a_merged_plan_reads_each_layers_row(
     for i, name in enumerate(LAYERS):
         context = torch.cat([negative, _truth(pipe, PROMPT, rows[i])])
         torch.testing.assert_close(seen[name][0], context, rtol=1e-5, atol=1e-5)
+
+
+def test_the_merges_sampling_run_reads_each_layers_row(
+    layer_file: tuple[Path, torch.Tensor], base_pipe: Any
+) -> None:
+    """Stage 3 (`spatial`): the sampling run that records image-side inputs renders the concept
+    layer-wise too; without a layer-wise token nothing is installed."""
+    path, rows = layer_file
+    pipe = _installed(base_pipe, path)
+    watched = {"q": pipe.unet.get_submodule(LAYERS[0].replace("attn2", "attn1") + ".to_q")}
+    with _first_calls(pipe) as seen:
+        F.spatial_rows(pipe, watched, PROMPT, steps=1, size=SIZE, guidance=7.5, cap=8, seed=0)
+    empty = _truth(pipe, "", None)
+    for i, name in enumerate(LAYERS):
+        context = torch.cat([empty, _truth(pipe, PROMPT, rows[i])])
+        torch.testing.assert_close(seen[name][0], context, rtol=1e-5, atol=1e-5)
+    with edlora.layerwise_call(pipe, "photo of a man") as plain:
+        assert plain == {"prompt": "photo of a man"}
+        assert not any(
+            isinstance(p, edlora.LayerContextProcessor) for p in pipe.unet.attn_processors.values()
+        )

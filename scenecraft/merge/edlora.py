@@ -29,7 +29,8 @@ files whose row count is not the base's number of layers as a multi-vector embed
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -258,3 +259,55 @@ class LayerContextProcessor:
             raise ValueError("a layer context belongs on cross-attention layers only")
         own = self.context(encoder_hidden_states.shape[0], encoder_hidden_states)
         return self.inner(attn, hidden_states, own, *args, **kwargs)
+
+
+@contextmanager
+def installed(unet: Any, replace: Mapping[str, Any]) -> Iterator[None]:
+    """``replace`` (processor name -> processor) on the UNet for the ``with`` body; the
+    processors found before come back afterwards, also on error."""
+    saved = dict(unet.attn_processors)
+    unet.set_attn_processor({name: replace.get(name, p) for name, p in saved.items()})
+    try:
+        yield
+    finally:
+        unet.set_attn_processor(dict(saved))
+
+
+@contextmanager
+@torch.no_grad()
+def layerwise_call(pipe: Any, prompt: str) -> Iterator[dict[str, Any]]:
+    """Pipeline arguments for one prompt (no negative prompt), with each cross-attention layer
+    reading its own variant for the ``with`` body — the merge's sampling run (stage 3). A
+    prompt without layer-wise tokens: ``{"prompt": prompt}`` and nothing installed.
+    (Rendering does the same with negatives and regions: `scenecraft.render.layerwise`.)"""
+    tokens = pipe_layer_tokens(pipe)
+    if not mentions([prompt], tokens):
+        yield {"prompt": prompt}
+        return
+    layers = unet_layers(pipe.unet)
+    variant = variant_of(pipe, tokens)[: len(layers)]
+    variants = sorted(set(variant))
+    texts = [layer_prompt(prompt, tokens, v) for v in variants]
+    device = pipe._execution_device
+    extra: dict[str, Any] = {}
+    if getattr(pipe, "text_encoder_2", None) is not None:  # SDXL: pooled from layer 0's copy
+        pos, neg, pooled, neg_pooled = pipe.encode_prompt(
+            texts, device=device, num_images_per_prompt=1, do_classifier_free_guidance=True
+        )
+        k = variants.index(variant[0])
+        extra = {
+            "pooled_prompt_embeds": pooled[k : k + 1],
+            "negative_pooled_prompt_embeds": neg_pooled[k : k + 1],
+        }
+    else:
+        pos, neg = pipe.encode_prompt(texts, device, 1, True)
+    saved = pipe.unet.attn_processors
+    replace = {}
+    for layer, name in enumerate(layers):
+        k = variants.index(variant[layer])
+        inner = saved[f"{name}.processor"]
+        replace[f"{name}.processor"] = LayerContextProcessor(inner, pos[k : k + 1], neg[k : k + 1])
+    k = variants.index(variant[0])
+    extra |= {"prompt_embeds": pos[k : k + 1], "negative_prompt_embeds": neg[k : k + 1]}
+    with installed(pipe.unet, replace):
+        yield extra

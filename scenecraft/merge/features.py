@@ -522,15 +522,16 @@ def spatial_rows(
     rec = RowRecorder(modules, per_call=max(1, math.ceil(cap / max(steps, 1))), seed=seed)
     gen = torch.Generator(device="cpu").manual_seed(seed)
     try:
-        pipe(
-            prompt=prompt,
-            num_inference_steps=steps,
-            height=size,
-            width=size,
-            guidance_scale=guidance,
-            generator=gen,
-            output_type="latent",
-        )
+        with edlora.layerwise_call(pipe, prompt) as conditioning:  # ED-LoRA: per-layer prompts
+            pipe(
+                **conditioning,
+                num_inference_steps=steps,
+                height=size,
+                width=size,
+                guidance_scale=guidance,
+                generator=gen,
+                output_type="latent",
+            )
     finally:
         rec.close()
     return rec.take(cap)

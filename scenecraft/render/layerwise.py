@@ -96,18 +96,6 @@ def encode_variants(
 
 
 @contextmanager
-def processors(unet: Any, replace: dict[str, Any]) -> Iterator[None]:
-    """``replace`` (processor name -> processor) on the UNet for the ``with`` body; the
-    processors found before come back afterwards, also on error."""
-    saved = dict(unet.attn_processors)
-    unet.set_attn_processor({name: replace.get(name, p) for name, p in saved.items()})
-    try:
-        yield
-    finally:
-        unet.set_attn_processor(dict(saved))
-
-
-@contextmanager
 def conditioned(
     pipe: Any, jobs: Sequence[RenderJob], adapters: Adapters | None = None
 ) -> Iterator[dict[str, Any]]:
@@ -150,7 +138,7 @@ def conditioned(
     extra: dict[str, Any] = {"prompt_embeds": pos.embeds, "negative_prompt_embeds": neg.embeds}
     if pos.pooled is not None:
         extra |= {"pooled_prompt_embeds": pos.pooled, "negative_pooled_prompt_embeds": neg.pooled}
-    with processors(pipe.unet, replace):
+    with edlora.installed(pipe.unet, replace):
         if states and adapters is not None:
             with confined_adapters(pipe.unet, states[variants[0]]):
                 yield extra
