@@ -31,6 +31,7 @@ from scenecraft.render.regions import (
     Adapters,
     RegionalAttnProcessor,
     confined_adapters,
+    cross_attention_names,
     regional,
     regional_state,
 )
@@ -95,6 +96,31 @@ def encode_variants(
     return {v: (part(pos, k), part(neg, k)) for k, v in enumerate(variants)}
 
 
+def _processors(
+    unet: Any,
+    layers: list[str],
+    variant: list[int],
+    encoded: dict[int, tuple[Any, Any]],
+    states: dict[int, Any],
+) -> dict[str, Any]:
+    """Processor name -> processor: layer i's own context around its processor (with regions:
+    a regional processor over its variant's region prompts). Cross-attention layers Mix-of-Show
+    does not number (``attn1`` of blocks built with ``only_cross_attention``) read layer 0's
+    copy, as the pipeline's own states are."""
+    saved = unet.attn_processors
+    replace: dict[str, Any] = {}
+    if states:
+        replace = {
+            n: RegionalAttnProcessor(states[variant[0]]) for n in cross_attention_names(unet)
+        }
+    for layer, name in enumerate(layers):
+        pos, neg = encoded[variant[layer]]
+        key = f"{name}.processor"
+        inner = RegionalAttnProcessor(states[variant[layer]]) if states else saved[key]
+        replace[key] = edlora.LayerContextProcessor(inner, pos.embeds, neg.embeds)
+    return replace
+
+
 @contextmanager
 def conditioned(
     pipe: Any, jobs: Sequence[RenderJob], adapters: Adapters | None = None
@@ -126,14 +152,7 @@ def conditioned(
             if any(j.regions for j in jobs)
             else {}
         )
-    saved = pipe.unet.attn_processors
-    replace: dict[str, Any] = {}
-    for layer, name in enumerate(layers):
-        pos, neg = encoded[variant[layer]]
-        inner = (
-            RegionalAttnProcessor(states[variant[layer]]) if states else saved[f"{name}.processor"]
-        )
-        replace[f"{name}.processor"] = edlora.LayerContextProcessor(inner, pos.embeds, neg.embeds)
+    replace = _processors(pipe.unet, layers, variant, encoded, states)
     pos, neg = encoded[variant[0]]
     extra: dict[str, Any] = {"prompt_embeds": pos.embeds, "negative_prompt_embeds": neg.embeds}
     if pos.pooled is not None:
