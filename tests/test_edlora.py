@@ -164,7 +164,6 @@ def test_each_row_becomes_its_layers_word(
     assert sorted(emb) == sorted(f"<V>[{i}]" for i in range(6))
     for i in range(6):
         assert torch.equal(emb[f"<V>[{i}]"], rows[i : i + 1])
-    assert concept.metadata["edlora_layerwise"] is True
     assert edlora.layer_tokens(emb) == {TOKEN: 6}
 
 
@@ -238,7 +237,7 @@ def test_equal_rows_load_as_one_plain_token(tmp_path: Path, base_pipe: Any) -> N
     concept = read_concept_lora(path, name="v", tokens=(TOKEN,), pipe_or_module_index=base_pipe)
     assert list(concept.embeddings["text_encoder"]) == [TOKEN]
     assert torch.equal(concept.embeddings["text_encoder"][TOKEN], row)
-    assert concept.metadata["edlora_layerwise"] is False
+    assert edlora.layer_tokens(concept.embeddings["text_encoder"]) == {}
     ti = tmp_path / "ti.safetensors"
     write_embedding(ti, "<P>", row)
     plain = copy.deepcopy(base_pipe)

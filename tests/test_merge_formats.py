@@ -67,7 +67,6 @@ def test_peft_kohya_edlora_give_identical_deltas(
     assert emb.shape == (16, 32) and torch.equal(emb, rows["<zig>"])
     # 16 rows but the tiny UNet has 6 cross-attention layers: a multi-vector embedding, not
     # layer-wise (tests/test_edlora.py reads files with one row per layer)
-    assert read["edlora"].metadata["edlora_layerwise"] is False
 
 
 @pytest.mark.parametrize("form", ["peft", "kohya"])

@@ -102,25 +102,22 @@ def layer_word(token: str, layer: int) -> str:
     return f"{token}[{layer}]"
 
 
-def bind_rows(
-    rows: Mapping[str, torch.Tensor], layers: int
-) -> tuple[dict[str, torch.Tensor], bool]:
-    """A file's token rows as embeddings: (token or layer word -> (n, dim) rows, layer-wise?).
+def bind_rows(rows: Mapping[str, torch.Tensor], layers: int) -> dict[str, torch.Tensor]:
+    """A file's token rows as embeddings: token or layer word -> (n, dim) rows.
 
-    n == ``layers`` > 1 with distinct rows: one word per layer (`layer_word`), one row each;
-    all rows equal: the token with that one row (every layer reads the same embedding, so
-    this IS the plain path); any other n: the n rows under the token (multi-vector)."""
+    n == ``layers`` > 1 with distinct rows: one word per layer (`layer_word`), one row each —
+    the words are the one record that a token is layer-wise (`layer_tokens`); all rows equal:
+    the token with that one row (every layer reads the same embedding, so this IS the plain
+    path); any other n: the n rows under the token (multi-vector)."""
     out: dict[str, torch.Tensor] = {}
-    layerwise = False
     for token, value in rows.items():
         if value.shape[0] > 1 and bool((value == value[:1]).all()):
             out[token] = value[:1].clone()
         elif value.shape[0] == layers > 1:
             out.update({layer_word(token, i): value[i : i + 1].clone() for i in range(layers)})
-            layerwise = True
         else:
             out[token] = value
-    return out, layerwise
+    return out
 
 
 def check_tokens(

@@ -392,9 +392,8 @@ def read_concept_lora(
     elif parsed.format == "edlora":  # rows per cross-attention layer (Mix-of-Show's order)
         rows = embeddings.get("text_encoder", {})
         edlora.check_tokens(rows, tokens, index, concept=name, source=source)
-        bound, layerwise = edlora.bind_rows(rows, len(edlora.index_layers(index)))
+        bound = edlora.bind_rows(rows, len(edlora.index_layers(index)))
         embeddings = {"text_encoder": bound} if bound else {}
-        parsed.metadata["edlora_layerwise"] = layerwise
     return ConceptLoRA(
         name=name,
         tokens=tuple(tokens),
