@@ -244,7 +244,7 @@ def test_equal_rows_load_as_one_plain_token(tmp_path: Path, base_pipe: Any) -> N
     plain.load_textual_inversion(str(ti), token="<P>")
     job = make_job("v", 5, PROMPT)
     latents = _call(_installed(base_pipe, path), [job])
-    torch.testing.assert_close(
+    assert torch.equal(
         latents, _call(plain, [job.model_copy(update={"prompt": "photo of a <P> man"})])
     )
 
@@ -262,6 +262,7 @@ def test_equal_layer_contexts_change_nothing(base_pipe: Any) -> None:
     assert seen[LAYERS[0]]  # the layer-wise path ran
     want = _call(plain, [job.model_copy(update={"prompt": "photo of a <P> man"})])
     torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
+    assert not torch.equal(got, _call(plain, [job]))  # the row matters: not a vacuous match
 
 
 def test_prompts_without_layer_tokens_take_the_plain_path(
