@@ -302,33 +302,39 @@ def _kv_stage(
     """X_c for to_k / to_v ``paths``: merged text encoder states at the concept's tokens."""
     out = []
     for c, concept in enumerate(run.concepts):
-        x = _token_context(run, concept, prompts[c], texts)
-        run.rows[KV][concept.name] = int(x.shape[0])
-        out.append({p: x for p in paths})
+        xs = _token_context(run, concept, prompts[c], texts, paths)
+        run.rows[KV][concept.name] = max(int(x.shape[0]) for x in xs.values())
+        out.append(xs)
     return out
 
 
 def _token_context(
-    run: _Run, concept: ConceptLoRA, prompts: list[str], texts: dict[str, str]
-) -> torch.Tensor:
-    """(n, dim): the context the pipeline's text encoder(s), as currently weighted, give on
-    ``prompts`` at the rows stage 2 reads (from the concept's first token on, capped)."""
+    run: _Run, concept: ConceptLoRA, prompts: list[str], texts: dict[str, str], paths: list[str]
+) -> dict[str, torch.Tensor]:
+    """path -> (n, dim): the context the pipeline's text encoder(s), as currently weighted, give
+    on ``prompts`` at the rows stage 2 reads (from the concept's first token on, capped); one
+    tensor for every path, or per cross-attention layer with ED-LoRA layer-wise tokens."""
     words = [texts.get(t, t) for t in concept.tokens]
-    return F.token_states(run.pipe, prompts, words)[: run.cfg.text_max_rows]
+    return F.kv_token_states(run.pipe, prompts, words, paths, run.cfg.text_max_rows)
 
 
-def _own_contexts(run: _Run, prompts: list[list[str]], texts: dict[str, str]) -> list[torch.Tensor]:
-    """X_c^own (n_c, dim): the context each concept's OWN text encoder gives at the rows stage 2
-    reads (`_token_context`, as `_kv_stage`: row i of both is the same token)."""
+def _own_contexts(
+    run: _Run, paths: list[str], prompts: list[list[str]], texts: dict[str, str]
+) -> list[dict[str, torch.Tensor]]:
+    """X_c^own (n_c, dim) per path: the context each concept's OWN text encoder gives at the
+    rows stage 2 reads (`_token_context`, as `_kv_stage`: row i of both is the same token)."""
     out = []
     for concept, ps in zip(run.concepts, prompts, strict=True):
         with F.patched(run.modules, F.own_weights(concept, run.modules, F.TEXT_PREFIXES)):
-            out.append(_token_context(run, concept, ps, texts))
+            out.append(_token_context(run, concept, ps, texts, paths))
     return out
 
 
 def _retarget_kv(
-    run: _Run, paths: list[str], X: list[dict[str, torch.Tensor]], own: list[torch.Tensor]
+    run: _Run,
+    paths: list[str],
+    X: list[dict[str, torch.Tensor]],
+    own: list[dict[str, torch.Tensor]],
 ) -> None:
     """Aim each concept's to_k / to_v update at what its own LoRA gives end to end.
 
@@ -345,10 +351,13 @@ def _retarget_kv(
     region-shaped prompts, or ``scene_prompts``' own): fitted on the template prompts alone it
     extrapolates to the rendered ones and lost the same-class pair (docs/loraclr.md)."""
     for c in range(len(run.concepts)):
-        x = X[c][paths[0]]  # (n, dim): every to_k / to_v reads the same context
-        E, _ = ridge_solve(x[None], (own[c] - x)[None])  # (1, dim, dim): A_c − I
-        A = torch.eye(x.shape[1], dtype=torch.float64, device=x.device) + E[0]
+        maps: dict[int, torch.Tensor] = {}  # one A_c per distinct context (ED-LoRA: per layer)
         for p in paths:
+            x = X[c][p]  # (n, dim)
+            if id(x) not in maps:
+                E, _ = ridge_solve(x[None], (own[c][p] - x)[None])  # (1, dim, dim): A_c − I
+                maps[id(x)] = torch.eye(x.shape[1], dtype=torch.float64, device=x.device) + E[0]
+            A = maps[id(x)]
             W = run.base(p).double() + run.delta(c, p).double()  # (out, dim)
             run.retargeted[(c, p)] = (W @ A.T - run.base(p).double()).float()
 
@@ -456,7 +465,7 @@ def run_merge(
             o and c.class_noun for c, o in zip(concepts, others, strict=True)
         )
         retarget = shaped and method in FEATURE_BASED and bool(stages[KV])
-        own = _own_contexts(run, prompts, texts or {}) if retarget else None
+        own = _own_contexts(run, stages[KV], prompts, texts or {}) if retarget else None
         merged_te = {p: w for p, w in run.weights.items() if p.startswith(F.TEXT_PREFIXES)}
         with F.patched(modules, merged_te):
             # 3. cross-attention K/V from the merged text encoder

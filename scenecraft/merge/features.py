@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from scenecraft.diagnostics import did_you_mean, error
+from scenecraft.merge import edlora
 from scenecraft.merge.types import ConceptLoRA
 
 # --------------------------------------------------------------------------------- families
@@ -388,6 +389,7 @@ def text_rows(
     Each encoder reads its own tokenizer's ids; SDXL's ``text_projection`` sees one pooled row
     per prompt."""
     out: dict[str, torch.Tensor] = {}
+    prompts = edlora.all_variants(pipe, prompts)  # ED-LoRA: every layer's copy of a prompt
     for name, tokenizer in TEXT_ENCODERS:
         group = {p: m for p, m in modules.items() if p.startswith(f"{name}.")}
         if not group:
@@ -484,6 +486,28 @@ def token_states(pipe: Any, prompts: list[str], words: list[str]) -> torch.Tenso
 
 
 @torch.no_grad()
+def kv_token_states(
+    pipe: Any, prompts: list[str], words: list[str], paths: Sequence[str], cap: int
+) -> dict[str, torch.Tensor]:
+    """Stage 2 per to_k / to_v path: `token_states` (first ``cap`` rows). Without ED-LoRA
+    layer-wise tokens every path reads the same tensor; with them each cross-attention layer
+    reads the states of its own prompt variant, layer words in place of the tokens
+    (`scenecraft.merge.edlora`); a path outside the numbered layers reads layer 0's."""
+    tokens = edlora.pipe_layer_tokens(pipe)
+    if not edlora.mentions(prompts, tokens):
+        x = token_states(pipe, prompts, words)[:cap]
+        return {p: x for p in paths}
+    variant = edlora.variant_of(pipe, tokens)
+    states: dict[int, torch.Tensor] = {}
+    for v in sorted(set(variant)):
+        shown = [edlora.layer_prompt(p, tokens, v) for p in prompts]
+        found = [edlora.layer_prompt(w, tokens, v) for w in words]
+        states[v] = token_states(pipe, shown, found)[:cap]
+    layer = {f"unet.{n}": i for i, n in enumerate(edlora.unet_layers(pipe.unet))}
+    return {p: states[variant[layer.get(p.rsplit(".", 1)[0], 0)]] for p in paths}
+
+
+@torch.no_grad()
 def spatial_rows(
     pipe: Any,
     modules: dict[str, nn.Module],
@@ -498,15 +522,16 @@ def spatial_rows(
     rec = RowRecorder(modules, per_call=max(1, math.ceil(cap / max(steps, 1))), seed=seed)
     gen = torch.Generator(device="cpu").manual_seed(seed)
     try:
-        pipe(
-            prompt=prompt,
-            num_inference_steps=steps,
-            height=size,
-            width=size,
-            guidance_scale=guidance,
-            generator=gen,
-            output_type="latent",
-        )
+        with edlora.layerwise_call(pipe, prompt) as conditioning:  # ED-LoRA: per-layer prompts
+            pipe(
+                **conditioning,
+                num_inference_steps=steps,
+                height=size,
+                width=size,
+                guidance_scale=guidance,
+                generator=gen,
+                output_type="latent",
+            )
     finally:
         rec.close()
     return rec.take(cap)

@@ -30,9 +30,9 @@ import torch
 
 from scenecraft.diagnostics import error
 from scenecraft.files import load_error_note, path_problem, sha256_file
+from scenecraft.merge import edlora
 from scenecraft.merge.formats_embeddings import embeddings_from_state, is_embedding_dict
 from scenecraft.merge.formats_index import (
-    ModuleIndex,
     as_index,
     check_layers,
     make_layer,
@@ -280,21 +280,8 @@ def _parse_lora_dict(
 
 
 def _parse_edlora(params: Mapping[str, Any], *, concept: str, source: str) -> _Parsed:
-    """Mix-of-Show ED-LoRA: ``<module>.lora_down.weight`` / ``.lora_up.weight``, no alpha (= r)."""
-    layers: dict[str, LoRALayer] = {}
-    stray: list[str] = []
-    for component in ("text_encoder", "unet"):
-        weights = params.get(component) or {}
-        for key, down in weights.items():
-            if key.endswith(".lora_down.weight"):
-                stem = key.removesuffix(".lora_down.weight")
-                up = weights.get(f"{stem}.lora_up.weight")
-                if up is None:
-                    stray.append(f"{component}.{key}")
-                    continue
-                layers[f"{component}.{stem}"] = make_layer(f"{component}.{stem}", down, up, None)
-            elif not key.endswith(".lora_up.weight"):
-                stray.append(f"{component}.{key}")
+    """Mix-of-Show ED-LoRA (`scenecraft.merge.edlora`): LoRA pairs and per-token rows."""
+    layers, rows, stray = edlora.split_params(params)
     if stray:
         _check_variant(stray, concept, source)
         raise error(
@@ -303,11 +290,7 @@ def _parse_edlora(params: Mapping[str, Any], *, concept: str, source: str) -> _P
             notes=tuple(f"`{k}`" for k in stray[:8]),
             help="re-export the ED-LoRA with Mix-of-Show's own tools",
         )
-    new = params.get("new_concept_embedding") or {}
-    rows = {tok: t.detach().float().reshape(-1, t.shape[-1]) for tok, t in new.items()}  # (n, dim)
-    embeddings = {"text_encoder": rows} if rows else {}
-    # Mix-of-Show's n rows are one embedding per UNet cross-attention layer (P+), not n tokens.
-    return _Parsed("edlora", layers, embeddings, metadata={"edlora_layerwise": bool(rows)})
+    return _Parsed("edlora", layers, {"text_encoder": rows} if rows else {})
 
 
 def _parse(
@@ -406,8 +389,11 @@ def read_concept_lora(
         embeddings = embeddings_from_state(
             parsed.state, tokens=tokens, index=index, concept=name, source=source
         )
-    elif parsed.format == "edlora":
-        _check_edlora_tokens(embeddings, tokens, index, concept=name, source=source)
+    elif parsed.format == "edlora":  # rows per cross-attention layer (Mix-of-Show's order)
+        rows = embeddings.get("text_encoder", {})
+        edlora.check_tokens(rows, tokens, index, concept=name, source=source)
+        bound = edlora.bind_rows(rows, len(edlora.index_layers(index)))
+        embeddings = {"text_encoder": bound} if bound else {}
     return ConceptLoRA(
         name=name,
         tokens=tuple(tokens),
@@ -419,34 +405,6 @@ def read_concept_lora(
         family=family,
         metadata={**parsed.metadata, "format": parsed.format},
     )
-
-
-def _check_edlora_tokens(
-    embeddings: dict[str, dict[str, torch.Tensor]],
-    tokens: tuple[str, ...],
-    index: ModuleIndex,
-    *,
-    concept: str,
-    source: str,
-) -> None:
-    rows = embeddings.get("text_encoder", {})
-    if tokens and rows and not set(tokens) & set(rows):
-        raise error(
-            "edlora-token-mismatch",
-            f"concept `{concept}`: `{source}` was trained for token(s) "
-            + ", ".join(f"`{t}`" for t in rows),
-            notes=(f"the scene gives {', '.join(f'`{t}`' for t in tokens)}",),
-            help="use the tokens the ED-LoRA was trained with",
-        )
-    dim = index.embedding_dims.get("text_encoder")
-    for token, value in rows.items():
-        if value.shape[1] != dim:
-            raise error(
-                "embedding-shape-mismatch",
-                f"concept `{concept}`: the embedding of `{token}` in `{source}` is "
-                f"{value.shape[1]}-wide but the base model's tokens are {dim}-wide",
-                help="use an ED-LoRA trained for this base model",
-            )
 
 
 def read_embedding(

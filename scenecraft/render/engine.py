@@ -44,6 +44,7 @@ from scenecraft.render.batching import (
     make_batches,
     run_halving,
 )
+from scenecraft.render.layerwise import conditioned
 from scenecraft.render.outputs import (
     METADATA_VERSION,
     Manifest,
@@ -56,7 +57,7 @@ from scenecraft.render.outputs import (
     is_finished,
     write_png,
 )
-from scenecraft.render.regions import Adapters, regional, regions_text
+from scenecraft.render.regions import Adapters, regions_text
 from scenecraft.render.samplers import make_scheduler, sampler_def
 from scenecraft.render.selection import select_jobs
 from scenecraft.render.storyboard import write_storyboards
@@ -367,7 +368,7 @@ class _Session:
 
         if self.confined and self.confined.of and not job.regions:  # regional: confined
             adapter_mod.activate(pipe, self.plan.merge.concepts, tasks[0].adapters)
-        with regional(pipe, [t.job for t in tasks], self.confined) as extra:
+        with conditioned(pipe, [t.job for t in tasks], self.confined) as extra:
             prompts: dict[str, Any] = extra or {
                 "prompt": [t.job.prompt for t in tasks],
                 "negative_prompt": [job.negative_prompt] * len(tasks)
