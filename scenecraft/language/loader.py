@@ -7,6 +7,7 @@ every later phase can report spans without knowing a template was involved.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,8 @@ class Program:
     main: n.File
     includes: list[n.File] = field(default_factory=list)
     sources: dict[str, Source] = field(default_factory=dict)  # by display name
+    # texts read instead of the disk, by resolved path (an editor's unsaved buffers)
+    unsaved: Mapping[Path, str] = field(default_factory=dict)
 
     def texts(self) -> dict[str, str]:
         """Texts for quoting diagnostics: the template, not its output, for templated files."""
@@ -164,7 +167,9 @@ def remap_all(exc: DiagnosticError, sources: dict[str, Source]) -> DiagnosticErr
 def _load_one(
     path: Path, name: str, variables: dict[str, Any], span: Span | None, program: Program
 ) -> n.File:
-    text = read_text(path, name, span)
+    text = program.unsaved.get(resolve_path(Path(), str(path))) if program.unsaved else None
+    if text is None:
+        text = read_text(path, name, span)
     src = Source(path, name, text)
     program.sources[name] = src
     if is_template(path, text):
@@ -175,11 +180,18 @@ def _load_one(
         raise remap_all(exc, program.sources) from None
 
 
-def load_program(path: str | Path, variables: dict[str, Any] | None = None) -> Program:
-    """Read, render and parse ``path`` and its includes (depth first, each file once)."""
+def load_program(
+    path: str | Path,
+    variables: dict[str, Any] | None = None,
+    unsaved: Mapping[Path, str] | None = None,
+) -> Program:
+    """Read, render and parse ``path`` and its includes (depth first, each file once).
+
+    ``unsaved`` gives texts by resolved path that are taken instead of the files on disk (the
+    language server's open documents)."""
     variables = dict(variables or {})
     main_path = Path(path)
-    program = Program(main=n.File(str(path), ()))
+    program = Program(main=n.File(str(path), ()), unsaved=dict(unsaved or {}))
     program.main = _load_one(main_path, str(path), variables, None, program)
     stack = [main_path.resolve()]
     seen: set[Path] = {main_path.resolve()}
