@@ -241,6 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("cache", help="list or prune the merge cache (no model needed)")
     _cache_args(p)
+
+    sub.add_parser("lsp", help="the language server, on stdin/stdout (needs scenecraft[lsp])")
     return parser
 
 
