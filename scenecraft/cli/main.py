@@ -59,16 +59,16 @@ def cmd_cache(args: argparse.Namespace, out: Output) -> int:
 
 
 def cmd_lsp(args: argparse.Namespace, out: Output) -> int:
-    import importlib.util
-
-    if importlib.util.find_spec("pygls") is None:
+    try:
+        from scenecraft.lsp.server import run as run_lsp  # pygls: the optional [lsp] extra
+    except ImportError as exc:
+        if (exc.name or "").split(".")[0] not in ("pygls", "lsprotocol"):
+            raise
         print(
             'error: `scenecraft lsp` needs pygls, which is not installed: pip install "scenecraft[lsp]"',
             file=sys.stderr,
         )
         return EXIT_USER_ERROR
-    from scenecraft.lsp.server import run as run_lsp  # pygls: the optional [lsp] extra
-
     return run_lsp()
 
 
