@@ -7,7 +7,7 @@ every later phase can report spans without knowing a template was involved.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -45,6 +45,8 @@ class Program:
     sources: dict[str, Source] = field(default_factory=dict)  # by display name
     # texts read instead of the disk, by resolved path (an editor's unsaved buffers)
     unsaved: Mapping[Path, str] = field(default_factory=dict)
+    # text, file name -> syntax tree (the language server passes one that reuses unchanged items)
+    parser: Callable[[str, str], n.File] = field(default=parse)
 
     def texts(self) -> dict[str, str]:
         """Texts for quoting diagnostics: the template, not its output, for templated files."""
@@ -175,7 +177,7 @@ def _load_one(
     if is_template(path, text):
         src.rendered = render_template(text, name, variables)
     try:
-        return parse(src.scene_text, name)
+        return program.parser(src.scene_text, name)
     except DiagnosticError as exc:
         raise remap_all(exc, program.sources) from None
 
@@ -184,14 +186,15 @@ def load_program(
     path: str | Path,
     variables: dict[str, Any] | None = None,
     unsaved: Mapping[Path, str] | None = None,
+    parser: Callable[[str, str], n.File] = parse,
 ) -> Program:
     """Read, render and parse ``path`` and its includes (depth first, each file once).
 
     ``unsaved`` gives texts by resolved path that are taken instead of the files on disk (the
-    language server's open documents)."""
+    language server's open documents); ``parser`` replaces `parse` (it must give the same tree)."""
     variables = dict(variables or {})
     main_path = Path(path)
-    program = Program(main=n.File(str(path), ()), unsaved=dict(unsaved or {}))
+    program = Program(main=n.File(str(path), ()), unsaved=dict(unsaved or {}), parser=parser)
     program.main = _load_one(main_path, str(path), variables, None, program)
     stack = [main_path.resolve()]
     seen: set[Path] = {main_path.resolve()}

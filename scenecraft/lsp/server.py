@@ -2,9 +2,10 @@
 
 It keeps one `Analysis` per open document (the latest) and the index of the latest that parsed
 (completion and navigation keep working while a statement is half typed). Edits are analysed
-after a short pause (`DEBOUNCE_SECONDS`); open and save at once; a request on a document whose
-analysis is stale analyses it first. Diagnostics go to every file they point into (an error in
-an included file shows in that file), merged over the open documents that read it.
+after a short pause (`DEBOUNCE_SECONDS`), parsing again only the items they touched; open and
+save at once; a request on a document whose analysis is stale analyses it first. Diagnostics go
+to every file they point into (an error in an included file shows in that file), merged over the
+open documents that read it.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from scenecraft.lsp import completion, edits, hover, navigation, semantic
 from scenecraft.lsp.analysis import Analysis, analyse
 from scenecraft.lsp.index import Index, build_index
 from scenecraft.lsp.navigation import Texts, uri
+from scenecraft.lsp.reparse import Reparser
 
 DEBOUNCE_SECONDS = 0.15  # pause after the last keystroke before an edit is analysed
 SEVERITY = {"error": t.DiagnosticSeverity.Error, "warning": t.DiagnosticSeverity.Warning}
@@ -48,6 +50,7 @@ class SceneServer(LanguageServer):
         self.indexes: dict[str, Index] = {}  # uri -> the index of the latest that parsed
         self.pending: dict[str, asyncio.Task[None]] = {}  # uri -> a debounced analysis
         self.published: dict[str, dict[str, list[t.Diagnostic]]] = {}  # by document, by target
+        self.reparser = Reparser()  # parses again only the items an edit touched
 
     # -- analysis -----------------------------------------------------------------------------
     def text(self, doc_uri: str) -> str:
@@ -66,7 +69,7 @@ class SceneServer(LanguageServer):
         if task is not None:
             task.cancel()
         path = Path(to_fs_path(doc_uri) or doc_uri)
-        result = analyse(path, self.text(doc_uri), self.unsaved())
+        result = analyse(path, self.text(doc_uri), self.unsaved(), self.reparser)
         self.analyses[doc_uri] = result
         if result.program is not None:
             self.indexes[doc_uri] = build_index(result.program)
