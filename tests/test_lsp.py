@@ -517,3 +517,59 @@ def test_without_pygls_lsp_says_how_to_install_it() -> None:
     assert done.stderr.strip().splitlines() == [
         'error: `scenecraft lsp` needs pygls, which is not installed: pip install "scenecraft[lsp]"'
     ]
+
+
+# ---------------------------------------------------------------------------- reparsing
+
+
+def scene_and_example_files() -> list[Path]:
+    return sorted(
+        [
+            *ROOT.glob("scenes/**/*.scene"),
+            *ROOT.glob("examples/*.scene"),
+            *ROOT.glob("tests/catalogue/*.scene"),
+        ]
+    )
+
+
+def test_the_reparser_gives_parse_s_trees_and_errors() -> None:
+    if importlib.util.find_spec("pygls") is None:
+        missing('python module pygls is not installed; pip install "scenecraft[lsp]"')
+    from scenecraft.lsp.reparse import Reparser
+
+    reparser = Reparser()
+    same = errors = 0
+    for path in scene_and_example_files():
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            continue
+        try:
+            want = parse(text, path.name)
+        except DiagnosticError as exc:
+            with pytest.raises(DiagnosticError) as got:
+                reparser(text, path.name)
+            assert got.value.diagnostics == exc.diagnostics, path.name
+            errors += 1
+            continue
+        got_tree = reparser(text, path.name)
+        # repr shows spans (equality ignores them): every node at the same place
+        assert repr(got_tree) == repr(want) and got_tree.span == want.span, path.name
+        assert repr(got_tree.comments) == repr(want.comments), path.name
+        same += 1
+    assert same >= 40 and errors >= 10
+
+
+def test_the_reparser_parses_only_the_edited_item() -> None:
+    if importlib.util.find_spec("pygls") is None:
+        missing('python module pygls is not installed; pip install "scenecraft[lsp]"')
+    from scenecraft.lsp.reparse import Reparser
+
+    reparser = Reparser()
+    reparser(MAIN, "main.scene")
+    first = reparser.parsed_runs
+    assert first == len(reparser.runs(MAIN)) == 9  # the comment, then one run per item
+    edited = MAIN.replace('setting "at sea"', 'setting "on the sea"')
+    tree = reparser(edited, "main.scene")
+    assert reparser.parsed_runs == first + 1
+    assert repr(tree) == repr(parse(edited, "main.scene"))
