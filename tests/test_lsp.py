@@ -28,6 +28,7 @@ from tests._optional import missing
 
 if importlib.util.find_spec("pygls") is not None:
     from lsprotocol import types as t
+    from pygls.exceptions import JsonRpcException
     from pygls.lsp.client import LanguageClient
     from pygls.uris import from_fs_path
 
@@ -225,6 +226,21 @@ def test_an_included_file_gets_its_own_diagnostics(lsp: Session, files: Path) ->
     assert lsp.diagnostics[uri] == []
 
 
+def test_an_edit_to_an_open_include_rechecks_the_file_that_includes_it(
+    lsp: Session, files: Path
+) -> None:
+    uri = lsp.open(files / "main.scene", MAIN)
+    lsp.wait_for(uri, lambda d: d == [])
+    lib_uri = lsp.open(files / "lib.scene", LIB)  # unsaved edits are read from the editor
+    lsp.change(lib_uri, LIB.replace("concept blip", "concept blop"))
+    found = lsp.wait_for(uri, lambda d: len(d) > 0)
+    assert [d.code for d in found] == ["unknown-concept"]
+    assert "did you mean `blop`?" in found[0].message
+    lsp.change(lib_uri, LIB)
+    lsp.wait_for(uri, lambda d: d == [])
+    lsp.client.text_document_did_close(t.DidCloseTextDocumentParams(lsp.doc(lib_uri)))
+
+
 def test_a_syntax_error_then_its_fix(lsp: Session, files: Path) -> None:
     uri = lsp.open(files / "main.scene", MAIN)
     lsp.wait_for(uri, lambda d: True)
@@ -398,6 +414,19 @@ def test_rename_a_concept_everywhere(lsp: Session, files: Path) -> None:
     renamed = sorted((e.range.start.line, e.range.start.character) for e in edits)
     assert [lines[ln][c : c + 5] for ln, c in renamed] == ["ziggy"] * 3
     assert list(edit.changes) == [uri]
+
+
+def test_rename_refuses_a_taken_name_and_a_non_name(lsp: Session, files: Path) -> None:
+    uri = lsp.open(files / "main.scene", MAIN)
+    lsp.wait_for(uri, lambda d: True)
+    for new, why in (("blip", "a concept named `blip` already exists"), ("2x", "is not a name")):
+        with pytest.raises(JsonRpcException) as exc:
+            lsp.run(
+                lsp.client.text_document_rename_async(
+                    t.RenameParams(lsp.doc(uri), pos(MAIN, "ziggy left"), new)
+                )
+            )
+        assert why in str(exc.value)
 
 
 # ---------------------------------------------------------------------------- edits

@@ -3,9 +3,9 @@
 It keeps one `Analysis` per open document (the latest) and the index of the latest that parsed
 (completion and navigation keep working while a statement is half typed). Edits are analysed
 after a short pause (`DEBOUNCE_SECONDS`), parsing again only the items they touched; open and
-save at once; a request on a document whose analysis is stale analyses it first. Diagnostics go
-to every file they point into (an error in an included file shows in that file), merged over the
-open documents that read it.
+save at once, and then the open documents that include the edited one; a request on a document
+whose analysis is stale analyses it first. Diagnostics go to every file they point into (an
+error in an included file shows in that file), merged over the open documents that read it.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from pygls.uris import to_fs_path
 
 from scenecraft import __version__
 from scenecraft.diagnostics import Diagnostic
+from scenecraft.language.loader import resolve_path
 from scenecraft.lsp import completion, edits, hover, navigation, semantic
 from scenecraft.lsp.analysis import Analysis, analyse
 from scenecraft.lsp.index import Index, build_index
@@ -51,6 +52,7 @@ class SceneServer(LanguageServer):
         self.pending: dict[str, asyncio.Task[None]] = {}  # uri -> a debounced analysis
         self.published: dict[str, dict[str, list[t.Diagnostic]]] = {}  # by document, by target
         self.reparser = Reparser()  # parses again only the items an edit touched
+        self.reads: dict[str, set[Path]] = {}  # uri -> the files its latest parsed program read
 
     # -- analysis -----------------------------------------------------------------------------
     def text(self, doc_uri: str) -> str:
@@ -73,8 +75,14 @@ class SceneServer(LanguageServer):
         self.analyses[doc_uri] = result
         if result.program is not None:
             self.indexes[doc_uri] = build_index(result.program)
+            self.reads[doc_uri] = {resolve_path(Path(), f) for f in result.program.sources}
         self.publish(doc_uri, result)
         return result
+
+    def readers(self, doc_uri: str) -> list[str]:
+        """The other open documents that include this one (their analyses read it)."""
+        path = Path(to_fs_path(doc_uri) or doc_uri).resolve()
+        return [u for u, files in self.reads.items() if u != doc_uri and path in files]
 
     def current(self, doc_uri: str) -> tuple[Analysis, Index]:
         """The document's analysis, redone first if the text changed since."""
@@ -83,7 +91,8 @@ class SceneServer(LanguageServer):
             found = self.analyse(doc_uri)
         return found, self.indexes.get(doc_uri, Index())
 
-    def schedule(self, doc_uri: str) -> None:
+    def schedule(self, doc_uri: str, readers: bool = True) -> None:
+        """Analyse after the pause (and then the documents that include this one)."""
         task = self.pending.pop(doc_uri, None)
         if task is not None:
             task.cancel()
@@ -92,6 +101,8 @@ class SceneServer(LanguageServer):
             await asyncio.sleep(DEBOUNCE_SECONDS)
             self.pending.pop(doc_uri, None)
             self.analyse(doc_uri)
+            for other in self.readers(doc_uri) if readers else ():
+                self.schedule(other, readers=False)
 
         self.pending[doc_uri] = asyncio.ensure_future(later())
 
@@ -112,6 +123,7 @@ class SceneServer(LanguageServer):
 
     def forget(self, doc_uri: str) -> None:
         self.analyses.pop(doc_uri, None)
+        self.reads.pop(doc_uri, None)
         self.indexes.pop(doc_uri, None)
         task = self.pending.pop(doc_uri, None)
         if task is not None:
@@ -165,6 +177,8 @@ def did_change(ls: SceneServer, params: t.DidChangeTextDocumentParams) -> None:
 @server.feature(t.TEXT_DOCUMENT_DID_SAVE)
 def did_save(ls: SceneServer, params: t.DidSaveTextDocumentParams) -> None:
     ls.analyse(params.text_document.uri)
+    for other in ls.readers(params.text_document.uri):
+        ls.schedule(other, readers=False)
 
 
 @server.feature(t.TEXT_DOCUMENT_DID_CLOSE)
