@@ -158,3 +158,36 @@ def test_the_completion_context_knows_the_enclosing_block() -> None:
     jinja = ["{% for x in xs %}", "scene {{ x }} {", "  ", "}", "{% endfor %}"]
     assert context_at(jinja, 2, 2).block.kind == "scene"
     assert context_at(jinja, 4, 0).block.kind == "top"
+
+
+# ---------------------------------------------------------------------------- analysis
+
+
+def test_a_bug_in_a_phase_becomes_an_internal_error_diagnostic(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from scenecraft.lsp import analysis
+
+    path = tmp_path / "x.scene"
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise KeyError("boom")
+
+    monkeypatch.setattr(analysis, "check", broken)
+    result = analysis.analyse(path, 'model "a/b"\n')
+    assert [(d.code, d.message) for d in result.diagnostics] == [
+        ("internal-error", "KeyError: 'boom'")
+    ]
+    assert result.program is not None and result.checked is None
+
+
+def test_analysis_reads_the_editor_s_text_and_a_template_s_vars_file(tmp_path: Path) -> None:
+    from scenecraft.lsp.analysis import analyse
+
+    (tmp_path / "t.vars.toml").write_text('who = "zigy"\n')
+    text = 'model "a/b"\nconcept ziggy {\n  token "<Z>"\n}\nscene s {\n  {{ who }}\n}\n'
+    result = analyse(tmp_path / "t.scene.j2", text)  # no such file on disk: the text is used
+    assert result.variables == {"who": "zigy"}
+    (d,) = [d for d in result.diagnostics if d.is_error]
+    assert d.code == "unknown-concept" and d.span is not None and d.span.line == 6
+    assert d.notes[0] == "the template produced: `zigy`"

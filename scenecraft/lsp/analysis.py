@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from scenecraft.diagnostics import Diagnostic, DiagnosticError
+from scenecraft.diagnostics import Diagnostic, DiagnosticError, Span
 from scenecraft.language import nodes as n
 from scenecraft.language.check import Checked, check
 from scenecraft.language.compiler import MAX_JOBS, compile_plan
@@ -101,5 +101,15 @@ def analyse(
         out.diagnostics = [*out.checked.warnings, *warnings]
     except DiagnosticError as exc:
         out.diagnostics = list(exc.diagnostics)
+    except Exception as exc:  # a bug in scenecraft: shown in the editor, the server goes on
+        out.diagnostics = [
+            Diagnostic(
+                "internal-error",
+                f"{type(exc).__name__}: {exc}",
+                Span(out.name, 1, 1, 1, 2),
+                help="this is a bug in scenecraft; `scenecraft check` with SCENECRAFT_DEBUG=1 "
+                "shows a traceback; please report it",
+            )
+        ]
     out.seconds = time.perf_counter() - started
     return out
