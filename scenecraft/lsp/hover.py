@@ -85,7 +85,7 @@ def concept_text(analysis: Analysis, index: Index, name: str) -> str:
         ("kind", "kind"),
         ("weight", "weight"),
     ):
-        value = setting_text(node, key) or _weight(node, key)
+        value = setting_text(node, key)
         if value:
             rows.append(f"- {label}: `{value}`")
     written = setting_text(node, "lora")
@@ -100,13 +100,6 @@ def concept_text(analysis: Analysis, index: Index, name: str) -> str:
             family = info.family or (f"`{base}` (metadata)" if base else "not told by the file")
             rows.append(f"- family: {family}")
     return "\n".join(rows)
-
-
-def _weight(node: object, key: str) -> str:
-    for s in getattr(node, "settings", ()):
-        if s.key.name == key == "weight" and s.values:
-            return f"{s.values[0].value:g}"
-    return ""
 
 
 def scene_text(analysis: Analysis, name: str) -> str:

@@ -43,9 +43,7 @@ class Index:
     def at(self, file: str, line: int, col: int) -> Occurrence | None:
         """The occurrence under 1-based (line, col) of ``file``, the narrowest if several."""
         hits = [o for o in self.occurrences if o.span.file == file and contains(o.span, line, col)]
-        return min(
-            hits, key=lambda o: (o.span.end_line - o.span.line, o.span.end_col), default=None
-        )
+        return min(hits, key=_width, default=None)
 
     def of(self, kind: Kind, name: str, owner: str | None = None) -> list[Occurrence]:
         """Every occurrence of ``name`` as a ``kind``, definitions first."""
@@ -58,6 +56,10 @@ class Index:
 
     def definition(self, kind: Kind, name: str, owner: str | None = None) -> Occurrence | None:
         return next((o for o in self.of(kind, name, owner) if o.definition), None)
+
+
+def _width(o: Occurrence) -> tuple[int, int]:
+    return (o.span.end_line - o.span.line, o.span.end_col - o.span.col)
 
 
 def template_span(span: Span, src: Source | None) -> Span | None:
@@ -180,8 +182,15 @@ def setting_text(concept: n.Concept, key: str) -> str:
     """A concept's setting as written, values joined by spaces ("" when it is not set)."""
     for s in concept.settings:
         if s.key.name == key:
-            return " ".join(
-                v.value if isinstance(v, n.Str) else v.name if isinstance(v, n.Ident) else ""
-                for v in s.values
-            ).strip()
+            return " ".join(_value_text(v) for v in s.values).strip()
+    return ""
+
+
+def _value_text(v: n.Value) -> str:
+    if isinstance(v, n.Str):
+        return v.value
+    if isinstance(v, n.Ident):
+        return v.name
+    if isinstance(v, n.Num):
+        return f"{v.value:g}"
     return ""
