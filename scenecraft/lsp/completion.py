@@ -109,12 +109,9 @@ def _words(out: _Items, ctx: Context, index: Index, lines: Lines, line: int, col
     elif kind == "scene":
         _scene(out, ctx, index, settled)
     elif kind == "storyboard" and settled[:1] == ["panel"]:
-        if len(settled) == 1:
-            out.extend(
-                (s for s in index.scenes if "-" not in s or s in _top_scenes(index)),
-                K.Function,
-                "scene",
-            )
+        if len(settled) == 1:  # a panel names a scene defined with `scene NAME { ... }`
+            named = [s for s in index.scenes if s not in index.panel_scenes]
+            out.extend(named, K.Function, "scene")
     elif kind in BLOCK_KEYS:
         _settings(
             out,
@@ -122,10 +119,6 @@ def _words(out: _Items, ctx: Context, index: Index, lines: Lines, line: int, col
             settled,
             extra=vocab.BOARD_KEYWORDS if kind == "storyboard" else (),
         )
-
-
-def _top_scenes(index: Index) -> set[str]:
-    return {o.name for o in index.occurrences if o.kind == "scene" and o.definition}
 
 
 def _top(out: _Items, ctx: Context, settled: list[str]) -> None:

@@ -96,8 +96,10 @@ def concept_text(analysis: Analysis, index: Index, name: str) -> str:
         if info is not None:
             rows.append(f"- format: {info.format}, {info.tensors} tensors")
             rows.append(f"- rank: {info.rank if info.rank is not None else 'unknown'}")
-            base = info.metadata.get("ss_base_model_version")
-            family = info.family or (f"`{base}` (metadata)" if base else "not told by the file")
+            told = info.metadata.get("ss_base_model_version") or info.metadata.get(
+                "modelspec.architecture"
+            )
+            family = info.family or (f"`{told}` (metadata)" if told else "not told by the file")
             rows.append(f"- family: {family}")
     return "\n".join(rows)
 

@@ -36,6 +36,7 @@ class Index:
     occurrences: list[Occurrence] = field(default_factory=list)
     concepts: dict[str, n.Concept] = field(default_factory=dict)  # every file's
     scenes: dict[str, n.Scene] = field(default_factory=dict)  # by name (inline panels too)
+    panel_scenes: set[str] = field(default_factory=set)  # the inline panels' names (`day-2`)
     storyboards: dict[str, n.Storyboard] = field(default_factory=dict)
     includes: dict[Span, Path] = field(default_factory=dict)  # an include's span -> its target
     merge: n.Merge | None = None
@@ -141,6 +142,7 @@ class _Walker:
             elif panel.scene is not None:
                 scene_name = f"{name}-{i + 1}"
                 self.index.scenes.setdefault(scene_name, panel.scene)
+                self.index.panel_scenes.add(scene_name)
                 self.scene(panel.scene, scene_name)
 
     def scene(self, scene: n.Scene, name: str) -> None:
