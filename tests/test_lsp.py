@@ -400,6 +400,26 @@ def test_references_across_the_include(lsp: Session, files: Path) -> None:
     ]
 
 
+def test_references_of_an_include_are_the_includes_of_that_file(lsp: Session, files: Path) -> None:
+    (files / "other.scene").write_text('include "lib.scene"\n')
+    text = MAIN.replace('include "lib.scene"', 'include "lib.scene"\ninclude "other.scene"')
+    uri = lsp.open(files / "main.scene", text)
+    lsp.wait_for(uri, lambda d: True)
+    found = lsp.run(
+        lsp.client.text_document_references_async(
+            t.ReferenceParams(
+                context=t.ReferenceContext(include_declaration=True),
+                text_document=lsp.doc(uri),
+                position=pos(text, '"lib.scene"', 2),
+            )
+        )
+    )
+    other = from_fs_path(str(files / "other.scene"))
+    assert sorted((x.uri, x.range.start.line, x.range.start.character) for x in found) == sorted(
+        [(other, 0, 8), (uri, pos(text, '"lib.scene"').line, 8)]
+    )
+
+
 def test_rename_a_concept_everywhere(lsp: Session, files: Path) -> None:
     uri = lsp.open(files / "main.scene", MAIN)
     lsp.wait_for(uri, lambda d: True)

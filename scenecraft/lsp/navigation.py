@@ -78,11 +78,17 @@ def definition(analysis: Analysis, index: Index, pos: Position) -> list[Location
 def references(
     analysis: Analysis, index: Index, pos: Position, include_declaration: bool = True
 ) -> list[Location]:
+    """Where the name under the cursor is written; for an include, every include of that file."""
     occ = occurrence_at(analysis, index, pos)
-    if occ is None or occ.kind not in RENAMEABLE:
+    if occ is None:
+        return []
+    texts = Texts(analysis)
+    if occ.kind == "include":
+        target = index.includes.get(occ.span)
+        return [texts.location(s) for s, p in index.includes.items() if p == target]
+    if occ.kind not in RENAMEABLE:
         return []
     owner = occ.owner if occ.kind == "object" else None
-    texts = Texts(analysis)
     return [
         texts.location(o.span)
         for o in index.of(occ.kind, occ.name, owner)
