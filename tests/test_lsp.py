@@ -1,20 +1,13 @@
-"""`scenecraft lsp` driven by a real LSP client (pygls' own) over stdio.
-
-One server process serves the whole module (started on ``python -m scenecraft.cli lsp``); each
-test opens its own documents in a temporary folder and asserts what the server answers:
-diagnostics (broken, then fixed), completion, hover, definition, references, rename,
-formatting, code actions, document symbols and semantic tokens. Without pygls the tests skip
-(``pip install "scenecraft[lsp]"``); under ``SCENECRAFT_CI=1`` they fail instead.
+"""`scenecraft lsp` over stdio, part 1: diagnostics (broken, then fixed), completion, hover,
+formatting, code actions, and the command without pygls. Part 2 (tests/test_lsp_navigation.py):
+definition, references, rename, document symbols, semantic tokens.
 """
 
 from __future__ import annotations
 
-import asyncio
-import importlib.util
 import os
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,161 +17,17 @@ from scenecraft.api import load
 from scenecraft.diagnostics import DiagnosticError
 from scenecraft.language.fmt import format_file
 from scenecraft.language.parser import parse
-from tests._optional import missing
+from tests import _lsp_client as harness
+from tests._lsp_client import LIB, MAIN, ROOT, Session, pos
 
-if importlib.util.find_spec("pygls") is not None:
+try:
     from lsprotocol import types as t
-    from pygls.exceptions import JsonRpcException
-    from pygls.lsp.client import LanguageClient
     from pygls.uris import from_fs_path
+except ImportError:  # the `lsp` fixture skips (or fails under CI) with the reason
+    pass
 
-ROOT = Path(__file__).parent.parent
-ZIGGY_LORA = ROOT / "scenecraft" / "toyworld" / "weights" / "loras" / "ziggy.safetensors"
-WAIT_S = 15.0
-
-LIB = """\
-concept blip {
-  token "<BLIP>"
-  class "square"
-}
-"""
-
-MAIN = f"""\
-# a park and the sea
-model "runwayml/stable-diffusion-v1-5" family sd15
-include "lib.scene"
-
-concept ziggy {{
-  token "<ZIGGY>"
-  class "circle"
-  lora "{ZIGGY_LORA}"
-}}
-
-merge loraclr {{
-  margin 0.5
-}}
-
-defaults {{
-  sampler "DDIM"
-  seeds 1..2
-}}
-
-scene park {{
-  setting "in a park"
-  ziggy left of blip
-}}
-
-scene sea {{
-  setting "at sea"
-  ziggy wears "a hat"
-}}
-
-storyboard day {{
-  panel park "first"
-  panel sea "second"
-}}
-"""
-
-
-class Session:
-    """The client, its event loop and the diagnostics the server published, by URI."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.client = LanguageClient("scenecraft-tests", "1")
-        self.diagnostics: dict[str, list[Any]] = {}
-        self.versions: dict[str, int] = {}
-
-        @self.client.feature(t.TEXT_DOCUMENT_PUBLISH_DIAGNOSTICS)
-        def _published(params: Any) -> None:
-            self.diagnostics[params.uri] = list(params.diagnostics)
-
-    def run(self, coro: Any) -> Any:
-        return self.loop.run_until_complete(asyncio.wait_for(coro, WAIT_S))
-
-    def start(self) -> None:
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
-        self.run(self.client.start_io(sys.executable, "-m", "scenecraft.cli", "lsp", env=env))
-        caps = t.ClientCapabilities(
-            general=t.GeneralClientCapabilities(position_encodings=[t.PositionEncodingKind.Utf8])
-        )
-        result = self.run(
-            self.client.initialize_async(t.InitializeParams(capabilities=caps, process_id=None))
-        )
-        self.capabilities = result.capabilities
-        self.client.initialized(t.InitializedParams())
-
-    def stop(self) -> None:
-        try:
-            self.run(self.client.shutdown_async(None))
-            self.client.exit(None)
-            self.run(self.client.stop())
-        finally:
-            self.loop.close()
-
-    def open(self, path: Path, text: str) -> str:
-        uri = from_fs_path(str(path))
-        self.diagnostics.pop(uri, None)
-        self.versions[uri] = 1
-        lang = "scene-j2" if path.suffix == ".j2" else "scene"
-        self.client.text_document_did_open(
-            t.DidOpenTextDocumentParams(t.TextDocumentItem(uri, lang, 1, text))
-        )
-        return uri
-
-    def change(self, uri: str, text: str) -> None:
-        self.versions[uri] += 1
-        self.client.text_document_did_change(
-            t.DidChangeTextDocumentParams(
-                t.VersionedTextDocumentIdentifier(uri=uri, version=self.versions[uri]),
-                [t.TextDocumentContentChangeWholeDocument(text=text)],
-            )
-        )
-
-    def wait_for(self, uri: str, ok: Callable[[list[Any]], bool]) -> list[Any]:
-        """The diagnostics of ``uri`` once ``ok`` holds (fails after WAIT_S)."""
-
-        async def poll() -> list[Any]:
-            while True:
-                found = self.diagnostics.get(uri)
-                if found is not None and ok(found):
-                    return found
-                await asyncio.sleep(0.02)
-
-        try:
-            return self.run(poll())  # type: ignore[no-any-return]
-        except TimeoutError:
-            pytest.fail(f"no such diagnostics for {uri}: {self.diagnostics.get(uri)}")
-
-    def doc(self, uri: str) -> Any:
-        return t.TextDocumentIdentifier(uri=uri)
-
-
-@pytest.fixture(scope="module")
-def lsp() -> Iterator[Session]:
-    if importlib.util.find_spec("pygls") is None:
-        missing('python module pygls is not installed; pip install "scenecraft[lsp]"')
-    session = Session()
-    session.start()
-    yield session
-    session.stop()
-
-
-@pytest.fixture
-def files(tmp_path: Path) -> Path:
-    (tmp_path / "lib.scene").write_text(LIB)
-    (tmp_path / "main.scene").write_text(MAIN)
-    return tmp_path
-
-
-def pos(text: str, needle: str, offset: int = 0, nth: int = 0) -> Any:
-    """The LSP position of the ``nth`` ``needle`` in ``text`` (plus ``offset`` characters)."""
-    at = -1
-    for _ in range(nth + 1):
-        at = text.index(needle, at + 1)
-    at += offset
-    line = text.count("\n", 0, at)
-    return t.Position(line, at - (text.rfind("\n", 0, at) + 1))
+lsp = harness.lsp  # the server, one per test session
+files = harness.files  # main.scene and lib.scene in a temporary folder
 
 
 # ---------------------------------------------------------------------------- diagnostics
@@ -359,96 +208,6 @@ def test_hover_on_a_concept_a_scene_and_a_merge_parameter(lsp: Session, files: P
     assert "parameter `margin`**: float (0, 10]; default 1.0" in param and "repel margin" in param
 
 
-# ---------------------------------------------------------------------------- navigation
-
-
-def test_definition_of_a_concept_an_include_and_a_panel(lsp: Session, files: Path) -> None:
-    uri = lsp.open(files / "main.scene", MAIN)
-    lsp.wait_for(uri, lambda d: True)
-    lib_uri = from_fs_path(str(files / "lib.scene"))
-
-    def define(at: Any) -> list[tuple[str, int, int]]:
-        found = lsp.run(
-            lsp.client.text_document_definition_async(t.DefinitionParams(lsp.doc(uri), at))
-        )
-        return [(x.uri, x.range.start.line, x.range.start.character) for x in found]
-
-    assert define(pos(MAIN, "of blip", 4)) == [(lib_uri, 0, 8)]
-    assert define(pos(MAIN, '"lib.scene"', 3)) == [(lib_uri, 0, 0)]
-    scene_at = pos(MAIN, "scene sea", 6)
-    assert define(pos(MAIN, "panel sea", 7)) == [(uri, scene_at.line, scene_at.character)]
-    ziggy_at = pos(MAIN, "concept ziggy", 8)
-    assert define(pos(MAIN, "ziggy wears")) == [(uri, ziggy_at.line, ziggy_at.character)]
-
-
-def test_references_across_the_include(lsp: Session, files: Path) -> None:
-    uri = lsp.open(files / "main.scene", MAIN)
-    lsp.wait_for(uri, lambda d: True)
-    found = lsp.run(
-        lsp.client.text_document_references_async(
-            t.ReferenceParams(
-                context=t.ReferenceContext(include_declaration=True),
-                text_document=lsp.doc(uri),
-                position=pos(MAIN, "of blip", 4),
-            )
-        )
-    )
-    lib_uri = from_fs_path(str(files / "lib.scene"))
-    assert [(x.uri, x.range.start.line) for x in found] == [
-        (lib_uri, 0),
-        (uri, pos(MAIN, "of blip").line),
-    ]
-
-
-def test_references_of_an_include_are_the_includes_of_that_file(lsp: Session, files: Path) -> None:
-    (files / "other.scene").write_text('include "lib.scene"\n')
-    text = MAIN.replace('include "lib.scene"', 'include "lib.scene"\ninclude "other.scene"')
-    uri = lsp.open(files / "main.scene", text)
-    lsp.wait_for(uri, lambda d: True)
-    found = lsp.run(
-        lsp.client.text_document_references_async(
-            t.ReferenceParams(
-                context=t.ReferenceContext(include_declaration=True),
-                text_document=lsp.doc(uri),
-                position=pos(text, '"lib.scene"', 2),
-            )
-        )
-    )
-    other = from_fs_path(str(files / "other.scene"))
-    assert sorted((x.uri, x.range.start.line, x.range.start.character) for x in found) == sorted(
-        [(other, 0, 8), (uri, pos(text, '"lib.scene"').line, 8)]
-    )
-
-
-def test_rename_a_concept_everywhere(lsp: Session, files: Path) -> None:
-    uri = lsp.open(files / "main.scene", MAIN)
-    lsp.wait_for(uri, lambda d: True)
-    edit = lsp.run(
-        lsp.client.text_document_rename_async(
-            t.RenameParams(lsp.doc(uri), pos(MAIN, "ziggy left"), "zed")
-        )
-    )
-    edits = edit.changes[uri]
-    assert {e.new_text for e in edits} == {"zed"}
-    lines = MAIN.split("\n")
-    renamed = sorted((e.range.start.line, e.range.start.character) for e in edits)
-    assert [lines[ln][c : c + 5] for ln, c in renamed] == ["ziggy"] * 3
-    assert list(edit.changes) == [uri]
-
-
-def test_rename_refuses_a_taken_name_and_a_non_name(lsp: Session, files: Path) -> None:
-    uri = lsp.open(files / "main.scene", MAIN)
-    lsp.wait_for(uri, lambda d: True)
-    for new, why in (("blip", "a concept named `blip` already exists"), ("2x", "is not a name")):
-        with pytest.raises(JsonRpcException) as exc:
-            lsp.run(
-                lsp.client.text_document_rename_async(
-                    t.RenameParams(lsp.doc(uri), pos(MAIN, "ziggy left"), new)
-                )
-            )
-        assert why in str(exc.value)
-
-
 # ---------------------------------------------------------------------------- edits
 
 
@@ -493,59 +252,6 @@ def test_code_action_applies_the_did_you_mean(lsp: Session, files: Path) -> None
     )
     assert all(a.kind == t.CodeActionKind.QuickFix and a.diagnostics for a in actions)
     lsp.change(uri, MAIN)
-
-
-# ---------------------------------------------------------------------------- outline, tokens
-
-
-def test_document_symbols_outline(lsp: Session, files: Path) -> None:
-    uri = lsp.open(files / "main.scene", MAIN)
-    lsp.wait_for(uri, lambda d: True)
-    symbols = lsp.run(
-        lsp.client.text_document_document_symbol_async(t.DocumentSymbolParams(lsp.doc(uri)))
-    )
-    assert [(s.name, s.kind) for s in symbols] == [
-        ("ziggy", t.SymbolKind.Class),
-        ("merge loraclr", t.SymbolKind.Module),
-        ("park", t.SymbolKind.Function),
-        ("sea", t.SymbolKind.Function),
-        ("day", t.SymbolKind.Namespace),
-    ]
-    assert [c.name for c in symbols[-1].children] == ["park", "sea"]
-    assert symbols[2].selection_range.start == pos(MAIN, "scene park", 6)
-
-
-def test_semantic_tokens_classify_names(lsp: Session, files: Path) -> None:
-    uri = lsp.open(files / "main.scene", MAIN)
-    lsp.wait_for(uri, lambda d: True)
-    legend = lsp.capabilities.semantic_tokens_provider.legend.token_types
-    data = lsp.run(
-        lsp.client.text_document_semantic_tokens_full_async(t.SemanticTokensParams(lsp.doc(uri)))
-    ).data
-    tokens: dict[tuple[int, int], tuple[int, str]] = {}
-    line = col = 0
-    for i in range(0, len(data), 5):
-        d_line, d_col, length, kind, _ = data[i : i + 5]
-        line += d_line
-        col = col + d_col if d_line == 0 else d_col
-        tokens[(line, col)] = (length, legend[kind])
-
-    def at(needle: str, offset: int = 0) -> tuple[int, str]:
-        p = pos(MAIN, needle, offset)
-        return tokens[(p.line, p.character)]
-
-    assert at("# a park") == (len("# a park and the sea"), "comment")
-    assert at("ziggy left") == (5, "class")
-    assert at("left of blip") == (4, "operator")
-    assert at("of blip", 3) == (4, "class")
-    assert at("scene park", 6) == (4, "function")
-    assert at("panel park", 6) == (4, "function")
-    assert at("day {") == (3, "namespace")
-    assert at("margin") == (6, "property")
-    assert at("loraclr") == (7, "enumMember")
-    assert at('"in a park"') == (11, "string")
-    assert at("1..2") == (4, "number")
-    assert at("storyboard") == (10, "keyword")
 
 
 # ---------------------------------------------------------------------------- the command

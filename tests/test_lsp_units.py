@@ -1,5 +1,6 @@
 """The language server's parts that need no client: the reparser, the LoRA header reader, the
-merge-parameter adapter and the completion context (tests/test_lsp.py drives the server)."""
+merge-parameter adapter, the completion context and the analysis (tests/test_lsp.py and
+tests/test_lsp_navigation.py drive the server)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import pytest
 from scenecraft.diagnostics import DiagnosticError
 from scenecraft.language.parser import parse
 from tests._optional import missing
-from tests.test_lsp import MAIN
+from tests._lsp_client import MAIN
 
 ROOT = Path(__file__).parent.parent
 
