@@ -13,8 +13,8 @@ import pytest
 
 from scenecraft.diagnostics import DiagnosticError
 from scenecraft.language.parser import parse
-from tests._optional import missing
 from tests._lsp_client import MAIN
+from tests._optional import missing
 
 ROOT = Path(__file__).parent.parent
 
