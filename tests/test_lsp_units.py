@@ -192,3 +192,13 @@ def test_analysis_reads_the_editor_s_text_and_a_template_s_vars_file(tmp_path: P
     (d,) = [d for d in result.diagnostics if d.is_error]
     assert d.code == "unknown-concept" and d.span is not None and d.span.line == 6
     assert d.notes[0] == "the template produced: `zigy`"
+
+
+def test_an_editor_buffer_has_the_file_size_bound(tmp_path: Path) -> None:
+    from scenecraft.language.loader import MAX_FILE_BYTES
+    from scenecraft.lsp.analysis import analyse
+
+    text = "# " + "x" * MAX_FILE_BYTES + "\n"
+    result = analyse(tmp_path / "big.scene", text)
+    assert [d.code for d in result.diagnostics] == ["unreadable-file"]
+    assert "is larger than 2 MiB" in result.diagnostics[0].message

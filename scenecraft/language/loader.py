@@ -97,15 +97,7 @@ def read_text(path: Path, name: str, span: Span | None = None) -> str:
             ]
         ) from None
     except TooLarge:
-        raise DiagnosticError(
-            [
-                Diagnostic(
-                    "unreadable-file",
-                    f"`{name}` is larger than {MAX_FILE_BYTES // (1024 * 1024)} MiB; not a scene file",
-                    span,
-                )
-            ]
-        ) from None
+        raise too_large(name, span) from None
     except (OSError, ValueError) as exc:  # ValueError: a NUL in the name
         reason = getattr(exc, "strerror", None) or exc
         raise DiagnosticError(
@@ -124,6 +116,18 @@ def read_text(path: Path, name: str, span: Span | None = None) -> str:
                 )
             ]
         ) from None
+
+
+def too_large(name: str, span: Span | None) -> DiagnosticError:
+    return DiagnosticError(
+        [
+            Diagnostic(
+                "unreadable-file",
+                f"`{name}` is larger than {MAX_FILE_BYTES // (1024 * 1024)} MiB; not a scene file",
+                span,
+            )
+        ]
+    )
 
 
 def _remap_span(span: Span, src: Source) -> tuple[Span, str | None]:
@@ -172,6 +176,8 @@ def _load_one(
     text = program.unsaved.get(resolve_path(Path(), str(path))) if program.unsaved else None
     if text is None:
         text = read_text(path, name, span)
+    elif len(text) > MAX_FILE_BYTES or len(text.encode("utf-8")) > MAX_FILE_BYTES:
+        raise too_large(name, span)  # an editor's buffer has the file's bound
     src = Source(path, name, text)
     program.sources[name] = src
     if is_template(path, text):
