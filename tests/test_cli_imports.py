@@ -1,4 +1,4 @@
-"""The language commands stay light: `check`, `compile`, `fmt`, `layout` (and `cache`) never import torch,
+"""The language commands stay light: `check`, `compile`, `fmt`, `layout`, `lsp` (and `cache`) never import torch,
 diffusers or transformers (an editor may run them on every keystroke); and the package has no
 import circles, counting imports inside functions too."""
 
@@ -11,6 +11,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from tests._optional import require_module
 
 ROOT = Path(__file__).parent.parent
 HEAVY = ("torch", "diffusers", "transformers", "peft", "accelerate", "safetensors")
@@ -50,6 +52,33 @@ def test_language_commands_never_import_torch(argv: list[str], tmp_path: Path) -
     report = json.loads(done.stdout.splitlines()[-1])
     assert report["code"] == 0
     assert "scenecraft" in report["modules"] and "pydantic" in report["modules"]
+    assert sorted(set(HEAVY) & set(report["modules"])) == []
+
+
+LSP_PROBE = """
+import json, sys
+from scenecraft.cli import main
+code = main(["lsp"])  # stdin is empty: the server starts, reads the end of its input, stops
+print(json.dumps({"code": code, "modules": sorted(m for m in sys.modules if "." not in m)}),
+      file=sys.stderr)
+"""
+
+
+def test_the_language_server_never_imports_torch() -> None:
+    require_module("pygls", install='pip install "scenecraft[lsp]"')
+    done = subprocess.run(
+        [sys.executable, "-c", LSP_PROBE],
+        cwd=ROOT,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(done.stderr.splitlines()[-1])
+    assert report["code"] == 0
+    assert {"scenecraft", "pygls", "lark"} <= set(report["modules"])
     assert sorted(set(HEAVY) & set(report["modules"])) == []
 
 

@@ -246,6 +246,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("cache", help="list or prune the merge cache (no model needed)")
     _cache_args(p)
+
+    p = sub.add_parser("lsp", help="the language server, on stdin/stdout (needs scenecraft[lsp])")
+    # what editors' LSP clients may append (vscode-languageclient): accepted, stdio either way
+    p.add_argument("--stdio", action="store_true", help="talk over stdin/stdout (the default)")
+    p.add_argument("--clientProcessId", type=int, default=None, help=argparse.SUPPRESS)
     return parser
 
 

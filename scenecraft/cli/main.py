@@ -1,4 +1,4 @@
-"""The `scenecraft` command: check, compile, fmt, layout, merge, render, review, cache.
+"""The `scenecraft` command: check, compile, fmt, layout, merge, render, review, cache, lsp.
 
 Every user error is a Diagnostic rendered here (exit code 2); nothing below prints a traceback.
 Arguments are defined in `scenecraft.cli.args`; only `merge` and `render` import torch.
@@ -58,6 +58,20 @@ def cmd_cache(args: argparse.Namespace, out: Output) -> int:
     return run_cache(CacheSettings.from_args(args))
 
 
+def cmd_lsp(args: argparse.Namespace, out: Output) -> int:
+    try:
+        from scenecraft.lsp.server import run as run_lsp  # pygls: the optional [lsp] extra
+    except ImportError as exc:
+        if (exc.name or "").split(".")[0] not in ("pygls", "lsprotocol"):
+            raise
+        print(
+            'error: `scenecraft lsp` needs pygls, which is not installed: pip install "scenecraft[lsp]"',
+            file=sys.stderr,
+        )
+        return EXIT_USER_ERROR
+    return run_lsp()
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace, Output], int]] = {
     "check": cmd_check,
     "compile": cmd_compile,
@@ -67,6 +81,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Output], int]] = {
     "render": cmd_render,
     "review": cmd_review,
     "cache": cmd_cache,
+    "lsp": cmd_lsp,
 }
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -549,7 +550,12 @@ def prompt_texts(files: list[n.File], main: n.File) -> list[tuple[str, n.Span]]:
 def contains_token(text: str, token: str) -> bool:
     """Whether ``token`` occurs in ``text`` as a whole word (`<ZIGGY>`, `ohwx`; not `sks` in
     `asks`)."""
-    return re.search(rf"(?<!\w){re.escape(token)}(?!\w)", text) is not None
+    return token in text and _token_pattern(token).search(text) is not None
+
+
+@lru_cache(maxsize=1024)
+def _token_pattern(token: str) -> re.Pattern[str]:
+    return re.compile(rf"(?<!\w){re.escape(token)}(?!\w)")
 
 
 def check(

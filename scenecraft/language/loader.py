@@ -7,6 +7,7 @@ every later phase can report spans without knowing a template was involved.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,10 @@ class Program:
     main: n.File
     includes: list[n.File] = field(default_factory=list)
     sources: dict[str, Source] = field(default_factory=dict)  # by display name
+    # texts read instead of the disk, by resolved path (an editor's unsaved buffers)
+    unsaved: Mapping[Path, str] = field(default_factory=dict)
+    # text, file name -> syntax tree (the language server passes one that reuses unchanged items)
+    parser: Callable[[str, str], n.File] = field(default=parse)
 
     def texts(self) -> dict[str, str]:
         """Texts for quoting diagnostics: the template, not its output, for templated files."""
@@ -92,15 +97,7 @@ def read_text(path: Path, name: str, span: Span | None = None) -> str:
             ]
         ) from None
     except TooLarge:
-        raise DiagnosticError(
-            [
-                Diagnostic(
-                    "unreadable-file",
-                    f"`{name}` is larger than {MAX_FILE_BYTES // (1024 * 1024)} MiB; not a scene file",
-                    span,
-                )
-            ]
-        ) from None
+        raise too_large(name, span) from None
     except (OSError, ValueError) as exc:  # ValueError: a NUL in the name
         reason = getattr(exc, "strerror", None) or exc
         raise DiagnosticError(
@@ -119,6 +116,18 @@ def read_text(path: Path, name: str, span: Span | None = None) -> str:
                 )
             ]
         ) from None
+
+
+def too_large(name: str, span: Span | None) -> DiagnosticError:
+    return DiagnosticError(
+        [
+            Diagnostic(
+                "unreadable-file",
+                f"`{name}` is larger than {MAX_FILE_BYTES // (1024 * 1024)} MiB; not a scene file",
+                span,
+            )
+        ]
+    )
 
 
 def _remap_span(span: Span, src: Source) -> tuple[Span, str | None]:
@@ -164,22 +173,34 @@ def remap_all(exc: DiagnosticError, sources: dict[str, Source]) -> DiagnosticErr
 def _load_one(
     path: Path, name: str, variables: dict[str, Any], span: Span | None, program: Program
 ) -> n.File:
-    text = read_text(path, name, span)
+    text = program.unsaved.get(resolve_path(Path(), str(path))) if program.unsaved else None
+    if text is None:
+        text = read_text(path, name, span)
+    elif len(text) > MAX_FILE_BYTES or len(text.encode("utf-8")) > MAX_FILE_BYTES:
+        raise too_large(name, span)  # an editor's buffer has the file's bound
     src = Source(path, name, text)
     program.sources[name] = src
     if is_template(path, text):
         src.rendered = render_template(text, name, variables)
     try:
-        return parse(src.scene_text, name)
+        return program.parser(src.scene_text, name)
     except DiagnosticError as exc:
         raise remap_all(exc, program.sources) from None
 
 
-def load_program(path: str | Path, variables: dict[str, Any] | None = None) -> Program:
-    """Read, render and parse ``path`` and its includes (depth first, each file once)."""
+def load_program(
+    path: str | Path,
+    variables: dict[str, Any] | None = None,
+    unsaved: Mapping[Path, str] | None = None,
+    parser: Callable[[str, str], n.File] = parse,
+) -> Program:
+    """Read, render and parse ``path`` and its includes (depth first, each file once).
+
+    ``unsaved`` gives texts by resolved path that are taken instead of the files on disk (the
+    language server's open documents); ``parser`` replaces `parse` (it must give the same tree)."""
     variables = dict(variables or {})
     main_path = Path(path)
-    program = Program(main=n.File(str(path), ()))
+    program = Program(main=n.File(str(path), ()), unsaved=dict(unsaved or {}), parser=parser)
     program.main = _load_one(main_path, str(path), variables, None, program)
     stack = [main_path.resolve()]
     seen: set[Path] = {main_path.resolve()}
