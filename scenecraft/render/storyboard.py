@@ -18,9 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from scenecraft.files import atomic_write, atomic_write_text
 from scenecraft.plan import Region, RenderJob, RenderPlan, StoryboardSpec
-from scenecraft.render.outputs import confined, image_path
+
+# the wrappers: a full disk or read-only folder is `output-unwritable`, as for the images
+from scenecraft.render.outputs import atomic_write, atomic_write_text, confined, image_path
 
 CELL = 256  # longest side of a panel in the contact sheet, pixels
 CAPTION_H = 18  # caption strip under each panel, pixels
