@@ -7,10 +7,14 @@ is sanitised and the final path must resolve inside OUT. Each PNG carries an A11
 key and the image key used to skip finished images on a re-run).
 
 Integrity (docs/render.md, "Re-runs"):
-- an image is up to date only when its manifest entry holds the image key AND the sha256 of the
-  PNG's bytes, and the file on disk still has that hash; a PNG without such an entry counts only
-  when it decodes completely and its own ``scenecraft`` chunk holds the key (it is then adopted
-  into the manifest with its hash). A truncated, overwritten or emptied PNG is rendered again;
+- an image is up to date only when its header is a PNG's of the job's size (read before any
+  decoding: `png_size`) and its manifest entry holds the image key AND the sha256 of the PNG's
+  bytes, and the file on disk still has that hash; a PNG without such an entry counts only when
+  it decodes completely and its own ``scenecraft`` chunk holds the key (it is then adopted into
+  the manifest with its hash). A truncated, overwritten, emptied or foreign picture is rendered
+  again;
+- one scene file per output folder: the manifest records the file's resolved path, and another
+  file of the same name is an ``output-path-collision`` while it exists (`Manifest.open`);
 - two outputs never share a path: sanitised names that collide are an ``output-path-collision``
   diagnostic naming both sources, before anything renders (`check_unique_paths`, `Manifest.open`);
   names longer than 80 characters keep a hash of the full name, so they never collide by
