@@ -494,3 +494,18 @@ def test_library_noise_never_comes_before_scenecraft_messages(
     assert code == 2
     assert [str(w.message) for w in caught] == []
     assert capsys.readouterr().err.lstrip().startswith("error[out-of-memory]")
+
+
+def test_foreign_huge_panel_outside_the_selection_is_drawn_as_missing(tmp_path: Path) -> None:
+    """A contact sheet never decodes a panel whose header is not the job's size."""
+    from scenecraft.render.storyboard import collect_panels
+
+    plan = make_plan(storyboard=True, scenes=(), seeds=())
+    first = render(plan, tmp_path, pipe=tiny_pipe())
+    [panel] = [p for p in first.written if p.parent.name == "02-solo"]
+    _huge_black_png(panel, 13_300, _our_chunk(panel.read_bytes()))
+    start = time.perf_counter()
+    again = render(plan, tmp_path, pipe=tiny_pipe(), only=["duo"])  # panel 2 not selected
+    assert time.perf_counter() - start < 10 and len(again.storyboards) == 2
+    panels = collect_panels(plan, plan.storyboards[0], tmp_path, "")
+    assert [len(p.images) for p in panels] == [1, 0, 1]
