@@ -26,7 +26,8 @@ def interrupts_kept() -> Iterator[None]:
     Main thread only (signals are delivered there); elsewhere the block runs as it is.
     """
     previous = signal.getsignal(signal.SIGINT)
-    if threading.current_thread() is not threading.main_thread() or previous == signal.SIG_IGN:
+    elsewhere = threading.current_thread() is not threading.main_thread()
+    if elsewhere or previous is None or previous == signal.SIG_IGN:  # None: not Python's
         yield
         return
     hits: list[int] = []

@@ -430,7 +430,9 @@ def model_info(base: BaseModelSpec) -> ModelInfo:
         return ModelInfo(path.stem, _file_hash(path), base.family)
     if path.is_dir():
         configs = {
-            str(p.relative_to(path)): (p.read_text(encoding="utf-8") if p.suffix == ".json" else "")
+            str(p.relative_to(path)): (
+                p.read_text(encoding="utf-8", errors="replace") if p.suffix == ".json" else ""
+            )
             + f"#{p.stat().st_size}"
             for p in sorted(path.rglob("*"))
             if p.is_file()

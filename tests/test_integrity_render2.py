@@ -409,6 +409,28 @@ def test_cli_ctrl_c_during_model_load_exits_130(
     assert not list(out.rglob("*.png"))
 
 
+def test_an_interrupt_a_library_turns_into_its_own_error_is_still_an_interrupt() -> None:
+    from scenecraft.interrupts import interrupts_kept
+
+    with pytest.raises(KeyboardInterrupt), interrupts_kept():
+        try:
+            signal.raise_signal(signal.SIGINT)
+        except BaseException as exc:  # a library that wraps everything
+            raise ValueError("load failed") from exc
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_an_ignored_sigint_stays_ignored() -> None:
+    from scenecraft.interrupts import interrupts_kept
+
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with interrupts_kept():
+            signal.raise_signal(signal.SIGINT)  # nothing happens
+    finally:
+        signal.signal(signal.SIGINT, before)
+
+
 # --------------------------------------------------------- 10. a damaged local base folder
 
 
@@ -423,8 +445,13 @@ def _truncate(folder: Path) -> None:
         (_truncate, "unet/diffusion_pytorch_model.safetensors", "cannot be read"),
         (lambda f: (f / "vae" / "config.json").write_text("{not json"), "vae/config.json", "JSON"),
         (lambda f: shutil.rmtree(f / "unet"), "unet", "is missing"),
+        (
+            lambda f: (f / "unet" / "config.json").write_bytes(b"\xff\xfe\x00"),
+            "unet/config.json",
+            "JSON",
+        ),
     ],
-    ids=["truncated-weights", "broken-config", "missing-component"],
+    ids=["truncated-weights", "broken-config", "missing-component", "binary-config"],
 )
 def test_damaged_base_folder_is_model_damaged_naming_the_file(
     tmp_path: Path, damage: Any, bad: str, why: str
