@@ -139,7 +139,7 @@ def main() -> int:
     rows = {}
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp)
-        for name, args in write_inputs(d).items():
+        for name, args in {**write_inputs(d), **write_render_inputs(d)}.items():
             rows[name] = measure(args, d)
             r = rows[name]
             print(
@@ -163,3 +163,115 @@ def main() -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+# ----------------------------------------------------------- issue 32: render, merge, review
+
+
+def _render_scene(d: Path, name: str, model: str, lora: str, extra: str = "") -> Path:
+    scene = d / name
+    scene.parent.mkdir(parents=True, exist_ok=True)
+    scene.write_text(
+        f'model "{model}" family sd15\nconcept ziggy {{\n  token "<ZIGGY>"\n  lora "{lora}"\n}}\n'
+        f"{extra or 'merge none'}\n"
+        'defaults {\n  size 64x64\n  steps 2\n  sampler "DDIM"\n  seeds 1\n}\n'
+        "scene s {\n  ziggy\n}\n",
+        encoding="utf-8",
+    )
+    return scene
+
+
+def _huge_png_with_chunk(path: Path, side: int) -> None:
+    """Replace ``path`` (one of our PNGs) by a black ``side`` x ``side`` PNG that keeps its
+    ``scenecraft`` chunk: a foreign picture the manifest still names."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = zlib.crc32(kind + data) & 0xFFFFFFFF
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+
+    png, at, ours = path.read_bytes(), 8, b""
+    while at < len(png):
+        (length,) = struct.unpack(">I", png[at : at + 4])
+        if png[at + 4 : at + 8] == b"iTXt" and png[at + 8 : at + 18] == b"scenecraft":
+            ours = png[at : at + 12 + length]
+        at += 12 + length
+    z = zlib.compressobj(9)
+    body = b"".join(z.compress(b"\x00" * (side + 1)) for _ in range(side)) + z.flush()
+    head = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
+    path.write_bytes(
+        png[:8] + chunk(b"IHDR", head) + ours + chunk(b"IDAT", body) + chunk(b"IEND", b"")
+    )
+
+
+def write_render_inputs(d: Path) -> dict[str, list[str]]:
+    """Issue 32's render/merge cases on the tiny model (set up here, measured by `main`):
+    a LoRA with huge weights, a foreign 13,300x13,300 PNG under a manifest key, the same file
+    name in two folders, a damaged base folder, `merge --json` after a damaged cache entry."""
+    import shutil as sh
+
+    from safetensors.torch import load_file, save_file
+
+    from scenecraft.cli import main as cli
+    from scenecraft.testing import save_tiny_pipeline, tiny_pipeline
+    from tests._lora_files import lora_modules, write_peft_lora
+
+    tiny = save_tiny_pipeline(d / "tiny")
+    pipe = tiny_pipeline(0)
+    write_peft_lora(d / "ok.safetensors", pipe, lora_modules(pipe), rank=4, seed=1, alpha=4.0)
+    tensors = load_file(str(d / "ok.safetensors"))
+    huge = {k: v * 1e15 if "lora_B" in k else v for k, v in tensors.items()}
+    save_file(huge, str(d / "huge.safetensors"))
+    _render_scene(d, "huge.scene", str(tiny), "huge.safetensors")
+    # a foreign picture under the manifest's key: re-rendered, never decoded
+    plain = _render_scene(d, "plain.scene", str(tiny), "ok.safetensors")
+    cli(["render", str(plain), "--out", str(d / "out-foreign"), "--quiet"])
+    _huge_png_with_chunk(d / "out-foreign" / "plain" / "s" / "1.png", 13_300)
+    # one file name in two folders
+    _render_scene(d, "a/story.scene", str(tiny), "../ok.safetensors")
+    _render_scene(d, "b/story.scene", str(tiny), "../ok.safetensors")
+    cli(["render", str(d / "a" / "story.scene"), "--out", str(d / "out-stem"), "--quiet"])
+    # a damaged base folder
+    sh.copytree(tiny, d / "damaged")
+    weights = d / "damaged" / "unet" / "diffusion_pytorch_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    _render_scene(d, "damaged.scene", str(d / "damaged"), "ok.safetensors")
+    # merge --json after a damaged cache entry
+    merged = _render_scene(d, "merged.scene", str(tiny), "ok.safetensors", "merge linear")
+    cli(["merge", str(merged), "--json", "--cache-dir", str(d / "cache")])
+    for entry in (d / "cache").glob("*/weights.safetensors"):
+        entry.write_bytes(entry.read_bytes()[:100])
+    out = ["--quiet"]
+    return {
+        "render, LoRA up weights x1e15": [
+            "render",
+            "huge.scene",
+            "--adapters",
+            "--out",
+            "o1",
+            *out,
+        ],
+        "render, foreign 13,300^2 PNG under the key": [
+            "render",
+            "plain.scene",
+            "--out",
+            "out-foreign",
+            *out,
+        ],
+        "render, same file name in another folder": [
+            "render",
+            "b/story.scene",
+            "--out",
+            "out-stem",
+            *out,
+        ],
+        "render, damaged base folder": ["render", "damaged.scene", "--out", "o2", *out],
+        "merge --json, damaged cache entry": [
+            "merge",
+            "merged.scene",
+            "--json",
+            "--cache-dir",
+            "cache",
+        ],
+    }

@@ -27,6 +27,7 @@ from scenecraft.files import (
     path_problem,
     sha256_file,
 )
+from scenecraft.interrupts import interrupts_kept
 from scenecraft.names import FAMILY_BY_CROSS_DIM
 from scenecraft.plan import BaseModelSpec, Family, stable_hash
 
@@ -242,9 +243,19 @@ def load_pipeline(
     """Load ``base`` as a diffusers pipeline on ``device`` in ``dtype`` (chosen if None).
 
     Raises DiagnosticError: ``model-not-found`` (missing path, or hub id not cached while
-    offline), ``model-family-mismatch`` (declared family differs from the detected one),
-    ``model-load-failed`` (anything else the loader rejects).
+    offline), ``model-damaged`` (a local folder with a broken or missing file),
+    ``model-family-mismatch`` (declared family differs from the detected one),
+    ``model-load-failed`` (anything else the loader rejects). Ctrl-C during the load always
+    raises KeyboardInterrupt once it is over (`interrupts_kept`), even where a library
+    swallowed it.
     """
+    with interrupts_kept():
+        return _load_pipeline(base, device, dtype)
+
+
+def _load_pipeline(
+    base: BaseModelSpec, device: str | torch.device | None, dtype: str | torch.dtype | None
+) -> Any:
     quiet_libraries()
     dev = device if isinstance(device, torch.device) else choose_device(device)
     torch_dtype = choose_dtype(dev, dtype)
@@ -306,7 +317,52 @@ def _load_local(path: Path, family: Family | None, dtype: torch.dtype, base: Bas
     except DiagnosticError:
         raise
     except Exception as exc:
+        bad = damaged_file(path) if path.is_dir() else None
+        if bad is not None:
+            raise _damaged(base, path, *bad, exc) from None
         raise _load_failed(base, exc, single_file=path.is_file()) from None
+
+
+def _damaged(
+    base: BaseModelSpec, folder: Path, bad: Path, why: str, exc: Exception
+) -> DiagnosticError:
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+    return error(
+        "model-damaged",
+        f"base model folder `{base.source}` is damaged: `{bad.relative_to(folder)}` {why}",
+        notes=(f"the loader said: {first}",),
+        help="copy or download the model again (a partial copy or an interrupted download "
+        "leaves such files)",
+    )
+
+
+_MAX_CHECKED = 2000  # files looked at in a damaged folder (a model folder holds a few dozen)
+
+
+def damaged_file(folder: Path) -> tuple[Path, str] | None:
+    """The first broken file of a diffusers folder, with what is wrong, in words: a component
+    folder that ``model_index.json`` lists but is missing, a JSON file that does not parse, a
+    ``.safetensors`` file whose header or length is wrong. None when nothing is found."""
+    from safetensors import safe_open
+
+    index = _read_json(folder / "model_index.json") or {}
+    for name, value in index.items():
+        listed = isinstance(value, list) and len(value) == 2 and value[0] is not None
+        if not name.startswith("_") and listed and not (folder / name).is_dir():
+            return folder / name, "is missing (model_index.json lists it)"
+    for n, file in enumerate(sorted(folder.rglob("*"))):
+        if n >= _MAX_CHECKED:
+            break
+        if file.suffix == ".json" and file.is_file() and _read_json(file) is None:
+            return file, "is not valid JSON"
+        if file.suffix == ".safetensors" and file.is_file():
+            try:
+                with safe_open(str(file), framework="pt") as f:
+                    for key in f.keys():  # noqa: SIM118 - safe_open has no __iter__
+                        f.get_slice(key)
+            except Exception as exc:  # a torn header, garbage, a short file
+                return file, f"cannot be read ({type(exc).__name__}: {str(exc)[:120]})"
+    return None
 
 
 def _load_hub(base: BaseModelSpec, dtype: torch.dtype) -> Any:
@@ -373,7 +429,9 @@ def model_info(base: BaseModelSpec) -> ModelInfo:
         return ModelInfo(path.stem, _file_hash(path), base.family)
     if path.is_dir():
         configs = {
-            str(p.relative_to(path)): (p.read_text(encoding="utf-8") if p.suffix == ".json" else "")
+            str(p.relative_to(path)): (
+                p.read_text(encoding="utf-8", errors="replace") if p.suffix == ".json" else ""
+            )
             + f"#{p.stat().st_size}"
             for p in sorted(path.rglob("*"))
             if p.is_file()

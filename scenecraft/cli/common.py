@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import logging
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -14,6 +16,42 @@ EXIT_OK = 0
 EXIT_CHANGED = 1  # fmt --check found a file to reformat
 EXIT_USER_ERROR = 2
 EXIT_INTERNAL = 70
+
+
+# Library warnings that say nothing the user can act on, and that used to appear before (or
+# instead of) scenecraft's own message: torch's notes on pickles (scenecraft loads weights-only
+# and says so itself), PIL's decompression-bomb warning (outputs are checked by their header
+# first), numpy's cast/overflow warnings on NaN pixels (`non-finite-image` says it), and Ray's
+# start-up log lines. Matched by message, so no library is imported to name a category.
+_NOISE = (
+    (r".*torch\.load.*weights_only.*", Warning),
+    (r".*[Ww]eights only load failed.*", Warning),
+    (r"Image size \(\d+ pixels\) exceeds limit.*", Warning),
+    (r"(invalid value|overflow|divide by zero) encountered.*", RuntimeWarning),
+)
+
+
+def quiet_library_noise() -> None:
+    """Silence `_NOISE` for this process (the CLI calls it before any command runs)."""
+    for message, category in _NOISE:
+        warnings.filterwarnings("ignore", message=message, category=category)
+    for name in ("ray", "ray.worker", "ray._private.worker"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def resource_fault(exc: BaseException) -> Diagnostic | None:
+    """`out-of-memory` for an allocation failure that escaped the engine (a model load, a
+    merge): Python's MemoryError or torch's CPU allocator error. None for anything else."""
+    text = str(exc)
+    cpu = isinstance(exc, RuntimeError) and "DefaultCPUAllocator: can't allocate memory" in text
+    if not (isinstance(exc, MemoryError) or cpu or type(exc).__name__ == "OutOfMemoryError"):
+        return None
+    return Diagnostic(
+        code="out-of-memory",
+        message="the machine ran out of memory",
+        notes=(f"{type(exc).__name__}: {text.strip()[:200]}",),
+        help="use a smaller size or batch, `--dtype float16`, or a machine with more memory",
+    )
 
 
 def variables(args: argparse.Namespace) -> dict[str, Any]:

@@ -19,7 +19,15 @@ from scenecraft.cli.args import (
     ReviewSettings,
     build_parser,
 )
-from scenecraft.cli.common import EXIT_INTERNAL, EXIT_OK, EXIT_USER_ERROR, Output, variables
+from scenecraft.cli.common import (
+    EXIT_INTERNAL,
+    EXIT_OK,
+    EXIT_USER_ERROR,
+    Output,
+    quiet_library_noise,
+    resource_fault,
+    variables,
+)
 from scenecraft.cli.language import cmd_check, cmd_compile, cmd_fmt, cmd_layout
 from scenecraft.diagnostics import DiagnosticError, to_json
 
@@ -88,6 +96,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Output], int]] = {
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     out = Output()
+    quiet_library_noise()
     try:
         return COMMANDS[args.command](args, out)
     except DiagnosticError as exc:
@@ -103,6 +112,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:
         return EXIT_OK
     except Exception as exc:  # a bug in scenecraft, not in the user's input
+        fault = resource_fault(exc)  # ... unless the machine ran out of memory
+        if fault is not None:
+            out.show([fault])
+            return EXIT_USER_ERROR
         if os.environ.get("SCENECRAFT_DEBUG"):
             raise
         print(

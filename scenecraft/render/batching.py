@@ -80,8 +80,15 @@ def generators(tasks: Sequence[ImageTask]) -> list[torch.Generator]:
     return [torch.Generator("cpu").manual_seed(t.seed) for t in tasks]
 
 
+_CPU_OOM = ("DefaultCPUAllocator: can't allocate memory", "not enough memory")
+
+
 def is_oom(exc: BaseException) -> bool:
-    return isinstance(exc, torch.cuda.OutOfMemoryError)
+    """CUDA/MPS out-of-memory, or the CPU allocator's (a plain RuntimeError naming the
+    allocator) and Python's own MemoryError: all mean "this batch does not fit"."""
+    if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
+        return True
+    return isinstance(exc, RuntimeError) and any(m in str(exc) for m in _CPU_OOM)
 
 
 def run_halving(
@@ -89,7 +96,8 @@ def run_halving(
     call: Callable[[Sequence[ImageTask]], None],
     on_oom: Callable[[int, int], None],
 ) -> Iterator[int]:
-    """Run ``call`` on ``batch``; on CUDA OOM split it in halves and retry each; no image lost.
+    """Run ``call`` on ``batch``; out of memory (`is_oom`: CUDA or CPU) splits it in halves and
+    retries each; no image lost.
 
     Yields the batch size that succeeded each time, so the caller can shrink later batches.
     ``on_oom(old, new)`` is told of every split. OOM on a single image is `out-of-memory`.
@@ -99,14 +107,18 @@ def run_halving(
         part = pending.pop(0)
         try:
             call(part)
-        except torch.cuda.OutOfMemoryError:
+        except (RuntimeError, MemoryError) as exc:
+            if not is_oom(exc):
+                raise
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
             if len(part) == 1:
+                job = part[0].job
                 raise error(
                     "out-of-memory",
-                    f"the device ran out of memory rendering one {part[0].job.width}x"
-                    f"{part[0].job.height} image",
+                    f"the device ran out of memory rendering one {job.width}x{job.height} "
+                    f"image (scene `{job.scene}` seed {part[0].seed})",
+                    notes=(f"{type(exc).__name__}: {str(exc).strip()[:200]}",),
                     help="use a smaller size, `--dtype float16`, or a device with more memory",
                 ) from None
             half = (len(part) + 1) // 2

@@ -44,6 +44,7 @@ from scenecraft.render.batching import (
     make_batches,
     run_halving,
 )
+from scenecraft.render.finite import FiniteWatch
 from scenecraft.render.layerwise import conditioned
 from scenecraft.render.outputs import (
     METADATA_VERSION,
@@ -148,9 +149,11 @@ def _output_sources(
 
 
 def is_up_to_date(task: ImageTask, manifest: Manifest, out_dir: Path) -> bool:
-    """A complete PNG with the task's key (verified: `scenecraft.render.outputs.is_finished`)."""
+    """A complete PNG of the job's size with the task's key (verified:
+    `scenecraft.render.outputs.is_finished`)."""
     rel = task.path.relative_to(out_dir.resolve()).as_posix()
-    return is_finished(task.path, rel, task.key, manifest)
+    size = (task.job.width, task.job.height)
+    return is_finished(task.path, rel, task.key, manifest, size)
 
 
 # ----------------------------------------------------------------------------- rendering
@@ -234,6 +237,7 @@ def open_manifest(
     header = {
         "scenecraft": __version__,
         "plan_file": plan.file,
+        "plan_path": plan_path(plan),  # the resolved source: its output folder's owner
         "source_sha256": plan.source_sha256,
         "template_vars": plan.template_vars,
         "mode": mode,
@@ -252,6 +256,14 @@ def open_manifest(
         },
     }
     return Manifest.open(path, header)
+
+
+def plan_path(plan: RenderPlan) -> str:
+    """The scene file's resolved path (as given when it cannot be resolved)."""
+    try:
+        return str(Path(plan.file).resolve())
+    except (OSError, RuntimeError):
+        return plan.file
 
 
 @dataclass(frozen=True)
@@ -361,8 +373,10 @@ class _Session:
         job = tasks[0].job
         pipe.scheduler = self.scheduler(pipe, job.sampler)
         reporter = self.reporter
+        watch = FiniteWatch(tasks)  # NaN/inf latents or pixels: nothing of the batch is written
 
         def on_step(p: Any, i: int, t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+            watch.on_latents(i + 1, kwargs.get("latents"))
             emit(reporter, StepDone(i + 1, int(getattr(p, "num_timesteps", job.steps))))
             return kwargs
 
@@ -383,7 +397,9 @@ class _Session:
                 guidance_scale=job.guidance,
                 generator=generators(tasks),
                 callback_on_step_end=on_step,
+                output_type="np",  # checked for NaN/inf, then made PIL as diffusers would
             ).images
+        images = watch.pictures(images)
         for task, image in zip(tasks, images, strict=True):
             self.write(task, image)
         self.flush()

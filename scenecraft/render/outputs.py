@@ -7,10 +7,14 @@ is sanitised and the final path must resolve inside OUT. Each PNG carries an A11
 key and the image key used to skip finished images on a re-run).
 
 Integrity (docs/render.md, "Re-runs"):
-- an image is up to date only when its manifest entry holds the image key AND the sha256 of the
-  PNG's bytes, and the file on disk still has that hash; a PNG without such an entry counts only
-  when it decodes completely and its own ``scenecraft`` chunk holds the key (it is then adopted
-  into the manifest with its hash). A truncated, overwritten or emptied PNG is rendered again;
+- an image is up to date only when its header is a PNG's of the job's size (read before any
+  decoding: `png_size`) and its manifest entry holds the image key AND the sha256 of the PNG's
+  bytes, and the file on disk still has that hash; a PNG without such an entry counts only when
+  it decodes completely and its own ``scenecraft`` chunk holds the key (it is then adopted into
+  the manifest with its hash). A truncated, overwritten, emptied or foreign picture is rendered
+  again;
+- one scene file per output folder: the manifest records the file's resolved path, and another
+  file of the same name is an ``output-path-collision`` while it exists (`Manifest.open`);
 - two outputs never share a path: sanitised names that collide are an ``output-path-collision``
   diagnostic naming both sources, before anything renders (`check_unique_paths`, `Manifest.open`);
   names longer than 80 characters keep a hash of the full name, so they never collide by
@@ -303,20 +307,43 @@ def decoded(path: Path) -> tuple[bool, str | None]:
     return True, key if isinstance(key, str) else None
 
 
-def is_finished(path: Path, rel: str, key: str, manifest: Manifest) -> bool:
-    """Whether ``path`` holds a complete image with image key ``key``.
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
-    Fast path: the manifest entry has ``key`` and the sha256 of the file's current bytes.
-    Otherwise the file must decode completely and carry ``key`` in its own chunk (or carry no
-    chunk of ours while the manifest names ``key``: an optimiser rewrote it); it is then adopted
-    into the manifest with its new hash.
+
+def png_size(path: Path) -> tuple[int, int] | None:
+    """(width, height) from a PNG's IHDR: the first 24 bytes, nothing decoded; None when the
+    file is missing or not a PNG (JPEG bytes in a ``.png``, a text file, an empty file)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(24)
+    except OSError:
+        return None
+    if len(head) < 24 or head[:8] != PNG_SIGNATURE or head[12:16] != b"IHDR":
+        return None
+    return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+
+
+def is_finished(
+    path: Path, rel: str, key: str, manifest: Manifest, size: tuple[int, int] | None = None
+) -> bool:
+    """Whether ``path`` holds a complete image with image key ``key`` (and ``size``, w x h).
+
+    First the header alone: a PNG signature and, when ``size`` is given, the job's width and
+    height (a foreign 13,300x13,300 picture is refused without reading its pixels). Then the
+    fast path: the manifest entry has ``key`` and the sha256 of the file's current bytes.
+    Otherwise the file must decode completely and carry ``key`` in its own ``scenecraft``
+    chunk (provenance: a picture without our chunk is never adopted, whatever the manifest
+    says); it is then adopted into the manifest with its new hash.
     """
+    found_size = png_size(path)
+    if found_size is None or (size is not None and found_size != tuple(size)):
+        return False
     entry = manifest.images.get(rel, {})
     if entry.get("key") == key and isinstance(entry.get("sha256"), str):
         if sha256_bytes_of(path) == entry["sha256"]:
             return True
     ok, found = decoded(path)
-    if not ok or (found != key and not (found is None and entry.get("key") == key)):
+    if not ok or found != key:
         return False
     digest = sha256_bytes_of(path)
     if digest is None:
@@ -380,6 +407,22 @@ def _read_images(path: Path) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]
     return old, {str(k): v for k, v in images.items() if isinstance(v, dict)}
 
 
+def _other_owner(old: dict[str, Any], header: dict[str, Any]) -> str | None:
+    """The scene file that owns a manifest folder, when it is not the one in ``header``.
+
+    Another stem (``x.scene`` -> ``x.j2`` is the same output) is another file. The same stem
+    at another resolved path (``plan_path``) is another file while that file still exists; a
+    manifest whose file is gone (the project was moved or renamed) is adopted.
+    """
+    theirs, ours = old.get("plan_file"), header.get("plan_file")
+    if isinstance(theirs, str) and isinstance(ours, str) and Path(theirs).stem != Path(ours).stem:
+        return theirs
+    their_path, our_path = old.get("plan_path"), header.get("plan_path")
+    if not isinstance(their_path, str) or not isinstance(our_path, str) or their_path == our_path:
+        return None
+    return their_path if os.path.isfile(their_path) else None
+
+
 @dataclass
 class Manifest:
     """One JSON file per run target, rewritten atomically after every batch.
@@ -397,22 +440,25 @@ class Manifest:
     def open(cls, path: Path, header: dict[str, Any]) -> Manifest:
         """Load the previous manifest's image entries (when readable) under a fresh header.
 
-        `output-path-collision` when the manifest belongs to another scene file whose name
-        sanitises to the same folder (``ünï cödé.scene`` and ``uni_code.scene``).
+        `output-path-collision` when the manifest belongs to another scene file: one whose name
+        sanitises to the same folder (``ünï cödé.scene`` and ``uni_code.scene``), or one with
+        the same name in another folder (``a/story.scene`` and ``b/story.scene``) that still
+        exists (`_other_owner`).
         """
         old, images = _read_images(path)
-        theirs, ours = old.get("plan_file"), header.get("plan_file")
-        if isinstance(theirs, str) and isinstance(ours, str):
-            if Path(theirs).stem != Path(ours).stem:  # `x.scene` -> `x.j2` is the same output
-                raise error(
-                    "output-path-collision",
-                    f"scene files `{Path(theirs).name}` and `{Path(ours).name}` would both "
-                    f"write into `{path.parent}`",
-                    notes=(
-                        "output folder names are sanitised to ASCII letters, digits and `._+-`",
-                    ),
-                    help="rename one of the files, or render them into different --out folders",
-                )
+        other = _other_owner(old, header)
+        if other is not None:
+            ours = Path(str(header.get("plan_path") or header.get("plan_file")))
+            raise error(
+                "output-path-collision",
+                f"scene files `{other}` and `{ours}` would both write into `{path.parent}`",
+                notes=(
+                    "the output folder is named after the scene file (sanitised to ASCII "
+                    "letters, digits and `._+-`); its manifest says another file owns it",
+                ),
+                help="render them into different --out folders, or rename one of the files; "
+                f"to hand the folder over, delete `{path}`",
+            )
         return cls(path, header, images)
 
     def key_for(self, rel: str) -> str | None:
