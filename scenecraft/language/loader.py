@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from scenecraft.diagnostics import Diagnostic, DiagnosticError, Label, Span
+from scenecraft.diagnostics import Diagnostic, DiagnosticError, Label, Span, line_text
 from scenecraft.files import NotARegularFile, TooLarge, read_capped
 from scenecraft.language import nodes as n
 from scenecraft.language.parser import parse
@@ -124,12 +124,11 @@ def read_text(path: Path, name: str, span: Span | None = None) -> str:
 def _remap_span(span: Span, src: Source) -> tuple[Span, str | None]:
     """A span in rendered text -> a span in the template, plus the rendered line if it differs."""
     assert src.rendered is not None
-    out_lines = src.rendered.text.split("\n")
-    tpl_lines = src.text.split("\n")
     idx = min(max(span.line - 1, 0), len(src.rendered.line_map) - 1)
     tline = src.rendered.line_map[idx] if src.rendered.line_map else 1
-    rendered_line = out_lines[idx] if idx < len(out_lines) else ""
-    template_line = tpl_lines[tline - 1] if 0 < tline <= len(tpl_lines) else ""
+    # line tables are built once per text (not a split of the whole text per diagnostic)
+    rendered_line = line_text(src.rendered.text, idx + 1, strip_cr=False) or ""
+    template_line = line_text(src.text, tline, strip_cr=False) or ""
     if rendered_line == template_line and span.end_line == span.line:
         return Span(span.file, tline, span.col, tline, span.end_col), None
     indent = len(template_line) - len(template_line.lstrip())

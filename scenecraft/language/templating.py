@@ -26,7 +26,7 @@ from typing import Any
 import jinja2
 from jinja2.sandbox import SandboxedEnvironment
 
-from scenecraft.diagnostics import Diagnostic, DiagnosticError, Span, did_you_mean
+from scenecraft.diagnostics import Diagnostic, DiagnosticError, Span, did_you_mean, line_number
 from scenecraft.files import NotARegularFile, TooLarge, read_capped
 
 _MARK = "\ue000{}\ue001"
@@ -407,7 +407,7 @@ def _syntax_error_line(exc: jinja2.TemplateSyntaxError, text: str) -> int:
     stack: list[tuple[str, int]] = []
     for m in _BLOCK_TAG.finditer(text):
         tag, rest = m.group(1), m.group(2)
-        line = text.count("\n", 0, m.start()) + 1
+        line = line_number(text, m.start())[0]
         if tag in _BLOCKS and not (tag == "set" and "=" in rest):
             stack.append((tag, line))
         elif tag.startswith("end") and stack and stack[-1][0] == tag[3:]:
