@@ -149,3 +149,103 @@ def test_the_cli_caps_twenty_thousand_errors(
     err = capsys.readouterr().err
     assert "... and 19,997 more errors" in err
     assert len(err) < 10_000  # it wrote 20,000 copies of a 40,000-character line
+
+
+# ------------------------------------------------------------- 3. one text budget for includes
+
+
+def test_includes_share_one_text_budget(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from scenecraft.language import loader
+
+    lib = "".join(f'concept c{i} {{\n  token "<C{i}>"\n}}\n' for i in range(300))
+    for i in range(10):  # ten copies: `seen` dedupes only one path, not one text
+        (tmp_path / f"lib{i}.scene").write_text(lib, encoding="utf-8")
+    includes = "".join(f'include "lib{i}.scene"\n' for i in range(10))
+    main = HEAD + includes + "scene s {\n  ziggy\n}\n"
+    monkeypatch.setattr(loader, "MAX_PROGRAM_CHARS", len(main) + 2 * len(lib) + 10)
+    exc = fail(tmp_path, main)
+    [diag] = exc.diagnostics
+    assert diag.code == "unreadable-file"
+    assert diag.message.startswith(f"`{tmp_path}/lib2.scene` brings the program's text past")
+    assert diag.span is not None and (diag.span.line, diag.span.col) == (8, 9)  # the 3rd include
+    (tmp_path / "two.scene").write_text(HEAD + includes[:21] + "scene s {\n  ziggy\n}\n")
+    assert load(tmp_path / "two.scene").plan.jobs  # one library fits
+
+
+def test_template_output_counts_against_the_budget(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from scenecraft.language import loader
+
+    monkeypatch.setattr(loader, "MAX_PROGRAM_CHARS", 5_000)
+    body = "{% for i in range(400) %}\nscene s{{ i }} {\n  ziggy\n}\n{% endfor %}\n"
+    exc = fail(tmp_path, HEAD + body, name="x.scene.j2")
+    assert [d.code for d in exc.diagnostics] == ["unreadable-file"]
+
+
+# ------------------------------------------------------------------ 5. deep --vars, --var values
+
+
+@pytest.mark.parametrize(
+    ("name", "text"),
+    [
+        ("deep.json", '{"a": ' + "[" * 100_000 + "]" * 100_000 + "}"),
+        ("deep.toml", "a = " + "[" * 100_000 + "]" * 100_000 + "\n"),
+        ("deep65.json", '{"a": ' + "[" * 65 + "]" * 65 + "}"),
+        ("dotted.toml", "a" + ".a" * 100 + " = 1\n"),
+    ],
+)
+def test_deep_vars_files_are_a_diagnostic(tmp_path: Path, name: str, text: str) -> None:
+    from scenecraft import cli
+
+    (tmp_path / name).write_text(text, encoding="utf-8")
+    (tmp_path / "x.scene").write_text(HEAD + "scene s {\n  ziggy\n}\n", encoding="utf-8")
+    code = cli.main(["check", str(tmp_path / "x.scene"), "--vars", str(tmp_path / name)])
+    assert code == 2  # it was a RecursionError: exit 70
+
+
+def test_a_deep_var_value_is_a_diagnostic(tmp_path: Path) -> None:
+    from scenecraft import cli
+
+    (tmp_path / "x.scene").write_text(HEAD + "scene s {\n  ziggy\n}\n", encoding="utf-8")
+    for value in ("[" * 100_000, "[" * 100_000 + "]" * 100_000, '{"a":' * 70 + "1" + "}" * 70):
+        assert cli.main(["check", str(tmp_path / "x.scene"), "--var", f"x={value}"]) == 2
+    ok = "[" * 64 + "]" * 64
+    assert (
+        cli.main(["check", str(tmp_path / "x.scene"), "--var", f"x={ok}", "--var", "n=null"]) == 0
+    )
+
+
+# ---------------------------------------------------------------------- 11. case collisions
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [
+        ("scene Scene1", "scene scene1"),
+        ("scene CON", "scene con"),
+        ("scene Board", "storyboard board"),
+    ],
+)
+def test_names_differing_only_in_case_collide(tmp_path: Path, first: str, second: str) -> None:
+    board = "  panel s\n" if second.startswith("storyboard") else "  ziggy\n"
+    text = (
+        HEAD
+        + "scene s {\n  ziggy\n}\n"
+        + first
+        + " {\n  ziggy\n}\n"
+        + second
+        + " {\n"
+        + board
+        + "}\n"
+    )
+    exc = fail(tmp_path, text)
+    [diag] = exc.errors
+    assert diag.code == "case-collision"
+    assert diag.labels[0].message == "first defined here"
+
+
+def test_one_name_for_a_scene_and_a_storyboard_is_not_a_case_collision(tmp_path: Path) -> None:
+    path = tmp_path / "x.scene"
+    path.write_text(HEAD + "scene s {\n  ziggy\n}\nstoryboard s {\n  panel s\n}\n")
+    assert load(path).plan.jobs

@@ -19,6 +19,9 @@ from scenecraft.language.templating import Rendered, is_template, render_templat
 
 MAX_FILE_BYTES = 2 * 1024 * 1024  # parsing costs ~170 bytes of memory per byte of text
 MAX_INCLUDE_DEPTH = 16  # includes nested deeper than this are `include-too-deep`
+# All the text one program parses (the file, its includes, template output), together: one
+# budget, so ten includes of a 2 MiB file cannot cost ten parses (`unreadable-file`)
+MAX_PROGRAM_CHARS = 4 * 1024 * 1024
 
 
 @dataclass
@@ -42,6 +45,7 @@ class Program:
     main: n.File
     includes: list[n.File] = field(default_factory=list)
     sources: dict[str, Source] = field(default_factory=dict)  # by display name
+    chars: int = 0  # text read and rendered so far, against MAX_PROGRAM_CHARS
 
     def texts(self) -> dict[str, str]:
         """Texts for quoting diagnostics: the template, not its output, for templated files."""
@@ -164,14 +168,40 @@ def _load_one(
     path: Path, name: str, variables: dict[str, Any], span: Span | None, program: Program
 ) -> n.File:
     text = read_text(path, name, span)
+    _spend(program, len(text), name, span)
     src = Source(path, name, text)
     program.sources[name] = src
     if is_template(path, text):
         src.rendered = render_template(text, name, variables)
+        _spend(program, len(src.rendered.text), name, span)
     try:
         return parse(src.scene_text, name)
     except DiagnosticError as exc:
         raise remap_all(exc, program.sources) from None
+
+
+def _spend(program: Program, chars: int, name: str, span: Span | None) -> None:
+    """Count ``chars`` more text against the program's budget; refuse it past the cap."""
+    program.chars += chars
+    if program.chars <= MAX_PROGRAM_CHARS:
+        return
+    cap = f"{MAX_PROGRAM_CHARS / (1024 * 1024):.3g}"
+    raise DiagnosticError(
+        [
+            Diagnostic(
+                "unreadable-file",
+                f"`{name}` brings the program's text past {cap} MiB",
+                span,
+                label="this include passes the budget" if span else "",
+                notes=(
+                    f"a file, its includes and their template output hold at most "
+                    f"{MAX_PROGRAM_CHARS:,} characters together ({program.chars:,} so far)",
+                ),
+                help="include only the libraries this file needs; split a large project into "
+                "several scene files",
+            )
+        ]
+    )
 
 
 def load_program(path: str | Path, variables: dict[str, Any] | None = None) -> Program:

@@ -54,6 +54,7 @@ MAX_SECONDS = 10.0  # wall time of one rendering
 MAX_LIPSUM = 100  # paragraphs (and words per paragraph) of `lipsum`
 MAX_INT_BITS = 4096  # integers a template computes (`**`)
 VARS_FILE_BYTES = 4 * 1024 * 1024  # a --vars file
+MAX_VARS_DEPTH = 64  # lists and tables nested in a --vars file or a --var value
 
 
 class TemplateLimit(Exception):
@@ -528,9 +529,40 @@ def parse_var(item: str) -> tuple[str, Any]:
             ]
         )
     try:
-        return key, json.loads(raw)
+        value = json.loads(raw)
     except ValueError:
         return key, raw
+    except RecursionError:  # `[[[[...` nested past Python's recursion limit
+        value = _TOO_DEEP
+    if value is _TOO_DEEP or _depth(value) > MAX_VARS_DEPTH:
+        raise DiagnosticError(
+            [
+                Diagnostic(
+                    "bad-variable",
+                    f"`--var {key}=...` nests lists or tables more than {MAX_VARS_DEPTH} deep",
+                    help="template variables are flat values, lists and small tables",
+                )
+            ]
+        )
+    return key, value
+
+
+_TOO_DEEP = object()  # a value that nested past Python's recursion limit while parsing
+
+
+def _depth(value: Any) -> int:
+    """How deeply lists and tables nest in ``value`` (iterative: no recursion on deep input)."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (list, dict)):
+            deepest = max(deepest, depth + 1)
+            if deepest > MAX_VARS_DEPTH:
+                return deepest
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, depth + 1) for child in children)
+    return deepest
 
 
 def read_vars_file(path: str | Path) -> dict[str, Any]:
@@ -569,6 +601,8 @@ def read_vars_file(path: str | Path) -> dict[str, Any]:
             data = json.loads(raw.decode("utf-8"))
         else:
             raise ValueError("expected a .toml or .json file")
+    except RecursionError:
+        data = _TOO_DEEP  # nested past Python's recursion limit: reported below
     except (ValueError, UnicodeDecodeError) as exc:
         at = re.search(r"line (\d+), column (\d+)", str(exc))  # tomllib before 3.14
         line = getattr(exc, "lineno", None) or (int(at.group(1)) if at else 1)
@@ -583,6 +617,16 @@ def read_vars_file(path: str | Path) -> dict[str, Any]:
                 )
             ]
         ) from None
+    if data is _TOO_DEEP or _depth(data) > MAX_VARS_DEPTH:
+        raise DiagnosticError(
+            [
+                Diagnostic(
+                    "bad-variables-file",
+                    f"`{p.name}` nests lists or tables more than {MAX_VARS_DEPTH} deep",
+                    help="template variables are flat values, lists and small tables",
+                )
+            ]
+        )
     if not isinstance(data, dict):
         raise DiagnosticError(
             [Diagnostic("bad-variables-file", f"`{p.name}` must hold a table of variables")]
