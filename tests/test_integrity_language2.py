@@ -249,3 +249,85 @@ def test_one_name_for_a_scene_and_a_storyboard_is_not_a_case_collision(tmp_path:
     path = tmp_path / "x.scene"
     path.write_text(HEAD + "scene s {\n  ziggy\n}\nstoryboard s {\n  panel s\n}\n")
     assert load(path).plan.jobs
+
+
+# --------------------------------------------------------- 1. template values bounded as built
+
+A = "{% set a = 'x' * 1000000 %}"
+NESTED_SETS = A + "".join(
+    f"{{% set a{i} %}}{{{{ {p} }}}}{{{{ {p} }}}}{{% endset %}}"
+    for i, p in enumerate(["a", *(f"a{k}" for k in range(1, 11))], 1)
+)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        A + "{% set b = " + " ~ ".join(["a"] * 1500) + " %}",  # one `~` of 1,500 terms
+        NESTED_SETS,  # eleven nested captures, each twice the last
+        "{{ ('a\\n' * 500000)|indent('x' * 2500) }}",
+        "{% filter indent('x' * 2500) %}" + "a\n" * 2000 + "{% endfilter %}",
+        A + "{{ ([a] * 1000)|join }}",
+        A + "{{ ('%s' * 1000) % ([a] * 1000)|list }}",
+        A + "{{ ('{0}' * 1000).format(a) }}",
+        A + "{{ ('%s' * 1000)|format(*([a] * 1000)) }}",
+        A + "{{ [a] * 1000 }}",
+        A + "{{ ([a] * 1000)|string }}",
+        A + "{{ ([a] * 1000)|tojson }}",
+        A + "{{ ([a] * 1000)|pprint }}",
+        A + "{% set l = [[a] * 1000] %}{{ l * 1 }}",
+        "{{ ('\\t' * 500000).expandtabs(999999) }}",
+        "{{ ('a' * 1000).translate({97: 'x' * 100000}) }}",
+        A + "{{ a.replace('x', 'yy') }}",
+        "{{ ([['x'] * 1000] * 2000)|sum(start=[])|length }}",  # quadratic copies
+        "{% set ns = namespace(s='') %}{% for i in range(100000) %}"
+        "{% set ns.s = ns.s ~ 'xxxxxxxxxx' %}{% endfor %}",  # a string grown in a loop
+        "{% macro m() %}" + "{{ 'x' * 900000 }}" * 3 + "{% endmacro %}{{ m()|length }}",
+        "{% set n = 3 ** 2000 %}{% for i in range(20) %}{% set n = n * n %}{% endfor %}",
+        "{% set ns = namespace(l=[]) %}{% for i in range(300) %}{% set ns.l = [ns.l] %}{% endfor %}"
+        "{{ ns.l }}",
+    ],
+)
+def test_template_values_are_bounded_as_they_are_built(body: str) -> None:
+    from scenecraft.language.templating import render_template
+
+    tracemalloc.start()
+    try:
+        with pytest.raises(DiagnosticError) as exc:
+            render_template(HEAD + body + "\n", "t.scene.j2", {})
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert [d.code for d in exc.value.diagnostics] == ["template-limit"]
+    assert peak < 100 * 1024 * 1024, f"peak {peak / 2**20:.0f} MiB"  # it was 1.5 to 3.9 GB
+
+
+def test_a_self_containing_list_prints_as_python_does() -> None:
+    from scenecraft.language.templating import render_template
+
+    text = "{% set l = [1] %}{{ l.append(l) or '' }}{{ l }}\n"
+    assert render_template(text, "t.j2", {}).text == "[1, [...]]\n"
+
+
+def test_ordinary_string_building_still_works() -> None:
+    from scenecraft.language.templating import render_template
+
+    text = (
+        "{% set names = ['ann', 'bo'] %}{{ names|join(', ') ~ '!' }} {{ '%s-%d'|format('x', 3) }}"
+        " {{ 'a b'.replace(' ', '_') }} {{ ('ab' * 2)|upper }} {{ '{}/{}'.format(1, 2) }}"
+        "{% set block %}{{ 'in' }}{{ 'side' }}{% endset %} {{ block|indent(2) }}"
+        " {{ [[1], [2]]|sum(start=[]) }} {{ {'k': [1, 'v']} }}\n"
+    )
+    out = render_template(text, "t.j2", {}).text
+    assert out == "ann, bo! x-3 a_b ABAB 1/2 inside [1, 2] {'k': [1, 'v']}\n"
+
+
+def test_the_time_limit_holds_for_nested_captures() -> None:
+    import time
+
+    from scenecraft.language.templating import render_template
+
+    start = time.monotonic()
+    with pytest.raises(DiagnosticError):
+        render_template(HEAD + NESTED_SETS + "\n", "t.scene.j2", {})
+    assert time.monotonic() - start < 5  # it ran 25 s past a 10 s limit

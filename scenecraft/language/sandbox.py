@@ -389,6 +389,20 @@ class BoundedEnvironment(SandboxedEnvironment):
             self.budget.spend(format_size(left, values))
         return super().call_binop(context, operator, left, right)
 
+    def wrap_str_format(self, value: Any) -> Callable[..., str] | None:
+        """`str.format` / `format_map`, which Jinja wraps when the attribute is read (not in
+        `call`): the wrapper spends the predicted size first."""
+        wrapped = super().wrap_str_format(value)
+        if wrapped is None:
+            return None
+        owner, name, budget = value.__self__, value.__name__, self.budget
+
+        def bounded(*args: Any, **kwargs: Any) -> str:
+            budget.spend(method_size(owner, name, args, kwargs))
+            return wrapped(*args, **kwargs)
+
+        return bounded
+
     def _bits(self, bits: int, what: str) -> None:
         if bits > MAX_INT_BITS:
             raise TemplateLimit(
