@@ -331,3 +331,15 @@ def test_the_time_limit_holds_for_nested_captures() -> None:
     with pytest.raises(DiagnosticError):
         render_template(HEAD + NESTED_SETS + "\n", "t.scene.j2", {})
     assert time.monotonic() - start < 5  # it ran 25 s past a 10 s limit
+
+
+def test_small_steps_add_up_against_one_budget() -> None:
+    from scenecraft.language.templating import render_template
+
+    grow = (
+        "{% set ns = namespace(s='') %}{% for i in range(100000) %}"
+        "{% set ns.s = ns.s ~ 'xxxxxxxxxx' %}{% endfor %}\n"
+    )
+    with pytest.raises(DiagnosticError) as exc:
+        render_template(grow, "t.j2", {})
+    assert "33,554,432 characters and list items in all" in exc.value.diagnostics[0].message

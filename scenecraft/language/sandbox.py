@@ -169,6 +169,8 @@ def _materialise(value: Any, budget: Budget) -> Any:
     for i, item in enumerate(value):
         if i % 4096 == 0:
             budget.spend(4096, "a list")
+            if i > MAX_SEQUENCE:
+                raise _too_long(i, "a list")
         items.append(item)
     return items
 
