@@ -343,3 +343,16 @@ def test_small_steps_add_up_against_one_budget() -> None:
     with pytest.raises(DiagnosticError) as exc:
         render_template(grow, "t.j2", {})
     assert "33,554,432 characters and list items in all" in exc.value.diagnostics[0].message
+
+
+def test_reading_a_big_value_in_a_loop_costs_nothing() -> None:
+    from scenecraft.language.templating import render_template
+
+    text = (
+        "{% set a = 'x' * 1000000 %}{% set l = ['y'] * 1000000 %}{% set n = namespace(k=0) %}"
+        "{% for i in range(200) %}{% if a.startswith('x') and a.count('z') == 0 %}"
+        "{% set n.k = n.k + l.count('y') // 1000000 %}{% endif %}{% endfor %}{{ n.k }}\n"
+    )
+    assert render_template(text, "t.j2", {}).text == "200\n"
+    with pytest.raises(DiagnosticError):  # a list grown past 1,000,000 items by `extend`
+        render_template("{% set l = ['y'] * 1000000 %}{{ l.extend(l) }}\n", "t.j2", {})

@@ -272,16 +272,19 @@ def filter_size(name: str, args: list[Any], kwargs: dict[str, Any]) -> int | Non
     return None
 
 
+_STR_READ_ONLY = {"count", "find", "rfind", "index", "rindex", "startswith", "endswith"}
 _STR_GROW = {"upper", "lower", "title", "swapcase", "casefold", "capitalize"}
 
 
 def method_size(owner: Any, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> int:
     """Predicted size of ``owner.name(*args)`` for a string or list (before it runs)."""
     values = [*args, *kwargs.values()]
-    if isinstance(owner, list):
+    if isinstance(owner, list):  # what the list grows by (checked against the cap in `call`)
         if name == "extend" and values:
-            return len(owner) + (len(values[0]) if hasattr(values[0], "__len__") else 0)
-        return len(owner) + 1
+            return len(values[0]) if hasattr(values[0], "__len__") else 0
+        return {"append": 1, "insert": 1, "copy": len(owner)}.get(name, 0)
+    if name in _STR_READ_ONLY or name.startswith("is"):
+        return 0
     n = len(owner)
     if name in ("center", "ljust", "rjust", "zfill"):
         return max(n, *(_width(v) for v in values if _is_int(v)), 0)
@@ -419,7 +422,10 @@ class BoundedEnvironment(SandboxedEnvironment):
         if isinstance(owner, (str, list)):
             if name == "join" and args:
                 args = (_materialise(args[0], budget), *args[1:])
-            budget.spend(method_size(owner, name, args, kwargs))
+            size = method_size(owner, name, args, kwargs)
+            if isinstance(owner, list) and len(owner) + size > MAX_SEQUENCE:
+                raise _too_long(len(owner) + size, "a list")
+            budget.spend(size)
         result = super().call(__context, __obj, *args, **kwargs)
         _spend_result(budget, result)
         return result
