@@ -30,6 +30,9 @@ concept ziggy {
 """
 
 
+A = "{% set a = 'x' * 1000000 %}"  # a 1 MB string
+
+
 def tpl(body: str) -> str:
     return HEAD + body + "\nscene s {\n  ziggy\n}\n"
 
@@ -61,6 +64,38 @@ def write_inputs(d: Path) -> dict[str, list[str]]:
         ),
         "lipsum.scene.j2": tpl("{{ lipsum(10**6) }}"),
         "center.scene.j2": tpl("{{ 'x'|center(10**9) }}"),
+        # issue 32, language side
+        "tilde.scene.j2": tpl(A + "{% set b = " + " ~ ".join(["a"] * 1500) + " %}"),
+        "set-blocks.scene.j2": tpl(
+            A
+            + "".join(
+                f"{{% set a{i} %}}{{{{ {p} }}}}{{{{ {p} }}}}{{% endset %}}"
+                for i, p in enumerate(["a", *(f"a{k}" for k in range(1, 11))], 1)
+            )
+        ),
+        "indent.scene.j2": tpl("{{ ('a\\n' * 500000)|indent('x' * 2500) }}"),
+        "join.scene.j2": tpl(A + "{{ ([a] * 1000)|join }}"),
+        "percent-format.scene.j2": tpl(A + "{{ ('%s' * 1000) % ([a] * 1000)|list }}"),
+        "str-format.scene.j2": tpl(A + "{{ ('{0}' * 1000).format(a) }}"),
+        "print-list.scene.j2": tpl(A + "{{ [a] * 1000 }}"),
+        "grown-string.scene.j2": tpl(
+            "{% set ns = namespace(s='') %}{% for i in range(100000) %}"
+            "{% set ns.s = ns.s ~ 'xxxxxxxxxx' %}{% endfor %}"
+        ),
+        "comments.scene": HEAD + "# a comment\n" * 150_000 + "scene s {\n  ziggy\n}\n",
+        "blank-lines.scene": HEAD
+        + "\n" * (2 * 1024 * 1024 - len(HEAD) - 40)
+        + "scene s {\n  ziggy\n}\n",
+        "long-string.scene": HEAD + 'scene s {\n  ziggy wears "' + "ab" * 1_000_000 + '"\n}\n',
+        "extra-values.scene": HEAD
+        + "scene s {\n  ziggy\n  extra "
+        + ",".join(["a"] * 20_000)
+        + "\n}\n",
+        "panels.scene": HEAD
+        + "storyboard b {\n"
+        + '  panel "cap" {\n    ziggy\n  }\n' * 50_000
+        + "}\n",
+        "case.scene": HEAD + "".join(f"scene {n} {{\n  ziggy\n}}\n" for n in ("Scene1", "scene1")),
     }
     for name, text in files.items():
         (d / name).write_text(text, encoding="utf-8")
@@ -80,6 +115,18 @@ def write_inputs(d: Path) -> dict[str, list[str]]:
         size += len(s)
         i += 1
     (d / "max-size.scene").write_text(HEAD + "".join(scenes), encoding="utf-8")
+    # ten includes of 2 MiB libraries (copies: one path is included once anyway)
+    lib = "".join(f'concept c{k} {{\n  token "<C{k}>"\n}}\n' for k in range(60_000))
+    lib = lib[: lib.rindex("concept", 0, 2 * 1024 * 1024)]
+    for k in range(10):
+        (d / f"lib{k}.scene").write_text(lib, encoding="utf-8")
+    (d / "ten-includes.scene").write_text(
+        HEAD + "".join(f'include "lib{k}.scene"\n' for k in range(10)) + "scene s {\n  ziggy\n}\n",
+        encoding="utf-8",
+    )
+    deep = "[" * 100_000 + "]" * 100_000
+    (d / "deep.json").write_text('{"a": ' + deep + "}", encoding="utf-8")
+    (d / "deep.toml").write_text("a = " + deep + "\n", encoding="utf-8")
     (d / "twenty-thousand.scene").write_text(
         HEAD + "".join(f"scene s{k} {{\n  ziggy\n  seeds 0..1999\n}}\n" for k in range(10)),
         encoding="utf-8",
@@ -106,6 +153,32 @@ def write_inputs(d: Path) -> dict[str, list[str]]:
             "--out",
             "out",
         ],
+        # issue 32, language side
+        "1,500-term ~ of a 1 MB string": ["check", "tilde.scene.j2"],
+        "eleven nested {% set %} captures": ["check", "set-blocks.scene.j2"],
+        "('a\\n'*500000)|indent('x'*2500)": ["check", "indent.scene.j2"],
+        "([a]*1000)|join": ["check", "join.scene.j2"],
+        "('%s'*1000) % ([a]*1000)": ["check", "percent-format.scene.j2"],
+        "('{0}'*1000).format(a)": ["check", "str-format.scene.j2"],
+        "{{ [a]*1000 }}": ["check", "print-list.scene.j2"],
+        "string grown by ~ in a 100,000 loop": ["check", "grown-string.scene.j2"],
+        "150,000 comment lines": ["check", "comments.scene"],
+        "2 MiB of blank lines (check)": ["check", "blank-lines.scene"],
+        "2 MiB of blank lines (render --dry-run)": [
+            "render",
+            "blank-lines.scene",
+            "--dry-run",
+            "--out",
+            "out",
+        ],
+        "a 2 MB string": ["check", "long-string.scene"],
+        "extra a,a,... 20,000 values": ["check", "extra-values.scene"],
+        "50,000 inline storyboard panels": ["check", "panels.scene"],
+        "ten includes of 2 MiB files": ["check", "ten-includes.scene"],
+        "--vars 100,000-deep JSON": ["check", "plain.scene", "--vars", "deep.json"],
+        "--vars 100,000-deep TOML": ["check", "plain.scene", "--vars", "deep.toml"],
+        "--var 100,000-deep value": ["check", "plain.scene", "--var", "x=" + "[" * 100_000],
+        "Scene1 / scene1": ["check", "case.scene"],
     }
 
 
@@ -124,11 +197,14 @@ def measure(args: list[str], cwd: Path) -> dict[str, object]:
     rss = re.search(r"Maximum resident set size \(kbytes\): (\d+)", proc.stderr)
     code = re.search(r"(?:error|warning)\[([a-z0-9-]+)\]", proc.stderr)
     status = re.search(r"Exit status: (\d+)", proc.stderr)
+    # CPU time as well as wall time: on a shared, loaded machine wall time is several times CPU
+    cpu = re.findall(r"(?:User|System) time \(seconds\): ([0-9.]+)", proc.stderr)
     return {
         "exit": int(status.group(1)) if status else proc.returncode,
         "code": code.group(1) if code else None,
         "peak_rss_mb": round(int(rss.group(1)) / 1024, 1) if rss else None,
         "wall_s": round(wall, 2),
+        "cpu_s": round(sum(map(float, cpu)), 2),
     }
 
 

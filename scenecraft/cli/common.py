@@ -6,10 +6,10 @@ import argparse
 import logging
 import warnings
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
-from scenecraft.diagnostics import Diagnostic, DiagnosticError
+from scenecraft.diagnostics import MAX_SOURCE_BYTES, Diagnostic, DiagnosticError
+from scenecraft.files import read_capped
 from scenecraft.language.templating import parse_var, read_vars_file
 
 EXIT_OK = 0
@@ -83,9 +83,8 @@ class Output:
         """Read the files ``exc`` points into, to quote them."""
         for d in exc.diagnostics:
             if d.span and d.span.file not in self.sources:
-                try:
-                    self.sources[d.span.file] = Path(d.span.file).read_text(
-                        encoding="utf-8", errors="replace"
-                    )
-                except OSError:
-                    pass
+                try:  # bounded: a span may name a huge file or a device
+                    raw = read_capped(d.span.file, MAX_SOURCE_BYTES)
+                except (OSError, ValueError):
+                    continue
+                self.sources[d.span.file] = raw.decode("utf-8", errors="replace")

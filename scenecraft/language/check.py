@@ -129,6 +129,7 @@ class Checker:
         self.c = Collector()
         self.concepts: dict[str, ConceptInfo] = {}
         self.scenes: dict[str, SceneInfo] = {}
+        self.folders: dict[str, tuple[str, n.Ident]] = {}  # casefolded output folder names
         self.tokens: dict[str, ConceptInfo] = {}
         self.missing: list[tuple[str, n.Concept, Diagnostic]] = []  # reported once usage is known
         self.defaults: dict[str, Any] = dict(DEFAULTS)  # filled before scenes are checked
@@ -387,7 +388,24 @@ class Checker:
         if name in self.scenes:
             self.duplicate("scene", item.name, self.scenes[name].node.name, name)
             return
+        self.check_case("scene", item.name)
         self.scenes[name] = self.check_scene(item, name)
+
+    def check_case(self, what: str, name: n.Ident) -> None:
+        """`case-collision`: scenes and storyboards name output folders, and on macOS and
+        Windows `Scene1` and `scene1` (or `CON` and `con`) are one folder."""
+        first = self.folders.setdefault(name.name.casefold(), (what, name))
+        if first[1].name == name.name:
+            return
+        self.c.error(
+            "case-collision",
+            f"{what} `{name.name}` differs from {first[0]} `{first[1].name}` only in case",
+            name.span,
+            label="same folder as the first on macOS and Windows",
+            labels=(Label(first[1].span, "first defined here"),),
+            notes=("each scene and storyboard writes into a folder named after it",),
+            help="rename one so the names differ in more than upper and lower case",
+        )
 
     def check_scene(self, item: n.Scene, name: str, storyboard: str | None = None) -> SceneInfo:
         body = check_scene_body(self, item)
@@ -428,6 +446,7 @@ class Checker:
             if name in out:
                 self.duplicate("storyboard", item.name, out[name].node.name, name)
                 continue
+            self.check_case("storyboard", item.name)
             vals = schema.read_block(
                 self.c, item.settings, schema.STORYBOARD_KEYS, f"storyboard `{name}`"
             )

@@ -10,6 +10,7 @@ import hashlib
 import os
 import re
 import stat
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -437,14 +438,7 @@ def compile_plan(
                 name=board.name, columns=board.columns, title=board.title, panels=panels
             )
         )
-        jobs = [
-            j.model_copy(
-                update={"caption": _caption(board, j.scene), "panel": _panel(board, j.scene)}
-            )
-            if j.storyboard == board.name
-            else j
-            for j in jobs
-        ]
+    jobs = _with_panels(jobs, checked.storyboards.values())
     plan = p.RenderPlan(
         file=checked.program.main.path,
         source_sha256=hashlib.sha256(source_text.encode()).hexdigest(),
@@ -459,16 +453,21 @@ def compile_plan(
     return plan, warnings
 
 
-def _caption(board: Any, scene: str) -> str | None:
-    for panel in board.panels:
-        if panel.scene == scene:
-            return str(panel.caption) if panel.caption is not None else None
-    return None
-
-
-def _panel(board: Any, scene: str) -> int | None:
-    """0-based index of the inline panel that ``scene`` is (RenderJob.panel)."""
-    return next((i for i, panel in enumerate(board.panels) if panel.scene == scene), None)
+def _with_panels(jobs: list[p.RenderJob], boards: Iterable[Any]) -> list[p.RenderJob]:
+    """Each storyboard job with its panel's caption and 0-based index (one pass, by dict)."""
+    where: dict[str, dict[str, tuple[str | None, int | None]]] = {}
+    for board in boards:
+        found = where.setdefault(board.name, {})
+        for i, panel in enumerate(board.panels):
+            caption = str(panel.caption) if panel.caption is not None else None
+            found.setdefault(panel.scene, (caption, i))  # the first panel showing the scene
+    out = []
+    for j in jobs:
+        if j.storyboard is not None and j.storyboard in where:
+            caption, index = where[j.storyboard].get(j.scene, (None, None))
+            j = j.model_copy(update={"caption": caption, "panel": index})
+        out.append(j)
+    return out
 
 
 def _dedupe(jobs: list[p.RenderJob]) -> list[p.RenderJob]:
