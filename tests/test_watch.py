@@ -247,7 +247,7 @@ def test_settings_and_ctrl_c(
     assert built and scene in built[0]  # the first build ran, then Ctrl-C
     assert rel(list(out.glob("duo/*/*.png")), out) == ["duo/park/1.png", "duo/park/2.png"]
     captured = capsys.readouterr()
-    assert "rendered 2 image(s) (1.png, 2.png), 0 up to date" in captured.out
+    assert "rendered 2 image(s) (park/1.png, park/2.png), 0 up to date" in captured.out
     assert "Traceback" not in captured.err and captured.err.strip().endswith("stopped")
     port = int(captured.out.split("127.0.0.1:")[1].split("/")[0])
     with pytest.raises(ConnectionError):  # the page was stopped with the watch

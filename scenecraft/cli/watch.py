@@ -63,7 +63,7 @@ def report(outcome: Outcome) -> None:
         out.collect_sources(DiagnosticError(outcome.diagnostics))
         out.show(outcome.diagnostics)
     if outcome.ok:
-        names = ", ".join(str(Path(p).name) for p in outcome.written[:4])
+        names = ", ".join("/".join(Path(p).parts[-2:]) for p in outcome.written[:4])
         more = f" ({names}{', ...' if len(outcome.written) > 4 else ''})" if names else ""
         print(
             f"rendered {len(outcome.written)} image(s){more}, {len(outcome.skipped)} up to date "
