@@ -7,6 +7,7 @@ from __future__ import annotations
 import http.client
 import json
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -203,28 +204,41 @@ def test_live_page_in_chromium_follows_an_edit(tmp_path: Path) -> None:
         server.stop()
 
 
-def test_saves_come_through_watchfiles(tmp_path: Path) -> None:
-    pytest.importorskip("watchfiles", reason="the [watch] extra is not installed")
-    watched, other = tmp_path / "a.scene", tmp_path / "notes.txt"
-    watched.write_text("x\n")
-    stop = threading.Event()
+def next_save(it: Iterator[set[Path]], stop: threading.Event, *writes: Path) -> set[Path]:
+    """The next item of ``it``, rewriting ``writes`` until it comes (the watcher may not be up
+    yet); fails after 20 s."""
     got: list[set[Path]] = []
-    it = saves(lambda: {watched}, stop)
-
-    def consume() -> None:
-        got.extend(it)
-
-    thread = threading.Thread(target=consume, daemon=True)
+    thread = threading.Thread(target=lambda: got.append(next(it)), daemon=True)
     thread.start()
-    for _ in range(100):  # until the watcher is up: writes before it started are not seen
-        other.write_text("ignored\n")
-        watched.write_text("y\n")
-        if got:
-            break
+    for n in range(100):
+        for path in writes:
+            path.write_text(f"{n}\n")
         thread.join(timeout=0.2)
+        if got:
+            return got[0]
     stop.set()
-    thread.join(timeout=10)
-    assert got and all(p.resolve() == watched.resolve() for s in got for p in s)
+    pytest.fail("no change came through")
+
+
+def test_saves_come_through_watchfiles_and_none_is_lost(tmp_path: Path) -> None:
+    pytest.importorskip("watchfiles", reason="the [watch] extra is not installed")
+    a, b, other = tmp_path / "a.scene", tmp_path / "b.scene", tmp_path / "notes.txt"
+    for path in (a, b, other):
+        path.write_text("x\n")
+    stop = threading.Event()
+    it = saves(lambda: {a, b}, stop)
+    try:
+        first = next_save(it, stop, other, a)  # `other` is in the folder, not watched
+        assert {p.resolve() for p in first} == {a.resolve()}
+        b.write_text("saved while the caller builds\n")  # the generator is suspended here
+        time.sleep(0.5)
+        later: set[Path] = set()
+        while b.resolve() not in later:  # no more writes: b's save must come through
+            batch = {p.resolve() for p in next_save(it, stop)}
+            assert batch <= {a.resolve(), b.resolve()}  # (a: its last write, late)
+            later |= batch
+    finally:
+        stop.set()
 
 
 def test_settings_and_ctrl_c(

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator
-from functools import partial
 from pathlib import Path
 from types import ModuleType
 
@@ -31,32 +30,36 @@ def require_watchfiles() -> ModuleType:
     return watchfiles
 
 
-def _wanted(files: frozenset[Path], _change: object, name: str) -> bool:
-    return Path(name).resolve() in files
-
-
 def saves(
     paths: Callable[[], set[Path]], stop: threading.Event | None = None
 ) -> Iterator[set[Path]]:
-    """Yield the set of changed files after each save of one of ``paths()``; the set of paths
-    is asked again after every change (a new `include` is watched from then on). Ends when
-    ``stop`` is set; Ctrl-C raises KeyboardInterrupt."""
+    """Yield the set of changed files after each save of one of ``paths()``.
+
+    ``paths()`` is asked again after every change (a new `include` is watched from then on).
+    One watcher stays open while the folders stay the same, so a save made while the caller
+    builds is not lost: it comes with the next item. Ends when ``stop`` is set; Ctrl-C raises
+    KeyboardInterrupt."""
     watchfiles = require_watchfiles()
+    files: set[Path] = set()
+
+    def wanted(_change: object, name: str) -> bool:
+        return Path(name).resolve() in files
+
     while stop is None or not stop.is_set():
         files = {p.resolve() for p in paths()}
-        folders = sorted({p.parent for p in files if p.parent.is_dir()})
+        folders = _folders(files)
         if not folders:
             return
-        changed: set[Path] = set()
         for batch in watchfiles.watch(
-            *folders,
-            watch_filter=partial(_wanted, frozenset(files)),
-            debounce=DEBOUNCE_MS,
-            recursive=False,
-            stop_event=stop,
+            *folders, watch_filter=wanted, debounce=DEBOUNCE_MS, recursive=False, stop_event=stop
         ):
-            changed = {Path(name) for _change, name in batch}
-            break  # back to `paths()`: the build may have found other includes
-        if not changed:
+            yield {Path(name) for _change, name in batch}
+            files = {p.resolve() for p in paths()}
+            if _folders(files) != folders:
+                break  # an include in another folder: watch the new set of folders
+        else:
             return  # stopped
-        yield changed
+
+
+def _folders(files: set[Path]) -> list[Path]:
+    return sorted({p.parent for p in files if p.parent.is_dir()})
