@@ -29,7 +29,12 @@ from tests._fixtures_render import (
     one_thread,  # noqa: F401  (autouse)
     saved_pipeline_dir,
 )
-from tests._optional import missing
+from tests._optional import missing, require_module
+
+
+def needs_watchfiles() -> None:
+    """Skip where the [watch] extra is missing, but fail under SCENECRAFT_CI=1."""
+    require_module("watchfiles", install='pip install "scenecraft[watch]"')
 
 
 def write_scene(folder: Path, method: str = "none") -> Path:
@@ -221,7 +226,7 @@ def next_save(it: Iterator[set[Path]], stop: threading.Event, *writes: Path) -> 
 
 
 def test_saves_come_through_watchfiles_and_none_is_lost(tmp_path: Path) -> None:
-    pytest.importorskip("watchfiles", reason="the [watch] extra is not installed")
+    needs_watchfiles()
     a, b, other = tmp_path / "a.scene", tmp_path / "b.scene", tmp_path / "notes.txt"
     for path in (a, b, other):
         path.write_text("x\n")
@@ -244,6 +249,7 @@ def test_saves_come_through_watchfiles_and_none_is_lost(tmp_path: Path) -> None:
 def test_settings_and_ctrl_c(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    needs_watchfiles()
     args = build_parser().parse_args(["watch", "s.scene", "--only", "a", "--port", "0"])
     s = WatchSettings.from_args(args)
     assert (s.source.file, s.only, s.out, s.port) == ("s.scene", ("a",), "./out", 0)
