@@ -14,7 +14,7 @@ function serverOptions() {
   return { command, args, transport: TransportKind.stdio };
 }
 
-async function start(context) {
+async function start() {
   const options = serverOptions();
   client = new LanguageClient(
     "scenecraft",
@@ -41,7 +41,6 @@ async function start(context) {
         'Install it with `pip install "scenecraft[lsp]"` or set `scenecraft.executable`.'
     );
   }
-  context.subscriptions.push({ dispose: () => stop() });
 }
 
 async function stop() {
@@ -56,24 +55,25 @@ async function stop() {
   }
 }
 
-async function restart(context) {
+async function restart() {
   await stop();
-  await start(context);
+  await start();
 }
 
 function activate(context) {
   context.subscriptions.push(
-    vscode.commands.registerCommand("scenecraft.restartServer", () => restart(context)),
+    { dispose: () => stop() },
+    vscode.commands.registerCommand("scenecraft.restartServer", () => restart()),
     vscode.workspace.onDidChangeConfiguration((event) => {
       if (
         event.affectsConfiguration("scenecraft.executable") ||
         event.affectsConfiguration("scenecraft.args")
       ) {
-        restart(context);
+        restart();
       }
     })
   );
-  return start(context);
+  return start();
 }
 
 function deactivate() {
