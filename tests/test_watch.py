@@ -246,6 +246,51 @@ def test_saves_come_through_watchfiles_and_none_is_lost(tmp_path: Path) -> None:
         stop.set()
 
 
+def test_a_real_save_of_an_included_file_rerenders(tmp_path: Path) -> None:
+    """watchfiles -> watch_loop -> render: a save of the concept library the file includes."""
+    needs_watchfiles()
+    scene = write_scene(tmp_path)
+    text = scene.read_text(encoding="utf-8")
+    library = tmp_path / "cast" / "momo.scene"  # another folder: watched once included
+    library.parent.mkdir()
+    start = text.index("concept momo")
+    block = text[start : text.index("}\n", start) + 2]
+    library.write_text(block, encoding="utf-8")
+    scene.write_text(text.replace(block, 'include "cast/momo.scene"\n'), encoding="utf-8")
+    builder = builder_for(scene, tmp_path)
+    stop = threading.Event()
+    outcomes: list[Any] = []
+
+    def loop() -> None:
+        for outcome in watch_loop(builder, saves(lambda: builder.watched, stop)):
+            outcomes.append(outcome)
+
+    thread = threading.Thread(target=loop, daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: len(outcomes) >= 1)
+        time.sleep(1.0)  # the watcher opens its folders; no second build without a save
+        assert len(outcomes) == 1 and len(outcomes[0].written) == 4
+        assert library.resolve() in {p.resolve() for p in builder.watched}
+        edit(library, '"dog"', '"puppy"')  # momo's class: the beach prompts change
+        wait_for(lambda: len(outcomes) >= 2)
+        # a concept edit changes the merge key, which every job's key includes: all 4 redrawn
+        assert len(outcomes[1].written) == 4
+        prompts = [c["prompt"] for c in builder.state.snapshot()["sections"][0]["cells"]]
+        assert prompts[2:] == ["<MOMO> puppy, in a beach"] * 2
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+    assert not thread.is_alive() and len(outcomes) == 2
+
+
+def wait_for(condition: Any, seconds: float = 60.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
 def test_settings_and_ctrl_c(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

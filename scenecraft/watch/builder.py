@@ -36,6 +36,7 @@ from scenecraft.render.outputs import Manifest
 from scenecraft.watch.state import Cell, LiveState, Section, diagnostic_row
 
 SCENE_COLUMNS = 6  # most cells per row in a scene's section
+Stamp = tuple[int, int] | None  # a file's (mtime_ns, size), None when it cannot be read
 
 
 @dataclass
@@ -142,10 +143,10 @@ class Builder:
         if isinstance(event, ImageWritten):
             self.state.image_ready(Path(event.path))
 
-    def fingerprint(self) -> dict[Path, tuple[int, int] | None]:
-        """(mtime, size) of every watched file, to notice a save made during a build."""
-        out: dict[Path, tuple[int, int] | None] = {}
-        for path in sorted(self.watched):
+    def fingerprint(self, paths: Iterable[Path] | None = None) -> dict[Path, Stamp]:
+        """(mtime, size) of ``paths`` (every watched file), to notice a save during a build."""
+        out: dict[Path, Stamp] = {}
+        for path in sorted(self.watched if paths is None else paths):
             try:
                 st = path.stat()
                 out[path] = (st.st_mtime_ns, st.st_size)
@@ -166,7 +167,8 @@ def _settled(builder: Builder) -> Iterator[Outcome]:
     while True:
         before = builder.fingerprint()
         yield builder.build()
-        if builder.fingerprint() == before:
+        # the files watched before the build: a new include found by it is not a change
+        if builder.fingerprint(before) == before:
             return
 
 
