@@ -51,6 +51,7 @@ class LiveState:
     diagnostics: list[dict[str, Any]] = field(default_factory=list)
     sections: list[Section] = field(default_factory=list)
     cells: list[Cell] = field(default_factory=list)
+    by_path: dict[Path, int] = field(default_factory=dict, repr=False)  # cell index by file
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     subscribers: list[queue.Queue[int]] = field(default_factory=list, repr=False)
 
@@ -87,16 +88,17 @@ class LiveState:
         """A new good plan: its grid replaces the old one; errors give way to its warnings."""
         with self.lock:
             self.sections, self.cells = list(sections), list(cells)
+            self.by_path = {c.path: n for n, c in enumerate(self.cells)}
             self.diagnostics = list(warnings)
             self._changed()
 
     def image_ready(self, path: Path) -> None:
         """An image of the grid landed on disk (written, or verified up to date)."""
         with self.lock:
-            for n, cell in enumerate(self.cells):
-                if cell.path == path and cell.state != "ready":
-                    self.cells[n] = replace(cell, state="ready")
-                    self._changed()
+            n = self.by_path.get(path)
+            if n is not None and self.cells[n].state != "ready":
+                self.cells[n] = replace(self.cells[n], state="ready")
+                self._changed()
 
     def show_diagnostics(
         self, diagnostics: Iterable[Diagnostic], sources: Mapping[str, str] | None = None
