@@ -140,6 +140,36 @@ def _review_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="with --summary: JSON on stdout")
 
 
+def _watch_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("file", metavar="FILE")
+    _source_args(p)
+    p.add_argument(
+        "--only",
+        action="append",
+        default=[],
+        metavar="SCENE",
+        help="render only this scene or storyboard (repeatable)",
+    )
+    p.add_argument("--out", default="./out", metavar="DIR", help="output folder (default ./out)")
+    p.add_argument(
+        "--port",
+        type=_port,
+        default=8766,
+        metavar="N",
+        help="port of the live page on 127.0.0.1 (default 8766; 0 picks a free one)",
+    )
+    p.add_argument(
+        "--device", default=None, metavar="D", help="cuda, cuda:N, mps, cpu (default: best)"
+    )
+    p.add_argument(
+        "--dtype",
+        default=None,
+        metavar="T",
+        help=f"{', '.join(DTYPES)} (default: fp16 on GPU, fp32 on CPU)",
+    )
+    _cache_dir_arg(p)
+
+
 _SIZE_UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
 _TIME_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
@@ -244,6 +274,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("review", help="rate rendered images against their references (a page)")
     _review_args(p)
 
+    p = sub.add_parser(
+        "watch", help="re-render a scene file's changed images on every save, with a live page"
+    )
+    _watch_args(p)
+
     p = sub.add_parser("cache", help="list or prune the merge cache (no model needed)")
     _cache_args(p)
 
@@ -331,6 +366,33 @@ class ReviewSettings:
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> ReviewSettings:
         return cls(Path(args.out_dir), args.port, args.summary, args.json)
+
+
+@dataclass(frozen=True)
+class WatchSettings:
+    """``scenecraft watch``."""
+
+    source: SourceSettings  # the file and its template variables
+    only: tuple[str, ...] = ()
+    out: str = "./out"
+    port: int = 8766  # the live page, on 127.0.0.1 (0: a free port)
+    max_jobs: int | None = None
+    device: str | None = None
+    dtype: str | None = None
+    cache_dir: str | None = None
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> WatchSettings:
+        return cls(
+            source=SourceSettings.from_args(args),
+            only=tuple(args.only),
+            out=args.out,
+            port=args.port,
+            max_jobs=args.max_jobs,
+            device=args.device,
+            dtype=args.dtype,
+            cache_dir=args.cache_dir,
+        )
 
 
 @dataclass(frozen=True)

@@ -56,10 +56,15 @@ def resource_fault(exc: BaseException) -> Diagnostic | None:
 
 def variables(args: argparse.Namespace) -> dict[str, Any]:
     """The template variables of ``--vars FILE`` (in order), then ``--var KEY=VALUE``."""
+    return variables_of(args.vars, args.var)
+
+
+def variables_of(vars_files: Sequence[str], var_items: Sequence[str]) -> dict[str, Any]:
+    """The template variables of these ``--vars`` files, then these ``--var`` items."""
     out: dict[str, Any] = {}
-    for f in args.vars:
+    for f in vars_files:
         out.update(read_vars_file(f))
-    for item in args.var:
+    for item in var_items:
         key, value = parse_var(item)
         out[key] = value
     return out

@@ -1,7 +1,8 @@
-"""The `scenecraft` command: check, compile, fmt, layout, merge, render, review, cache, lsp.
+"""The `scenecraft` command: check, compile, fmt, layout, merge, render, review, watch, cache,
+lsp.
 
 Every user error is a Diagnostic rendered here (exit code 2); nothing below prints a traceback.
-Arguments are defined in `scenecraft.cli.args`; only `merge` and `render` import torch.
+Arguments are defined in `scenecraft.cli.args`; only `merge`, `render` and `watch` import torch.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from scenecraft.cli.args import (
     MergeSettings,
     RenderSettings,
     ReviewSettings,
+    WatchSettings,
     build_parser,
 )
 from scenecraft.cli.common import (
@@ -60,6 +62,12 @@ def cmd_review(args: argparse.Namespace, out: Output) -> int:
     return run_review(ReviewSettings.from_args(args))
 
 
+def cmd_watch(args: argparse.Namespace, out: Output) -> int:
+    from scenecraft.cli.watch import run as run_watch  # torch: it renders
+
+    return run_watch(WatchSettings.from_args(args))
+
+
 def cmd_cache(args: argparse.Namespace, out: Output) -> int:
     from scenecraft.cli.cache import run as run_cache  # reads manifests: no torch
 
@@ -88,6 +96,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Output], int]] = {
     "merge": cmd_merge,
     "render": cmd_render,
     "review": cmd_review,
+    "watch": cmd_watch,
     "cache": cmd_cache,
     "lsp": cmd_lsp,
 }
