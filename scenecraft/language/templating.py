@@ -197,6 +197,7 @@ def render_template(text: str, file: str, variables: dict[str, Any]) -> Rendered
     """Render ``text`` with ``variables``; raises DiagnosticError pointing into the template."""
     env = environment(_strict_tojson)
     lines = text.count("\n") + 1
+    _refuse_string_loops(env, text, file, variables)
     try:
         try:
             template = env.from_string(_instrument(text))
@@ -257,6 +258,33 @@ def render_template(text: str, file: str, variables: dict[str, Any]) -> Rendered
             ]
         ) from None
     return _strip_marks(out, lines)
+
+
+def _refuse_string_loops(
+    env: jinja2.Environment, text: str, file: str, variables: dict[str, Any]
+) -> None:
+    """``{% for place in places %}`` over ``--var places="on grass"`` would loop over letters
+    (``scene p-- {``): a string variable given where the template loops is a `bad-variable`."""
+    try:
+        tree = env.parse(text)
+    except jinja2.TemplateSyntaxError:
+        return  # rendering reports it, with its line
+    for loop in tree.find_all(jinja2.nodes.For):
+        it = loop.iter
+        if isinstance(it, jinja2.nodes.Name) and isinstance(variables.get(it.name), str):
+            value = variables[it.name]
+            raise DiagnosticError(
+                [
+                    Diagnostic(
+                        "bad-variable",
+                        f"`{it.name}` is a string, but this `for` loops over it letter by letter",
+                        _span_for(file, text, loop.lineno, it.name),
+                        label="expects a list",
+                        help=f"pass a list: `--var {it.name}='{json.dumps([value])}'`, or "
+                        f"`{it.name} = {json.dumps([value])}` in a --vars TOML file",
+                    )
+                ]
+            )
 
 
 def _undefined(
