@@ -80,10 +80,6 @@ def generators(tasks: Sequence[ImageTask]) -> list[torch.Generator]:
     return [torch.Generator("cpu").manual_seed(t.seed) for t in tasks]
 
 
-def is_oom(exc: BaseException) -> bool:
-    return isinstance(exc, torch.cuda.OutOfMemoryError)
-
-
 def run_halving(
     batch: Sequence[ImageTask],
     call: Callable[[Sequence[ImageTask]], None],
