@@ -289,10 +289,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    return build_parser().parse_args(argv)
-
-
 @dataclass(frozen=True)
 class SourceSettings:
     """Which scene file, with which template variables."""

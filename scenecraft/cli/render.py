@@ -171,7 +171,11 @@ def _merge_line(plan: RenderPlan, s: RenderSettings, needed: bool) -> str:
         return (
             f"{what}: not among the cached merges that name their plan ({older} older ones do not)"
         )
-    extra = " (its scene_prompts are part of it)" if spec.stages.get("scene_prompts") else ""
+    extra = (
+        " (its scene_prompts are part of it)"
+        if getattr(spec.params, "scene_prompts", False)
+        else ""
+    )
     return f"{what}: not cached, the run merges first{extra}"
 
 

@@ -19,6 +19,7 @@ from scenecraft.language import nodes as n
 from scenecraft.language import schema
 from scenecraft.language.check_scene import SceneBody, check_scene_body
 from scenecraft.language.loader import Program, is_file, remap, resolve_path
+from scenecraft.merge.config import rule_errors
 from scenecraft.names import SAMPLERS
 
 
@@ -354,7 +355,18 @@ class Checker:
             )
             return "none", {}
         vals = schema.read_block(self.c, item.settings, table, f"merge `{method}`")
-        return method, {k: v for k, (v, _) in vals.items()}
+        values = {k: v for k, (v, _) in vals.items()}
+        for rule in rule_errors(method, values):  # rules between parameters, at check time
+            setting = vals[rule.param][1] if rule.param in vals else None
+            self.c.error(
+                "conflicting-merge-params",
+                rule.message,
+                setting.span if setting else item.method.span,
+                label="conflicts with " + ", ".join(f"`{o}`" for o in rule.others or ("these",)),
+                labels=tuple(Label(vals[o][1].span, "set here") for o in rule.others if o in vals),
+                help=rule.help,
+            )
+        return method, values
 
     def check_defaults(self, item: n.Defaults) -> dict[str, Any]:
         vals = schema.read_block(self.c, item.settings, schema.DEFAULTS_KEYS, "`defaults`")

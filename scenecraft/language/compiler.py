@@ -20,7 +20,7 @@ from scenecraft.diagnostics import Diagnostic, DiagnosticError
 from scenecraft.files import sha256_file
 from scenecraft.language import nodes as n
 from scenecraft.language.check import Checked, ConceptInfo, SceneInfo
-from scenecraft.merge.config import resolve
+from scenecraft.merge.config import Stages, parse
 from scenecraft.prompts import SceneText, Subject, alone, anonymous, region_prompt, scene_prompt
 
 CLIP_WINDOW = 77
@@ -108,8 +108,8 @@ def merge_spec(checked: Checked, used: list[str], composed: dict[str, Composed])
         else p.BaseModelSpec(source="")
     )
     concepts = tuple(concept_spec(checked.concepts[c]) for c in checked.concepts if c in used)
-    params, stages = resolve(checked.merge_method, checked.merge_params)
-    if stages.get("scene_prompts"):  # the merge reads the prompts: they belong to its key
+    params = parse(checked.merge_method, checked.merge_params)  # checked: rules hold
+    if isinstance(params, Stages) and params.scene_prompts:  # the merge reads them: key
         prompts = scene_prompts(checked, composed)
         concepts = tuple(
             c.model_copy(update={"prompts": prompts.get(c.name, ())}) for c in concepts
@@ -117,9 +117,7 @@ def merge_spec(checked: Checked, used: list[str], composed: dict[str, Composed])
     spec = p.MergeSpec(
         base=base,
         concepts=concepts,
-        method=checked.merge_method,  # type: ignore[arg-type]
         params=params,
-        stages=stages,
     )
     files = [
         (file_digest(c.lora) if c.lora else None, file_digest(c.embedding) if c.embedding else None)

@@ -259,18 +259,6 @@ def read_png_metadata(path: str | Path) -> PngMetadata:
     return PngMetadata(text.get("parameters"), ours, text)
 
 
-def existing_key(path: Path) -> str | None:
-    """The image key recorded in an existing PNG, or None (missing, unreadable, foreign)."""
-    if not path.is_file():
-        return None
-    try:
-        meta = read_png_metadata(path)
-    except Exception:  # a torn or foreign file simply gets rendered again
-        return None
-    key = (meta.scenecraft or {}).get("key")
-    return key if isinstance(key, str) else None
-
-
 def sha256_bytes_of(path: Path) -> str | None:
     """sha256 of a file's bytes, or None when it cannot be read."""
     digest = hashlib.sha256()
