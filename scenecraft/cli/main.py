@@ -1,7 +1,7 @@
-"""The `scenecraft` command: check, compile, fmt, layout, merge, render, review, cache.
+"""The `scenecraft` command: check, compile, fmt, layout, merge, render, export, review, cache.
 
 Every user error is a Diagnostic rendered here (exit code 2); nothing below prints a traceback.
-Arguments are defined in `scenecraft.cli.args`; only `merge` and `render` import torch.
+Arguments are defined in `scenecraft.cli.args`; only `merge`, `render` and `export` import torch.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from scenecraft.api import Loaded, load
 from scenecraft.cli.args import (
     CacheSettings,
+    ExportSettings,
     MergeSettings,
     RenderSettings,
     ReviewSettings,
@@ -45,6 +46,12 @@ def cmd_render(args: argparse.Namespace, out: Output) -> int:
     return run(RenderSettings.from_args(args), loaded)
 
 
+def cmd_export(args: argparse.Namespace, out: Output) -> int:
+    from scenecraft.cli.export import run  # torch: imported for merge, render and export only
+
+    return run(ExportSettings.from_args(args), _load(args, out, allow_missing=False), out)
+
+
 def cmd_review(args: argparse.Namespace, out: Output) -> int:
     # imported here: the rating page's HTTP server and PIL stay out of check/compile/fmt
     from scenecraft.cli.review import run as run_review
@@ -65,6 +72,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Output], int]] = {
     "layout": cmd_layout,
     "merge": cmd_merge,
     "render": cmd_render,
+    "export": cmd_export,
     "review": cmd_review,
     "cache": cmd_cache,
 }
