@@ -24,6 +24,7 @@ from scenecraft.export.comfyui import ModelFiles, plan_workflows
 from scenecraft.export.embeddings import embedding_name, write_embeddings
 from scenecraft.export.lora import (
     DEFAULT_MAX_ERROR,
+    KOHYA_ALPHA,
     LoRAFormat,
     LoRAReport,
     factor_all,
@@ -180,7 +181,8 @@ def _write_lora(
 ) -> LoRAReport:
     assert options.lora is not None
     max_error = None if options.rank is not None else options.max_error
-    layers = factor_all(deltas, max_error=max_error, rank=options.rank, dtype=dtype)
+    alpha = KOHYA_ALPHA if options.lora_format == "kohya" else None  # peft: alpha = rank
+    layers = factor_all(deltas, max_error=max_error, rank=options.rank, dtype=dtype, alpha=alpha)
     tensors = lora_tensors(layers, options.lora_format, sdxl=sdxl)
     meta = header_metadata(
         manifest,

@@ -6,8 +6,16 @@ For every module the merge changed, ΔW* (out, in·kh·kw) = U Σ Vᵀ and the r
 
 with r the smallest rank whose relative Frobenius error
 ``‖ΔW* − B A‖_F / ‖ΔW*‖_F = sqrt(Σ_{i>r} σ_i²) / sqrt(Σ_i σ_i²)`` is within the budget
-(``max_error``), or a fixed ``rank`` (the error is then reported). alpha = r for every module, so
-every loader applies the factors at scale 1 (no per-module alpha to misread).
+(``max_error``), or a fixed ``rank`` (the error is then reported).
+
+Scale: every loader applies ``(alpha / r) · up @ down``. A kohya file gets ONE alpha for every
+module (``KOHYA_ALPHA`` = 1, kohya's own default) and factors scaled by √(r / alpha), so the
+product is ΔW at any rank. Per-module alpha = r (what the issue first asked for) is a trap once
+ranks differ per layer: diffusers applies the most common alpha to every module (measured on
+the toy world: 78 of 92 modules at the wrong scale, up to 40% off); one alpha is read right by
+diffusers, A1111/Forge and ComfyUI alike. A PEFT file keeps the factors as they are and records
+each module's rank and alpha = rank in diffusers' ``lora_adapter_metadata`` (rank_pattern,
+alpha_pattern).
 
 Key names: kohya (``lora_unet_…``, ``lora_te_text_model_…``; SDXL ``lora_te1_``/``lora_te2_``,
 what A1111/Forge and ComfyUI load) or PEFT (``unet.….lora_A.weight``, what diffusers'
@@ -32,6 +40,7 @@ import torch
 LoRAFormat = Literal["kohya", "peft"]
 FORMATS: tuple[str, ...] = ("kohya", "peft")
 DEFAULT_MAX_ERROR = 0.01  # relative Frobenius error per layer
+KOHYA_ALPHA = 1.0  # the one alpha of every module of a kohya file (module docstring)
 
 
 @dataclass(frozen=True)
@@ -42,8 +51,9 @@ class Factored:
     up: torch.Tensor  # B, (out, r) or (out, r, 1, 1) for convs
     down: torch.Tensor  # A, (r, in) or (r, in, kh, kw) for convs
     rank: int
-    error: float  # ‖ΔW − B A‖_F / ‖ΔW‖_F, measured after the cast to the file's dtype
+    error: float  # ‖ΔW − s · B A‖_F / ‖ΔW‖_F, measured after the cast to the file's dtype
     full_rank: int  # min(out, in·kh·kw): the rank that would be exact
+    alpha: float | None = None  # the file's alpha (s = alpha / rank); None: alpha = rank, s = 1
 
 
 @dataclass
@@ -106,8 +116,10 @@ def factor(
     max_error: float | None = DEFAULT_MAX_ERROR,
     rank: int | None = None,
     dtype: torch.dtype = torch.float16,
+    alpha: float | None = None,
 ) -> Factored | None:
-    """Truncated SVD of one ΔW (its module's weight shape); None when ΔW is zero."""
+    """Truncated SVD of one ΔW (its module's weight shape); None when ΔW is zero. With
+    ``alpha``, both factors are scaled by √(r / alpha) so that (alpha / r) · up @ down ≈ ΔW."""
     shape = tuple(delta.shape)
     dw = delta.detach().double().reshape(shape[0], -1)  # (out, in·kh·kw)
     norm = float(torch.linalg.matrix_norm(dw))
@@ -116,14 +128,16 @@ def factor(
     u, s, vh = torch.linalg.svd(dw, full_matrices=False)  # (out, k), (k,), (k, in·kh·kw)
     full = int(s.shape[0])
     r = min(rank, full) if rank is not None else choose_rank(s, float(max_error or 0.0))
-    root = s[:r].sqrt()
+    gain = math.sqrt(r / alpha) if alpha is not None else 1.0
+    root = s[:r].sqrt() * gain
     up = (u[:, :r] * root).to(dtype)  # (out, r)
     down = (root[:, None] * vh[:r]).to(dtype)  # (r, in·kh·kw)
-    error = float(torch.linalg.matrix_norm(dw - up.double() @ down.double())) / norm
+    approx = (up.double() @ down.double()) / gain**2
+    error = float(torch.linalg.matrix_norm(dw - approx)) / norm
     if len(shape) == 4:  # conv: A as (r, in, kh, kw), B as a 1×1 conv (out, r, 1, 1)
         down = down.reshape(r, *shape[1:])
         up = up.reshape(shape[0], r, 1, 1)
-    return Factored(module, up.contiguous(), down.contiguous(), r, error, full)
+    return Factored(module, up.contiguous(), down.contiguous(), r, error, full, alpha)
 
 
 def factor_all(
@@ -132,11 +146,12 @@ def factor_all(
     max_error: float | None = DEFAULT_MAX_ERROR,
     rank: int | None = None,
     dtype: torch.dtype = torch.float16,
+    alpha: float | None = None,
 ) -> list[Factored]:
     """Every nonzero ΔW* factored, in module order."""
     out = []
     for module in sorted(deltas):
-        f = factor(module, deltas[module], max_error=max_error, rank=rank, dtype=dtype)
+        f = factor(module, deltas[module], max_error=max_error, rank=rank, dtype=dtype, alpha=alpha)
         if f is not None:
             out.append(f)
     return out
@@ -169,14 +184,16 @@ def peft_key(module: str) -> str:
 def lora_tensors(
     layers: list[Factored], fmt: LoRAFormat, sdxl: bool = False
 ) -> dict[str, torch.Tensor]:
-    """The file's tensors; kohya files carry ``.alpha`` = rank per module."""
+    """The file's tensors; kohya modules carry their ``.alpha`` (factor them with
+    ``alpha=KOHYA_ALPHA``: one alpha for every module, see the module docstring)."""
     out: dict[str, torch.Tensor] = {}
     for f in layers:
         if fmt == "kohya":
             key = kohya_key(f.module, sdxl)
             out[f"{key}.lora_down.weight"] = f.down
             out[f"{key}.lora_up.weight"] = f.up
-            out[f"{key}.alpha"] = torch.tensor(float(f.rank), dtype=f.down.dtype)
+            alpha = float(f.rank) if f.alpha is None else f.alpha
+            out[f"{key}.alpha"] = torch.tensor(alpha, dtype=f.down.dtype)
         else:
             key = peft_key(f.module)
             out[f"{key}.lora_A.weight"] = f.down
@@ -239,6 +256,7 @@ def header_metadata(
         "scenecraft.export": json.dumps({"max_error": max_error, "rank": rank, "format": fmt}),
         "ss_network_module": "networks.lora",
         "ss_network_dim": str(max((f.rank for f in layers), default=0)),
+        "ss_network_alpha": str(KOHYA_ALPHA) if fmt == "kohya" else "rank",
         "modelspec.trigger_phrase": ", ".join(tokens),
     }
     if family in _BASE_VERSION:
