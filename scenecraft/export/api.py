@@ -34,7 +34,7 @@ from scenecraft.export.lora import (
 )
 from scenecraft.files import atomic_output, atomic_write_text
 from scenecraft.merge.api import merge
-from scenecraft.merge.apply import apply_merge
+from scenecraft.merge.apply import apply_merge, token_words
 from scenecraft.merge.cache import load_entry
 from scenecraft.plan import RenderPlan
 
@@ -141,7 +141,7 @@ def export_merge(
         report.embeddings += _embeddings_beside(options.lora, embeddings)
     # 3. the single-file checkpoint
     if options.checkpoint is not None:
-        state = ldm_checkpoint(pipe, deltas, dtype)
+        state = ldm_checkpoint(pipe, deltas, dtype, vocab=_base_vocab(pipe, embeddings))
         _save(options.checkpoint, state, {"scenecraft.merge_key": report.merge_key})
         report.checkpoint = {
             "path": str(options.checkpoint),
@@ -158,6 +158,18 @@ def export_merge(
         pipe.save_pretrained(str(options.diffusers), safe_serialization=True)
         report.diffusers = str(options.diffusers)
     return report
+
+
+def _base_vocab(pipe: Any, embeddings: dict[str, dict[str, Any]]) -> int | None:
+    """The tokenizer's size before the merge engine added the entry's tokens to ``pipe`` (they
+    are added last), or None when none of them is in it."""
+    tokenizer = getattr(pipe, "tokenizer", None)
+    rows = embeddings.get("text_encoder", {})
+    if tokenizer is None or not rows:
+        return None
+    added = tokenizer.added_tokens_encoder
+    ids = [added[w] for t, v in rows.items() for w in token_words(t, v.shape[0]) if w in added]
+    return min(ids) if ids else None
 
 
 def _is_sdxl(pipe: Any) -> bool:

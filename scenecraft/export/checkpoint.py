@@ -180,9 +180,15 @@ def fused_state(
 
 
 def ldm_checkpoint(
-    pipe: Any, deltas: Mapping[str, torch.Tensor], dtype: torch.dtype = torch.float16
+    pipe: Any,
+    deltas: Mapping[str, torch.Tensor],
+    dtype: torch.dtype = torch.float16,
+    vocab: int | None = None,
 ) -> dict[str, torch.Tensor]:
-    """The fused pipeline as one LDM-named state dict (SD 1.x/2.x with a CLIP text encoder)."""
+    """The fused pipeline as one LDM-named state dict (SD 1.x/2.x with a CLIP text encoder).
+
+    ``vocab``: the base tokenizer's size; rows past it (tokens the merge engine added to this
+    process's pipeline) are dropped, as the file's tokenizer is the base's."""
     if getattr(pipe, "text_encoder_2", None) is not None or getattr(pipe, "unet", None) is None:
         raise error(
             "export-checkpoint-family",
@@ -197,5 +203,8 @@ def ldm_checkpoint(
     for k, v in _convert(vae.state_dict(), lambda k: vae_key(k, vae.config), VAE_PREFIX).items():
         out[k] = _vae_tensor(k, v.detach().cpu())
     text = fused_state(pipe.text_encoder, "text_encoder", deltas)
+    if vocab is not None:
+        for key in [k for k in text if k.endswith("token_embedding.weight")]:
+            text[key] = text[key][:vocab]
     out.update(_convert(text, clip_key, CLIP_PREFIX))
     return {k: v.to(dtype).contiguous() if v.is_floating_point() else v for k, v in out.items()}
