@@ -75,6 +75,7 @@ def sampler_def(name: str) -> SamplerDef:
         help=did_you_mean(name, SAMPLERS) or "use one of the known samplers (A1111 names)",
     )
 
+
 # --------------------------------------------------------------------- ComfyUI's samplers
 # A1111 name -> (KSampler sampler_name, scheduler) in ComfyUI's built-in KSampler (the version
 # recorded in tests/data/comfyui_nodes.json). None: ComfyUI has no equivalent; `scenecraft

@@ -173,7 +173,9 @@ def test_validator_rejects_what_comfyui_would() -> None:
 def _scene(folder: Path, sampler: str = "DDIM", extra: str = "") -> Path:
     ziggy, momo = lora_files()
     emb = folder / "ziggy-emb.safetensors"
-    write_embedding(emb, "<ZIGGY>", 0.05 * torch.randn(2, 32, generator=torch.Generator().manual_seed(3)))
+    write_embedding(
+        emb, "<ZIGGY>", 0.05 * torch.randn(2, 32, generator=torch.Generator().manual_seed(3))
+    )
     scene = folder / "cast.scene"
     scene.write_text(
         f'model "{saved_pipeline_dir()}" family sd15\n'
@@ -183,7 +185,7 @@ def _scene(folder: Path, sampler: str = "DDIM", extra: str = "") -> Path:
         "merge linear\n"
         f'defaults {{\n  size 64x64\n  steps 2\n  sampler "{sampler}"\n  seeds 7\n{extra}}}\n'
         'scene park {\n  setting "a park"\n  ziggy left of momo\n}\n'
-        'scene alone {\n  ziggy\n}\n',
+        "scene alone {\n  ziggy\n}\n",
         encoding="utf-8",
     )
     return scene
@@ -196,7 +198,12 @@ def exported(root: str) -> dict[str, Any]:
     scene = _scene(folder)
     out = folder / "out"
     argv = ["export", str(scene), "--json", "--cache-dir", str(folder / "cache")]
-    argv += ["--lora", str(out / "cast.safetensors"), "--checkpoint", str(out / "cast-ckpt.safetensors")]
+    argv += [
+        "--lora",
+        str(out / "cast.safetensors"),
+        "--checkpoint",
+        str(out / "cast-ckpt.safetensors"),
+    ]
     argv += ["--comfyui", str(out / "wf"), "--diffusers", str(out / "cast-diffusers")]
     import contextlib
     import io
@@ -245,11 +252,18 @@ def test_the_report_and_the_header(export_result: dict[str, Any]) -> None:
         meta, keys = fh.metadata(), list(fh.keys())
     assert json.loads(meta["scenecraft.tokens"]) == ["<ZIGGY>", "<MOMO>"]
     assert [c["name"] for c in json.loads(meta["scenecraft.concepts"])] == ["ziggy", "momo"]
-    assert meta["scenecraft.method"] == "linear" and meta["scenecraft.merge_key"] == report["merge_key"]
+    assert (
+        meta["scenecraft.method"] == "linear"
+        and meta["scenecraft.merge_key"] == report["merge_key"]
+    )
     assert meta["scenecraft.version"] and meta["ss_base_model_version"] == "sd_v1"
     assert any(k.startswith("lora_te_text_model_encoder_layers_") for k in keys)
     assert any(k.startswith("lora_unet_") for k in keys)
-    alphas = {float(v) for k, v in load_file(str(out / "cast.safetensors")).items() if k.endswith(".alpha")}
+    alphas = {
+        float(v)
+        for k, v in load_file(str(out / "cast.safetensors")).items()
+        if k.endswith(".alpha")
+    }
     assert alphas == {1.0}  # one alpha for every module
     emb = load_file(report["embeddings"][0])
     assert Path(report["embeddings"][0]).name == "ZIGGY.safetensors"
@@ -331,3 +345,62 @@ def test_export_refuses_what_it_cannot_write(
     ):
         assert main(["export", scene, *argv]) == 2
         assert f"error[{code}]" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ round trip, tiny SDXL
+
+
+def test_sdxl_lora_and_embedding_round_trip(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """kohya te1/te2/unet keys and a clip_l + clip_g embedding, loaded by the plain SDXL
+    pipeline: weights within the budget, the picture within 2 levels of scenecraft's merge."""
+    from diffusers import StableDiffusionXLPipeline
+
+    from tests._fixtures_sdxl import sdxl_dir
+    from tests.test_sdxl_cli import write_scene
+
+    scene, out = write_scene(tmp_path, "linear"), tmp_path / "xl.safetensors"
+    argv = ["export", str(scene), "--json", "--cache-dir", str(tmp_path / "c"), "--lora", str(out)]
+    assert main(argv) == 0
+    report = json.loads(capsys.readouterr().out)
+    with safe_open(str(out), framework="pt") as fh:
+        prefixes = {k.split("_", 2)[1] for k in fh.keys()}  # noqa: SIM118
+        assert fh.metadata()["ss_base_model_version"] == "sdxl_base_v1-0"
+    assert prefixes == {"te1", "te2", "unet"}
+    emb = load_file(report["embeddings"][0])
+    assert set(emb) == {"clip_l", "clip_g"} and emb["clip_g"].shape == (2, 48)
+
+    def load() -> Any:
+        pipe = StableDiffusionXLPipeline.from_pretrained(str(sdxl_dir()), local_files_only=True)
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
+    def render(pipe: Any) -> np.ndarray:
+        g = torch.Generator().manual_seed(1)
+        image = pipe(PROMPT, height=64, width=64, num_inference_steps=2, generator=g).images[0]
+        return np.asarray(image).astype(np.int16)
+
+    entry = tmp_path / "c" / report["entry"]
+    merged = load()
+    apply_merge(merged, entry)
+    plain = load()
+    deltas, _, _ = load_entry(entry)
+    base = {m: module_weight(plain, m).detach().clone() for m in deltas}
+    for key, encoder, tokenizer in (
+        ("clip_l", plain.text_encoder, plain.tokenizer),
+        ("clip_g", plain.text_encoder_2, plain.tokenizer_2),
+    ):
+        plain.load_textual_inversion(
+            emb[key], token="<ZIGGY>", text_encoder=encoder, tokenizer=tokenizer
+        )
+    plain.load_lora_weights(str(out))
+    plain.fuse_lora()
+    for module, delta in deltas.items():
+        got = (module_weight(plain, module).detach() - base[module]).reshape(delta.shape)
+        assert float((got - delta).norm() / delta.norm()) <= BUDGET * 1.1, module
+    assert np.abs(render(plain) - render(merged)).mean() <= 2.0
+    # a single file is SD 1.x/2.x only
+    argv = ["export", str(scene), "--cache-dir", str(tmp_path / "c")]
+    assert main([*argv, "--checkpoint", str(tmp_path / "xl-ckpt.safetensors")]) == 2
+    assert "error[export-checkpoint-family]" in capsys.readouterr().err

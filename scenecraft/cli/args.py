@@ -279,7 +279,9 @@ def build_parser() -> argparse.ArgumentParser:
     _engine_args(p, what="render images that are up to date too")
     _render_args(p)
 
-    p = sub.add_parser("export", help="write the merge as a LoRA, checkpoint, diffusers folder, workflows")
+    p = sub.add_parser(
+        "export", help="write the merge as a LoRA, checkpoint, diffusers folder, workflows"
+    )
     _engine_args(p, what="rebuild the merge even if cached")
     _export_args(p)
 

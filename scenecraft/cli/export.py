@@ -80,6 +80,8 @@ def print_report(console: Console, report: ExportReport) -> None:
     if report.diffusers is not None:
         console.print(f"diffusers folder {report.diffusers}")
     if report.workflows:
-        console.print(f"{len(report.workflows)} ComfyUI workflow(s) in {report.workflows[0].rsplit('/', 1)[0]}")
+        console.print(
+            f"{len(report.workflows)} ComfyUI workflow(s) in {report.workflows[0].rsplit('/', 1)[0]}"
+        )
     for path in report.embeddings:
         console.print(f"embedding {path}")

@@ -55,7 +55,9 @@ _VAE_ATTENTION = {
     "to_v": "v",
     "to_out.0": "proj_out",
 }
-_BLOCK = re.compile(r"^(down_blocks|up_blocks)\.(\d+)\.(resnets|attentions|downsamplers|upsamplers)\.(\d+)\.(.+)$")
+_BLOCK = re.compile(
+    r"^(down_blocks|up_blocks)\.(\d+)\.(resnets|attentions|downsamplers|upsamplers)\.(\d+)\.(.+)$"
+)
 _MID = re.compile(r"^mid_block\.(resnets|attentions)\.(\d+)\.(.+)$")
 
 
@@ -83,7 +85,13 @@ def unet_key(key: str, config: Any) -> str:
     per = _layers_per_block(config) + 1  # LDM input/output blocks per diffusers block
     m = _BLOCK.match(key)
     if m:
-        kind, b, part, j, rest = m.group(1), int(m.group(2)), m.group(3), int(m.group(4)), m.group(5)
+        kind, b, part, j, rest = (
+            m.group(1),
+            int(m.group(2)),
+            m.group(3),
+            int(m.group(4)),
+            m.group(5),
+        )
         if kind == "down_blocks":
             if part == "downsamplers":
                 return f"input_blocks.{(b + 1) * per}.0.op.{rest.removeprefix('conv.')}"
@@ -126,18 +134,28 @@ def vae_key(key: str, config: Any) -> str:
     rest = _rename_first(rest, _VAE_DIRECT)
     m = _BLOCK.match(rest)
     if m:
-        kind, i, part, j, tail = m.group(1), int(m.group(2)), m.group(3), int(m.group(4)), m.group(5)
+        kind, i, part, j, tail = (
+            m.group(1),
+            int(m.group(2)),
+            m.group(3),
+            int(m.group(4)),
+            m.group(5),
+        )
         level = i if kind == "down_blocks" else blocks - 1 - i
         base = f"{'down' if kind == 'down_blocks' else 'up'}.{level}"
         if part == "resnets":
-            return f"{side}.{base}.block.{j}.{_rename_first(tail, {'conv_shortcut': 'nin_shortcut'})}"
+            return (
+                f"{side}.{base}.block.{j}.{_rename_first(tail, {'conv_shortcut': 'nin_shortcut'})}"
+            )
         sample = "downsample" if part == "downsamplers" else "upsample"
         return f"{side}.{base}.{sample}.{tail}"
     m = _MID.match(rest)
     if m:
         part, j, tail = m.group(1), int(m.group(2)), m.group(3)
         if part == "resnets":
-            return f"{side}.mid.block_{j + 1}.{_rename_first(tail, {'conv_shortcut': 'nin_shortcut'})}"
+            return (
+                f"{side}.mid.block_{j + 1}.{_rename_first(tail, {'conv_shortcut': 'nin_shortcut'})}"
+            )
         return f"{side}.mid.attn_1.{_rename_first(tail, _VAE_ATTENTION)}"
     return f"{side}.{rest}"
 

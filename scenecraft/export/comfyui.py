@@ -19,7 +19,7 @@ switch (`scenecraft.render.regions`), so the regional pictures are close, not id
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -58,8 +58,13 @@ def with_embeddings(text: str, embeddings: Mapping[str, str]) -> str:
     """Each embedded token as ``embedding:NAME`` (longest tokens first, whole tokens only)."""
     for token in sorted(embeddings, key=len, reverse=True):
         pattern = r"(?<![\w:])" + re.escape(token) + r"(?!\w)"
-        text = re.sub(pattern, lambda _m, t=token: f"embedding:{embeddings[t]}", text)
+        # a function, not a template: the name is inserted as it is (no backslash escapes)
+        text = re.sub(pattern, _literal(f"embedding:{embeddings[token]}"), text)
     return text
+
+
+def _literal(text: str) -> Callable[[re.Match[str]], str]:
+    return lambda _match: text
 
 
 class _Graph:

@@ -168,7 +168,9 @@ def kohya_key(module: str, sdxl: bool = False) -> str:
     ``text_model``, SDXL's ``text_projection``, keeps its name)."""
     component, _, rel = module.partition(".")
     if component.startswith("text_encoder"):
-        prefix = "lora_te2" if component == "text_encoder_2" else ("lora_te1" if sdxl else "lora_te")
+        prefix = (
+            "lora_te2" if component == "text_encoder_2" else ("lora_te1" if sdxl else "lora_te")
+        )
         if not rel.startswith(("text_model.", "text_projection")):
             rel = f"text_model.{rel}"  # transformers 5 dropped the wrapper; the files keep it
     else:
