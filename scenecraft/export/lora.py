@@ -58,7 +58,7 @@ class Factored:
 
 @dataclass
 class LoRAReport:
-    """What `export_lora` wrote: per-layer rank and error, and the file."""
+    """The LoRA `scenecraft.export.api.export_merge` wrote: per-layer rank and error, the file."""
 
     path: str
     format: str
@@ -67,7 +67,6 @@ class LoRAReport:
     max_error: float | None  # the budget asked for (None with a fixed rank)
     rank: int | None  # the fixed rank asked for (None with a budget)
     layers: list[dict[str, Any]] = field(default_factory=list)  # module, rank, error, full_rank
-    embeddings: list[str] = field(default_factory=list)  # embedding files written beside it
 
     @property
     def worst_error(self) -> float:
@@ -86,7 +85,6 @@ class LoRAReport:
             "mean_rank": sum(ranks) / len(ranks) if ranks else 0.0,
             "max_rank": max(ranks, default=0),
             "layers": self.layers,
-            "embeddings": self.embeddings,
         }
 
 
