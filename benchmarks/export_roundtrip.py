@@ -12,7 +12,7 @@ judged identity (scenecraft.toyworld.judge) of the single-concept pictures under
 the LoRA's per-layer rank and error and file size. Targets (issue 28): within 2 levels mean and
 identity within 0.02.
 
-    python benchmarks/export_roundtrip.py [--seeds 8] [--max-error 0.01]
+    python benchmarks/export_roundtrip.py [--seeds 8] [--max-error 0.01] [--cache-dir DIR]
         [--out benchmarks/results/export_roundtrip.json]
 """
 
@@ -139,13 +139,43 @@ def identity(images: list[Any], pictures: list[dict[str, Any]]) -> float:
     return round(statistics.fmean(scores), 4)
 
 
+def table(result: dict[str, Any]) -> str:
+    """The Markdown table docs/export.md shows (benchmarks/readme_tables.py copies it there)."""
+    lora, px, ident = result["lora"], result["pixels_vs_merge"], result["identity"]
+    rows = [
+        "| model | pixel levels vs the merge: mean (worst image, max) | identity |",
+        "| --- | --- | --- |",
+        f"| scenecraft's merged model | 0 | {ident['merge']:.3f} |",
+    ]
+    for name, label in (
+        ("lora", "exported LoRA, plain diffusers"),
+        ("checkpoint", "exported checkpoint, from_single_file"),
+    ):
+        d = px[name]
+        rows.append(
+            f"| {label} | {d['mean']:.3f} ({d['worst_image_mean']:.3f}, {d['max']}) | {ident[name]:.3f} |"
+        )
+    return (
+        "\n".join(rows)
+        + f"\n\n{result['pictures']} pictures ({result['single_concept_pictures']} judged: 5 concepts"
+        f" alone × {result['seeds']} seeds). LoRA: {lora['modules']} modules, budget"
+        f" {lora['max_error']}, rank {lora['min_rank']}–{lora['max_rank']} (mean"
+        f" {lora['mean_rank']:.1f}; {lora['rank_sum']} of {lora['full_rank_sum']} full ranks),"
+        f" error mean {lora['mean_error']:.4f} worst {lora['worst_error']:.4f},"
+        f" {lora['bytes'] / 2**20:.2f} MB ({lora['format']}, fp16); checkpoint"
+        f" {result['checkpoint_bytes'] / 2**20:.1f} MB.\n"
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seeds", type=int, default=8)
     ap.add_argument("--max-error", type=float, default=0.01)
     ap.add_argument("--out", default="benchmarks/results/export_roundtrip.json")
+    ap.add_argument("--cache-dir", default=None, help="merge cache (default: a new temp folder)")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (1 on a shared CPU)")
     args = ap.parse_args(argv)
-    torch.set_num_threads(max(torch.get_num_threads(), 1))
+    torch.set_num_threads(args.threads)
     plan = load(str(SCENE)).plan
     work = Path(tempfile.mkdtemp(prefix="scenecraft-export-bench-"))
     # 1. export the file's merge: one LoRA and one single-file checkpoint
@@ -156,12 +186,13 @@ def main(argv: list[str] | None = None) -> None:
         max_error=args.max_error,
         checkpoint=work / "toyworld-ckpt.safetensors",
     )
-    report = export_merge(plan, pipe, options, cache_dir=work / "cache")
+    cache = Path(args.cache_dir) if args.cache_dir else work / "cache"
+    report = export_merge(plan, pipe, options, cache_dir=cache)
     export_seconds = time.perf_counter() - start
     assert report.lora is not None and report.checkpoint is not None
     # 2. the three models
     merged = load_toyworld_pipeline()
-    apply_merge(merged, work / "cache" / report.entry)
+    apply_merge(merged, cache / report.entry)
     plain = load_toyworld_pipeline()
     plain.load_lora_weights(str(options.lora))
     plain.fuse_lora()
@@ -221,6 +252,7 @@ def main(argv: list[str] | None = None) -> None:
         for n in ("lora", "checkpoint")
     )
     atomic_write_text(Path(args.out), json.dumps(result, indent=2) + "\n")
+    atomic_write_text(Path(args.out).with_suffix(".md"), table(result))
     print(json.dumps({k: v for k, v in result.items() if k != "lora"}, indent=2))
     print(json.dumps(result["lora"], indent=2))
 
