@@ -286,6 +286,44 @@ def test_plain_diffusers_loads_the_lora_within_the_budget(export_result: dict[st
     assert np.abs(_render(pipe) - reference).mean() <= 2.0
 
 
+def test_peft_names_with_a_fixed_rank(export_result: dict[str, Any], tmp_path: Path) -> None:
+    """``--format peft --rank 2``: diffusers' own naming with every module at rank 2 (the
+    cached merge is reused); diffusers applies exactly the factors the report's errors describe."""
+    out = tmp_path / "cast-peft.safetensors"
+    folder = export_result["out"].parent
+    argv = [
+        "export",
+        str(folder / "cast.scene"),
+        "--json",
+        "--cache-dir",
+        str(export_result["cache"]),
+    ]
+    import contextlib
+    import io
+
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer):
+        assert main([*argv, "--lora", str(out), "--format", "peft", "--rank", "2"]) == 0
+    lora = json.loads(buffer.getvalue())["lora"]
+    assert lora["rank"] == 2 and {row["rank"] for row in lora["layers"]} == {2}
+    keys = list(load_file(str(out)))
+    assert keys and all(k.startswith(("unet.", "text_encoder.")) for k in keys)
+    deltas, _, _ = load_entry(export_result["cache"] / lora_entry(export_result))
+    pipe = _load(saved_pipeline_dir())
+    base = {m: module_weight(pipe, m).detach().clone() for m in deltas}
+    pipe.load_lora_weights(str(out))
+    pipe.fuse_lora()
+    errors = {row["module"]: row["error"] for row in lora["layers"]}
+    for module, delta in deltas.items():
+        got = (module_weight(pipe, module).detach() - base[module]).reshape(delta.shape)
+        measured = float((got - delta).norm() / delta.norm())
+        assert measured == pytest.approx(errors[module], abs=2e-3), module
+
+
+def lora_entry(result: dict[str, Any]) -> str:
+    return str(result["report"]["entry"])
+
+
 def test_checkpoint_and_diffusers_folder_render_the_merge(export_result: dict[str, Any]) -> None:
     from diffusers import StableDiffusionPipeline
 
