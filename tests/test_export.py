@@ -360,6 +360,39 @@ def test_workflows_use_only_recorded_builtin_nodes(export_result: dict[str, Any]
     assert any("embedding:ZIGGY" in t for t in texts) and not any("<ZIGGY>" in t for t in texts)
 
 
+def object_info() -> dict[str, Any]:
+    """The recorded node definitions in ComfyUI's own ``/object_info`` shape (model-folder
+    listings as combos whose choices are unknown)."""
+
+    def entry(kind: Any) -> list[Any]:
+        if isinstance(kind, list):
+            return [kind, {}]
+        return ["COMBO", {}] if kind == "FILENAME" else [kind, {}]
+
+    return {
+        name: {
+            "input": {"required": {k: entry(v) for k, v in spec["required"].items()}},
+            "output": spec["outputs"],
+        }
+        for name, spec in NODES["nodes"].items()
+    }
+
+
+def test_comfy_lint_finds_nothing_wrong(export_result: dict[str, Any]) -> None:
+    """The workflows through comfy-lint (PyPI; static checks against an ``/object_info``
+    schema: unknown nodes, missing or extra inputs, enum values, links and their types)."""
+    linter = pytest.importorskip("comfy_lint", reason="comfy-lint is in the `test` extra")
+    from comfy_lint.schema import normalize
+
+    schema = normalize(object_info(), source="tests/data/comfyui_nodes.json")
+    for path in export_result["report"]["workflows"]:
+        findings = linter.lint_workflow(json.loads(Path(path).read_text()), schema)
+        assert [(d.rule, d.node_id, d.field) for d in findings] == [], path
+    broken = json.loads(Path(export_result["report"]["workflows"][0]).read_text())
+    broken["1"]["class_type"] = "CheckpointLoaderFancy"
+    assert "unknown-node" in {d.rule for d in linter.lint_workflow(broken, schema)}
+
+
 def test_workflows_with_the_lora_on_the_base(tmp_path: Path, export_result: dict[str, Any]) -> None:
     from scenecraft import load
 
