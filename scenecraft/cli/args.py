@@ -227,6 +227,49 @@ def _cache_args(p: argparse.ArgumentParser) -> None:
     pr.add_argument("--dry-run", action="store_true", help="say what would go, remove nothing")
 
 
+def _export_args(p: argparse.ArgumentParser) -> None:
+    """``scenecraft export``: what to write and how the LoRA is factored (docs/export.md)."""
+    p.add_argument("--lora", default=None, metavar="OUT", help="one LoRA file (.safetensors)")
+    budget = p.add_mutually_exclusive_group()
+    budget.add_argument(
+        "--max-error",
+        type=float,
+        default=None,
+        metavar="E",
+        help="relative Frobenius error allowed per layer; sets each layer's rank (default 0.01)",
+    )
+    budget.add_argument(
+        "--rank", type=int, default=None, metavar="N", help="one rank for every layer instead"
+    )
+    p.add_argument(
+        "--format",
+        choices=("kohya", "peft"),
+        default="kohya",
+        help="LoRA key names: kohya (A1111/Forge/ComfyUI, default) or peft (diffusers)",
+    )
+    p.add_argument(
+        "--precision",
+        choices=("fp16", "fp32", "bf16"),
+        default="fp16",
+        help="tensors of the LoRA and checkpoint files (default fp16)",
+    )
+    p.add_argument(
+        "--checkpoint",
+        default=None,
+        metavar="OUT",
+        help="single-file checkpoint with the merge fused (original SD key names)",
+    )
+    p.add_argument(
+        "--diffusers", default=None, metavar="DIR", help="a diffusers folder of the fused model"
+    )
+    p.add_argument(
+        "--comfyui",
+        default=None,
+        metavar="DIR",
+        help="one ComfyUI API-format workflow per image (needs --lora or --checkpoint)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="scenecraft",
@@ -270,6 +313,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("render", help="render a scene file's images and storyboards")
     _engine_args(p, what="render images that are up to date too")
     _render_args(p)
+
+    p = sub.add_parser(
+        "export", help="write the merge as a LoRA, checkpoint, diffusers folder, workflows"
+    )
+    _engine_args(p, what="rebuild the merge even if cached")
+    _export_args(p)
 
     p = sub.add_parser("review", help="rate rendered images against their references (a page)")
     _review_args(p)
@@ -411,4 +460,44 @@ class CacheSettings:
             older_than=getattr(args, "older_than", None),
             max_bytes=getattr(args, "max_size", None),
             dry_run=getattr(args, "dry_run", False),
+        )
+
+
+@dataclass(frozen=True)
+class ExportSettings:
+    """``scenecraft export``."""
+
+    lora: Path | None = None
+    lora_format: str = "kohya"  # "kohya" | "peft"
+    max_error: float | None = None  # None: the default budget (unless rank is set)
+    rank: int | None = None
+    precision: str = "fp16"
+    checkpoint: Path | None = None
+    diffusers: Path | None = None
+    comfyui: Path | None = None
+    json: bool = False
+    device: str | None = None
+    dtype: str | None = None
+    cache_dir: Path | None = None
+    force: bool = False
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> ExportSettings:
+        def path(value: str | None) -> Path | None:
+            return Path(value) if value else None
+
+        return cls(
+            lora=path(args.lora),
+            lora_format=args.format,
+            max_error=args.max_error,
+            rank=args.rank,
+            precision=args.precision,
+            checkpoint=path(args.checkpoint),
+            diffusers=path(args.diffusers),
+            comfyui=path(args.comfyui),
+            json=args.json,
+            device=args.device,
+            dtype=args.dtype,
+            cache_dir=path(args.cache_dir),
+            force=args.force,
         )

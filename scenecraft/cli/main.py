@@ -1,8 +1,9 @@
-"""The `scenecraft` command: check, compile, fmt, layout, merge, render, review, watch, cache,
-lsp.
+"""The `scenecraft` command: check, compile, fmt, layout, merge, render, export, review, watch,
+cache, lsp.
 
 Every user error is a Diagnostic rendered here (exit code 2); nothing below prints a traceback.
-Arguments are defined in `scenecraft.cli.args`; only `merge`, `render` and `watch` import torch.
+Arguments are defined in `scenecraft.cli.args`; only `merge`, `render`, `export` and `watch`
+import torch.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from collections.abc import Callable, Sequence
 from scenecraft.api import Loaded, load
 from scenecraft.cli.args import (
     CacheSettings,
+    ExportSettings,
     MergeSettings,
     RenderSettings,
     ReviewSettings,
@@ -53,6 +55,12 @@ def cmd_render(args: argparse.Namespace, out: Output) -> int:
     # a dry run only lists jobs, so drafts with missing LoRA files are fine there
     loaded = _load(args, out, allow_missing=args.dry_run)
     return run(RenderSettings.from_args(args), loaded)
+
+
+def cmd_export(args: argparse.Namespace, out: Output) -> int:
+    from scenecraft.cli.export import run  # torch: imported for merge, render and export only
+
+    return run(ExportSettings.from_args(args), _load(args, out, allow_missing=False), out)
 
 
 def cmd_review(args: argparse.Namespace, out: Output) -> int:
@@ -95,6 +103,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Output], int]] = {
     "layout": cmd_layout,
     "merge": cmd_merge,
     "render": cmd_render,
+    "export": cmd_export,
     "review": cmd_review,
     "watch": cmd_watch,
     "cache": cmd_cache,
