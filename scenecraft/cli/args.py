@@ -254,23 +254,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    return build_parser().parse_args(argv)
-
-
-@dataclass(frozen=True)
-class SourceSettings:
-    """Which scene file, with which template variables."""
-
-    file: str
-    var: tuple[str, ...] = ()  # KEY=VALUE items, in order
-    vars_files: tuple[str, ...] = ()  # .toml / .json files, in order
-
-    @classmethod
-    def from_args(cls, args: argparse.Namespace) -> SourceSettings:
-        return cls(args.file, tuple(args.var), tuple(args.vars))
-
-
 @dataclass(frozen=True)
 class MergeSettings:
     """``scenecraft merge``."""

@@ -1,7 +1,8 @@
 """The `scenecraft` command: check, compile, fmt, layout, merge, render, review, cache, lsp.
 
 Every user error is a Diagnostic rendered here (exit code 2); nothing below prints a traceback.
-Arguments are defined in `scenecraft.cli.args`; only `merge` and `render` import torch.
+Arguments are defined in `scenecraft.cli.args`; only `merge` and `render` import torch (not
+`render --dry-run`).
 """
 
 from __future__ import annotations
@@ -46,7 +47,10 @@ def cmd_merge(args: argparse.Namespace, out: Output) -> int:
 
 
 def cmd_render(args: argparse.Namespace, out: Output) -> int:
-    from scenecraft.cli.render import run  # torch: imported for merge and render only
+    if args.dry_run:  # plans and lists, no torch
+        from scenecraft.cli.preview import run
+    else:
+        from scenecraft.cli.render import run  # torch: imported for merge and render only
 
     # a dry run only lists jobs, so drafts with missing LoRA files are fine there
     loaded = _load(args, out, allow_missing=args.dry_run)

@@ -17,6 +17,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+# Bumped when the same inputs merge to different weights (part of every cache entry's identity,
+# so an entry written by an earlier engine is not reused). 2: scene_prompts aims K/V at each
+# concept's own text encoder (`_retarget_kv`); 3: feature methods' fallback is the average;
+# 4: co_subjects (region-shaped feature prompts, K/V aimed at each own LoRA on them) by default;
+# 5: the text encoder merged layer by layer on the merged layers' inputs (``sequential``);
+# 6: loraclr's steps keep their start's ridge when the concepts' classes are distinct
+# (``refine_ridge`` by default: `refine_ridge_for`).
+ENGINE_REVISION = 6
 DEFAULT_RIDGE = 1e-2  # relative ridge of gradient fusion (and of LoRACLR's start): docs/loraclr.md
 
 

@@ -42,7 +42,7 @@ from torch import nn
 from scenecraft.diagnostics import error
 from scenecraft.events import MergeStage, Reporter, emit
 from scenecraft.merge import features as F
-from scenecraft.merge.config import default
+from scenecraft.merge.config import ENGINE_REVISION, default
 from scenecraft.merge.fusion import ridge_solve
 from scenecraft.merge.methods import (
     DATA_FREE,
@@ -56,14 +56,7 @@ from scenecraft.merge.types import ConceptLoRA, MergeConfig
 from scenecraft.sdparts import cross_attention_kv
 
 TEXT, KV, SPATIAL, FALLBACK = "text-encoder", "cross-attention", "spatial", "fallback"
-# Bumped when the same inputs merge to different weights (part of every cache entry's identity,
-# so an entry written by an earlier engine is not reused). 2: scene_prompts aims K/V at each
-# concept's own text encoder (`_retarget_kv`); 3: feature methods' fallback is the average;
-# 4: co_subjects (region-shaped feature prompts, K/V aimed at each own LoRA on them) by default;
-# 5: the text encoder merged layer by layer on the merged layers' inputs (``sequential``);
-# 6: loraclr's steps keep their start's ridge when the concepts' classes are distinct
-# (``refine_ridge`` by default: `refine_ridge_for`).
-ENGINE_REVISION = 6
+__all__ = ["ENGINE_REVISION", "MergeConfig", "MergeOutcome", "refine_ridge_for", "run_merge"]
 
 
 @dataclass
