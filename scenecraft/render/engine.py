@@ -113,18 +113,8 @@ def render(
     recorder = Recorder(manifest, result.out_dir, reporter, result.written)
     try:
         if todo:
-            work = Work(
-                plan,
-                mode,
-                result.merge_key,
-                recorder,
-                batches,
-                size,
-                pipe,
-                device,
-                dtype,
-                cache_dir,
-            )
+            load = (pipe, device, dtype, cache_dir)
+            work = Work(plan, mode, result.merge_key, recorder, batches, size, *load)
             (executor or InProcess()).run(work)
         ok = True
     except KeyboardInterrupt:
@@ -132,18 +122,29 @@ def render(
         raise
     finally:
         result.seconds = time.perf_counter() - start
-        if ok or result.written:  # an error part-way still records the images it finished
-            manifest.save(finished=ok, interrupted=interrupted)
-        if ok:
-            result.storyboards = write_storyboards(plan, out, adapters=adapters)
-        if ok or interrupted:
-            emit(
-                reporter,
-                RenderFinished(
-                    len(result.written), len(result.skipped), result.seconds, interrupted
-                ),
-            )
+        _finish(plan, out, adapters, result, manifest, reporter, ok, interrupted)
     return result
+
+
+def _finish(
+    plan: RenderPlan,
+    out: Path,
+    adapters: bool,
+    result: RenderResult,
+    manifest: Manifest,
+    reporter: Reporter | None,
+    ok: bool,
+    interrupted: bool,
+) -> None:
+    """6. The manifest (an error part-way still records the images it finished), the
+    storyboards of a finished run, and `RenderFinished` unless the run failed."""
+    if ok or result.written:
+        manifest.save(finished=ok, interrupted=interrupted)
+    if ok:
+        result.storyboards = write_storyboards(plan, out, adapters=adapters)
+    if ok or interrupted:
+        done = RenderFinished(len(result.written), len(result.skipped), result.seconds, interrupted)
+        emit(reporter, done)
 
 
 def _to_render(
