@@ -115,7 +115,7 @@ def _first_calls(pipe: Any) -> Iterator[dict[str, list[Any]]]:
 
 
 def _call(pipe: Any, jobs: list[RenderJob]) -> Any:
-    """One pipeline call as the render engine makes it (`render.engine._Session.call`)."""
+    """One pipeline call as the render engine makes it (`render.session.Session.call`)."""
     job = jobs[0]
     with conditioned(pipe, jobs) as extra:
         prompts = extra or {

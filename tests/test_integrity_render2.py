@@ -26,7 +26,8 @@ from scenecraft.diagnostics import DiagnosticError
 from scenecraft.events import Notice
 from scenecraft.plan import BaseModelSpec, RenderPlan
 from scenecraft.render import outputs
-from scenecraft.render.engine import _Session, render
+from scenecraft.render.engine import render
+from scenecraft.render.session import Session
 from tests._fixtures_render import (
     SIZE,
     Recorder,
@@ -83,9 +84,9 @@ def test_non_finite_batch_keeps_earlier_images_and_records_only_them(
 ) -> None:
     """Batches before the bad one stay written and recorded; a re-run still redoes the bad."""
     plan = make_plan(scenes=("solo",), seeds=(1, 2))
-    real = _Session.call
+    real = Session.call
 
-    def second_batch_nan(self: _Session, pipe: Any, tasks: Any) -> None:
+    def second_batch_nan(self: Session, pipe: Any, tasks: Any) -> None:
         if tasks[0].seed == 2:
             import numpy as np
 
@@ -94,13 +95,13 @@ def test_non_finite_batch_keeps_earlier_images_and_records_only_them(
             FiniteWatch(tasks).pictures(np.full((1, SIZE, SIZE, 3), np.nan, dtype="float32"))
         real(self, pipe, tasks)
 
-    monkeypatch.setattr(_Session, "call", second_batch_nan)
+    monkeypatch.setattr(Session, "call", second_batch_nan)
     with pytest.raises(DiagnosticError) as exc:
         render(plan, tmp_path, pipe=tiny_pipe())
     assert exc.value.diagnostics[0].code == "non-finite-image"
     assert "found in the decoded pixels" in exc.value.diagnostics[0].notes
     assert [Path(k).name for k in _manifest(tmp_path)["images"]] == ["1.png"]
-    monkeypatch.setattr(_Session, "call", real)
+    monkeypatch.setattr(Session, "call", real)
     again = render(plan, tmp_path, pipe=tiny_pipe())
     assert [p.name for p in again.written] == ["2.png"]
 
@@ -213,23 +214,23 @@ def test_cpu_out_of_memory_halves_then_is_out_of_memory(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     plan = make_plan(scenes=("solo",), seeds=(1, 2), batch_size=2)
-    real = _Session.call
+    real = Session.call
 
-    def cpu_oom_above_one(self: _Session, pipe: Any, tasks: Any) -> None:
+    def cpu_oom_above_one(self: Session, pipe: Any, tasks: Any) -> None:
         if len(tasks) > 1:
             raise RuntimeError(_CPU_OOM)
         real(self, pipe, tasks)
 
-    monkeypatch.setattr(_Session, "call", cpu_oom_above_one)
+    monkeypatch.setattr(Session, "call", cpu_oom_above_one)
     rec = Recorder()
     result = render(plan, tmp_path, pipe=tiny_pipe(), reporter=rec)
     assert len(result.written) == 2
     assert any("out of memory at batch 2" in n.message for n in rec.of(Notice))
 
-    def always(self: _Session, pipe: Any, tasks: Any) -> None:
+    def always(self: Session, pipe: Any, tasks: Any) -> None:
         raise RuntimeError(_CPU_OOM)
 
-    monkeypatch.setattr(_Session, "call", always)
+    monkeypatch.setattr(Session, "call", always)
     with pytest.raises(DiagnosticError) as exc:
         render(plan, tmp_path / "b", pipe=tiny_pipe())
     [d] = exc.value.diagnostics
@@ -313,8 +314,10 @@ def test_foreign_image_under_a_manifest_key_is_rendered_again(
             raise AssertionError("a picture of the wrong size must be refused by its header")
         return real_decoded(p)
 
-    real_decoded = outputs.decoded
-    monkeypatch.setattr(outputs, "decoded", no_decoding)
+    from scenecraft.render import png as png_mod
+
+    real_decoded = png_mod.decoded
+    monkeypatch.setattr(png_mod, "decoded", no_decoding)
     start = time.perf_counter()
     again = render(plan, tmp_path, pipe=tiny_pipe())
     assert again.written == [path] and not again.skipped

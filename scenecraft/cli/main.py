@@ -2,8 +2,8 @@
 cache, lsp.
 
 Every user error is a Diagnostic rendered here (exit code 2); nothing below prints a traceback.
-Arguments are defined in `scenecraft.cli.args`; only `merge`, `render`, `export` and `watch`
-import torch.
+Arguments are defined in `scenecraft.cli.args`; only `merge`, `render` (not `render --dry-run`),
+`export` and `watch` import torch.
 """
 
 from __future__ import annotations
@@ -50,7 +50,10 @@ def cmd_merge(args: argparse.Namespace, out: Output) -> int:
 
 
 def cmd_render(args: argparse.Namespace, out: Output) -> int:
-    from scenecraft.cli.render import run  # torch: imported for merge and render only
+    if args.dry_run:  # plans and lists, no torch
+        from scenecraft.cli.preview import run
+    else:
+        from scenecraft.cli.render import run  # torch: imported for merge and render only
 
     # a dry run only lists jobs, so drafts with missing LoRA files are fine there
     loaded = _load(args, out, allow_missing=args.dry_run)

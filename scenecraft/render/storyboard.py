@@ -22,13 +22,8 @@ from typing import IO, Any
 from scenecraft.plan import Region, RenderJob, RenderPlan, StoryboardSpec
 
 # the wrappers: a full disk or read-only folder is `output-unwritable`, as for the images
-from scenecraft.render.outputs import (
-    atomic_write,
-    atomic_write_text,
-    confined,
-    image_path,
-    png_size,
-)
+from scenecraft.render.paths import atomic_write, atomic_write_text, confined, image_path
+from scenecraft.render.png import png_size
 
 CELL = 256  # longest side of a panel in the contact sheet, pixels
 CAPTION_H = 18  # caption strip under each panel, pixels
