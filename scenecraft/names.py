@@ -62,6 +62,17 @@ SAMPLER_TABLE: dict[str, SamplerDef] = {
 }
 
 SAMPLERS: tuple[str, ...] = tuple(SAMPLER_TABLE)  # names the language checker accepts
+# FLUX (flow matching): "Euler" is diffusers' FlowMatchEulerDiscreteScheduler, the only one it has
+FLOW_MATCHING_SAMPLERS: tuple[str, ...] = ("Euler",)
+# merges that need no features (`scenecraft.merge.methods.DATA_FREE`): all a FLUX model takes today
+DATA_FREE_METHODS: tuple[str, ...] = (
+    "linear",
+    "average",
+    "ties",
+    "dare",
+    "dare-ties",
+    "magnitude-prune",
+)
 
 
 def sampler_def(name: str) -> SamplerDef:

@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-Family = Literal["sd15", "sd2", "sdxl"]
+Family = Literal["sd15", "sd2", "sdxl", "flux"]
 ConceptKind = Literal["subject", "object", "style"]
 MergeMethod = Literal["loraclr", "gradient-fusion", "linear", "average", "ties", "dare", "none"]
 Relation = Literal[

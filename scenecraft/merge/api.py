@@ -90,6 +90,21 @@ def _default_run() -> RunMerge:
     return run_merge
 
 
+class _WithoutUNet:
+    """A transformer pipeline (FLUX) as the merge engine reads it: the engine sorts layers into
+    stages by ``pipe.unet``'s cross-attention K/V, which an MM-DiT has none of; here that is an
+    empty module (every transformer layer goes to the data-free stage), all else the pipeline's.
+    """
+
+    unet = torch.nn.Module()
+
+    def __init__(self, pipe: Any) -> None:
+        self._pipe = pipe
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._pipe, name)
+
+
 # ------------------------------------------------------------------------------ 1. reading
 
 
@@ -299,8 +314,9 @@ def merge(
     # 4. merge
     if any(c.layers for c in concepts):
         config = MergeConfig(**spec.stages)  # type: ignore[arg-type]
+        target = pipe if getattr(pipe, "unet", None) is not None else _WithoutUNet(pipe)
         outcome = (run or _default_run())(
-            pipe, concepts, spec.method, dict(spec.params), reporter, config
+            target, concepts, spec.method, dict(spec.params), reporter, config
         )
     else:
         outcome = _NoMerge()
