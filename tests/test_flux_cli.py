@@ -186,3 +186,54 @@ def test_linear_merge_on_the_transformer_is_the_weighted_sum(
         diff = max(diff, float((delta.float() - want).abs().max()))
     print(f"linear merge on FLUX: {len(merged)} modules, max |ΔW* - Σ w ΔW| = {diff:.2e}")
     assert diff < 1e-5
+
+
+# ------------------------------------------------------------------------ loading the base
+
+
+def test_a_flux_folder_loads_through_scenecraft_and_renders_as_built() -> None:
+    """Detected as flux from model_index.json (no declaration), loaded as a FluxPipeline in
+    fp32 on CPU; the same seed gives the in-process pipeline's image exactly."""
+    from diffusers import FluxPipeline
+
+    from scenecraft.models import detect_family, load_pipeline
+    from scenecraft.plan import BaseModelSpec
+
+    folder = flux_dir() / "tiny-flux"
+    assert detect_family(folder) == "flux"
+    pipe = load_pipeline(BaseModelSpec(source=str(folder)), device="cpu")
+    assert isinstance(pipe, FluxPipeline) and pipe.transformer.dtype == torch.float32
+    images = []
+    for p in (pipe, F.flux_pipe()):
+        g = torch.Generator().manual_seed(3)
+        images.append(
+            p(
+                "photo of a man",
+                height=64,
+                width=64,
+                num_inference_steps=2,
+                generator=g,
+                output_type="np",
+            ).images
+        )
+    assert abs(images[0] - images[1]).max() == 0.0
+
+
+def test_flux_dtype_sampler_and_single_file_family() -> None:
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    from scenecraft.models import choose_dtype, family_from_state_dict
+    from scenecraft.render.samplers import make_scheduler
+
+    cuda = torch.device("cuda")  # choose_dtype only reads the device type
+    assert choose_dtype(cuda, None, "flux") == torch.bfloat16
+    assert choose_dtype(cuda, None, "sdxl") == torch.float16
+    assert choose_dtype(cuda, "float16", "flux") == torch.float16  # asked for: kept
+    assert choose_dtype(torch.device("cpu"), None, "flux") == torch.float32
+    config = F.flux_pipe().scheduler.config
+    assert isinstance(make_scheduler("Euler", config), FlowMatchEulerDiscreteScheduler)
+    with pytest.raises(DiagnosticError) as exc:
+        make_scheduler("DPM++ 2M Karras", config)
+    assert exc.value.diagnostics[0].code == "sampler-not-flow-matching"
+    shapes = {"double_blocks.0.img_attn.qkv.weight": (9216, 3072)}
+    assert family_from_state_dict(shapes) == "flux"

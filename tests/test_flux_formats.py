@@ -301,3 +301,22 @@ def test_inspect_names_the_layout(tmp_path: Path) -> None:
     info = inspect_lora(path)
     assert info.format == "flux-xlabs" and info.components == ("transformer",)
     assert info.modules == 12 and info.ranks == (4,)  # 2 × 4 double + 2 × 2 single, unsplit
+
+
+def test_an_sd_lora_on_a_flux_base_lists_its_layers(tmp_path: Path) -> None:
+    state = {
+        "lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn2_to_k.lora_down.weight": (
+            torch.randn(2, 768)
+        ),
+        "lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn2_to_k.lora_up.weight": (
+            torch.randn(320, 2)
+        ),
+    }
+    path = tmp_path / "sd.safetensors"
+    save_file(state, str(path), metadata={"ss_base_model_version": "sd_v1"})
+    with pytest.raises(DiagnosticError) as exc:
+        read_concept_lora(path, name="zig", pipe_or_module_index=F.flux_index())
+    diag = exc.value.diagnostics[0]
+    assert diag.code == "lora-unknown-modules"
+    assert "`lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn2_to_k`" in diag.notes[0]
+    assert "trained for `sd15`, the base model is `flux`" in diag.notes[-1]
