@@ -6,7 +6,7 @@ FLUX.1 (dev/schnell) is a flow-matching MM-DiT with distilled guidance:
   are built for an epsilon/v noise schedule and would run the wrong ODE: any other `sampler` is
   an error (`sampler-not-flow-matching`);
 - it reads no negative prompt (guidance is an input of the transformer, not a second pass):
-  a `negative` is a warning (`flux-ignores-negative`), the render leaves it out;
+  a `negative` is a warning (`flux-ignores-negative`); FluxPipeline does not use it (no true CFG);
 - regions need joint-attention masks, not built yet: `regions on|alone` is an error
   (`regions-unsupported-family`) and scenes default to `regions off`;
 - LoRACLR and gradient fusion read the UNet's cross-attention inputs, which FLUX has none of:
