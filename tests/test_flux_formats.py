@@ -110,13 +110,26 @@ def test_peft_native_with_alpha_metadata(tmp_path: Path) -> None:
     assert _max_diff(concept, F.truth(per_module), "diffusers/PEFT") < 1e-5
 
 
-@pytest.mark.parametrize("down_up", [False, True], ids=["lora_A", "lora_down"])
-def test_ai_toolkit_diffusers_names_without_alphas(tmp_path: Path, down_up: bool) -> None:
+@pytest.mark.parametrize(
+    ("down_up", "prefix"),
+    [(False, "transformer."), (True, "transformer."), (False, ""), (False, "base_model.model.")],
+    ids=["lora_A", "lora_down", "no-prefix", "peft-base_model"],
+)
+def test_ai_toolkit_diffusers_names_without_alphas(
+    tmp_path: Path, down_up: bool, prefix: str
+) -> None:
     per_module = F.split_per_module(_everything(seed=6, alphas=False))
-    concept = _load(tmp_path, F.peft_state(per_module, lora_down_up=down_up))
+    if prefix != "transformer.":  # files of the transformer alone
+        per_module = [f for f in per_module if f.targets[0].startswith("transformer.")]
+    state = F.peft_state(per_module, lora_down_up=down_up)
+    if prefix != "transformer.":
+        state = {prefix + k.removeprefix("transformer."): v for k, v in state.items()}
+    concept = _load(tmp_path, state)
     assert (
         _max_diff(
-            concept, F.truth(per_module), f"ai-toolkit ({'lora_down' if down_up else 'lora_A'})"
+            concept,
+            F.truth(per_module),
+            f"ai-toolkit ({'lora_down' if down_up else 'lora_A'}, prefix {prefix!r})",
         )
         < 1e-5
     )

@@ -2,7 +2,8 @@
 
 A FLUX LoRA names its layers in one of several spellings (docs/merge.md, "FLUX LoRA layouts"):
 
-- diffusers / PEFT / ai-toolkit: ``transformer.transformer_blocks.0.attn.to_q.lora_A.weight``;
+- diffusers / PEFT / ai-toolkit: ``transformer.transformer_blocks.0.attn.to_q.lora_A.weight``
+  (also without the ``transformer.`` prefix, or under peft's ``base_model.model.``);
 - kohya sd-scripts: ``lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight`` + ``.alpha``,
   Black Forest Labs' module names with ``_`` for ``.``; the text encoders as ``lora_te1_…``
   (CLIP-L) and ``lora_te2_…`` (T5);
@@ -116,6 +117,9 @@ _PREFIXES: tuple[tuple[str, str, str], ...] = (
     ("text_encoder.", "text_encoder", "dotted"),
     ("double_blocks.", "transformer", "bfl-bare"),
     ("single_blocks.", "transformer", "bfl-bare"),
+    ("base_model.model.", "transformer", "dotted"),  # peft's own `save_pretrained`
+    ("transformer_blocks.", "transformer", "dotted-bare"),  # diffusers names, no component
+    ("single_transformer_blocks.", "transformer", "dotted-bare"),
 )
 _BLOCK = re.compile(r"^(double_blocks|single_blocks)[._](\d+)[._](.+)$")
 _XLABS = re.compile(r"^(double_blocks|single_blocks)\.(\d+)\.processor\.(\w+)$")
@@ -149,6 +153,8 @@ def is_flux_layout(keys: list[str], index: ModuleIndex | None) -> bool:
         "double_blocks.",
         "single_blocks.",
         "text_encoders.",
+        "single_transformer_blocks.",
+        "base_model.model.single_transformer_blocks.",
     )
     return any(k.startswith(flux_only) for k in keys)
 
@@ -203,6 +209,8 @@ def _stem(raw: str) -> _Stem | None:
         if not raw.startswith(prefix):
             continue
         rest = raw[len(prefix) :]
+        if how == "dotted-bare":
+            return _Stem(component, "dotted", raw)
         if how == "kohya":
             bfl = _kohya_bfl(rest)
             return _Stem(component, "bfl", bfl) if bfl else None
@@ -374,6 +382,8 @@ def parse_flux(
     for raw, pair in pairs.items():
         assert pair.down is not None and pair.up is not None
         stem = _stem(raw)
+        if stem is None and index is not None and f"transformer.{raw}" in index.shapes:
+            stem = _Stem("transformer", "dotted", raw)  # a bare global layer (`x_embedder`)
         targets = _targets(stem, index, flats.get(stem.component, {})) if stem else ()
         if not targets:
             layers[raw] = make_layer(raw, pair.down, pair.up, pair.alpha)  # listed by check_layers
