@@ -118,11 +118,16 @@ def choose_device(device: str | None = None) -> torch.device:
     return chosen
 
 
-def choose_dtype(device: torch.device, dtype: str | torch.dtype | None = None) -> torch.dtype:
-    """``dtype`` if given, else fp16 on cuda/mps and fp32 on cpu (fp16 matmuls are slow on cpu)."""
+def choose_dtype(
+    device: torch.device, dtype: str | torch.dtype | None = None, family: Family | None = None
+) -> torch.dtype:
+    """``dtype`` if given, else fp16 on cuda/mps and fp32 on cpu (fp16 matmuls are slow on cpu);
+    FLUX gets bf16 on cuda (its activations overflow fp16, and it was trained in bf16)."""
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype in (None, "", "auto"):
+        if family == "flux" and device.type == "cuda":
+            return torch.bfloat16
         return torch.float16 if device.type in ("cuda", "mps") else torch.float32
     key = str(dtype).lower().removeprefix("torch.")
     if key not in DTYPES:
@@ -143,6 +148,8 @@ def family_from_cross_attention(dim: int | None) -> Family | None:
 
 def family_from_model_index(index: dict[str, Any], unet_config: dict[str, Any] | None) -> Family:
     """Family of a diffusers folder from its ``model_index.json`` and ``unet/config.json``."""
+    if "Flux" in str(index.get("_class_name", "")):
+        return "flux"
     if "XL" in str(index.get("_class_name", "")) or "text_encoder_2" in index:
         return "sdxl"
     dim = (unet_config or {}).get("cross_attention_dim")
@@ -154,6 +161,10 @@ def family_from_state_dict(shapes: dict[str, tuple[int, ...]]) -> Family | None:
     """Family of an original-layout (A1111/ComfyUI) checkpoint from its key names and shapes."""
     if any(k.startswith("conditioner.embedders.1.") for k in shapes):
         return "sdxl"
+    if any(
+        k.startswith(("double_blocks.", "model.diffusion_model.double_blocks.")) for k in shapes
+    ):
+        return "flux"  # BFL's single-file FLUX.1 transformer
     if _SD_ATTN2_KEY in shapes and len(shapes[_SD_ATTN2_KEY]) == 2:
         return family_from_cross_attention(shapes[_SD_ATTN2_KEY][1])
     if any(k.startswith("cond_stage_model.model.transformer.") for k in shapes):
@@ -230,9 +241,18 @@ class ModelInfo:
 
 
 def pipeline_class(family: Family | None) -> Any:
-    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+    from diffusers import FluxPipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
 
+    if family == "flux":
+        return FluxPipeline
     return StableDiffusionXLPipeline if family == "sdxl" else StableDiffusionPipeline
+
+
+def _extra_kwargs(family: Family | None) -> dict[str, Any]:
+    """SD 1.x/2.x pipelines are loaded without their safety checker; the others have none."""
+    if family in ("sdxl", "flux"):
+        return {}
+    return {"safety_checker": None, "requires_safety_checker": False}
 
 
 def load_pipeline(
@@ -258,8 +278,9 @@ def _load_pipeline(
 ) -> Any:
     quiet_libraries()
     dev = device if isinstance(device, torch.device) else choose_device(device)
-    torch_dtype = choose_dtype(dev, dtype)
     path = Path(base.source).expanduser()
+    local = not looks_like_hub_id(base.source) and path.exists()
+    torch_dtype = choose_dtype(dev, dtype, base.family or (detect_family(path) if local else None))
     problem = path_problem(path)
     if problem not in (None, "missing", "a folder"):  # a symlink loop, FIFO, device, ...
         raise error(
@@ -301,7 +322,7 @@ def _not_found_path(source: str) -> DiagnosticError:
 
 def _load_local(path: Path, family: Family | None, dtype: torch.dtype, base: BaseModelSpec) -> Any:
     cls = pipeline_class(family)
-    extra = {} if family == "sdxl" else {"safety_checker": None, "requires_safety_checker": False}
+    extra = _extra_kwargs(family)
     try:
         if path.is_dir():
             if not (path / "model_index.json").is_file():
@@ -379,7 +400,7 @@ def _load_hub(base: BaseModelSpec, dtype: torch.dtype) -> Any:
         raise _load_failed(base, exc, single_file=False) from None
     family = _check_family(base, family_from_model_index(dict(index), None))
     cls = pipeline_class(family)
-    extra = {} if family == "sdxl" else {"safety_checker": None, "requires_safety_checker": False}
+    extra = _extra_kwargs(family)
     try:
         return cls.from_pretrained(
             base.source,
@@ -415,7 +436,7 @@ def _load_failed(base: BaseModelSpec, exc: Exception, *, single_file: bool) -> D
     return error(
         "model-load-failed",
         f"cannot load base model `{base.source}`: {first}",
-        help="check that the path holds a Stable Diffusion 1.x, 2.x or SDXL model",
+        help="check that the path holds a Stable Diffusion 1.x, 2.x, SDXL or FLUX.1 model",
     )
 
 

@@ -62,6 +62,8 @@ SAMPLER_TABLE: dict[str, SamplerDef] = {
 }
 
 SAMPLERS: tuple[str, ...] = tuple(SAMPLER_TABLE)  # names the language checker accepts
+# FLUX (flow matching): "Euler" is diffusers' FlowMatchEulerDiscreteScheduler, the only one it has
+FLOW_MATCHING_SAMPLERS: tuple[str, ...] = ("Euler",)
 
 
 def sampler_def(name: str) -> SamplerDef:

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, model_validat
 
 from scenecraft.merge.config import METHODS, Loraclr, MethodParams, model_of
 
-Family = Literal["sd15", "sd2", "sdxl"]
+Family = Literal["sd15", "sd2", "sdxl", "flux"]
 ConceptKind = Literal["subject", "object", "style"]
 Relation = Literal[
     "left-of",

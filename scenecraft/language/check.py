@@ -15,8 +15,8 @@ from typing import Any
 
 from scenecraft.diagnostics import Collector, Diagnostic, DiagnosticError, Label, did_you_mean
 from scenecraft.files import looks_like_hub_id, path_problem
+from scenecraft.language import check_family, schema
 from scenecraft.language import nodes as n
-from scenecraft.language import schema
 from scenecraft.language.check_scene import SceneBody, check_scene_body
 from scenecraft.language.loader import Program, is_file, remap, resolve_path
 from scenecraft.merge.config import rule_errors
@@ -141,6 +141,7 @@ class Checker:
         model = None
         merge: n.Merge | None = None
         defaults = self.defaults
+        user_defaults: dict[str, Any] = {}
         for f in files:
             is_main = f is self.program.main
             for item in f.items:
@@ -151,7 +152,8 @@ class Checker:
                 elif isinstance(item, n.Merge):
                     merge = self.check_merge_dup(item, merge)
                 elif isinstance(item, n.Defaults):
-                    defaults.update(self.check_defaults(item))
+                    user_defaults.update(self.check_defaults(item))
+                    defaults.update(user_defaults)
                 elif isinstance(item, n.Scene | n.Storyboard) and not is_main:
                     self.c.error(
                         "scene-in-include",
@@ -161,6 +163,8 @@ class Checker:
                         help="move it into the file that includes this one",
                     )
         method, params = self.check_merge(merge)
+        family = check_family.model_family(model)
+        defaults.update(check_family.family_defaults(family, user_defaults))
         if model is None:
             self.c.error(
                 "missing-model",
@@ -172,6 +176,8 @@ class Checker:
             if isinstance(item, n.Scene):
                 self.check_scene_decl(item)
         storyboards = self.check_storyboards()
+        if family == "flux":
+            method = check_family.check_flux(self, merge, method)
         if not self.scenes and not any(
             isinstance(i, n.Storyboard) for i in self.program.main.items
         ):

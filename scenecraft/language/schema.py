@@ -74,7 +74,7 @@ CONCEPT_KEYS: dict[str, Key] = {
 }
 
 MODEL_KEYS: dict[str, Key] = {
-    "family": Key("word", choices=("sd15", "sd2", "sdxl")),
+    "family": Key("word", choices=("sd15", "sd2", "sdxl", "flux")),
     "revision": Key("str"),
 }
 

@@ -89,6 +89,21 @@ def _default_run() -> RunMerge:
     return run_merge
 
 
+class _WithoutUNet:
+    """A transformer pipeline (FLUX) as the merge engine reads it: the engine sorts layers into
+    stages by ``pipe.unet``'s cross-attention K/V, which an MM-DiT has none of; here that is an
+    empty module (every transformer layer goes to the data-free stage), all else the pipeline's.
+    """
+
+    unet = torch.nn.Module()
+
+    def __init__(self, pipe: Any) -> None:
+        self._pipe = pipe
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._pipe, name)
+
+
 # ------------------------------------------------------------------------------ 1. reading
 
 
@@ -296,7 +311,8 @@ def merge(
         return MergeResult(key, entry, True, figures, manifest)
     # 4. merge
     if any(c.layers for c in concepts):
-        outcome = (run or _default_run())(pipe, concepts, spec.params, reporter)
+        target = pipe if getattr(pipe, "unet", None) is not None else _WithoutUNet(pipe)
+        outcome = (run or _default_run())(target, concepts, spec.params, reporter)
     else:
         outcome = _NoMerge()
     # 5. save ΔW* (fp16 when the base runs in half precision) and the new tokens, atomically
