@@ -18,21 +18,63 @@ Defaults change with the family: sampler `Euler`, guidance 3.5, 28 steps (FLUX.1
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
+from scenecraft.diagnostics import Collector
 from scenecraft.language import nodes as n
 from scenecraft.merge.config import METHODS
 from scenecraft.names import FLOW_MATCHING_SAMPLERS
 
-if TYPE_CHECKING:
-    from scenecraft.language.check import Checker, ModelInfo
+
+class _Model(Protocol):
+    """What the family check reads of the checked `model` (`check.ModelInfo`)."""
+
+    @property
+    def source(self) -> str: ...
+
+    @property
+    def family(self) -> str | None: ...
+
+
+class _Declared(Protocol):
+    """A checked concept or scene: its syntax node."""
+
+    @property
+    def node(self) -> Any: ...
+
+
+class _Program(Protocol):
+    @property
+    def main(self) -> n.File: ...
+
+    @property
+    def includes(self) -> list[n.File]: ...
+
+
+class Checker(Protocol):
+    """What the family check needs of the file's checker (`check.Checker`): its diagnostics, the
+    program and the concepts and scenes declared (no import of check.py: it imports this)."""
+
+    @property
+    def c(self) -> Collector: ...
+
+    @property
+    def program(self) -> _Program: ...
+
+    @property
+    def concepts(self) -> Mapping[str, _Declared]: ...
+
+    @property
+    def scenes(self) -> Mapping[str, _Declared]: ...
+
 
 FLUX_DEFAULTS: dict[str, Any] = {"sampler": "Euler", "guidance": 3.5, "steps": 28, "regions": "off"}
 FLUX_MERGE = "linear"  # the merge when the scene has no `merge` block
 
 
-def model_family(model: ModelInfo | None) -> str | None:
+def model_family(model: _Model | None) -> str | None:
     """The declared family, else what a local diffusers folder's ``model_index.json`` says."""
     if model is None:
         return None
