@@ -142,3 +142,13 @@ def test_a_string_var_where_the_template_loops_is_a_diagnostic(tmp_path: Path) -
     assert "--var places='[\"on grass\"]'" in (d.help or "")
     loaded = load(str(template), {"places": ["on grass", "at sea"]})  # a list works
     assert [j.scene for j in loaded.plan.jobs] == ["on-grass", "at-sea"]
+
+
+def test_a_manifest_write_leaves_no_lock_file(tmp_path: Path) -> None:
+    from scenecraft.render.manifest import Manifest
+
+    path = tmp_path / "story" / "manifest.json"
+    m = Manifest.open(path, {"plan_file": "story.scene"})
+    m.record("a.png", {"key": "A"})
+    m.save()
+    assert sorted(p.name for p in path.parent.iterdir()) == ["manifest.json"]

@@ -9,8 +9,8 @@ Integrity (docs/render.md, "Re-runs"):
   again (`is_finished`);
 - one scene file per output folder: the manifest records the file's resolved path, and another
   file of the same name is an ``output-path-collision`` while it exists (`Manifest.open`);
-- the manifest is rewritten under an exclusive lock (``.<manifest>.lock``, `fcntl.flock`) that
-  merges what other runs wrote meanwhile, so concurrent runs into one --out keep every entry.
+- the manifest is rewritten under an exclusive lock (`fcntl.flock` on its folder: no lock file)
+  that merges what other runs wrote meanwhile, so concurrent runs into one --out keep every entry.
 """
 
 from __future__ import annotations
@@ -59,18 +59,18 @@ def is_finished(
 
 @contextlib.contextmanager
 def _locked(path: Path) -> Iterator[None]:
-    """An exclusive lock on ``.<name>.lock`` next to ``path`` (no lock where fcntl is missing)."""
+    """An exclusive lock on the folder that holds ``path`` (`fcntl.flock` on the folder itself,
+    so no lock file is left behind; no lock where fcntl is missing)."""
     try:
         import fcntl
     except ImportError:  # pragma: no cover - Windows
         yield
         return
-    lock = path.parent / f".{path.name}.lock"
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+        fd = os.open(path.parent, os.O_RDONLY)
     except OSError as exc:
-        raise unwritable(lock, exc) from None
+        raise unwritable(path.parent, exc) from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
