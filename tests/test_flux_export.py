@@ -23,6 +23,7 @@ from scenecraft.merge.apply import apply_merge, module_weight
 from scenecraft.merge.cache import load_entry
 from scenecraft.merge.formats import read_concept_lora
 from tests import _flux_lora_files as F
+from tests.test_export import validate_workflow
 from tests.test_flux_cli import flux_dir, one_thread, write_scene  # noqa: F401
 
 BUDGET = 0.01
@@ -39,6 +40,8 @@ def exported(root: str) -> dict[str, Any]:
         path = folder / f"cast-{fmt}.safetensors"
         argv = ["export", str(scene), "--json", "--cache-dir", str(folder / "cache")]
         argv += ["--lora", str(path), "--format", fmt]
+        if fmt == "kohya":
+            argv += ["--comfyui", str(folder / "wf")]
         buffer = io.StringIO()
         with contextlib.redirect_stdout(buffer):
             assert main(argv) == 0
@@ -197,3 +200,59 @@ def test_plain_diffusers_loads_the_peft_file(result: dict[str, Any]) -> None:
     print(f"FLUX PEFT export: {lora}, image diff mean {diff.mean():.3f}")
     assert diff.mean() <= 2.0
     assert np.abs(_render(plain) - _render(merged)).mean() > diff.mean()  # the merge shows
+
+
+# ------------------------------------------------------------------------- ComfyUI, errors
+
+
+def test_comfyui_workflows_use_the_flux_nodes(result: dict[str, Any]) -> None:
+    """One workflow per seed, FLUX's built-in nodes only, every required input (the recorded
+    node definitions); the scene's guidance in FluxGuidance, KSampler euler/simple at cfg 1."""
+    _, report = result["kohya"]
+    assert [Path(p).name for p in report["workflows"]] == ["park-1.json", "park-2.json"]
+    workflow = json.loads(Path(report["workflows"][0]).read_text())
+    validate_workflow(workflow)
+    by_class = {node["class_type"]: node["inputs"] for node in workflow.values()}
+    assert set(by_class) == {
+        "UNETLoader", "DualCLIPLoader", "LoraLoader", "CLIPTextEncode", "FluxGuidance",
+        "EmptySD3LatentImage", "KSampler", "VAELoader", "VAEDecode", "SaveImage",
+    }  # fmt: skip
+    assert by_class["UNETLoader"]["unet_name"] == "tiny-flux.safetensors"
+    assert by_class["DualCLIPLoader"]["type"] == "flux"
+    assert by_class["LoraLoader"]["lora_name"] == "cast-kohya.safetensors"  # CLIP-L changed too
+    assert by_class["FluxGuidance"]["guidance"] == 3.5
+    sampler = by_class["KSampler"]
+    assert (sampler["sampler_name"], sampler["scheduler"], sampler["cfg"]) == (
+        "euler",
+        "simple",
+        1.0,
+    )
+    assert (sampler["steps"], sampler["seed"]) == (2, 1)
+    assert by_class["EmptySD3LatentImage"]["width"] == 64
+
+
+def test_model_only_lora_when_no_text_encoder_changed() -> None:
+    from scenecraft.export.comfyui import ModelFiles
+    from scenecraft.export.comfyui_flux import flux_workflow
+    from scenecraft.plan import RenderJob
+
+    job = RenderJob(
+        id="j", file="f.scene", scene="s", seed=4, prompt="a <Z> dog", width=64, height=64,
+        steps=4, guidance=2.0, sampler="Euler",
+    )  # fmt: skip
+    files = ModelFiles("flux1-dev.safetensors", "cast.safetensors", {"<Z>": "Z"}, lora_clip=False)
+    workflow = flux_workflow(job, files, prefix="p")
+    validate_workflow(workflow)
+    classes = [n["class_type"] for n in workflow.values()]
+    assert "LoraLoaderModelOnly" in classes and "LoraLoader" not in classes
+    texts = [n["inputs"]["text"] for n in workflow.values() if n["class_type"] == "CLIPTextEncode"]
+    assert texts == ["a embedding:Z dog", ""]
+
+
+def test_checkpoint_is_refused_for_flux(
+    result: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["export", str(result["scene"]), "--cache-dir", str(result["cache"])]
+    assert main([*argv, "--checkpoint", str(tmp_path / "x.safetensors")]) == 2
+    err = capsys.readouterr().err
+    assert "error[export-checkpoint-family]" in err and "FLUX" in err

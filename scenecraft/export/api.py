@@ -160,7 +160,8 @@ def export_merge(
             report.embeddings += _embeddings_beside(options.checkpoint, embeddings)
     # 4. the ComfyUI workflows
     if options.comfyui is not None:
-        report.workflows, report.warnings = _write_workflows(plan, options, names)
+        workflows, warnings = _write_workflows(plan, options, names, pipe, deltas)
+        report.workflows, report.warnings = workflows, report.warnings + warnings
     # 5. the diffusers folder (applies the merge to `pipe`: last)
     if options.diffusers is not None:
         apply_merge(pipe, result)
@@ -251,15 +252,21 @@ def _embeddings_beside(out: Path, embeddings: dict[str, dict[str, Any]]) -> list
 
 
 def _write_workflows(
-    plan: RenderPlan, options: ExportOptions, names: dict[str, str]
+    plan: RenderPlan,
+    options: ExportOptions,
+    names: dict[str, str],
+    pipe: Any,
+    deltas: dict[str, Any],
 ) -> tuple[list[str], list[Diagnostic]]:
     assert options.comfyui is not None
     if options.checkpoint is not None:
         files = ModelFiles(options.checkpoint.name, None, names)
     else:
         assert options.lora is not None
-        files = ModelFiles(base_checkpoint_name(plan.merge.base.source), options.lora.name, names)
-    workflows, warnings = plan_workflows(plan, files)
+        clip = any(m.startswith("text_encoder") for m in deltas)
+        base = base_checkpoint_name(plan.merge.base.source)
+        files = ModelFiles(base, options.lora.name, names, lora_clip=clip)
+    workflows, warnings = plan_workflows(plan, files, flux=is_flux(pipe))
     options.comfyui.mkdir(parents=True, exist_ok=True)
     written = []
     for name, workflow in workflows.items():

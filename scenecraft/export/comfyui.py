@@ -38,6 +38,7 @@ class ModelFiles:
     checkpoint: str  # models/checkpoints/<checkpoint>: the fused merge or the base
     lora: str | None = None  # models/loras/<lora>: the exported LoRA, None with a fused checkpoint
     embeddings: Mapping[str, str] = field(default_factory=dict)  # token -> models/embeddings name
+    lora_clip: bool = True  # the LoRA changes a text encoder (FLUX: LoraLoader, else ModelOnly)
 
 
 def comfy_sampler(name: str) -> tuple[tuple[str, str], Diagnostic | None]:
@@ -164,10 +165,13 @@ def workflow_name(job: RenderJob) -> str:
 
 
 def plan_workflows(
-    plan: RenderPlan, files: ModelFiles
+    plan: RenderPlan, files: ModelFiles, *, flux: bool = False
 ) -> tuple[dict[str, Workflow], list[Diagnostic]]:
     """One workflow per distinct image job (storyboard panels reuse their scene's jobs), and
-    one warning per sampler ComfyUI lacks."""
+    one warning per sampler ComfyUI lacks; ``flux``: `scenecraft.export.comfyui_flux`'s graph
+    (euler/simple, the only FLUX sampler scenecraft takes, so no warning)."""
+    from scenecraft.export.comfyui_flux import flux_workflow
+
     workflows: dict[str, Workflow] = {}
     warnings: dict[str, Diagnostic] = {}
     seen: set[str] = set()
@@ -176,6 +180,9 @@ def plan_workflows(
             continue
         seen.add(job.id)
         name = workflow_name(job)
+        if flux:
+            workflows[name] = flux_workflow(job, files, prefix=f"scenecraft/{name}")
+            continue
         workflows[name] = job_workflow(job, files, prefix=f"scenecraft/{name}")
         _, problem = comfy_sampler(job.sampler)
         if problem is not None:
