@@ -21,6 +21,7 @@ from scenecraft.diagnostics import Diagnostic, error
 from scenecraft.events import Reporter
 from scenecraft.export.checkpoint import ldm_checkpoint
 from scenecraft.export.comfyui import ModelFiles, plan_workflows
+from scenecraft.export.comfyui_flux import plan_flux_workflows
 from scenecraft.export.embeddings import embedding_name, write_embeddings
 from scenecraft.export.flux import (
     display_name,
@@ -266,7 +267,11 @@ def _write_workflows(
         clip = any(m.startswith("text_encoder") for m in deltas)
         base = base_checkpoint_name(plan.merge.base.source)
         files = ModelFiles(base, options.lora.name, names, lora_clip=clip)
-    workflows, warnings = plan_workflows(plan, files, flux=is_flux(pipe))
+    warnings: list[Diagnostic] = []
+    if is_flux(pipe):
+        workflows = plan_flux_workflows(plan, files)
+    else:
+        workflows, warnings = plan_workflows(plan, files)
     options.comfyui.mkdir(parents=True, exist_ok=True)
     written = []
     for name, workflow in workflows.items():

@@ -165,13 +165,10 @@ def workflow_name(job: RenderJob) -> str:
 
 
 def plan_workflows(
-    plan: RenderPlan, files: ModelFiles, *, flux: bool = False
+    plan: RenderPlan, files: ModelFiles
 ) -> tuple[dict[str, Workflow], list[Diagnostic]]:
     """One workflow per distinct image job (storyboard panels reuse their scene's jobs), and
-    one warning per sampler ComfyUI lacks; ``flux``: `scenecraft.export.comfyui_flux`'s graph
-    (euler/simple, the only FLUX sampler scenecraft takes, so no warning)."""
-    from scenecraft.export.comfyui_flux import flux_workflow
-
+    one warning per sampler ComfyUI lacks."""
     workflows: dict[str, Workflow] = {}
     warnings: dict[str, Diagnostic] = {}
     seen: set[str] = set()
@@ -180,9 +177,6 @@ def plan_workflows(
             continue
         seen.add(job.id)
         name = workflow_name(job)
-        if flux:
-            workflows[name] = flux_workflow(job, files, prefix=f"scenecraft/{name}")
-            continue
         workflows[name] = job_workflow(job, files, prefix=f"scenecraft/{name}")
         _, problem = comfy_sampler(job.sampler)
         if problem is not None:

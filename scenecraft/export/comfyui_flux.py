@@ -15,8 +15,15 @@ transformer is the base's name (docs/export.md, "FLUX").
 
 from __future__ import annotations
 
-from scenecraft.export.comfyui import Link, ModelFiles, Workflow, _Graph, with_embeddings
-from scenecraft.plan import RenderJob, generator_seed
+from scenecraft.export.comfyui import (
+    Link,
+    ModelFiles,
+    Workflow,
+    _Graph,
+    with_embeddings,
+    workflow_name,
+)
+from scenecraft.plan import RenderJob, RenderPlan, generator_seed
 
 FLUX_TEXT_ENCODERS = ("clip_l.safetensors", "t5xxl_fp16.safetensors")  # models/text_encoders
 FLUX_VAE = "ae.safetensors"  # models/vae
@@ -72,3 +79,17 @@ def flux_workflow(job: RenderJob, files: ModelFiles, prefix: str) -> Workflow:
     image = g.add("VAEDecode", samples=[sampled, 0], vae=[vae, 0])
     g.add("SaveImage", images=[image, 0], filename_prefix=prefix)
     return g.nodes
+
+
+def plan_flux_workflows(plan: RenderPlan, files: ModelFiles) -> dict[str, Workflow]:
+    """One FLUX workflow per distinct image job (no sampler warning: euler/simple is the only
+    FLUX sampler scenecraft takes)."""
+    workflows: dict[str, Workflow] = {}
+    seen: set[str] = set()
+    for job in plan.jobs:
+        if job.id in seen:
+            continue
+        seen.add(job.id)
+        name = workflow_name(job)
+        workflows[name] = flux_workflow(job, files, prefix=f"scenecraft/{name}")
+    return workflows
