@@ -152,6 +152,38 @@ def test_kohya_file_is_fused_and_reads_back_within_the_budget(result: dict[str, 
         assert float(back.delta(module).abs().max()) < 1e-6, module
 
 
+def test_diffusers_kohya_converter_reads_our_names(result: dict[str, Any]) -> None:
+    """A second reader of the kohya names: diffusers' own FLUX converter. It splits `linear1`
+    by FLUX.1's full widths and refuses T5 (`lora_te3_`), so those layers are left out here
+    (scenecraft's reader checks them above); every other transformer layer must come out as
+    the same ΔW* (double-block qkv split, final_layer rows swapped back, alpha = rank)."""
+    from diffusers.loaders.lora_conversion_utils import _convert_kohya_flux_lora_to_diffusers
+
+    path, _ = result["kohya"]
+    state = {
+        k: v.float()
+        for k, v in load_file(str(path)).items()
+        if "_linear1." not in k and not k.startswith("lora_te3_")
+    }
+    converted = _convert_kohya_flux_lora_to_diffusers(state)
+    deltas = _deltas(result)
+    checked = set()
+    for key, down in converted.items():
+        if not key.endswith(".lora_A.weight"):
+            continue
+        rel = key.removesuffix(".lora_A.weight").removeprefix("transformer.")
+        module = f"transformer.{rel}"
+        up = converted[key.replace(".lora_A.", ".lora_B.")]
+        want = deltas[module].float()
+        assert float((up @ down - want).norm() / want.norm()) <= BUDGET * 1.05, module
+        checked.add(module)
+    single_qkv = {m for m in deltas if ".single_transformer_blocks." in m and "attn.to_" in m}
+    single_qkv |= {m for m in deltas if m.endswith(".proj_mlp")}
+    transformer = {m for m in deltas if m.startswith("transformer.")}
+    assert checked == transformer - single_qkv
+    assert "transformer.norm_out.linear" in checked and "transformer.x_embedder" in checked
+
+
 def _render(pipe: Any) -> np.ndarray:
     g = torch.Generator().manual_seed(5)
     image = pipe(
