@@ -21,7 +21,15 @@ from scenecraft.diagnostics import Diagnostic, error
 from scenecraft.events import Reporter
 from scenecraft.export.checkpoint import ldm_checkpoint
 from scenecraft.export.comfyui import ModelFiles, plan_workflows
+from scenecraft.export.comfyui_flux import plan_flux_workflows
 from scenecraft.export.embeddings import embedding_name, write_embeddings
+from scenecraft.export.flux import (
+    display_name,
+    factor_flux_kohya,
+    flux_kohya_tensors,
+    flux_lora_warnings,
+    is_flux,
+)
 from scenecraft.export.lora import (
     DEFAULT_MAX_ERROR,
     KOHYA_ALPHA,
@@ -36,6 +44,7 @@ from scenecraft.files import atomic_output, atomic_write_text
 from scenecraft.merge.api import merge
 from scenecraft.merge.apply import apply_merge, token_words
 from scenecraft.merge.cache import load_entry
+from scenecraft.merge.formats_index import ModuleIndex
 from scenecraft.plan import RenderPlan
 
 
@@ -137,7 +146,8 @@ def export_merge(
     names = {t: embedding_name(t) for rows in embeddings.values() for t in rows}
     # 2. the LoRA (+ the embeddings beside it)
     if options.lora is not None:
-        report.lora = _write_lora(options, deltas, manifest, dtype, sdxl=_is_sdxl(pipe))
+        report.lora = _write_lora(options, deltas, manifest, dtype, pipe)
+        report.warnings += flux_lora_warnings(pipe, deltas, options.lora_format)
         report.embeddings += _embeddings_beside(options.lora, embeddings)
     # 3. the single-file checkpoint
     if options.checkpoint is not None:
@@ -151,7 +161,8 @@ def export_merge(
             report.embeddings += _embeddings_beside(options.checkpoint, embeddings)
     # 4. the ComfyUI workflows
     if options.comfyui is not None:
-        report.workflows, report.warnings = _write_workflows(plan, options, names)
+        workflows, warnings = _write_workflows(plan, options, names, pipe, deltas)
+        report.workflows, report.warnings = workflows, report.warnings + warnings
     # 5. the diffusers folder (applies the merge to `pipe`: last)
     if options.diffusers is not None:
         apply_merge(pipe, result)
@@ -188,14 +199,22 @@ def _write_lora(
     deltas: dict[str, Any],
     manifest: dict[str, Any],
     dtype: Any,
-    *,
-    sdxl: bool,
+    pipe: Any,
 ) -> LoRAReport:
     assert options.lora is not None
     max_error = None if options.rank is not None else options.max_error
-    alpha = KOHYA_ALPHA if options.lora_format == "kohya" else None  # peft: alpha = rank
-    layers = factor_all(deltas, max_error=max_error, rank=options.rank, dtype=dtype, alpha=alpha)
-    tensors = lora_tensors(layers, options.lora_format, sdxl=sdxl)
+    if is_flux(pipe) and options.lora_format == "kohya":  # fused BFL layers, alpha = rank
+        shapes = ModuleIndex.from_pipe(pipe).shapes
+        layers = factor_flux_kohya(
+            deltas, shapes, max_error=max_error, rank=options.rank, dtype=dtype
+        )
+        tensors = flux_kohya_tensors(layers)
+    else:
+        alpha = KOHYA_ALPHA if options.lora_format == "kohya" else None  # peft: alpha = rank
+        layers = factor_all(
+            deltas, max_error=max_error, rank=options.rank, dtype=dtype, alpha=alpha
+        )
+        tensors = lora_tensors(layers, options.lora_format, sdxl=_is_sdxl(pipe))
     meta = header_metadata(
         manifest,
         layers,
@@ -213,7 +232,12 @@ def _write_lora(
         max_error=max_error,
         rank=options.rank,
         layers=[
-            {"module": f.module, "rank": f.rank, "error": f.error, "full_rank": f.full_rank}
+            {
+                "module": display_name(f.module),
+                "rank": f.rank,
+                "error": f.error,
+                "full_rank": f.full_rank,
+            }
             for f in layers
         ],
     )
@@ -229,15 +253,25 @@ def _embeddings_beside(out: Path, embeddings: dict[str, dict[str, Any]]) -> list
 
 
 def _write_workflows(
-    plan: RenderPlan, options: ExportOptions, names: dict[str, str]
+    plan: RenderPlan,
+    options: ExportOptions,
+    names: dict[str, str],
+    pipe: Any,
+    deltas: dict[str, Any],
 ) -> tuple[list[str], list[Diagnostic]]:
     assert options.comfyui is not None
     if options.checkpoint is not None:
         files = ModelFiles(options.checkpoint.name, None, names)
     else:
         assert options.lora is not None
-        files = ModelFiles(base_checkpoint_name(plan.merge.base.source), options.lora.name, names)
-    workflows, warnings = plan_workflows(plan, files)
+        clip = any(m.startswith("text_encoder") for m in deltas)
+        base = base_checkpoint_name(plan.merge.base.source)
+        files = ModelFiles(base, options.lora.name, names, lora_clip=clip)
+    warnings: list[Diagnostic] = []
+    if is_flux(pipe):
+        workflows = plan_flux_workflows(plan, files)
+    else:
+        workflows, warnings = plan_workflows(plan, files)
     options.comfyui.mkdir(parents=True, exist_ok=True)
     written = []
     for name, workflow in workflows.items():

@@ -207,6 +207,18 @@ def ldm_checkpoint(
 
     ``vocab``: the base tokenizer's size; rows past it (tokens the merge engine added to this
     process's pipeline) are dropped, as the file's tokenizer is the base's."""
+    if getattr(pipe, "transformer", None) is not None:
+        raise error(
+            "export-checkpoint-family",
+            "`--checkpoint` writes SD 1.x/2.x single files; this base is FLUX (a transformer)",
+            notes=(
+                "a FLUX single file (Black Forest Labs' names) is not written yet: diffusers' "
+                "`from_single_file` converter assumes FLUX.1's full widths, so it could not be "
+                "checked on a small model",
+            ),
+            help="use `--lora` (load it on the FLUX base: LoraLoaderModelOnly in ComfyUI) or "
+            "`--diffusers DIR` for a fused FLUX pipeline folder",
+        )
     if getattr(pipe, "text_encoder_2", None) is not None or getattr(pipe, "unet", None) is None:
         raise error(
             "export-checkpoint-family",

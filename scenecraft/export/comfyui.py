@@ -38,6 +38,7 @@ class ModelFiles:
     checkpoint: str  # models/checkpoints/<checkpoint>: the fused merge or the base
     lora: str | None = None  # models/loras/<lora>: the exported LoRA, None with a fused checkpoint
     embeddings: Mapping[str, str] = field(default_factory=dict)  # token -> models/embeddings name
+    lora_clip: bool = True  # the LoRA changes a text encoder (FLUX: LoraLoader, else ModelOnly)
 
 
 def comfy_sampler(name: str) -> tuple[tuple[str, str], Diagnostic | None]:

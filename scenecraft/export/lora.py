@@ -224,7 +224,7 @@ def peft_adapter_metadata(layers: list[Factored]) -> dict[str, Any]:
 
 # ---------------------------------------------------------------------- 3. header metadata
 
-_BASE_VERSION = {"sd15": "sd_v1", "sd2": "sd_v2", "sdxl": "sdxl_base_v1-0"}
+_BASE_VERSION = {"sd15": "sd_v1", "sd2": "sd_v2", "sdxl": "sdxl_base_v1-0", "flux": "flux1"}
 
 
 def header_metadata(
@@ -256,7 +256,7 @@ def header_metadata(
         "scenecraft.export": json.dumps({"max_error": max_error, "rank": rank, "format": fmt}),
         "ss_network_module": "networks.lora",
         "ss_network_dim": str(max((f.rank for f in layers), default=0)),
-        "ss_network_alpha": str(KOHYA_ALPHA) if fmt == "kohya" else "rank",
+        "ss_network_alpha": str(KOHYA_ALPHA) if fmt == "kohya" and family != "flux" else "rank",
         "modelspec.trigger_phrase": ", ".join(tokens),
     }
     if family in _BASE_VERSION:

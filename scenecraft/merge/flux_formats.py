@@ -6,7 +6,7 @@ A FLUX LoRA names its layers in one of several spellings (docs/merge.md, "FLUX L
   (also without the ``transformer.`` prefix, or under peft's ``base_model.model.``);
 - kohya sd-scripts: ``lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight`` + ``.alpha``,
   Black Forest Labs' module names with ``_`` for ``.``; the text encoders as ``lora_te1_…``
-  (CLIP-L) and ``lora_te2_…`` (T5);
+  (CLIP-L) and ``lora_te2_…`` or sd-scripts' ``lora_te3_…`` (T5);
 - kohya "mixture": diffusers' names flattened, ``lora_transformer_transformer_blocks_0_attn_to_q``;
 - ComfyUI: BFL names under ``diffusion_model.`` (``diffusion_model.double_blocks.0.img_attn.qkv``),
   text encoders under ``text_encoders.clip_l.transformer.`` / ``text_encoders.t5xxl.transformer.``;
@@ -108,6 +108,7 @@ _PREFIXES: tuple[tuple[str, str, str], ...] = (
     ("lora_transformer_", "transformer", "flat"),
     ("lora_te1_", "text_encoder", "flat"),
     ("lora_te2_", "text_encoder_2", "flat"),
+    ("lora_te3_", "text_encoder_2", "flat"),  # sd-scripts' lora_flux names T5 `lora_te3`
     ("lora_te_", "text_encoder", "flat"),
     ("text_encoders.clip_l.transformer.", "text_encoder", "dotted"),
     ("text_encoders.t5xxl.transformer.", "text_encoder_2", "dotted"),
