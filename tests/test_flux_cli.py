@@ -142,6 +142,7 @@ def test_render_a_flux_scene_with_two_merged_concepts(
     assert abs(pixels(plain).astype(int) - pixels(images[0]).astype(int)).max() > 0
 
 
+@pytest.mark.slow
 def test_render_through_the_cli_module(tmp_path: Path) -> None:
     """`python -m scenecraft.cli render` in a fresh process (the real entry point)."""
     scene = write_scene(tmp_path, "merge linear")

@@ -262,6 +262,7 @@ def test_input_waves_follow_the_forward_and_group_shared_inputs(engine_pipe: Any
     assert waves == expected
 
 
+@pytest.mark.slow
 def test_a_merge_repeated_on_one_pipeline_gives_the_same_weights(
     engine_pipe: Any, engine_concepts: list[ConceptLoRA]
 ) -> None:

@@ -193,6 +193,7 @@ def sdxl_runs() -> dict[str, Any]:
     return runs
 
 
+@pytest.mark.slow
 def test_feature_methods_run_on_sdxl_and_beat_linear(sdxl_runs: dict[str, Any]) -> None:
     linear = sdxl_runs["linear"].figures
     assert linear["modules"]["fallback"] == 0  # every layer has a feature stage
@@ -213,6 +214,7 @@ def test_feature_methods_run_on_sdxl_and_beat_linear(sdxl_runs: dict[str, Any]) 
                 ), (method, stage, name)
 
 
+@pytest.mark.slow
 def test_sdxl_merge_leaves_the_pipeline_unchanged(sdxl_runs: dict[str, Any]) -> None:
     before, after = sdxl_runs["before"], sdxl_runs["after"]
     # new tokens (<zig>, <zig>_1) are appended to both vocabularies; nothing else changes
