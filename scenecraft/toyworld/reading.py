@@ -53,8 +53,10 @@ MIN_COLOURED = 30  # body-coloured pixels a sprite needs (ink alone is no sprite
 ATTRIBUTE_PIXELS = 12  # attribute pixels above a body that make it wear something
 REF_SIZES = range(10, 45)  # sprite sides the references are rendered at
 HAT_ROWS = 10  # a piece no taller than this on top of a body is worn, not a sprite
+COLOUR_SPLIT_OVERLAP = 0.3  # boxes of two colours overlapping more: one sprite, not two
 SPLIT_COST = 0.25  # shape cost above which a one-colour component is tried as two sprites
 INK_MIN = 120.0  # every channel of an ink pixel is at least this
+GROW = {"star": (0, 1)}  # star references also grown a pixel (the model draws them fat)
 SOLIDITY = 1.0  # weight of the solidity's difference in a shape's cost
 PATTERN_SHARE = 1.0  # weight of the ink share's difference in a pattern's cost
 PATTERN_RUN = 1.5  # weight of the ink runs' difference
@@ -159,8 +161,13 @@ def _box_dims(shape: str, size: int) -> tuple[int, int]:
 
 
 @cache
-def _ref_mask(shape: str, size: int) -> np.ndarray:
-    m = shape_mask(shape, size)
+def _ref_mask(shape: str, size: int, grow: int = 0) -> np.ndarray:
+    """A shape's mask cropped to its box; ``grow`` > 0: dilated that many pixels first (the
+    model draws stars fat: arms thickened, the notches between them filled in part)."""
+    m = np.pad(shape_mask(shape, size), grow)
+    for _ in range(grow):
+        p = np.pad(m, 1)
+        m = p[1:-1, 1:-1] | p[:-2, 1:-1] | p[2:, 1:-1] | p[1:-1, :-2] | p[1:-1, 2:]
     ys, xs = np.nonzero(m)
     return m[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]
 
@@ -186,12 +193,14 @@ def _sizes_for(shape: str, w: int, h: int) -> list[int]:
 
 
 def pattern_figures(mask: np.ndarray, ink: np.ndarray) -> tuple[float, float]:
-    """(ink share of the body, mean over rows holding ink of the longest ink run / the row's
-    body width less its 2-pixel rims): stripes cross the body (~1), spots are short (~0.3)."""
+    """(ink share of the body, how far ink runs along its rows: per row holding ink, the longest
+    ink run / the row's body width less its 2-pixel rims, averaged with the rows' ink counts as
+    weights): stripes cross the body (~1), spots are short (~0.3); a stray light pixel weighs
+    little."""
     area = int(mask.sum())
     if area == 0 or not ink.any():
         return 0.0, 0.0
-    runs = []
+    runs, weights = [], []
     for row_mask, row_ink in zip(mask, ink, strict=True):
         if not row_ink.any():
             continue
@@ -200,7 +209,8 @@ def pattern_figures(mask: np.ndarray, ink: np.ndarray) -> tuple[float, float]:
         edges = np.flatnonzero(np.diff(padded))
         longest = int((edges[1::2] - edges[::2]).max())
         runs.append(min(longest / inner, 1.0))
-    return float(ink.sum() / area), float(np.mean(runs))
+        weights.append(int(row_ink.sum()))
+    return float(ink.sum() / area), float(np.average(runs, weights=weights))
 
 
 def solidity(mask: np.ndarray) -> float:
@@ -243,8 +253,8 @@ def _hull(points: list[tuple[int, int]]) -> list[tuple[int, int]]:
 
 
 @cache
-def _ref_solidity(shape: str, size: int) -> float:
-    return solidity(_ref_mask(shape, size))
+def _ref_solidity(shape: str, size: int, grow: int = 0) -> float:
+    return solidity(_ref_mask(shape, size, grow))
 
 
 def shape_costs(mask: np.ndarray) -> dict[str, tuple[float, int]]:
@@ -257,14 +267,17 @@ def shape_costs(mask: np.ndarray) -> dict[str, tuple[float, int]]:
     out = {}
     for shape in SHAPES:
         best = (2.0, 0)
-        for size in _sizes_for(shape, w, h):
-            ref = _ref_mask(shape, size)
-            resized = np.asarray(
-                Image.fromarray(crop).resize((ref.shape[1], ref.shape[0]), Image.Resampling.NEAREST)
-            )
-            iou = (resized & ref).sum() / max((resized | ref).sum(), 1)
-            cost = 1.0 - float(iou) + SOLIDITY * abs(solid - _ref_solidity(shape, size))
-            best = min(best, (cost, size))
+        for grow in GROW.get(shape, (0,)):
+            for size in _sizes_for(shape, w - 2 * grow, h - 2 * grow):
+                ref = _ref_mask(shape, size, grow)
+                resized = np.asarray(
+                    Image.fromarray(crop).resize(
+                        (ref.shape[1], ref.shape[0]), Image.Resampling.NEAREST
+                    )
+                )
+                iou = (resized & ref).sum() / max((resized | ref).sum(), 1)
+                cost = 1.0 - float(iou) + SOLIDITY * abs(solid - _ref_solidity(shape, size, grow))
+                best = min(best, (cost, size))
         out[shape] = best
     return out
 
@@ -272,15 +285,15 @@ def shape_costs(mask: np.ndarray) -> dict[str, tuple[float, int]]:
 def body_colour_and_ink(
     img: np.ndarray, cls: np.ndarray, mask: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The body's colour (median of its body-coloured pixels) and its ink: the pixels of the
-    mask nearer the white ink than that colour along the line between them (so a faint stripe,
-    pink on a red body, is ink; a lighter sky around the body never is)."""
+    """The body's colour (median of its body-coloured pixels) and its ink: light pixels inside
+    the rim, nearer the white ink than that colour along the line between them (so a faint
+    stripe, pink on a red body, is ink; dark or blue noise never is)."""
     coloured = mask & (cls >= 1) & (cls <= len(COLOURS))
     median = np.median(img[coloured if coloured.any() else mask], axis=0)
     axis = np.array(INK, dtype=np.float64) - median
     t = ((img - median) @ axis) / max(float(axis @ axis), 1.0)
-    light = img.min(axis=-1) >= INK_MIN  # ink is light in every channel: never dark noise
-    return median, erode(mask, 1) & light & (t > 0.5)  # and lies inside the rim
+    light = img.min(axis=-1) >= INK_MIN
+    return median, erode(mask, 1) & light & (t > 0.5)
 
 
 def recognise(img: np.ndarray, cls: np.ndarray, mask: np.ndarray) -> dict[Identity, float]:
@@ -315,14 +328,19 @@ def _mask_of(pixels: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return m
 
 
-def trim_crown(cls: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """The mask less its top rows where crown-orange outnumbers body colour and ink (a crown
-    drawn touching its wearer); unchanged when that would leave too little (an orange body)."""
+def trim_attribute(cls: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """The mask less its top rows that belong to what the sprite wears: rows where crown-orange
+    outnumbers body colour and ink (a crown drawn touching its wearer), or where hat-dark pixels
+    across the mask's columns outnumber the mask's own (the blended rim of a hat); unchanged
+    when that would leave too little (an orange body)."""
     rows = np.flatnonzero(mask.any(axis=1))
+    cols = np.flatnonzero(mask.any(axis=0))
     out = mask.copy()
     for y in rows:
         row = cls[y][mask[y]]
-        if (row == CROWN_CLASS).sum() <= ((row >= 1) & (row <= INK_CLASS)).sum():
+        hat = int((cls[y, cols[0] : cols[-1] + 1] == HAT_CLASS).sum())
+        crown = (row == CROWN_CLASS).sum() > ((row >= 1) & (row <= INK_CLASS)).sum()
+        if not crown and hat <= len(row):
             break
         out[y] = False
     return out if out.sum() >= MIN_AREA else mask
@@ -339,6 +357,8 @@ def split_by_colour(cls: np.ndarray, mask: np.ndarray) -> list[np.ndarray]:
     if len(parts) < 2:
         return [mask]
     parts = sorted(parts, key=lambda m: -int(m.sum()))[:2]
+    if _box_overlap(*parts) > COLOUR_SPLIT_OVERLAP:  # one sprite of an in-between colour
+        return [mask]
     ys, xs = np.nonzero(mask)
     cents = [np.argwhere(p).mean(axis=0) for p in parts]
     out = [np.zeros_like(mask) for _ in parts]
@@ -348,6 +368,26 @@ def split_by_colour(cls: np.ndarray, mask: np.ndarray) -> list[np.ndarray]:
             owner = int(np.argmin([np.hypot(y - c[0], x - c[1]) for c in cents]))
         out[owner][y, x] = True
     return [fill_holes(m) for m in out]
+
+
+def _box_overlap(a: np.ndarray, b: np.ndarray) -> float:
+    """The overlap of two masks' boxes, as a share of the smaller box."""
+    boxes = []
+    for m in (a, b):
+        ys, xs = np.nonzero(m)
+        boxes.append((xs.min(), ys.min(), xs.max() + 1, ys.max() + 1))
+    (ax0, ay0, ax1, ay1), (bx0, by0, bx1, by1) = boxes
+    inter = max(0, min(ax1, bx1) - max(ax0, bx0)) * max(0, min(ay1, by1) - max(ay0, by0))
+    smaller = min((ax1 - ax0) * (ay1 - ay0), (bx1 - bx0) * (by1 - by0))
+    return inter / max(smaller, 1)
+
+
+def _plausible(mask: np.ndarray) -> bool:
+    """Whether a part could be a whole sprite: at least 12 px each way, sides within 1:1.6
+    (resized to a reference box, any flat slice of a square would fit a square)."""
+    ys, xs = np.nonzero(mask)
+    h, w = ys.max() - ys.min() + 1, xs.max() - xs.min() + 1
+    return min(h, w) >= 12 and max(h, w) <= 1.6 * min(h, w)
 
 
 def split_by_shape(mask: np.ndarray) -> list[np.ndarray]:
@@ -368,7 +408,7 @@ def split_by_shape(mask: np.ndarray) -> list[np.ndarray]:
                 a[cut:], b[:cut] = False, False
             else:
                 a[:, cut:], b[:, :cut] = False, False
-            if min(a.sum(), b.sum()) < MIN_AREA:
+            if min(a.sum(), b.sum()) < MIN_AREA or not (_plausible(a) and _plausible(b)):
                 continue
             cost = max(min(c for c, _ in shape_costs(m).values()) for m in (a, b))
             if cost < min(best[0], whole - SPLIT_GAIN, SPLIT_COST):
@@ -416,7 +456,7 @@ def find_sprites(image: Image.Image) -> list[Found]:
     for comp in components(fg):
         if len(comp) < MIN_AREA:
             continue
-        mask = trim_crown(cls, _mask_of(comp, fg.shape))
+        mask = trim_attribute(cls, _mask_of(comp, fg.shape))
         for part in split_by_colour(cls, mask):
             for piece in split_by_shape(part):
                 if (f := describe(img, cls, piece)) is not None:
