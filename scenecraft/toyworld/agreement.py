@@ -4,12 +4,12 @@ The labelled set (``tests/data/judge_validation/``: pictures of the toy model's 
 ``manifest.json`` saying how each was rendered, ``labels.json`` what each shows, labelled by
 eye) is read here and the judge's sprites compared with the labels, picture by picture:
 
-- a *unit* is a labelled sprite (not ``unsure``) or a sprite the judge found that no labelled
-  sprite explains (an extra); units are what agreement is a share of;
+- a *unit* is a labelled sprite (not ``unsure``) or a sprite the judge found beyond the
+  picture's labelled count (an extra); units are what agreement is a share of;
 - per picture, labelled and found identities are matched one to one by identity (a multiset
   intersection: order and position play no part); a labelled sprite agrees when it is matched;
-- found sprites left over are first explained by the picture's ``unsure`` sprites (one each),
-  the rest are extras, each a disagreeing unit;
+- a found sprite beyond the picture's labelled count (sure and unsure) is an extra, each a
+  disagreeing unit (a misread sprite is one disagreement: its label, not also an extra);
 - attribute agreement: over matched sprites whose labelled attribute is sure, whether the
   judge reads the same attribute (a hat, a crown or none).
 
@@ -108,7 +108,6 @@ def score_picture(
 ) -> list[str]:
     """Add one picture's units to ``tally``; the disagreements, in words."""
     sure = [s for s in label["sprites"] if s["identity"] != UNSURE]
-    unsure = len(label["sprites"]) - len(sure)
     left = Counter(words(f) for f in found)
     by_words: dict[str, list[Found]] = {}
     for f in found:
@@ -127,10 +126,11 @@ def score_picture(
             tally.attribute_agree += f.attribute == s["attribute"]
             if f.attribute != s["attribute"]:
                 problems.append(f"{s['identity']} wears {f.attribute} (label {s['attribute']})")
-    extras = sorted(left.elements())
-    for extra in extras[unsure:]:
+    unmatched = sorted(left.elements())
+    if unmatched:
+        problems.append(f"read as {', '.join(unmatched)}")
+    for _ in range(len(found) - len(label["sprites"])):  # more sprites found than drawn
         tally.add(sprite_modes(entry, None, None), False)
-        problems.append(f"extra {extra}")
     return problems
 
 
