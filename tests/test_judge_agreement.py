@@ -26,13 +26,14 @@ MARGIN = 0.02
 # measured with the judge of this commit (benchmarks/results/judge_agreement.json), per part
 FLOORS: dict[str, dict[str, float]] = {
     "fitting": {
-        "all": 0.93,
-        "light backdrop patterns": 0.90,
-        "touching sprites": 0.96,
+        "all": 0.92,
+        "light backdrop patterns": 0.92,
+        "touching sprites": 0.94,
         "hats": 0.91,
-        "crowns": 0.92,
+        "crowns": 0.96,
         "spotted": 0.95,
-        "other": 0.87,
+        "other": 0.85,
+        "attribute": 0.95,
     },
     "held out": {
         "all": 0.93,
@@ -42,6 +43,7 @@ FLOORS: dict[str, dict[str, float]] = {
         "crowns": 0.81,
         "spotted": 1.00,
         "other": 1.00,
+        "attribute": 0.90,
     },
 }
 BEFORE_ALL = 0.63  # the judge before issue 26 on the whole set (judge_agreement_before.json)
@@ -75,8 +77,9 @@ def test_committed_pictures_match_their_manifest_hashes() -> None:
 @pytest.mark.parametrize("part", list(FLOORS))
 def test_judge_agrees_with_the_labels_per_failure_mode(part: str, tallies: Any) -> None:
     tally = tallies[part]
+    summary = tally.summary()
     for mode, floor in FLOORS[part].items():
-        share = tally.share(mode)
+        share = summary[mode]["agreement"]
         assert share is not None and share >= floor - MARGIN, (part, mode, share)
 
 

@@ -50,6 +50,7 @@ from scenecraft.toyworld.world import (
 BG_DISTANCE = 15.0  # RGB distance from the row backdrop within which a pixel is backdrop
 MIN_AREA = 60  # smallest body kept as a sprite, pixels (a 20-px star is ~150)
 MIN_COLOURED = 30  # body-coloured pixels a sprite needs (ink alone is no sprite)
+HAT_BG_DISTANCE = 30.0  # hat-dark pixels this near their backdrop are backdrop (the world hat is 35 from the night sky)
 ATTRIBUTE_PIXELS = 12  # attribute pixels above a body that make it wear something
 REF_SIZES = range(10, 45)  # sprite sides the references are rendered at
 HAT_ROWS = 10  # a piece no taller than this on top of a body is worn, not a sprite
@@ -104,6 +105,7 @@ def pixel_classes(img: np.ndarray) -> np.ndarray:
     d = np.linalg.norm(img[..., None, :] - _PALETTE, axis=-1)  # (H, W, 7)
     nearest = d.argmin(axis=-1) + 1
     backdrop = (d_bg <= BG_DISTANCE) | (d_bg <= d.min(axis=-1))
+    backdrop |= (nearest == HAT_CLASS) & (d_bg <= HAT_BG_DISTANCE)  # a night sky's noise
     return np.where(backdrop, BACKDROP, nearest)
 
 
@@ -329,18 +331,23 @@ def _mask_of(pixels: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
 
 def trim_attribute(cls: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """The mask less its top rows that belong to what the sprite wears: rows where crown-orange
-    outnumbers body colour and ink (a crown drawn touching its wearer), or where hat-dark pixels
-    across the mask's columns outnumber the mask's own (the blended rim of a hat); unchanged
-    when that would leave too little (an orange body)."""
+    """The mask less its top rows that belong to what the sprite wears: the rows down to the
+    last of its first ``HAT_ROWS`` where crown-orange is at least 30 % of the row (a crown drawn
+    touching its wearer, its rim blended into body colours), when the body below holds little
+    orange; then rows where hat-dark pixels across the mask's columns outnumber the mask's own
+    (the blended rim of a hat). Unchanged when that would leave too little."""
     rows = np.flatnonzero(mask.any(axis=1))
     cols = np.flatnonzero(mask.any(axis=0))
     out = mask.copy()
+    share = [float((cls[y][mask[y]] == CROWN_CLASS).mean()) for y in rows]
+    crowned = [k for k in range(min(HAT_ROWS, len(rows))) if share[k] >= 0.3]
+    if crowned and np.mean(share[crowned[-1] + 1 :] or [1.0]) < 0.2:
+        out[rows[: crowned[-1] + 1]] = False
     for y in rows:
-        row = cls[y][mask[y]]
+        if not out[y].any():
+            continue
         hat = int((cls[y, cols[0] : cols[-1] + 1] == HAT_CLASS).sum())
-        crown = (row == CROWN_CLASS).sum() > ((row >= 1) & (row <= INK_CLASS)).sum()
-        if not crown and hat <= len(row):
+        if hat <= int(out[y].sum()):
             break
         out[y] = False
     return out if out.sum() >= MIN_AREA else mask
@@ -429,6 +436,7 @@ def worn_attribute(cls: np.ndarray, box: tuple[int, int, int, int]) -> str | Non
         "a hat": int((patch == HAT_CLASS).sum()),
         "a crown": int((patch == CROWN_CLASS).sum()),
     }
+
     best = max(counts, key=lambda k: counts[k])
     return best if counts[best] >= ATTRIBUTE_PIXELS else None
 
