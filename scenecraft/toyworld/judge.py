@@ -1,23 +1,15 @@
 """An exact judge for toy-world images: find every sprite, recognise it, check where it is.
 
-The world is procedural, so judging is segmentation plus nearest-reference matching, with no
-fixed slots (world 2 draws sprites anywhere, at several sizes):
-
-1. background: per row, the median colour of the 3 leftmost and 3 rightmost columns (backdrops
-   are horizontal bands and sprites never touch the side borders);
-2. foreground: pixels farther than ``FG_DISTANCE`` (RGB, 0-255) from their row's background,
-   holes filled; sprites are its 4-connected components of at least ``MIN_AREA`` body pixels;
-3. body and attribute: pixels nearer a hat's or crown's colour than any body colour are the
-   attribute, the rest the body; the attribute a sprite wears is read in the rows just above its
-   body (pixels nearer the attribute's colour than the row's backdrop, so a dark hat counts on a
-   dark sky too);
-4. identity: the masked body crop is compared with the reference rendering of every identity of
-   the world (shape x colour x pattern) at the sizes whose mask box matches the body box best:
-   d = mean |crop - ref| / 255, the crop resized to the reference's box; nearest = what it *is*;
-5. expected sprites are assigned to found sprites one to one by minimum total distance to their
-   own reference (exhaustive; scenes hold at most four sprites), never by position, so a swap
-   shows up as wrong placements, a duplicate as a wrong identity, an extra sprite as lower
-   accuracy.
+The world is procedural, so judging is segmentation plus recognition by parts, with no fixed
+slots (world 2 draws sprites anywhere, at several sizes). How a picture is read — every pixel
+named against its row's backdrop and the world's palette, sprites cut out (hats never body,
+crowns trimmed, touching sprites split by colour or shape), each recognised by shape, colour
+and pattern separately, what it wears read above it — is `scenecraft.toyworld.reading`; its
+agreement with pictures of the model's own output labelled by eye is
+`scenecraft.toyworld.agreement` (docs/toyworld.md). Then expected sprites are assigned to found
+sprites one to one by minimum total distance to their own reference (exhaustive; scenes hold at
+most four sprites), never by position, so a swap shows up as wrong placements, a duplicate as a
+wrong identity, an extra sprite as lower accuracy.
 
 Per concept (``Scores.concepts``, all in [0, 1]):
 - accuracy: found with its class (shape), times #expected / max(#expected, #found) — so a

@@ -7,21 +7,26 @@ each be checked by looking:
 
 1. **name every pixel** (`pixel_classes`): the nearest of its row's backdrop (the median of the
    side columns), the four body colours, the white ink, a hat's dark and a crown's orange; a
-   pixel within ``BG_DISTANCE`` of its backdrop is backdrop whatever else it is near. White ink
-   is ink even where the backdrop is nearly as light (the desert's sky), because it is nearer
-   ink than the sky;
-2. **cut out sprites** (`find_sprites`): 4-connected components of body-coloured and ink pixels
-   (never dark ones: a hat is not body), holes filled; a crown's orange rows on top of a body are
-   trimmed off; a component that holds two body colours in two large connected parts is split
-   by colour (a pink circle standing on a purple square); one that fits no shape well is cut at
-   its narrowest row or column where both parts fit shapes better (a red star on a red triangle);
+   pixel within ``BG_DISTANCE`` of its backdrop is backdrop whatever else it is near, a
+   hat-dark one within ``HAT_BG_DISTANCE`` too (a night sky's noise). White ink is ink even
+   where the backdrop is nearly as light (the desert's sky), because it is nearer ink;
+2. **cut out sprites** (`find_sprites`): 4-connected components of body-coloured, ink and
+   crown pixels (never hat-dark ones: a hat is not body), holes filled; a crown's orange rows
+   and a hat's blended rim on top of a body are trimmed off (`trim_attribute`); a component
+   holding two body colours in two large parts side by side is split by colour (a pink circle
+   standing on a purple square); one that fits no shape well is cut at the row or column where
+   both parts are plausible sprites that fit shapes better (a red star on a red triangle); a
+   piece no taller than a hat standing on a larger body is worn, not a sprite;
 3. **recognise by parts** (`recognise`): shape = the body mask (ink and holes included) resized
-   to each shape's reference box, cost 1 - IoU with the reference mask (a body a cell too wide
-   still fits its shape); colour = the median of the body-coloured pixels, cost its distance to
-   each colour / 255; pattern = ink share of the body and how far ink runs along its rows (a
-   stripe crosses the body, a spot is a 4-pixel run), cost their distance to the same figures of
-   each pattern's reference at that shape and size. An identity's distance is the sum of the
-   three; nearest = what the sprite *is*; on a world rendering every part costs exactly 0;
+   to each shape's reference box, cost 1 - IoU + the difference of solidities (area / convex
+   hull; star references also grown a pixel: the model draws stars fat), so a body a cell too
+   wide still fits its shape; colour = the median of the body-coloured pixels, cost its
+   distance to each colour / 255; pattern = the ink share of the body and how far ink runs
+   along its rows (a stripe crosses the body, a spot is a 4-pixel run), where ink is a light
+   pixel inside the rim nearer white than the body's own colour; cost their distance to the
+   same figures of each pattern's reference at the best shape and its size. An identity's
+   distance is the sum of the three; nearest = what the sprite *is*; on a world rendering
+   every part costs exactly 0;
 4. **what it wears** (`worn_attribute`): hat-dark or crown-orange pixels in the 8 rows above the
    body, centred on it (a hat is dark pixels *above* the body's coloured pixels, never ink).
 """
@@ -50,7 +55,7 @@ from scenecraft.toyworld.world import (
 BG_DISTANCE = 15.0  # RGB distance from the row backdrop within which a pixel is backdrop
 MIN_AREA = 60  # smallest body kept as a sprite, pixels (a 20-px star is ~150)
 MIN_COLOURED = 30  # body-coloured pixels a sprite needs (ink alone is no sprite)
-HAT_BG_DISTANCE = 30.0  # hat-dark pixels this near their backdrop are backdrop (the world hat is 35 from the night sky)
+HAT_BG_DISTANCE = 30.0  # hat-dark this near the backdrop is backdrop (world hat: 35 from night)
 ATTRIBUTE_PIXELS = 12  # attribute pixels above a body that make it wear something
 REF_SIZES = range(10, 45)  # sprite sides the references are rendered at
 HAT_ROWS = 10  # a piece no taller than this on top of a body is worn, not a sprite
