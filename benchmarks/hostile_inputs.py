@@ -237,10 +237,6 @@ def main() -> int:
     return 0 if ok else 1
 
 
-if __name__ == "__main__":
-    sys.exit(main())
-
-
 # ----------------------------------------------------------- issue 32: render, merge, review
 
 
@@ -351,3 +347,7 @@ def write_render_inputs(d: Path) -> dict[str, list[str]]:
             "cache",
         ],
     }
+
+
+if __name__ == "__main__":
+    sys.exit(main())
