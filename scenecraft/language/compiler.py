@@ -19,7 +19,7 @@ from scenecraft import plan as p
 from scenecraft.diagnostics import Diagnostic, DiagnosticError
 from scenecraft.files import sha256_file
 from scenecraft.language import nodes as n
-from scenecraft.language.check import Checked, ConceptInfo, SceneInfo
+from scenecraft.language.checked import Checked, ConceptInfo, SceneInfo
 from scenecraft.merge.config import Stages, parse
 from scenecraft.prompts import SceneText, Subject, alone, anonymous, region_prompt, scene_prompt
 
