@@ -305,7 +305,7 @@ def test_kv_features_of_a_layer_use_its_row(
     shown = [p.replace(TOKEN, "<V>[0]") for p in prompts]  # one token, as `<tmp>` below
     longest = max(len(pipe.tokenizer(p).input_ids) for p in shown)  # padded to the longest
     for i, name in enumerate(LAYERS):
-        # from the token to the end of the padded prompt (`features._token_mask`)
+        # from the token to the end of the padded prompt (`text_encoders.token_mask`)
         want = []
         for p in prompts:
             states, at = _truth_at(pipe, p, rows[i])
