@@ -24,7 +24,8 @@ from scenecraft.language.checked import (
     StoryboardInfo,
 )
 from scenecraft.language.loader import Program, is_file, remap, resolve_path
-from scenecraft.language.prompt_text import contains_token, prompt_texts
+from scenecraft.language.prompt_text import contains_token as contains_token  # re-exported
+from scenecraft.language.prompt_text import warn_tokens_in_text
 from scenecraft.merge.config import rule_errors
 from scenecraft.names import SAMPLERS
 
@@ -68,9 +69,12 @@ class Checker:
         self.defaults: dict[str, Any] = dict(DEFAULTS)  # filled before scenes are checked
 
     # -- top level --------------------------------------------------------------------------
-    def run(self) -> Checked:
-        files = [*self.program.includes, self.program.main]
-        model = None
+    def check_items(
+        self, files: list[n.File]
+    ) -> tuple[ModelInfo | None, n.Merge | None, dict[str, Any]]:
+        """Models, concepts, merge and defaults of every file (scenes only in the main one):
+        the model, the merge block, and the user's defaults (also applied to `defaults`)."""
+        model: ModelInfo | None = None
         merge: n.Merge | None = None
         defaults = self.defaults
         user_defaults: dict[str, Any] = {}
@@ -94,6 +98,14 @@ class Checker:
                         label="scene or storyboard in an included file",
                         help="move it into the file that includes this one",
                     )
+        return model, merge, user_defaults
+
+    def run(self) -> Checked:
+        """Every check, in order: the items of every file, the merge and the family's defaults,
+        the main file's scenes and storyboards, then the whole-program warnings."""
+        files = [*self.program.includes, self.program.main]
+        defaults = self.defaults
+        model, merge, user_defaults = self.check_items(files)
         method, params = self.check_merge(merge)
         family = check_family.model_family(model)
         defaults.update(check_family.family_defaults(family, user_defaults))
@@ -120,7 +132,7 @@ class Checker:
                 help="add a `scene NAME { ... }`, or check the file that includes this library",
             )
         self.warn_unused()
-        self.warn_tokens_in_text(files)
+        warn_tokens_in_text(self.c, self.tokens, files, self.program.main)
         self.report_missing()
         if self.c.has_errors:
             raise DiagnosticError(self.c.diagnostics)
@@ -462,27 +474,6 @@ class Checker:
                     info.node.name.span,
                     help="unused concepts are left out of the merged model",
                 )
-
-    def warn_tokens_in_text(self, files: list[n.File]) -> None:
-        """`token-in-text`: a concept's trigger token written inside prompt text (`setting
-        "next to <ZIGGY>"`) reaches the prompt as written, but the concept is not merged, placed
-        or given a region for it: only naming the concept does that."""
-        for text, span in prompt_texts(files, self.program.main):
-            for token, info in self.tokens.items():
-                if contains_token(text, token):
-                    self.c.warn(
-                        "token-in-text",
-                        f"the token `{token}` of concept `{info.name}` is written inside text",
-                        span,
-                        label="reaches the prompt as written",
-                        help=(
-                            f"write `style {info.name}`: a style concept named so is merged"
-                            if info.kind == "style"
-                            else f"name the concept instead (`{info.name}`, e.g. `{info.name} "
-                            "beside ...`): a concept named in a scene is merged, placed and "
-                            "given its own region"
-                        ),
-                    )
 
 
 def check(

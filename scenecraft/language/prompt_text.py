@@ -1,11 +1,14 @@
-"""The text a scene's prompt takes as written, and whether a trigger token occurs in it."""
+"""The text a scene's prompt takes as written, whether a trigger token occurs in it, and the
+`token-in-text` warning."""
 
 from __future__ import annotations
 
 import re
 from functools import lru_cache
 
+from scenecraft.diagnostics import Collector
 from scenecraft.language import nodes as n
+from scenecraft.language.checked import ConceptInfo
 
 PROMPT_TEXT = ("prefix", "setting", "time", "lighting", "style", "extra")  # settings written
 # into the prompt as they are (not `negative`: a token there asks the model to avoid it)
@@ -47,3 +50,27 @@ def contains_token(text: str, token: str) -> bool:
 @lru_cache(maxsize=1024)
 def _token_pattern(token: str) -> re.Pattern[str]:
     return re.compile(rf"(?<!\w){re.escape(token)}(?!\w)")
+
+
+def warn_tokens_in_text(
+    c: Collector, tokens: dict[str, ConceptInfo], files: list[n.File], main: n.File
+) -> None:
+    """`token-in-text`: a concept's trigger token written inside prompt text (`setting
+    "next to <ZIGGY>"`) reaches the prompt as written, but the concept is not merged, placed
+    or given a region for it: only naming the concept does that."""
+    for text, span in prompt_texts(files, main):
+        for token, info in tokens.items():
+            if contains_token(text, token):
+                c.warn(
+                    "token-in-text",
+                    f"the token `{token}` of concept `{info.name}` is written inside text",
+                    span,
+                    label="reaches the prompt as written",
+                    help=(
+                        f"write `style {info.name}`: a style concept named so is merged"
+                        if info.kind == "style"
+                        else f"name the concept instead (`{info.name}`, e.g. `{info.name} "
+                        "beside ...`): a concept named in a scene is merged, placed and "
+                        "given its own region"
+                    ),
+                )
