@@ -1,4 +1,4 @@
-"""Text -> syntax tree. The only module that imports Lark.
+"""Text -> syntax tree. With syntax_errors.py, the only modules that import Lark.
 
 Lark's exceptions are translated into `Diagnostic`s (``raise ... from None``, by
 `syntax_errors.translate`), so no Lark type leaks out. Every node's span comes from
