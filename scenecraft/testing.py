@@ -163,6 +163,9 @@ def tiny_sdxl_components(
     pooled text + 6 time ids, a tiny VAE. Identical for the same seed.
 
     The two widths differ on purpose: a mix-up of the encoders fails on shapes.
+
+    Long because it writes one configuration out, component by component, as diffusers' tests
+    do.
     """
     from diffusers import EulerDiscreteScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
@@ -258,6 +261,9 @@ def sdxl_pipeline(
     context, text_time added conditioning; CLIP ViT-L and OpenCLIP bigG text encoders; the
     SDXL VAE), built directly on ``device``. For benchmarks at real size with no download;
     the tokenizers are the tiny ones, the embedding tables keep CLIP's 49,408 rows.
+
+    Long because it writes one published configuration out, component by component, to be read
+    against SDXL's own.
     """
     from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection

@@ -63,7 +63,10 @@ def tiny_flux_transformer(seed: int = 0, **overrides: Any) -> Any:
 
 
 def tiny_flux_components(seed: int = 0) -> dict[str, Any]:
-    """The parts of a tiny FluxPipeline; identical for the same seed."""
+    """The parts of a tiny FluxPipeline; identical for the same seed.
+
+    Long because it writes one configuration out, component by component, as diffusers' tests
+    do."""
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler
     from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
 

@@ -305,7 +305,7 @@ def test_kv_features_of_a_layer_use_its_row(
     shown = [p.replace(TOKEN, "<V>[0]") for p in prompts]  # one token, as `<tmp>` below
     longest = max(len(pipe.tokenizer(p).input_ids) for p in shown)  # padded to the longest
     for i, name in enumerate(LAYERS):
-        # from the token to the end of the padded prompt (`features._token_mask`)
+        # from the token to the end of the padded prompt (`text_encoders.token_mask`)
         want = []
         for p in prompts:
             states, at = _truth_at(pipe, p, rows[i])
@@ -329,14 +329,14 @@ def test_merge_fits_each_kv_layer_on_its_own_rows(
     w = read_concept_lora(w_path, name="w", tokens=("<w>",), pipe_or_module_index=pipe)
     v.class_noun, w.class_noun = "man", "dog"
     seen: dict[str, Any] = {}
-    real = E._Run.solve
+    real = E.Run.solve
 
     def solve(self: Any, stage: str, paths: list[str], X: Any, method: str) -> None:
         if stage == E.KV and X is not None:
             seen.update(paths=paths, X=X, texts=dict(self.pipe.tokenizer.get_added_vocab()))
         real(self, stage, paths, X, method)
 
-    monkeypatch.setattr(E._Run, "solve", solve)
+    monkeypatch.setattr(E.Run, "solve", solve)
     cfg = MergeConfig(templates=("photo of a {token}",), text_max_rows=4096)
     E.run_merge(pipe, [v, w], parse("loraclr", {"iterations": 2}), config=cfg)
     X = seen["X"]

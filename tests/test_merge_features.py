@@ -187,7 +187,7 @@ def test_scene_prompts_aim_kv_at_each_concepts_own_text_encoder(
         return err
 
     aimed = run_merge(engine_pipe, concepts, params, config=cfg)
-    monkeypatch.setattr(E, "_retarget_kv", lambda *args: None)
+    monkeypatch.setattr(E, "retarget_kv", lambda *args: None)
     plain = run_merge(engine_pipe, concepts, params, config=cfg)
     assert kv_error(aimed) < 0.5 * kv_error(plain), (kv_error(aimed), kv_error(plain))
 
@@ -206,8 +206,8 @@ def test_co_subjects_add_rows_and_aim_kv_without_scene_text(
         replace(c, class_noun=n) for c, n in zip(engine_concepts[:2], ("man", "dog"), strict=True)
     ]
     calls: list[int] = []
-    real = E._retarget_kv
-    monkeypatch.setattr(E, "_retarget_kv", lambda *a: calls.append(1) or real(*a))
+    real = E.retarget_kv
+    monkeypatch.setattr(E, "retarget_kv", lambda *a: calls.append(1) or real(*a))
     rows, weights = {}, {}
     for on in (False, True):
         cfg = MergeConfig(templates=("{token}",))

@@ -7,9 +7,6 @@ DiagnosticError holding every problem found.
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -17,84 +14,20 @@ from scenecraft.diagnostics import Collector, Diagnostic, DiagnosticError, Label
 from scenecraft.files import looks_like_hub_id, path_problem
 from scenecraft.language import check_family, schema
 from scenecraft.language import nodes as n
-from scenecraft.language.check_scene import SceneBody, check_scene_body
+from scenecraft.language.check_scene import check_scene_body
+from scenecraft.language.checked import (
+    Checked,
+    ConceptInfo,
+    ModelInfo,
+    PanelInfo,
+    SceneInfo,
+    StoryboardInfo,
+)
 from scenecraft.language.loader import Program, is_file, remap, resolve_path
+from scenecraft.language.prompt_text import contains_token as contains_token  # re-exported
+from scenecraft.language.prompt_text import warn_tokens_in_text
 from scenecraft.merge.config import rule_errors
 from scenecraft.names import SAMPLERS
-
-
-@dataclass
-class ConceptInfo:
-    name: str
-    node: n.Concept
-    tokens: tuple[str, ...]
-    lora: str | None  # resolved path
-    weight: float = 1.0
-    class_noun: str | None = None
-    kind: str = "subject"
-    embedding: str | None = None
-    references: tuple[str, ...] = ()
-    placeholder: bool = False  # the LoRA file is missing (allowed by allow_missing)
-    negative: str | None = None  # negative prompt of the concept's region
-
-
-@dataclass
-class SceneInfo:
-    name: str
-    node: n.Scene
-    body: SceneBody  # what the scene says: settings, objects, areas, subjects, clauses
-    storyboard: str | None = None  # set for inline storyboard panels
-
-    @property
-    def settings(self) -> dict[str, Any]:  # overrides read from the scene body
-        return self.body.settings
-
-    @property
-    def objects(self) -> dict[str, str]:  # object name -> prompt words
-        return self.body.objects
-
-    @property
-    def anchor(self) -> n.Span:
-        """Where diagnostics about the whole scene point: its name, or the inline panel."""
-        return self.node.name.span if self.node.name.name else self.node.span
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    source: str  # hub id, or a resolved local path
-    family: str | None  # declared family; None: detected when loading
-    revision: str | None  # hub revision
-    node: n.Model
-
-
-@dataclass
-class PanelInfo:
-    scene: str
-    caption: str | None
-    node: n.Panel
-
-
-@dataclass
-class StoryboardInfo:
-    name: str
-    node: n.Storyboard
-    columns: int
-    title: str | None
-    panels: list[PanelInfo]
-
-
-@dataclass
-class Checked:
-    program: Program
-    model: ModelInfo | None
-    concepts: dict[str, ConceptInfo]
-    merge_method: str
-    merge_params: dict[str, Any]
-    defaults: dict[str, Any]
-    scenes: dict[str, SceneInfo]
-    storyboards: dict[str, StoryboardInfo]
-    warnings: list[Diagnostic] = field(default_factory=list)
-
 
 DEFAULTS: dict[str, Any] = {
     "size": (512, 512),
@@ -136,9 +69,12 @@ class Checker:
         self.defaults: dict[str, Any] = dict(DEFAULTS)  # filled before scenes are checked
 
     # -- top level --------------------------------------------------------------------------
-    def run(self) -> Checked:
-        files = [*self.program.includes, self.program.main]
-        model = None
+    def check_items(
+        self, files: list[n.File]
+    ) -> tuple[ModelInfo | None, n.Merge | None, dict[str, Any]]:
+        """Models, concepts, merge and defaults of every file (scenes only in the main one):
+        the model, the merge block, and the user's defaults (also applied to `defaults`)."""
+        model: ModelInfo | None = None
         merge: n.Merge | None = None
         defaults = self.defaults
         user_defaults: dict[str, Any] = {}
@@ -162,6 +98,14 @@ class Checker:
                         label="scene or storyboard in an included file",
                         help="move it into the file that includes this one",
                     )
+        return model, merge, user_defaults
+
+    def run(self) -> Checked:
+        """Every check, in order: the items of every file, the merge and the family's defaults,
+        the main file's scenes and storyboards, then the whole-program warnings."""
+        files = [*self.program.includes, self.program.main]
+        defaults = self.defaults
+        model, merge, user_defaults = self.check_items(files)
         method, params = self.check_merge(merge)
         family = check_family.model_family(model)
         defaults.update(check_family.family_defaults(family, user_defaults))
@@ -188,7 +132,7 @@ class Checker:
                 help="add a `scene NAME { ... }`, or check the file that includes this library",
             )
         self.warn_unused()
-        self.warn_tokens_in_text(files)
+        warn_tokens_in_text(self.c, self.tokens, files, self.program.main)
         self.report_missing()
         if self.c.has_errors:
             raise DiagnosticError(self.c.diagnostics)
@@ -530,69 +474,6 @@ class Checker:
                     info.node.name.span,
                     help="unused concepts are left out of the merged model",
                 )
-
-    def warn_tokens_in_text(self, files: list[n.File]) -> None:
-        """`token-in-text`: a concept's trigger token written inside prompt text (`setting
-        "next to <ZIGGY>"`) reaches the prompt as written, but the concept is not merged, placed
-        or given a region for it: only naming the concept does that."""
-        for text, span in prompt_texts(files, self.program.main):
-            for token, info in self.tokens.items():
-                if contains_token(text, token):
-                    self.c.warn(
-                        "token-in-text",
-                        f"the token `{token}` of concept `{info.name}` is written inside text",
-                        span,
-                        label="reaches the prompt as written",
-                        help=(
-                            f"write `style {info.name}`: a style concept named so is merged"
-                            if info.kind == "style"
-                            else f"name the concept instead (`{info.name}`, e.g. `{info.name} "
-                            "beside ...`): a concept named in a scene is merged, placed and "
-                            "given its own region"
-                        ),
-                    )
-
-
-PROMPT_TEXT = ("prefix", "setting", "time", "lighting", "style", "extra")  # settings written
-# into the prompt as they are (not `negative`: a token there asks the model to avoid it)
-
-
-def prompt_texts(files: list[n.File], main: n.File) -> list[tuple[str, n.Span]]:
-    """Every piece of text a scene's prompt takes as written, with its span: prompt settings
-    (in `defaults` and scenes), attributes, quoted verbs, object and `together` texts."""
-    bodies: list[tuple[n.Setting | n.SceneStmt, ...]] = []
-    for f in files:
-        for item in f.items:
-            if isinstance(item, n.Defaults):
-                bodies.append(item.settings)
-            elif isinstance(item, n.Scene) and f is main:
-                bodies.append(item.body)
-            elif isinstance(item, n.Storyboard) and f is main:
-                bodies += [p.scene.body for p in item.panels if p.scene is not None]
-    out: list[tuple[str, n.Span]] = []
-    for body in bodies:
-        for stmt in body:
-            if isinstance(stmt, n.Setting) and stmt.key.name in PROMPT_TEXT:
-                out += [(v.value, v.span) for v in stmt.values if isinstance(v, n.Str)]
-            elif isinstance(stmt, n.SubjectStmt):
-                out += [(a.text.value, a.text.span) for a in stmt.attributes]
-                action = stmt.action
-                if isinstance(action, n.Interaction) and action.free:
-                    out.append((action.verb, action.span))
-            elif isinstance(stmt, n.ObjectDecl | n.Together) and stmt.text is not None:
-                out.append((stmt.text.value, stmt.text.span))
-    return out
-
-
-def contains_token(text: str, token: str) -> bool:
-    """Whether ``token`` occurs in ``text`` as a whole word (`<ZIGGY>`, `ohwx`; not `sks` in
-    `asks`)."""
-    return token in text and _token_pattern(token).search(text) is not None
-
-
-@lru_cache(maxsize=1024)
-def _token_pattern(token: str) -> re.Pattern[str]:
-    return re.compile(rf"(?<!\w){re.escape(token)}(?!\w)")
 
 
 def check(

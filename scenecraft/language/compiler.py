@@ -19,7 +19,7 @@ from scenecraft import plan as p
 from scenecraft.diagnostics import Diagnostic, DiagnosticError
 from scenecraft.files import sha256_file
 from scenecraft.language import nodes as n
-from scenecraft.language.check import Checked, ConceptInfo, SceneInfo
+from scenecraft.language.checked import Checked, ConceptInfo, SceneInfo
 from scenecraft.merge.config import Stages, parse
 from scenecraft.prompts import SceneText, Subject, alone, anonymous, region_prompt, scene_prompt
 
@@ -258,19 +258,13 @@ def scene_jobs(
     merge_key: str,
     warnings: list[Diagnostic],
 ) -> list[p.RenderJob]:
+    """The render jobs of one scene: one per seed and image, the prompt, regions and settings
+    ``composed`` gives, and the concepts, objects and placements the scene names."""
     settings, text = composed.settings, composed.text
     prompt, regions = composed.prompt, composed.regions
     tokens = estimate_tokens(prompt)
     anchor = scene.anchor
-    _warn_long(f"scene `{scene.name}`", prompt, tokens, anchor, warnings)
-    for r in regions:
-        _warn_long(
-            f"region `{r.subject}` of scene `{scene.name}`",
-            r.prompt,
-            r.prompt_tokens,
-            anchor,
-            warnings,
-        )
+    _warn_prompt_lengths(scene, composed, tokens, warnings)
     concepts = tuple(x for x in _names(text, checked) if x in checked.concepts)
     objects = tuple(s.name for s in text.subjects if s.name in scene.objects)
     placements = tuple(
@@ -296,16 +290,7 @@ def scene_jobs(
             }
             if regions:  # region-less jobs keep the ids (and image keys) they always had
                 fields["regions"] = regions
-            job_id = p.stable_hash(
-                {
-                    **fields,
-                    "regions": [r.model_dump(mode="json") for r in regions],
-                    "merge": merge_key,
-                }
-                if regions
-                else {**fields, "merge": merge_key},
-                16,
-            )
+            job_id = _job_id(fields, regions, merge_key)
             jobs.append(
                 p.RenderJob(
                     id=job_id,
@@ -321,6 +306,35 @@ def scene_jobs(
                 )
             )
     return jobs
+
+
+def _warn_prompt_lengths(
+    scene: SceneInfo, composed: Composed, tokens: int, warnings: list[Diagnostic]
+) -> None:
+    """A warning for the scene's prompt and each region's that run past the text encoder."""
+    _warn_long(f"scene `{scene.name}`", composed.prompt, tokens, scene.anchor, warnings)
+    for r in composed.regions:
+        _warn_long(
+            f"region `{r.subject}` of scene `{scene.name}`",
+            r.prompt,
+            r.prompt_tokens,
+            scene.anchor,
+            warnings,
+        )
+
+
+def _job_id(fields: dict[str, Any], regions: tuple[p.Region, ...], merge_key: str) -> str:
+    """A job's id: its fields and merge key hashed (region-less jobs keep the ids they had)."""
+    return p.stable_hash(
+        {
+            **fields,
+            "regions": [r.model_dump(mode="json") for r in regions],
+            "merge": merge_key,
+        }
+        if regions
+        else {**fields, "merge": merge_key},
+        16,
+    )
 
 
 def _warn_overlapping_seeds(

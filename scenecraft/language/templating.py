@@ -194,7 +194,10 @@ def _syntax_error_line(exc: jinja2.TemplateSyntaxError, text: str) -> int:
 
 
 def render_template(text: str, file: str, variables: dict[str, Any]) -> Rendered:
-    """Render ``text`` with ``variables``; raises DiagnosticError pointing into the template."""
+    """Render ``text`` with ``variables``; raises DiagnosticError pointing into the template.
+
+    Long because it is one try with one handler per kind of template failure, each mapped to its
+    own diagnostic."""
     env = environment(_strict_tojson)
     lines = text.count("\n") + 1
     _refuse_string_loops(env, text, file, variables)
@@ -371,7 +374,10 @@ def _depth(value: Any) -> int:
 
 
 def read_vars_file(path: str | Path) -> dict[str, Any]:
-    """Variables from a .toml or .json file."""
+    """Variables from a .toml or .json file.
+
+    Long because each way the file can fail (unreadable, bad syntax, nested too deep, not a
+    table) gets its own diagnostic, in the order they are met."""
     p = Path(path)
     try:
         raw = read_capped(p, VARS_FILE_BYTES)

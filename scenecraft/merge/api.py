@@ -264,6 +264,9 @@ def merge(
     ``pipe`` must hold the unmodified base model (ΔW* is taken against its weights); it is not
     changed here — see `scenecraft.merge.apply.apply_merge`. ``run`` defaults to
     `scenecraft.merge.engine.run_merge`.
+
+    Long because it is the cache's protocol as numbered steps (read and check, key, serve the
+    cache, merge, save) that read best in one place, in order.
     """
     if spec.method == "none":
         return MergeResult("", None, False)

@@ -283,6 +283,9 @@ def _optimise(
     stops when its loss has not dropped by ``rel_tol`` for ``patience`` steps (it is frozen
     while the others go on), so a batch follows the same paths as layers run one by one. The
     best-loss iterate of every layer is returned with per-layer stats.
+
+    Long because it is one optimisation loop whose per-layer state (stall counts, best iterate,
+    frozen layers) every step reads and writes.
     """
     L = U.shape[0]
     done = torch.zeros(L, dtype=torch.bool, device=U.device)

@@ -192,7 +192,7 @@ class RegionalAttnProcessor:
         **kwargs: Any,
     ) -> torch.Tensor:
         """diffusers' ``AttnProcessor2_0`` step by step, with the regional sum in the middle:
-        one function, so that it reads line by line against diffusers' own."""
+        long, as one function, so that it reads line by line against diffusers' own."""
         residual = hidden_states
         if attn.spatial_norm is not None:
             hidden_states = attn.spatial_norm(hidden_states, temb)

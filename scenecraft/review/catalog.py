@@ -133,25 +133,8 @@ def load_catalog(out_dir: str | Path) -> Catalog:
                 cat.problems.append(f"{rel}: no scenecraft provenance")
                 continue
             names = [str(c) for c in job.get("concepts") or ()]
-            crefs = []
-            for name in names:
-                found = concepts.get(name)
-                spec: dict[str, Any] = found if isinstance(found, dict) else {}
-                indexes: list[int] = []
-                missing: list[str] = []
-                for ref in spec.get("references") or ():
-                    ref_path = Path(str(ref))
-                    if not ref_path.is_absolute():  # as written, relative to the scene file
-                        ref_path = Path(str(manifest.get("plan_file", ""))).parent / ref_path
-                    ref_path = ref_path.resolve()
-                    if ref_path not in ref_index:
-                        if not _is_image(ref_path):
-                            missing.append(str(ref))
-                            continue
-                        ref_index[ref_path] = len(cat.references)
-                        cat.references.append(ref_path)
-                    indexes.append(ref_index[ref_path])
-                crefs.append(ConceptRefs(name, tuple(indexes), tuple(missing)))
+            plan_dir = Path(str(manifest.get("plan_file", ""))).parent
+            crefs = [_concept_refs(cat, ref_index, plan_dir, name, concepts) for name in names]
             seen.add(rel)
             cat.items.append(
                 Item(
@@ -168,6 +151,30 @@ def load_catalog(out_dir: str | Path) -> Catalog:
             )
     cat.items.sort(key=lambda i: (i.scene, i.storyboard or "", _blind_order(i.id)))
     return cat
+
+
+def _concept_refs(
+    cat: Catalog, ref_index: dict[Path, int], plan_dir: Path, name: str, concepts: dict[str, Any]
+) -> ConceptRefs:
+    """A concept's reference images, each indexed once in ``cat.references`` (relative paths as
+    written, from the scene file's folder); those that are not images are listed as missing."""
+    found = concepts.get(name)
+    spec: dict[str, Any] = found if isinstance(found, dict) else {}
+    indexes: list[int] = []
+    missing: list[str] = []
+    for ref in spec.get("references") or ():
+        ref_path = Path(str(ref))
+        if not ref_path.is_absolute():  # as written, relative to the scene file
+            ref_path = plan_dir / ref_path
+        ref_path = ref_path.resolve()
+        if ref_path not in ref_index:
+            if not _is_image(ref_path):
+                missing.append(str(ref))
+                continue
+            ref_index[ref_path] = len(cat.references)
+            cat.references.append(ref_path)
+        indexes.append(ref_index[ref_path])
+    return ConceptRefs(name, tuple(indexes), tuple(missing))
 
 
 def _int(value: Any) -> int:
