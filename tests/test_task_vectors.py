@@ -8,6 +8,7 @@ import pytest
 import torch
 from peft.utils import merge_utils as mu
 
+import scenecraft.merge.task_vectors as tv
 from scenecraft.merge.config import parse
 from scenecraft.merge.methods import merge_batch
 from scenecraft.merge.task_vectors import magnitude_mask
@@ -86,3 +87,29 @@ def test_mask_keeps_exactly_k_and_only_falls_back_to_topk_on_ties(
     dropped_max = torch.where(mask, 0.0, D.abs()).amax(dim=(2, 3))
     assert (kept_min > dropped_max).all()
     assert magnitude_mask(D, 1.0) is None
+
+
+def _rows(name: str, g: torch.Generator) -> torch.Tensor:
+    u = torch.rand(3, 5000, generator=g)
+    return {
+        "normal": torch.randn(3, 5000, generator=g).abs(),
+        "heavy-tailed": u**12,
+        "mostly zeros": torch.where(u < 0.7, 0.0, u),
+        "sorted": torch.arange(5000.0).repeat(3, 1),
+        "constant": torch.ones(3, 5000),
+        "quantised": torch.floor(u * 5),
+    }[name]
+
+
+@pytest.mark.parametrize(
+    "name", ["normal", "heavy-tailed", "mostly zeros", "sorted", "constant", "quantised"]
+)
+def test_sampled_bracket_finds_kthvalues_threshold(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(tv, "SAMPLE", 64)  # rows of 5000 > 8 · 64 take the sampled path
+    mags = _rows(name, torch.Generator().manual_seed(1))
+    for density in (0.001, 0.05, 0.3, 0.5, 0.9, 0.9999):
+        k = max(1, int(density * mags.shape[1]))
+        ref = mags.kthvalue(mags.shape[1] - k + 1, dim=1, keepdim=True).values
+        assert torch.equal(tv.kth_largest(mags, k), ref), (name, density)
