@@ -14,9 +14,10 @@ zero rows change nothing). ``merge_layer`` is the single-layer form.
 Methods (`SOLVERS`, name -> solve(W0, deltas, X, params))
 - ``linear``:          W* = W0 + Σ_c ΔW_c                      (= loading every adapter at once)
 - ``average``:         W* = W0 + (1/C) Σ_c ΔW_c
-- ``ties``, ``dare``, ``dare-ties``, ``magnitude-prune``: task-vector merging from
-  peft.utils.merge_utils with task tensors ΔW_c, weights 1 (w_c is already inside ΔW_c) and
-  ``density``; DARE draws its masks from ``seed``.
+- ``ties``, ``dare``, ``dare-ties``, ``magnitude-prune``: task-vector merging as
+  peft.utils.merge_utils does it, with task tensors ΔW_c, weights 1 (w_c is already inside ΔW_c)
+  and ``density``, at the cost of a selection per tensor (`scenecraft.merge.task_vectors`); DARE
+  draws its masks from ``seed``.
 - ``gradient-fusion``: Mix-of-Show's objective min_W Σ_c ‖X_c Wᵀ − Y_c‖²_F in closed form, see
   `scenecraft.merge.fusion.gradient_fusion`.
 - ``loraclr``:         contrastive refinement, see `scenecraft.merge.loraclr`.
@@ -42,6 +43,7 @@ from scenecraft.merge.config import (
 )
 from scenecraft.merge.fusion import Stats, gradient_fusion
 from scenecraft.merge.loraclr import loraclr
+from scenecraft.merge.task_vectors import merge_task_vectors
 
 # solve(W0 (L, out, in), deltas C × (L, out, in), X C × (L, n_c, in) | None, params)
 #   -> (W* (L, out, in), one stats dict per layer); X is None for data-free methods
@@ -117,34 +119,18 @@ def _average(
     return W0 + torch.stack(deltas).mean(0), _none_stats(W0)
 
 
-def _peft_merge(name: str, deltas: torch.Tensor, density: float) -> torch.Tensor:
-    """One layer: deltas (C, out, in) -> merged task vector (out, in) via peft.utils.merge_utils."""
-    from peft.utils import merge_utils as mu
-
-    tasks = list(deltas.unbind(0))
-    weights = torch.ones(len(tasks), dtype=deltas.dtype, device=deltas.device)
-    if name == "ties":
-        return mu.ties(tasks, weights, density)
-    if name == "dare":
-        return mu.dare_linear(tasks, weights, density)
-    if name == "dare-ties":
-        return mu.dare_ties(tasks, weights, density)
-    return mu.magnitude_prune(tasks, weights, density)
-
-
 def _task_vectors(
     W0: torch.Tensor, deltas: list[torch.Tensor], X: list[torch.Tensor] | None, p: MethodParams
 ) -> tuple[torch.Tensor, list[Stats]]:
-    """TIES / DARE / DARE-TIES / magnitude pruning, layer by layer, DARE's masks seeded."""
+    """TIES / DARE / DARE-TIES / magnitude pruning over all L layers at once (PEFT's results,
+    `scenecraft.merge.task_vectors`), DARE's masks seeded."""
     assert isinstance(p, (Ties, Dare, DareTies, MagnitudePrune))
     D = torch.stack(deltas)  # (C, L, out, in)
     seed = p.seed if isinstance(p, (Dare, DareTies)) else 0
     devices = [W0.device] if W0.device.type == "cuda" else []
-    out = torch.empty_like(W0)
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)  # DARE's Bernoulli masks
-        for layer in range(W0.shape[0]):
-            out[layer] = W0[layer] + _peft_merge(p.method, D[:, layer], p.density)
+        out = W0 + merge_task_vectors(p.method, D, p.density)
     return out, [{"density": p.density} for _ in range(W0.shape[0])]
 
 
