@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import json
 import statistics
+import subprocess
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -148,7 +149,7 @@ def run(
                 for case in group:
                     render(pipe, case, label)
             shared = None  # the ceiling: own LoRA alone; with regions, own LoRAs confined
-            for case in group:
+            for case in group if CEILING in rows else ():
                 if case.count == 1:
                     render(own_pipe(case.scene.sprites[0].name)[0], case, CEILING)
                 else:
@@ -160,10 +161,24 @@ def run(
         "weights_world": VERSION,
         "seeds": n,
         "seed_sets": seed_sets,
+        "judge": judge_version(),
         "casts": {c: CASTS[c] for c in casts},
         "prompts": {c.label: expected_prompt(c.scene) for c in chosen},
         "scores": scores,
     }
+
+
+def judge_version() -> str:
+    """The last commit that changed the judge (which judge the figures used)."""
+    path = Path(__file__).resolve().parent.parent / "scenecraft" / "toyworld" / "judge.py"
+    out = subprocess.run(
+        ["git", "log", "-1", "--format=%h %s", "--", path.name],
+        cwd=path.parent,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return out.stdout.strip() or "unknown"
 
 
 def _mean(result: dict[str, Any], key: str) -> float | None:
@@ -180,7 +195,8 @@ def markdown(result: dict[str, Any]) -> str:
         "identity on the held-out seeds (share of the ceiling on the same prompts and seeds); "
         "then the choosing seeds. Ceiling: each concept's own LoRA alone (alone), the concepts' "
         "own LoRAs confined to their regions (2/3/4 in one picture, regions on). FIT prompts: "
-        f"{_words('fit')}; HELD-OUT prompts: {_words('held-out')}.\n\n"
+        f"{_words('fit')}; HELD-OUT prompts: {_words('held-out')}. Judge: "
+        f"{result.get('judge', 'unknown')}.\n\n"
         f"| cast | picture | prompts | {' | '.join(rows)} | ceiling |\n"
         f"|---|---|---|{'---|' * (len(rows) + 1)}\n"
     )
@@ -210,13 +226,35 @@ def _words(split: str) -> str:
     return ", ".join([*settings, attribute, relation.replace("-", " ")])
 
 
+def combined(first: dict[str, Any], *more: dict[str, Any]) -> dict[str, Any]:
+    """Results of runs on the same seeds as one (later runs' cells win); their run seconds kept."""
+    out = dict(first)
+    out["run_seconds"] = [*first.get("run_seconds", [first.get("seconds")])]
+    for part in more:
+        if (part["seed_sets"], part["seeds"]) != (first["seed_sets"], first["seeds"]):
+            raise SystemExit("these results were run on other seeds: rerun them whole")
+        for key in ("casts", "prompts", "scores"):
+            out[key] = {**out[key], **part[key]}
+        out["run_seconds"] += part.get("run_seconds", [part.get("seconds")])
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = bench_parser(__doc__, "identity_anywhere", 8, "render seeds per set", threads=2)
     parser.add_argument("--casts", default=",".join(CASTS), help="casts to run (comma-separated)")
     parser.add_argument("--sets", default="choosing=1000,held-out=5000", help="name=first seed")
-    parser.add_argument("--rows", default=f"{DEFAULT},{SCENE}", help="merge rows (comma-separated)")
+    parser.add_argument(
+        "--rows", default=f"{DEFAULT},{SCENE},{CEILING}", help="rows to run (comma-separated)"
+    )
     parser.add_argument(
         "--update", action="store_true", help="add these casts' cells to the result at --out"
+    )
+    parser.add_argument(
+        "--combine",
+        nargs="+",
+        type=Path,
+        default=[],
+        help="render nothing: write the cells of these results (runs of other casts or rows) as one",
     )
     args = parser.parse_args(argv)
     casts = [c.strip() for c in args.casts.split(",")]
@@ -224,15 +262,12 @@ def main(argv: list[str] | None = None) -> None:
     rows = [r.strip() for r in args.rows.split(",")]
 
     def go() -> dict[str, Any]:
+        if args.combine:
+            parts = [json.loads(p.read_text(encoding="utf-8")) for p in args.combine]
+            return combined(parts[0], *parts[1:])
         result = run(casts, sets, args.seeds, rows)
         if args.update and args.out.exists():
-            old = json.loads(args.out.read_text(encoding="utf-8"))
-            if old["seed_sets"] != sets or old["seeds"] != args.seeds:
-                raise SystemExit(f"{args.out} was run on other seeds: rerun it whole")
-            result["casts"] = {**old["casts"], **result["casts"]}
-            result["prompts"] = {**old["prompts"], **result["prompts"]}
-            result["scores"] = {**old["scores"], **result["scores"]}
-            result["seconds_before"] = old.get("seconds", 0) + old.get("seconds_before", 0)
+            result = combined(json.loads(args.out.read_text(encoding="utf-8")), result)
         return result
 
     run_and_write(args, go, markdown)
