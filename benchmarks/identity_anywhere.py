@@ -230,6 +230,7 @@ def combined(first: dict[str, Any], *more: dict[str, Any]) -> dict[str, Any]:
     """Results of runs on the same seeds as one (later runs' cells win); their run seconds kept."""
     out = dict(first)
     out["run_seconds"] = [*first.get("run_seconds", [first.get("seconds")])]
+    out.setdefault("judge", judge_version())  # runs before the result recorded it
     for part in more:
         if (part["seed_sets"], part["seeds"]) != (first["seed_sets"], first["seeds"]):
             raise SystemExit("these results were run on other seeds: rerun them whole")
