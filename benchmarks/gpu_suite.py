@@ -31,6 +31,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from scenecraft.merge.config import METHODS as MODELS  # noqa: E402
+from scenecraft.merge.config import Stages, parse  # noqa: E402
 from scenecraft.merge.engine import MergeConfig, run_merge  # noqa: E402
 from scenecraft.merge.types import ConceptLoRA, LoRALayer  # noqa: E402
 from scenecraft.testing import quiet_libraries, tiny_pipeline, tiny_sdxl_pipeline  # noqa: E402
@@ -158,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     build_s = time.perf_counter() - t0
     concepts = random_concepts(pipe, args.concepts, args.rank, device)
     cfg = MergeConfig(
-        spatial=True,
+        figure_stages=Stages(spatial=True),  # the data-free methods' figures: all stages too
         spatial_steps=args.steps,
         spatial_size=args.size,
         spatial_max_rows=args.rows,
@@ -183,7 +185,8 @@ def main(argv: list[str] | None = None) -> int:
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
         start = time.perf_counter()
-        outcome = run_merge(pipe, concepts, method, params, config=cfg)
+        spatial = {"spatial": True} if MODELS[method].feature_based else {}
+        outcome = run_merge(pipe, concepts, parse(method, {**params, **spatial}), config=cfg)
         if device.type == "cuda":
             torch.cuda.synchronize()
         seconds = time.perf_counter() - start

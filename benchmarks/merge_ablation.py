@@ -50,6 +50,7 @@ from scenecraft.merge import features as F  # noqa: E402
 from scenecraft.merge.api import merge  # noqa: E402
 from scenecraft.merge.apply import module_weight  # noqa: E402
 from scenecraft.merge.cache import load_entry  # noqa: E402
+from scenecraft.merge.config import METHODS, parse  # noqa: E402
 from scenecraft.merge.formats import read_concept_lora  # noqa: E402
 from scenecraft.plan import BaseModelSpec, MergeSpec  # noqa: E402
 from scenecraft.toyworld import (  # noqa: E402
@@ -101,9 +102,7 @@ def merge_deltas(
     spec = MergeSpec(
         base=BaseModelSpec(source=str(BASE_DIR)),
         concepts=concepts,
-        method=method,  # type: ignore[arg-type]
-        params=seeded,
-        stages=seeded,
+        params=parse(method, seeded if "seed" in METHODS[method].model_fields else {}),
     )
     start = time.perf_counter()
     result = merge(spec, pipe, cache_dir=cache, force=True)

@@ -39,6 +39,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from scenecraft.merge.config import parse  # noqa: E402
 from scenecraft.merge.methods import merge_batch  # noqa: E402
 from scenecraft.merge.quality import batch_quality  # noqa: E402
 from scenecraft.merge.synthetic import conflicting_layers  # noqa: E402
@@ -79,9 +80,9 @@ METHODS: list[tuple[str, str, dict[str, Any]]] = [
     ("dare", "dare", {"density": 0.5}),
     ("magnitude-prune", "magnitude-prune", {"density": 0.5}),
     # ridge 1e-6: plain least squares (Mix-of-Show, the reference); the default ridge is 1e-2
-    ("gradient-fusion ridge 1e-6", "gradient-fusion", {"eps_rel": 1e-6}),
+    ("gradient-fusion ridge 1e-6", "gradient-fusion", {"ridge": 1e-6}),
     ("gradient-fusion", "gradient-fusion", {}),
-    ("loraclr ridge 1e-6", "loraclr", {"eps_rel": 1e-6}),
+    ("loraclr ridge 1e-6", "loraclr", {"ridge": 1e-6}),
     ("loraclr", "loraclr", {}),
     ("loraclr-reference", "loraclr", {"recipe": "reference"}),
 ]
@@ -179,7 +180,7 @@ def run(
                     feats = sy.X if method in ("gradient-fusion", "loraclr") else None
                     with PeakRSS() as mem:
                         t0 = time.perf_counter()
-                        W, stats = merge_batch(method, sy.W0, sy.deltas, feats, params)
+                        W, stats = merge_batch(parse(method, params), sy.W0, sy.deltas, feats)
                         seconds = time.perf_counter() - t0
                     e, s = batch_quality(W, sy.W0, sy.deltas, sy.X)
                     a = acc[label]

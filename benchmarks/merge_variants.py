@@ -81,7 +81,7 @@ COLUMNS = {  # column -> the cases it pools
 CEILING = "own LoRAs (ceiling; with regions: confined)"
 ALONE = "alone (4 merged)"
 DEFAULT = "fallback average"  # the variant that is today's default merge
-# (row label, stage settings, loraclr parameters by the engine's names)
+# (row label, stage settings, other loraclr parameters)
 VARIANTS: tuple[tuple[str, dict[str, Any], dict[str, Any]], ...] = (
     (DEFAULT, {"fallback": "average"}, {}),
     ("fallback average, refine_ridge false", {"fallback": "average"}, {"refine_ridge": False}),

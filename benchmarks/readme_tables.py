@@ -6,7 +6,9 @@ A block in README.md or docs/*.md between
     ...
     <!-- /results -->
 
-is replaced by that file's content (the Markdown a benchmark wrote next to its JSON).
+is replaced by that file's content (the Markdown a benchmark wrote next to its JSON), and a block
+between ``<!-- generated: NAME -->`` and ``<!-- /generated -->`` by the output of the generator
+``NAME`` in `GENERATORS` (docs/language.md's merge parameter tables, from the methods' models).
 
     python benchmarks/readme_tables.py           # rewrite the blocks
     python benchmarks/readme_tables.py --check   # exit 1 if a block differs from its file
@@ -17,10 +19,19 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from scenecraft.merge.params_doc import merge_tables  # noqa: E402
+
 BLOCK = re.compile(r"(<!-- results: (?P<path>[^ ]+) -->\n)(?P<body>.*?)(<!-- /results -->)", re.S)
+GENERATED = re.compile(
+    r"(<!-- generated: (?P<name>[a-z-]+) -->\n)(?P<body>.*?)(<!-- /generated -->)", re.S
+)
+GENERATORS: dict[str, Callable[[], str]] = {"merge-params": merge_tables}
 
 
 def documents(root: Path = ROOT) -> list[Path]:
@@ -34,7 +45,10 @@ def refreshed(text: str, root: Path = ROOT) -> str:
         body = (root / m["path"]).read_text(encoding="utf-8").rstrip("\n") + "\n"
         return m.group(1) + body + m.group(4)
 
-    return BLOCK.sub(fill, text)
+    def generate(m: re.Match[str]) -> str:
+        return m.group(1) + GENERATORS[m["name"]]() + m.group(4)
+
+    return GENERATED.sub(generate, BLOCK.sub(fill, text))
 
 
 def main(argv: list[str] | None = None) -> int:

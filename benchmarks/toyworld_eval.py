@@ -51,6 +51,7 @@ from scenecraft import load
 from scenecraft.files import atomic_write_text
 from scenecraft.merge.api import merge
 from scenecraft.merge.apply import apply_merge
+from scenecraft.merge.config import parse
 from scenecraft.plan import BaseModelSpec, ConceptSpec, MergeSpec, RenderJob
 from scenecraft.render.regions import Adapters, regional
 from scenecraft.toyworld import (
@@ -279,9 +280,7 @@ def merged_pipe(
     spec = MergeSpec(
         base=BaseModelSpec(source=str(BASE_DIR)),
         concepts=concepts,
-        method=method,  # type: ignore[arg-type]
-        params=params,
-        stages=stages,
+        params=parse(method, {**params, **stages}),
     )
     start = time.perf_counter()
     result = merge(spec, pipe, cache_dir=cache, force=True)

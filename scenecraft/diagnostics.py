@@ -9,12 +9,17 @@ them into text (`render_text` here for plain output, `scenecraft.ui` for Rich).
 from __future__ import annotations
 
 import json
+import re
+from array import array
+from bisect import bisect_right
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from difflib import get_close_matches
-from pathlib import Path
+from functools import lru_cache
 from typing import Any, Literal
+
+from scenecraft.files import read_capped
 
 Severity = Literal["error", "warning"]
 
@@ -152,25 +157,69 @@ def did_you_mean(name: str, candidates: Iterable[str]) -> str | None:
 # --------------------------------------------------------------------------- text rendering
 
 
+MAX_SOURCE_BYTES = 4 * 1024 * 1024  # a file read only to quote a line from it
+MAX_QUOTED = 160  # characters of a source line quoted around the caret (long lines are clipped)
+
+
+@lru_cache(maxsize=8)
+def _line_starts(text: str) -> array[int]:
+    """Offsets where each line of ``text`` starts: computed once per text, then bisected."""
+    starts = array("q", [0])
+    starts.extend(m.end() for m in re.finditer("\n", text))
+    return starts
+
+
+def line_text(text: str, line: int, strip_cr: bool = True) -> str | None:
+    """Line ``line`` (1-based) of ``text`` without its newline, or None past the end."""
+    starts = _line_starts(text)
+    if not 1 <= line <= len(starts):
+        return None
+    start = starts[line - 1]
+    end = starts[line] - 1 if line < len(starts) else len(text)
+    return text[start:end].rstrip("\r") if strip_cr else text[start:end]
+
+
+def line_number(text: str, offset: int) -> tuple[int, int]:
+    """(line, column), 1-based, of character ``offset`` in ``text`` (bisect in the line table)."""
+    starts = _line_starts(text)
+    line = bisect_right(starts, offset)
+    return line, offset - starts[line - 1] + 1
+
+
 def _source_line(sources: Mapping[str, str], span: Span) -> str | None:
     text = sources.get(span.file)
     if text is None:
-        try:
-            text = Path(span.file).read_text(encoding="utf-8", errors="replace")
-        except OSError:
-            return None
-    lines = text.splitlines()
-    if 1 <= span.line <= len(lines):
-        return lines[span.line - 1]
-    if span.line == len(lines) + 1:
-        return ""
-    return None
+        text = _read_source(span.file)
+    return None if text is None else line_text(text, span.line)
+
+
+@lru_cache(maxsize=8)
+def _read_source(file: str) -> str | None:
+    """A file a diagnostic names but the caller did not pass: read once, at most 4 MiB."""
+    try:
+        return read_capped(file, MAX_SOURCE_BYTES).decode("utf-8", errors="replace")
+    except (OSError, ValueError):  # missing, too large, not a regular file: quote nothing
+        return None
+
+
+def _clip(line: str, span: Span) -> tuple[str, Span]:
+    """A window of at most MAX_QUOTED characters around the span, with `...` where cut."""
+    if len(line) <= MAX_QUOTED:
+        return line, span
+    start = min(max(span.col - 1 - MAX_QUOTED // 4, 0), len(line))
+    text = line[start : start + MAX_QUOTED]
+    head = "..." if start > 0 else ""
+    tail = "..." if start + MAX_QUOTED < len(line) else ""
+    shift = start - len(head)
+    end_col = span.end_col - shift if span.end_line == span.line else MAX_QUOTED + 1
+    clipped = Span(span.file, span.line, span.col - shift, span.line, end_col)
+    return head + text + tail, clipped
 
 
 def _caret(line: str, span: Span) -> str:
     start = max(span.col - 1, 0)
     end = span.end_col - 1 if span.end_line == span.line else len(line)
-    width = max(end - start, 1)
+    width = max(min(end, len(line)) - start, 1)
     # Keep tabs so the caret lines up under the user's text as their terminal shows it.
     prefix = "".join("\t" if ch == "\t" else " " for ch in line[:start])
     return prefix + "^" * width
@@ -186,6 +235,7 @@ def render_text(diagnostic: Diagnostic, sources: Mapping[str, str] | None = None
         out.append(f"{gutter}--> {span}")
         line = _source_line(sources, span)
         if line is not None:
+            line, span = _clip(line, span)
             out.append(f"{gutter} |")
             out.append(f"{span.line} | {line}")
             caret = _caret(line, span)
@@ -199,8 +249,37 @@ def render_text(diagnostic: Diagnostic, sources: Mapping[str, str] | None = None
     return "\n".join(out)
 
 
+MAX_SHOWN = 50  # diagnostics printed in all; the rest are counted, not printed
+MAX_SAME = 3  # diagnostics printed with the same code and message (at other places)
+
+
+def shown(diagnostics: Iterable[Diagnostic]) -> tuple[list[Diagnostic], list[Diagnostic]]:
+    """(the diagnostics worth printing, the ones left out).
+
+    One problem repeated 20,000 times (`extra a,a,a,...`) prints a few times, not 20,000:
+    at most MAX_SAME with one code and message, and at most MAX_SHOWN in all.
+    """
+    out: list[Diagnostic] = []
+    hidden: list[Diagnostic] = []
+    same: dict[tuple[str, str], int] = {}
+    for d in diagnostics:
+        key = (d.code, d.message)
+        same[key] = same.get(key, 0) + 1
+        (hidden if same[key] > MAX_SAME or len(out) >= MAX_SHOWN else out).append(d)
+    return out, hidden
+
+
+def more_line(hidden: list[Diagnostic]) -> str:
+    """``... and 19,950 more errors`` (and warnings) for the diagnostics left out."""
+    errors = sum(d.is_error for d in hidden)
+    counts = ((errors, "error"), (len(hidden) - errors, "warning"))
+    return "... and " + " and ".join(f"{n:,} more {w}{'s' * (n != 1)}" for n, w in counts if n)
+
+
 def render_all(diagnostics: Iterable[Diagnostic], sources: Mapping[str, str] | None = None) -> str:
-    return "\n\n".join(render_text(d, sources) for d in diagnostics)
+    out, hidden = shown(diagnostics)
+    text = "\n\n".join(render_text(d, sources) for d in out)
+    return text + ("\n\n" + more_line(hidden) if hidden else "")
 
 
 def to_json(diagnostics: Iterable[Diagnostic]) -> str:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import re
 import shutil
 import stat
 import tempfile
@@ -167,10 +168,17 @@ def disk_note(path: str | Path) -> str:
     return "free space unknown"
 
 
+_RUST_IO = re.compile(r'message: \\?"([^"\\]+)')  # safetensors: IoError(Os { .., message: ".." })
+
+
 def os_reason(exc: BaseException) -> str:
-    """An OSError in words: its strerror (``No space left on device``), else its text."""
+    """An OSError in words: its strerror (``No space left on device``), else its text (the
+    OS's words inside a safetensors ``IoError(Os { … message: "…" })``)."""
     reason = getattr(exc, "strerror", None)
-    return str(reason) if reason else f"{type(exc).__name__}: {exc}"
+    if reason:
+        return str(reason)
+    found = _RUST_IO.search(str(exc))
+    return found.group(1) if found else f"{type(exc).__name__}: {exc}"
 
 
 # ------------------------------------------------------------------------------ pickles

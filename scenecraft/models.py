@@ -27,6 +27,7 @@ from scenecraft.files import (
     path_problem,
     sha256_file,
 )
+from scenecraft.interrupts import interrupts_kept
 from scenecraft.names import FAMILY_BY_CROSS_DIM
 from scenecraft.plan import BaseModelSpec, Family, stable_hash
 
@@ -117,11 +118,16 @@ def choose_device(device: str | None = None) -> torch.device:
     return chosen
 
 
-def choose_dtype(device: torch.device, dtype: str | torch.dtype | None = None) -> torch.dtype:
-    """``dtype`` if given, else fp16 on cuda/mps and fp32 on cpu (fp16 matmuls are slow on cpu)."""
+def choose_dtype(
+    device: torch.device, dtype: str | torch.dtype | None = None, family: Family | None = None
+) -> torch.dtype:
+    """``dtype`` if given, else fp16 on cuda/mps and fp32 on cpu (fp16 matmuls are slow on cpu);
+    FLUX gets bf16 on cuda (its activations overflow fp16, and it was trained in bf16)."""
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype in (None, "", "auto"):
+        if family == "flux" and device.type == "cuda":
+            return torch.bfloat16
         return torch.float16 if device.type in ("cuda", "mps") else torch.float32
     key = str(dtype).lower().removeprefix("torch.")
     if key not in DTYPES:
@@ -142,6 +148,8 @@ def family_from_cross_attention(dim: int | None) -> Family | None:
 
 def family_from_model_index(index: dict[str, Any], unet_config: dict[str, Any] | None) -> Family:
     """Family of a diffusers folder from its ``model_index.json`` and ``unet/config.json``."""
+    if "Flux" in str(index.get("_class_name", "")):
+        return "flux"
     if "XL" in str(index.get("_class_name", "")) or "text_encoder_2" in index:
         return "sdxl"
     dim = (unet_config or {}).get("cross_attention_dim")
@@ -153,6 +161,10 @@ def family_from_state_dict(shapes: dict[str, tuple[int, ...]]) -> Family | None:
     """Family of an original-layout (A1111/ComfyUI) checkpoint from its key names and shapes."""
     if any(k.startswith("conditioner.embedders.1.") for k in shapes):
         return "sdxl"
+    if any(
+        k.startswith(("double_blocks.", "model.diffusion_model.double_blocks.")) for k in shapes
+    ):
+        return "flux"  # BFL's single-file FLUX.1 transformer
     if _SD_ATTN2_KEY in shapes and len(shapes[_SD_ATTN2_KEY]) == 2:
         return family_from_cross_attention(shapes[_SD_ATTN2_KEY][1])
     if any(k.startswith("cond_stage_model.model.transformer.") for k in shapes):
@@ -229,9 +241,18 @@ class ModelInfo:
 
 
 def pipeline_class(family: Family | None) -> Any:
-    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+    from diffusers import FluxPipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
 
+    if family == "flux":
+        return FluxPipeline
     return StableDiffusionXLPipeline if family == "sdxl" else StableDiffusionPipeline
+
+
+def _extra_kwargs(family: Family | None) -> dict[str, Any]:
+    """SD 1.x/2.x pipelines are loaded without their safety checker; the others have none."""
+    if family in ("sdxl", "flux"):
+        return {}
+    return {"safety_checker": None, "requires_safety_checker": False}
 
 
 def load_pipeline(
@@ -242,13 +263,24 @@ def load_pipeline(
     """Load ``base`` as a diffusers pipeline on ``device`` in ``dtype`` (chosen if None).
 
     Raises DiagnosticError: ``model-not-found`` (missing path, or hub id not cached while
-    offline), ``model-family-mismatch`` (declared family differs from the detected one),
-    ``model-load-failed`` (anything else the loader rejects).
+    offline), ``model-damaged`` (a local folder with a broken or missing file),
+    ``model-family-mismatch`` (declared family differs from the detected one),
+    ``model-load-failed`` (anything else the loader rejects). Ctrl-C during the load always
+    raises KeyboardInterrupt once it is over (`interrupts_kept`), even where a library
+    swallowed it.
     """
+    with interrupts_kept():
+        return _load_pipeline(base, device, dtype)
+
+
+def _load_pipeline(
+    base: BaseModelSpec, device: str | torch.device | None, dtype: str | torch.dtype | None
+) -> Any:
     quiet_libraries()
     dev = device if isinstance(device, torch.device) else choose_device(device)
-    torch_dtype = choose_dtype(dev, dtype)
     path = Path(base.source).expanduser()
+    local = not looks_like_hub_id(base.source) and path.exists()
+    torch_dtype = choose_dtype(dev, dtype, base.family or (detect_family(path) if local else None))
     problem = path_problem(path)
     if problem not in (None, "missing", "a folder"):  # a symlink loop, FIFO, device, ...
         raise error(
@@ -290,7 +322,7 @@ def _not_found_path(source: str) -> DiagnosticError:
 
 def _load_local(path: Path, family: Family | None, dtype: torch.dtype, base: BaseModelSpec) -> Any:
     cls = pipeline_class(family)
-    extra = {} if family == "sdxl" else {"safety_checker": None, "requires_safety_checker": False}
+    extra = _extra_kwargs(family)
     try:
         if path.is_dir():
             if not (path / "model_index.json").is_file():
@@ -306,7 +338,52 @@ def _load_local(path: Path, family: Family | None, dtype: torch.dtype, base: Bas
     except DiagnosticError:
         raise
     except Exception as exc:
+        bad = damaged_file(path) if path.is_dir() else None
+        if bad is not None:
+            raise _damaged(base, path, *bad, exc) from None
         raise _load_failed(base, exc, single_file=path.is_file()) from None
+
+
+def _damaged(
+    base: BaseModelSpec, folder: Path, bad: Path, why: str, exc: Exception
+) -> DiagnosticError:
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+    return error(
+        "model-damaged",
+        f"base model folder `{base.source}` is damaged: `{bad.relative_to(folder)}` {why}",
+        notes=(f"the loader said: {first}",),
+        help="copy or download the model again (a partial copy or an interrupted download "
+        "leaves such files)",
+    )
+
+
+_MAX_CHECKED = 2000  # files looked at in a damaged folder (a model folder holds a few dozen)
+
+
+def damaged_file(folder: Path) -> tuple[Path, str] | None:
+    """The first broken file of a diffusers folder, with what is wrong, in words: a component
+    folder that ``model_index.json`` lists but is missing, a JSON file that does not parse, a
+    ``.safetensors`` file whose header or length is wrong. None when nothing is found."""
+    from safetensors import safe_open
+
+    index = _read_json(folder / "model_index.json") or {}
+    for name, value in index.items():
+        listed = isinstance(value, list) and len(value) == 2 and value[0] is not None
+        if not name.startswith("_") and listed and not (folder / name).is_dir():
+            return folder / name, "is missing (model_index.json lists it)"
+    for n, file in enumerate(sorted(folder.rglob("*"))):
+        if n >= _MAX_CHECKED:
+            break
+        if file.suffix == ".json" and file.is_file() and _read_json(file) is None:
+            return file, "is not valid JSON"
+        if file.suffix == ".safetensors" and file.is_file():
+            try:
+                with safe_open(str(file), framework="pt") as f:
+                    for key in f.keys():  # noqa: SIM118 - safe_open has no __iter__
+                        f.get_slice(key)
+            except Exception as exc:  # a torn header, garbage, a short file
+                return file, f"cannot be read ({type(exc).__name__}: {str(exc)[:120]})"
+    return None
 
 
 def _load_hub(base: BaseModelSpec, dtype: torch.dtype) -> Any:
@@ -323,7 +400,7 @@ def _load_hub(base: BaseModelSpec, dtype: torch.dtype) -> Any:
         raise _load_failed(base, exc, single_file=False) from None
     family = _check_family(base, family_from_model_index(dict(index), None))
     cls = pipeline_class(family)
-    extra = {} if family == "sdxl" else {"safety_checker": None, "requires_safety_checker": False}
+    extra = _extra_kwargs(family)
     try:
         return cls.from_pretrained(
             base.source,
@@ -359,7 +436,7 @@ def _load_failed(base: BaseModelSpec, exc: Exception, *, single_file: bool) -> D
     return error(
         "model-load-failed",
         f"cannot load base model `{base.source}`: {first}",
-        help="check that the path holds a Stable Diffusion 1.x, 2.x or SDXL model",
+        help="check that the path holds a Stable Diffusion 1.x, 2.x, SDXL or FLUX.1 model",
     )
 
 
@@ -373,7 +450,9 @@ def model_info(base: BaseModelSpec) -> ModelInfo:
         return ModelInfo(path.stem, _file_hash(path), base.family)
     if path.is_dir():
         configs = {
-            str(p.relative_to(path)): (p.read_text(encoding="utf-8") if p.suffix == ".json" else "")
+            str(p.relative_to(path)): (
+                p.read_text(encoding="utf-8", errors="replace") if p.suffix == ".json" else ""
+            )
             + f"#{p.stat().st_size}"
             for p in sorted(path.rglob("*"))
             if p.is_file()

@@ -62,6 +62,8 @@ SAMPLER_TABLE: dict[str, SamplerDef] = {
 }
 
 SAMPLERS: tuple[str, ...] = tuple(SAMPLER_TABLE)  # names the language checker accepts
+# FLUX (flow matching): "Euler" is diffusers' FlowMatchEulerDiscreteScheduler, the only one it has
+FLOW_MATCHING_SAMPLERS: tuple[str, ...] = ("Euler",)
 
 
 def sampler_def(name: str) -> SamplerDef:
@@ -74,3 +76,34 @@ def sampler_def(name: str) -> SamplerDef:
         notes=("known samplers: " + ", ".join(SAMPLERS),),
         help=did_you_mean(name, SAMPLERS) or "use one of the known samplers (A1111 names)",
     )
+
+
+# --------------------------------------------------------------------- ComfyUI's samplers
+# A1111 name -> (KSampler sampler_name, scheduler) in ComfyUI's built-in KSampler (the version
+# recorded in tests/data/comfyui_nodes.json). None: ComfyUI has no equivalent; `scenecraft
+# export --comfyui` warns (`comfyui-sampler-unmapped`) and writes COMFYUI_FALLBACK instead.
+COMFYUI_SAMPLERS: dict[str, tuple[str, str] | None] = {
+    "Euler": ("euler", "normal"),
+    "Euler a": ("euler_ancestral", "normal"),
+    "Heun": ("heun", "normal"),
+    "LMS": ("lms", "normal"),
+    "LMS Karras": ("lms", "karras"),
+    "DPM2": ("dpm_2", "normal"),
+    "DPM2 Karras": ("dpm_2", "karras"),
+    "DPM2 a": ("dpm_2_ancestral", "normal"),
+    "DPM2 a Karras": ("dpm_2_ancestral", "karras"),
+    "DPM++ 2M": ("dpmpp_2m", "normal"),
+    "DPM++ 2M Karras": ("dpmpp_2m", "karras"),
+    "DPM++ 2M SDE": ("dpmpp_2m_sde", "normal"),
+    "DPM++ 2M SDE Karras": ("dpmpp_2m_sde", "karras"),
+    "DPM++ SDE": ("dpmpp_sde", "normal"),
+    "DPM++ SDE Karras": ("dpmpp_sde", "karras"),
+    "DDIM": ("ddim", "ddim_uniform"),
+    "DDPM": ("ddpm", "normal"),
+    "PNDM": None,  # pseudo linear multistep: no ComfyUI sampler
+    "PLMS": None,
+    "UniPC": ("uni_pc", "normal"),
+    "DEIS": None,  # not in the recorded ComfyUI version
+    "LCM": ("lcm", "normal"),
+}
+COMFYUI_FALLBACK: tuple[str, str] = ("euler", "normal")  # written where no equivalent exists

@@ -12,11 +12,12 @@ import json
 from collections.abc import Sequence
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, model_validator
 
-Family = Literal["sd15", "sd2", "sdxl"]
+from scenecraft.merge.config import METHODS, Loraclr, MethodParams, model_of
+
+Family = Literal["sd15", "sd2", "sdxl", "flux"]
 ConceptKind = Literal["subject", "object", "style"]
-MergeMethod = Literal["loraclr", "gradient-fusion", "linear", "average", "ties", "dare", "none"]
 Relation = Literal[
     "left-of",
     "right-of",
@@ -29,7 +30,7 @@ Relation = Literal[
     "back-to-back",
 ]
 
-PLAN_VERSION = 1
+PLAN_VERSION = 2  # 2: `merge.params` is the method's typed model (it names the method)
 
 
 class _Model(BaseModel):
@@ -66,17 +67,36 @@ class ConceptSpec(_Model):
 class MergeSpec(_Model):
     base: BaseModelSpec
     concepts: tuple[ConceptSpec, ...]
-    method: MergeMethod = "loraclr"
-    # the method's parameters under the engine's names, resolved once from the table in
-    # scenecraft.merge.config (e.g. `iterations 100` -> max_iters 100); unset ones: defaults
-    params: dict[str, float | int | str | bool] = Field(default_factory=dict)
-    stages: dict[str, float | int | str | bool] = Field(default_factory=dict)  # MergeConfig fields
+    # the method's parameter model (scenecraft.merge.config), every parameter set: its
+    # ``method`` field picks the model from `config.METHODS`; the engine takes it as is
+    params: SerializeAsAny[MethodParams] = Field(default_factory=lambda: Loraclr())
     key: str = ""  # content hash of everything above plus the LoRA files' sha256 where present
+
+    @model_validator(mode="before")
+    @classmethod
+    def _typed_params(cls, data: Any) -> Any:
+        """``params`` as a mapping (plan JSON) -> the model its ``method`` names; a ``method``
+        keyword (Python callers: ``MergeSpec(method="linear", ...)``) picks it the same way."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        method = data.pop("method", None)
+        params = data.get("params", {} if method else None)
+        if isinstance(params, dict):
+            name = params.get("method", method or "loraclr")
+            if name not in METHODS:
+                raise ValueError(f"unknown merge method `{name}`")
+            data["params"] = model_of(name).model_validate({**params, "method": name})
+        return data
+
+    @property
+    def method(self) -> str:
+        return self.params.method
 
 
 def merge_key(spec: MergeSpec, files: Sequence[tuple[str | None, str | None]]) -> str:
     """A merge's one identity (`MergeSpec.key`): what its merged weights depend on that a plan
-    knows — base, method, resolved parameters and, per concept in order, its tokens, weight,
+    knows — base, method, every parameter of its model and, per concept in order, its tokens, weight,
     class and kind and the sha256 of its LoRA and embedding files (``files``, one pair per
     concept), and its `prompts` when merge `scene_prompts` set them. Names, references and
     paths are not part of it: renaming a concept or moving its file keeps the merge. The merge
@@ -85,8 +105,7 @@ def merge_key(spec: MergeSpec, files: Sequence[tuple[str | None, str | None]]) -
         {
             "base": spec.base.model_dump(mode="json"),
             "method": spec.method,
-            "params": spec.params,
-            "stages": spec.stages,
+            "params": spec.params.values(),
             "concepts": [
                 [list(c.tokens), c.weight, c.class_noun, c.kind, lora, embedding]
                 + ([list(c.prompts)] if c.prompts else [])  # keys without them stay as they were

@@ -119,3 +119,36 @@ def test_dry_run_off_a_terminal_keeps_whole_paths(tmp_path: Path) -> None:
     text = buf.getvalue()
     assert f"{long[0]}/1.png" in text  # one piece, not folded over lines
     assert text.count(long[0]) == 2  # scene column and path, each whole
+
+
+def test_a_string_var_where_the_template_loops_is_a_diagnostic(tmp_path: Path) -> None:
+    from scenecraft import load
+    from scenecraft.diagnostics import DiagnosticError
+
+    (tmp_path / "z.safetensors").write_bytes(b"")
+    template = tmp_path / "places.scene.j2"
+    template.write_text(
+        SCENE.format(model="org/base").split("scene s")[0]
+        + "{% for place in places %}\n"
+        + 'scene {{ place | replace(" ", "-") }} {\n  ziggy\n  setting {{ place | tojson }}\n}\n'
+        + "{% endfor %}\n",
+        encoding="utf-8",
+    )
+    with pytest.raises(DiagnosticError) as caught:
+        load(str(template), {"places": "on grass"})
+    (d,) = caught.value.diagnostics
+    assert d.code == "bad-variable" and "letter by letter" in d.message
+    assert d.span is not None and (d.span.line, d.span.col) == (8, 17)  # `places` in the for
+    assert "--var places='[\"on grass\"]'" in (d.help or "")
+    loaded = load(str(template), {"places": ["on grass", "at sea"]})  # a list works
+    assert [j.scene for j in loaded.plan.jobs] == ["on-grass", "at-sea"]
+
+
+def test_a_manifest_write_leaves_no_lock_file(tmp_path: Path) -> None:
+    from scenecraft.render.manifest import Manifest
+
+    path = tmp_path / "story" / "manifest.json"
+    m = Manifest.open(path, {"plan_file": "story.scene"})
+    m.record("a.png", {"key": "A"})
+    m.save()
+    assert sorted(p.name for p in path.parent.iterdir()) == ["manifest.json"]

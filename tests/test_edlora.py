@@ -22,6 +22,7 @@ from scenecraft.merge import edlora
 from scenecraft.merge import engine as E
 from scenecraft.merge import features as F
 from scenecraft.merge.apply import _install_tokens
+from scenecraft.merge.config import parse
 from scenecraft.merge.formats import read_concept_lora
 from scenecraft.merge.formats_index import ModuleIndex
 from scenecraft.merge.types import MergeConfig
@@ -114,7 +115,7 @@ def _first_calls(pipe: Any) -> Iterator[dict[str, list[Any]]]:
 
 
 def _call(pipe: Any, jobs: list[RenderJob]) -> Any:
-    """One pipeline call as the render engine makes it (`render.engine._Session.call`)."""
+    """One pipeline call as the render engine makes it (`render.session.Session.call`)."""
     job = jobs[0]
     with conditioned(pipe, jobs) as extra:
         prompts = extra or {
@@ -337,7 +338,7 @@ def test_merge_fits_each_kv_layer_on_its_own_rows(
 
     monkeypatch.setattr(E._Run, "solve", solve)
     cfg = MergeConfig(templates=("photo of a {token}",), text_max_rows=4096)
-    E.run_merge(pipe, [v, w], "loraclr", {"max_iters": 2}, config=cfg)
+    E.run_merge(pipe, [v, w], parse("loraclr", {"iterations": 2}), config=cfg)
     X = seen["X"]
     k = {n: X[0][f"unet.{n}.to_k"] for n in LAYERS}
     assert all(not torch.equal(k[a], k[b]) for a in LAYERS for b in LAYERS if a != b)

@@ -143,7 +143,9 @@ def test_full_disk_is_output_unwritable_and_keeps_finished_images(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     plan = make_plan(scenes=("solo",), seeds=(1, 2, 3))
-    real = outputs.atomic_write
+    from scenecraft.render import session
+
+    real = session.atomic_write
     written: list[Path] = []
 
     def full_after_two(path: Path, write: Any) -> None:
@@ -157,7 +159,7 @@ def test_full_disk_is_output_unwritable_and_keeps_finished_images(
         if path.suffix == ".png":
             written.append(path)
 
-    monkeypatch.setattr(outputs, "atomic_write", full_after_two)
+    monkeypatch.setattr(session, "atomic_write", full_after_two)
     with pytest.raises(DiagnosticError) as exc:
         render(plan, tmp_path, pipe=tiny_pipe())
     [d] = exc.value.diagnostics
@@ -166,7 +168,7 @@ def test_full_disk_is_output_unwritable_and_keeps_finished_images(
     assert not list(tmp_path.rglob("*.tmp"))  # no temp file left behind
     images = _manifest(tmp_path)["images"]
     assert sorted(Path(k).name for k in images) == ["1.png", "2.png"]
-    monkeypatch.setattr(outputs, "atomic_write", real)
+    monkeypatch.setattr(session, "atomic_write", real)
     again = render(plan, tmp_path, pipe=tiny_pipe())
     assert [p.name for p in again.written] == ["3.png"] and len(again.skipped) == 2
 

@@ -146,7 +146,7 @@ def test_batch_size_only_in_defaults(scene_file: ScenePath) -> None:
 def test_merge_params_are_checked_per_method(scene_file: ScenePath) -> None:
     good = scene_file(MODEL + CAST + "merge ties {\n  density 0.5\n}\nscene a {\n  gosling\n}\n")
     plan = load(good).plan
-    assert (plan.merge.method, plan.merge.params) == ("ties", {"density": 0.5})
+    assert (plan.merge.method, plan.merge.params.values()) == ("ties", {"density": 0.5})
     bad = scene_file(
         MODEL + CAST + "merge linear {\n  density 0.5\n}\nscene a {\n  gosling\n}\n", "bad.scene"
     )

@@ -167,7 +167,10 @@ def test_completion_in_each_place(lsp: Session, files: Path) -> None:
     assert (
         by_label["init"].detail == "one of gradient-fusion, fusion, zero; default gradient-fusion"
     )
-    assert "repel margin" in by_label["margin"].documentation.value
+    from scenecraft.merge.config import Loraclr
+
+    doc = Loraclr.model_fields["margin"].description or ""
+    assert doc and doc in by_label["margin"].documentation.value  # the model's own doc
     # a merge method, a sampler, an include path, a panel's scene
     text = MAIN.replace("merge loraclr {", "merge lo")
     assert "gradient-fusion" in [
@@ -205,7 +208,7 @@ def test_hover_on_a_concept_a_scene_and_a_merge_parameter(lsp: Session, files: P
     assert "- `ziggy` (0.00, 0.00, 0.50, 1.00): `<ZIGGY> circle, circle left of square" in scene
     assert "- `blip` (0.50, 0.00, 1.00, 1.00)" in scene
     param = hover_text(lsp, uri, pos(MAIN, "margin 0.5", 2))
-    assert "parameter `margin`**: float (0, 10]; default 1.0" in param and "repel margin" in param
+    assert "parameter `margin`**: float (0, 10]; default 1.0" in param and "margin m" in param
 
 
 # ---------------------------------------------------------------------------- edits

@@ -122,11 +122,12 @@ def test_lora_info_reads_format_rank_and_family_from_the_header(tmp_path: Path) 
 
 def test_merge_parameters_come_from_the_one_table() -> None:
     from scenecraft.lsp.merge_params import merge_parameters
-    from scenecraft.merge.config import PARAMS
+    from scenecraft.merge.config import METHODS
 
     table = merge_parameters()
-    assert list(table) == list(PARAMS)
-    assert [p.name for p in table["loraclr"]] == list(PARAMS["loraclr"])
+    assert list(table) == list(METHODS)
+    fields = [n for n in METHODS["loraclr"].model_fields if n != "method"]
+    assert [p.name for p in table["loraclr"]] == fields
     ridge = next(p for p in table["gradient-fusion"] if p.name == "ridge")
     assert (ridge.range_text, ridge.default_text) == ("[0, 1]", "0.01")
     density = next(p for p in table["ties"] if p.name == "density")

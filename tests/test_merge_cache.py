@@ -24,6 +24,7 @@ from scenecraft.merge import api as merge_api
 from scenecraft.merge import cache as merge_cache
 from scenecraft.merge.api import MergeResult, merge
 from scenecraft.merge.apply import apply_merge, module_weight
+from scenecraft.merge.config import GradientFusion, MethodParams, Ties
 from scenecraft.merge.types import ConceptLoRA
 from scenecraft.plan import BaseModelSpec, ConceptSpec, MergeSpec
 from scenecraft.ui.merge_table import figures_table
@@ -56,10 +57,8 @@ class FakeRun:
         self,
         pipe: Any,
         concepts: list[ConceptLoRA],
-        method: str,
-        params: dict[str, Any],
+        params: MethodParams,
         reporter: Any,
-        config: Any = None,
     ) -> _Outcome:
         self.calls += 1
         weights: dict[str, torch.Tensor] = {}
@@ -120,7 +119,6 @@ def _spec(lora_dir: Path, **changes: Any) -> MergeSpec:
         "base": BaseModelSpec(source="tiny-test-base"),
         "concepts": concepts,
         "method": "linear",
-        "params": {"margin": 0.5},
     }
     fields.update(changes)
     return MergeSpec(**fields)
@@ -152,7 +150,7 @@ def test_miss_then_hit(tmp_path: Path, base_pipe: Any, lora_dir: Path) -> None:
     assert [c["lora_sha256"] for c in manifest["concepts"]] == [
         sha256_file(lora_dir / n) for n in ("a.safetensors", "b.safetensors", "c.pth")
     ]
-    assert manifest["method"] == "linear" and manifest["params"] == {"margin": 0.5}
+    assert manifest["method"] == "linear" and manifest["params"] == {}
     assert manifest["figures"] == FIGURES and first.figures == FIGURES
     assert manifest["tokens"] == {"text_encoder": ["<c1>"]} and manifest["stored"] == "delta"
 
@@ -202,17 +200,17 @@ def test_any_input_change_is_a_miss(
         (local / name).write_bytes((lora_dir / name).read_bytes())
     base_file = tmp_path / "base.safetensors"
     base_file.write_bytes(b"base model bytes")
-    spec = _spec(local, base=BaseModelSpec(source=str(base_file)))
+    spec = _spec(local, base=BaseModelSpec(source=str(base_file)), method="ties")
     run, root = FakeRun(), tmp_path / "cache"
     first = merge(spec, base_pipe, cache_dir=root, run=run)
     if change == "lora-bytes":
         _rewrite_lora(local, base_pipe)
     elif change == "weight":
-        spec = _spec(local, base=spec.base, weight=0.5)
+        spec = _spec(local, base=spec.base, weight=0.5, method="ties")
     elif change == "method":
-        spec = spec.model_copy(update={"method": "ties"})
+        spec = spec.model_copy(update={"params": GradientFusion()})
     elif change == "param":
-        spec = spec.model_copy(update={"params": {"margin": 0.25}})
+        spec = spec.model_copy(update={"params": Ties(density=0.25)})
     elif change == "tokens":
         concepts = (spec.concepts[0].model_copy(update={"tokens": ("<a2>",)}),) + spec.concepts[1:]
         spec = spec.model_copy(update={"concepts": concepts})
@@ -569,7 +567,7 @@ def _age(entry: Path, seconds_ago: float) -> None:
 def _with_prompts(spec: MergeSpec, prompt: str) -> MergeSpec:
     return spec.model_copy(
         update={
-            "stages": {"scene_prompts": True},
+            "params": GradientFusion(scene_prompts=True),
             "concepts": tuple(
                 c.model_copy(update={"prompts": (f"{c.tokens[0]} {prompt}",)})
                 for c in spec.concepts
@@ -599,7 +597,12 @@ def test_prompt_edits_supersede_older_entries_of_the_same_merge(
     tmp_path: Path, base_pipe: Any, lora_dir: Path
 ) -> None:
     run, events = FakeRun(), []
-    other = merge(_spec(lora_dir, params={"margin": 0.25}), base_pipe, cache_dir=tmp_path, run=run)
+    other = merge(
+        _spec(lora_dir, method="ties", params={"density": 0.25}),
+        base_pipe,
+        cache_dir=tmp_path,
+        run=run,
+    )
     keys, lineages = [], set()
     for prompt in ("at sea", "on grass", "in the desert"):
         spec = _with_prompts(_spec(lora_dir), prompt)
@@ -624,7 +627,12 @@ def test_prompt_edits_supersede_older_entries_of_the_same_merge(
 def test_prune_by_age_size_and_use(tmp_path: Path, base_pipe: Any, lora_dir: Path) -> None:
     run = FakeRun()
     paths = [
-        merge(_spec(lora_dir, params={"margin": m}), base_pipe, cache_dir=tmp_path, run=run).path
+        merge(
+            _spec(lora_dir, method="ties", params={"density": m}),
+            base_pipe,
+            cache_dir=tmp_path,
+            run=run,
+        ).path
         for m in (0.1, 0.2, 0.3)
     ]
     assert all(p is not None for p in paths)
@@ -741,7 +749,7 @@ def test_a_large_cache_says_how_to_prune(
     assert not [e for e in events if type(e).__name__ == "Notice"]  # a few MB: nothing said
     monkeypatch.setattr(merge_cache, "HINT_BYTES", 1)
     events.clear()
-    spec = _spec(lora_dir, params={"margin": 0.25})
+    spec = _spec(lora_dir, method="ties", params={"density": 0.25})
     merge(spec, base_pipe, cache_dir=tmp_path, run=FakeRun(), reporter=events.append)
     [notice] = [e for e in events if type(e).__name__ == "Notice"]
     assert "in 2 merges" in notice.message and "scenecraft cache prune" in notice.message

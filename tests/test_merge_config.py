@@ -1,86 +1,122 @@
-"""The one table of merge parameters: checker, engine defaults, docs and the plan agree."""
+"""The methods' parameter models: checker, engine, docs and the plan read them alone."""
 
 from __future__ import annotations
 
 import inspect
-import re
 from collections.abc import Callable
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
 from scenecraft.api import load
+from scenecraft.diagnostics import DiagnosticError, render_all
 from scenecraft.language import schema
-from scenecraft.merge.config import DEFAULT_RIDGE, METHODS, PARAMS, default, resolve
+from scenecraft.merge.config import (
+    DEFAULT_RIDGE,
+    METHODS,
+    REFERENCE_PRESET,
+    Dare,
+    GradientFusion,
+    Loraclr,
+    Stages,
+    parse,
+)
 from scenecraft.merge.fusion import gradient_fusion
-from scenecraft.merge.loraclr import LoraclrConfig
-from scenecraft.merge.methods import allowed_params
-from scenecraft.merge.types import MergeConfig
+from scenecraft.plan import RenderPlan
 
 ROOT = Path(__file__).parent.parent
 ScenePath = Callable[..., Path]
+MODEL = 'model "example-org/sd15-base"\nconcept a {\n  token "<A>"\n}\n'
 
 
-def test_the_checker_reads_the_table() -> None:
-    assert set(schema.MERGE_KEYS) == set(PARAMS) == set(METHODS)
-    for method, params in PARAMS.items():
-        assert set(schema.MERGE_KEYS[method]) == set(params)
-        for name, p in params.items():
-            key = schema.MERGE_KEYS[method][name]
-            assert (key.kind, key.lo, key.hi, key.choices, key.lo_open) == (
-                p.kind, p.lo, p.hi, p.choices, p.lo_open,
-            )  # fmt: skip
+def test_the_checker_reads_the_models() -> None:
+    assert list(schema.MERGE_KEYS) == list(METHODS)
+    for method, model in METHODS.items():
+        keys = schema.MERGE_KEYS[method]
+        assert set(keys) == set(model.model_fields) - {"method"}
+        for name, field in model.model_fields.items():
+            if name != "method":
+                assert keys[name].doc == field.description, (method, name)
+    margin = schema.MERGE_KEYS["loraclr"]["margin"]
+    assert (margin.kind, margin.lo, margin.hi, margin.lo_open) == ("float", 0, 10, True)
+    init = schema.MERGE_KEYS["loraclr"]["init"]
+    assert (init.kind, init.choices) == ("word", ("gradient-fusion", "fusion", "zero"))
+    assert schema.MERGE_KEYS["loraclr"]["max_rows"].kind == "int"  # `int | None`
 
 
-def test_engine_defaults_come_from_the_table() -> None:
-    cfg = LoraclrConfig()
-    for name, p in PARAMS["loraclr"].items():
-        if p.stage:
-            continue
-        assert getattr(cfg, p.engine_name(name)) == p.engine_value(p.default), name
-    ridge = inspect.signature(gradient_fusion).parameters["eps_rel"].default
-    assert ridge == DEFAULT_RIDGE == default("gradient-fusion", "eps_rel")
-    assert default("ties", "density") == 0.5
-    # every engine name the table produces is one the engine accepts
-    for method, params in PARAMS.items():
-        if method == "none":
-            continue
-        for name, p in params.items():
-            if not p.stage or p.method_too:
-                assert p.engine_name(name) in allowed_params(method), (method, name)
-            if p.stage:
-                assert set(p.stage) <= {f.name for f in fields(MergeConfig)}
+def test_one_name_per_parameter_and_the_ridge_default_in_one_home() -> None:
+    ridge = inspect.signature(gradient_fusion).parameters["ridge"].default
+    assert ridge == DEFAULT_RIDGE == GradientFusion().ridge == Loraclr().ridge
+    assert "max_iters" not in Loraclr.model_fields and "eps_rel" not in Loraclr.model_fields
+    # every feature-based method takes the stage settings, and only those do
+    for model in METHODS.values():
+        assert model.feature_based == issubclass(model, Stages)
+        stage_fields = set(Stages.model_fields) - {"method"}
+        assert issubclass(model, Stages) == (stage_fields <= set(model.model_fields))
 
 
-def test_resolve_maps_names_values_and_stages() -> None:
-    params, stages = resolve(
-        "loraclr",
-        {
-            "iterations": 80,
-            "ridge": 0.1,
-            "init": "gradient-fusion",
-            "max_rows": 512,
-            "spatial": True,
-        },
+def test_the_reference_preset_and_what_the_block_sets() -> None:
+    ref = Loraclr.reference()
+    assert {k: getattr(ref, k) for k in REFERENCE_PRESET} == REFERENCE_PRESET
+    mine = Loraclr(recipe="reference", margin=0.3)
+    assert (mine.margin, mine.lr, mine.init) == (0.3, 1e-4, "zero")
+    assert Loraclr().init == "gradient-fusion" and Loraclr().iterations == 50
+
+
+def test_a_rule_between_parameters_is_the_models() -> None:
+    with pytest.raises(ValidationError):
+        Loraclr(recipe="reference", refine_ridge=True)
+    with pytest.raises(DiagnosticError) as info:
+        parse("loraclr", {"recipe": "reference", "refine_ridge": True})
+    assert info.value.diagnostics[0].code == "merge-bad-param"
+    assert Loraclr(recipe="reference", refine_ridge=False).refine_ridge is False
+
+
+def test_a_rule_is_a_check_error_at_the_parameters_span(scene_file: ScenePath) -> None:
+    """`recipe reference` with `refine_ridge true` once passed check and compile and failed
+    after the model had loaded; now `check` points at the parameter."""
+    path = scene_file(
+        MODEL + "merge loraclr {\n  recipe reference\n  refine_ridge true\n}\nscene s {\n  a\n}\n"
     )
-    assert params == {"max_iters": 80, "eps_rel": 0.1, "init": "fusion-normalised"}
-    assert stages == {"text_max_rows": 512, "spatial_max_rows": 512, "spatial": True}
-    assert resolve("linear", {}) == ({}, {})
-    # the merge seed reaches the method (DARE's masks, the reference recipe's row cut) and the
-    # engine (feature-row subsampling, `continuations`' phrases)
-    assert resolve("loraclr", {"seed": 3}) == ({"seed": 3}, {"seed": 3})
+    with pytest.raises(DiagnosticError) as info:
+        load(path)
+    [diag] = [d for d in info.value.diagnostics if d.is_error]
+    assert diag.code == "conflicting-merge-params"
+    assert diag.span is not None
+    assert (diag.span.line, diag.span.col) == (7, 3)  # the `refine_ridge true` line
+    text = render_all([diag])
+    assert f"--> {path}:7:3" in text and "refine_ridge true" in text and "recipe ours" in text
+    ok = scene_file(MODEL + "merge loraclr {\n  recipe reference\n}\nscene s {\n  a\n}\n")
+    assert load(ok).plan.merge.params == Loraclr.reference()
 
 
-def test_the_plan_holds_resolved_params_and_merge_seed_is_not_an_alias(
-    scene_file: ScenePath,
-) -> None:
-    text = 'model "example-org/sd15-base"\nconcept a {\n  token "<A>"\n}\n'
-    plan = load(scene_file(text + "merge dare {\n  seed 7\n}\nscene s {\n  a\n}\n")).plan
-    assert plan.merge.params == {"seed": 7}  # was `seeds`, which the engine refused
-    plan = load(scene_file(text + "merge loraclr {\n  iterations 9\n}\nscene s {\n  a\n}\n")).plan
-    assert (plan.merge.params, plan.merge.stages) == ({"max_iters": 9}, {})
+def test_linear_takes_no_seed(scene_file: ScenePath) -> None:
+    path = scene_file(MODEL + "merge linear {\n  seed 1\n}\nscene s {\n  a\n}\n")
+    with pytest.raises(DiagnosticError) as info:
+        load(path)
+    [diag] = [d for d in info.value.diagnostics if d.is_error]
+    assert (diag.code, diag.span.line if diag.span else 0) == ("unknown-setting", 6)
+    assert "seed" in diag.message and "merge `linear`" in diag.message
+    with pytest.raises(DiagnosticError) as err:
+        parse("linear", {"seed": 1})
+    assert err.value.diagnostics[0].code == "merge-bad-param"
+
+
+def test_the_plan_holds_the_typed_model(scene_file: ScenePath) -> None:
+    plan = load(scene_file(MODEL + "merge dare {\n  seed 7\n}\nscene s {\n  a\n}\n")).plan
+    assert plan.merge.params == Dare(seed=7) and plan.merge.method == "dare"
+    text = "merge loraclr {\n  iterations 9\n  init fusion\n}\nscene s {\n  a\n}\n"
+    plan = load(scene_file(MODEL + text)).plan
+    assert isinstance(plan.merge.params, Loraclr)
+    assert (plan.merge.params.iterations, plan.merge.params.init) == (9, "fusion")
+    # the JSON names the method inside `params` and reads back to the same typed plan
+    data = plan.model_dump(mode="json")
+    assert data["version"] == 2 and "stages" not in data["merge"]
+    assert data["merge"]["params"]["method"] == "loraclr"
+    assert data["merge"]["params"]["iterations"] == 9 and data["merge"]["params"]["margin"] == 1.0
+    assert RenderPlan.model_validate_json(plan.to_json()) == plan
 
 
 def test_one_key_per_merge(scene_file: ScenePath) -> None:
@@ -95,12 +131,13 @@ def test_one_key_per_merge(scene_file: ScenePath) -> None:
     assert len(plain) == 24
 
 
-@pytest.mark.parametrize("method", [m for m in METHODS if PARAMS[m]])
-def test_docs_list_every_parameter(method: str) -> None:
+def test_docs_list_every_parameter() -> None:
     text = (ROOT / "docs" / "language.md").read_text(encoding="utf-8")
     section = text.split("### 3.4 Merge methods")[1].split("### 3.5")[0]
-    for name in PARAMS[method]:
-        assert re.search(rf"`{name}`", section), (method, name)
+    for method, keys in schema.MERGE_KEYS.items():
+        assert f"| `{method}` |" in section
+        for name in keys:
+            assert f"| `{name}` |" in section, (method, name)
 
 
 def test_scene_prompts_hand_each_concept_its_region_prompts(scene_file: ScenePath) -> None:
@@ -125,7 +162,7 @@ def test_scene_prompts_hand_each_concept_its_region_prompts(scene_file: ScenePat
         "b": (regions["b"],),
     }
     assert (regions["a"], solo) == ("<A> man, man left of dog, at sea", "<A> man")
-    assert on.merge.stages == {"scene_prompts": True}
+    assert isinstance(on.merge.params, Loraclr) and on.merge.params.scene_prompts
     # the prompts are part of the merge: another setting is another merge, but only with them
     assert plan("merge loraclr {\n  scene_prompts true\n}\n", "in a park").merge.key != on.merge.key
     assert plan("merge loraclr\n", "in a park").merge.key == default.merge.key

@@ -12,6 +12,7 @@ import torch
 from scenecraft.diagnostics import DiagnosticError
 from scenecraft.events import Event, MergeStage
 from scenecraft.merge import features as F
+from scenecraft.merge.config import GradientFusion, Loraclr, Stages, Ties, parse
 from scenecraft.merge.engine import MergeConfig, MergeOutcome, run_merge
 from scenecraft.merge.types import ConceptLoRA, LoRALayer
 from tests._fixtures_merge_engine import (  # noqa: F401  (fixtures)
@@ -35,7 +36,7 @@ def _snapshot(pipe: Any) -> dict[str, torch.Tensor]:
 def loraclr_run(engine_pipe: Any, engine_concepts: list[ConceptLoRA]) -> tuple[Any, ...]:
     before = _snapshot(engine_pipe)
     events: list[Event] = []
-    outcome = run_merge(engine_pipe, engine_concepts, "loraclr", {}, reporter=events.append)
+    outcome = run_merge(engine_pipe, engine_concepts, Loraclr(), reporter=events.append)
     return outcome, events, before
 
 
@@ -99,12 +100,8 @@ def test_run_merge_figures(
 def test_fallback_linear_sums_the_updates(
     engine_pipe: Any, engine_concepts: list[ConceptLoRA]
 ) -> None:
-    from scenecraft.merge.config import resolve
-
-    params, stages = resolve("loraclr", {"fallback": "linear"})
-    assert stages == {"fallback": "linear"} and params == {}
-    cfg = MergeConfig(**stages)
-    outcome = run_merge(engine_pipe, engine_concepts[:2], "gradient-fusion", {}, config=cfg)
+    params = GradientFusion(fallback="linear")
+    outcome = run_merge(engine_pipe, engine_concepts[:2], params)
     assert outcome.figures["fallback_method"] == "linear"
     spatial = [p for p in engine_concepts[0].layers if ".attn1." in p]
     modules = F.resolve_modules(engine_pipe, spatial)
@@ -126,10 +123,9 @@ def test_gradient_fusion_is_exact_on_cross_attention_with_few_rows(
     "<tok> man") < 32 input dims: stage 2 can match every concept exactly — which also checks
     that its features come from the merged text encoder consistently (no region-shaped rows:
     `co_subjects` off, and so no K/V map)."""
-    cfg = MergeConfig(templates=("{token}",), co_subjects=False)
-    outcome = run_merge(
-        engine_pipe, engine_concepts, "gradient-fusion", {"eps_rel": 1e-10}, config=cfg
-    )
+    cfg = MergeConfig(templates=("{token}",))
+    params = GradientFusion(ridge=1e-10, co_subjects=False)
+    outcome = run_merge(engine_pipe, engine_concepts, params, config=cfg)
     rows = outcome.figures["feature_rows"]["cross-attention"]
     assert sum(rows.values()) < 32, rows
     kv = outcome.figures["stages"]["cross-attention"]
@@ -148,8 +144,8 @@ def test_scene_prompts_add_feature_rows_only_when_asked(
     ]
     rows = {}
     for on in (False, True):
-        cfg = MergeConfig(templates=("{token}",), scene_prompts=on)
-        outcome = run_merge(engine_pipe, concepts, "gradient-fusion", {}, config=cfg)
+        cfg = MergeConfig(templates=("{token}",))
+        outcome = run_merge(engine_pipe, concepts, GradientFusion(scene_prompts=on), config=cfg)
         rows[on] = outcome.figures["feature_rows"]["text-encoder"]
     assert all(rows[True][k] > rows[False][k] for k in rows[False]), rows
 
@@ -168,7 +164,7 @@ def test_scene_prompts_aim_kv_at_each_concepts_own_text_encoder(
         replace(c, prompts=(f"{c.tokens[0]} man waves at a dog in a library",))
         for c in engine_concepts[:2]
     ]
-    cfg = MergeConfig(templates=("{token}",), scene_prompts=True)
+    cfg, params = MergeConfig(templates=("{token}",)), GradientFusion(scene_prompts=True)
 
     def kv_error(outcome: MergeOutcome) -> float:
         modules = F.resolve_modules(engine_pipe, list(outcome.weights))
@@ -190,9 +186,9 @@ def test_scene_prompts_aim_kv_at_each_concepts_own_text_encoder(
                     err += float((got - want).norm() / want.norm())
         return err
 
-    aimed = run_merge(engine_pipe, concepts, "gradient-fusion", {}, config=cfg)
+    aimed = run_merge(engine_pipe, concepts, params, config=cfg)
     monkeypatch.setattr(E, "_retarget_kv", lambda *args: None)
-    plain = run_merge(engine_pipe, concepts, "gradient-fusion", {}, config=cfg)
+    plain = run_merge(engine_pipe, concepts, params, config=cfg)
     assert kv_error(aimed) < 0.5 * kv_error(plain), (kv_error(aimed), kv_error(plain))
 
 
@@ -214,8 +210,8 @@ def test_co_subjects_add_rows_and_aim_kv_without_scene_text(
     monkeypatch.setattr(E, "_retarget_kv", lambda *a: calls.append(1) or real(*a))
     rows, weights = {}, {}
     for on in (False, True):
-        cfg = MergeConfig(templates=("{token}",), co_subjects=on)
-        outcome = run_merge(engine_pipe, nouns, "gradient-fusion", {}, config=cfg)
+        cfg = MergeConfig(templates=("{token}",))
+        outcome = run_merge(engine_pipe, nouns, GradientFusion(co_subjects=on), config=cfg)
         rows[on] = outcome.figures["feature_rows"]["text-encoder"]
         weights[on] = outcome.weights
     assert calls == [1]  # only with co_subjects
@@ -224,7 +220,7 @@ def test_co_subjects_add_rows_and_aim_kv_without_scene_text(
     assert changed
     # no class nouns: nothing region-shaped to read, so neither rows nor the map
     bare = [replace(c, class_noun=None) for c in engine_concepts[:2]]
-    run_merge(engine_pipe, bare, "gradient-fusion", {}, config=MergeConfig(templates=("{token}",)))
+    run_merge(engine_pipe, bare, GradientFusion(), config=MergeConfig(templates=("{token}",)))
     assert calls == [1]
 
 
@@ -235,20 +231,20 @@ def test_continuations_add_rows_and_change_the_merge(
     whole words; 0 (the default) reads none; the same seed gives the same merge, another seed
     other phrases and so another merge."""
     rows, weights = {}, {}
+    cfg = MergeConfig(templates=("{token}",))
     for n in (0, 6):
-        cfg = MergeConfig(templates=("{token}",), co_subjects=False, continuations=n)
-        outcome = run_merge(engine_pipe, engine_concepts[:2], "gradient-fusion", {}, config=cfg)
+        params = GradientFusion(co_subjects=False, continuations=n)
+        outcome = run_merge(engine_pipe, engine_concepts[:2], params, config=cfg)
         rows[n] = outcome.figures["feature_rows"]["text-encoder"]
         weights[n] = outcome.weights
     assert all(rows[6][k] > rows[0][k] for k in rows[0]), rows
     assert any(not torch.equal(weights[6][p], weights[0][p]) for p in weights[6])
-    cfg = MergeConfig(templates=("{token}",), co_subjects=False, continuations=6)
-    again = run_merge(engine_pipe, engine_concepts[:2], "gradient-fusion", {}, config=cfg)
+    again = run_merge(engine_pipe, engine_concepts[:2], params, config=cfg)
     assert all(torch.equal(again.weights[p], weights[6][p]) for p in weights[6])
-    other = dataclasses.replace(cfg, seed=1)
-    moved = run_merge(engine_pipe, engine_concepts[:2], "gradient-fusion", {}, config=other)
+    other = params.model_copy(update={"seed": 1})
+    moved = run_merge(engine_pipe, engine_concepts[:2], other, config=cfg)
     assert any(not torch.equal(moved.weights[p], weights[6][p]) for p in weights[6])
-    assert MergeConfig().continuations == 0
+    assert GradientFusion().continuations == 0
 
 
 def test_input_waves_follow_the_forward_and_group_shared_inputs(engine_pipe: Any) -> None:
@@ -266,12 +262,13 @@ def test_input_waves_follow_the_forward_and_group_shared_inputs(engine_pipe: Any
     assert waves == expected
 
 
+@pytest.mark.slow
 def test_a_merge_repeated_on_one_pipeline_gives_the_same_weights(
     engine_pipe: Any, engine_concepts: list[ConceptLoRA]
 ) -> None:
     """Nothing of one merge leaks into the next (the waves of `sequential` once depended on
     whether a freed input's memory was reused: every merge after the first could differ)."""
-    runs = [run_merge(engine_pipe, engine_concepts, "loraclr", {}) for _ in range(3)]
+    runs = [run_merge(engine_pipe, engine_concepts, Loraclr()) for _ in range(3)]
     for other in runs[1:]:
         assert all(torch.equal(other.weights[p], runs[0].weights[p]) for p in runs[0].weights)
 
@@ -285,15 +282,15 @@ def test_sequential_text_stage_fits_each_layer_on_the_merged_layers_before_it(
     wave reads the token embeddings either way, so it merges the same."""
     from scenecraft.merge.fusion import gradient_fusion
 
-    cfg = MergeConfig(templates=("{token}", "photo of a {token}"), co_subjects=False)
-    assert cfg.sequential and MergeConfig().sequential
-    seq = run_merge(engine_pipe, engine_concepts, "gradient-fusion", {}, config=cfg)
+    cfg = MergeConfig(templates=("{token}", "photo of a {token}"))
+    params = GradientFusion(co_subjects=False)
+    assert params.sequential and GradientFusion().sequential
+    seq = run_merge(engine_pipe, engine_concepts, params, config=cfg)
     old = run_merge(
         engine_pipe,
         engine_concepts,
-        "gradient-fusion",
-        {},
-        config=dataclasses.replace(cfg, sequential=False),
+        params.model_copy(update={"sequential": False}),
+        config=cfg,
     )
     first = "text_encoder.encoder.layers.0.self_attn.q_proj"
     last = max(p for p in seq.weights if p.endswith("mlp.fc2"))
@@ -333,13 +330,15 @@ def test_ridge_solve_is_the_regularised_least_squares_in_both_forms() -> None:
 def test_spatial_stage_and_data_free_figures(
     engine_pipe: Any, engine_concepts: list[ConceptLoRA]
 ) -> None:
-    cfg = MergeConfig(spatial=True, spatial_steps=2, spatial_size=32, spatial_max_rows=64)
-    outcome = run_merge(engine_pipe, engine_concepts[:2], "ties", {"density": 0.5}, config=cfg)
+    cfg = MergeConfig(
+        figure_stages=Stages(spatial=True), spatial_steps=2, spatial_size=32, spatial_max_rows=64
+    )
+    outcome = run_merge(engine_pipe, engine_concepts[:2], Ties(density=0.5), config=cfg)
     figures = outcome.figures
     assert figures["modules"]["spatial"] > 0
     assert "spatial" in figures["stages"]  # data-free methods get quality figures too
     assert all(0 < n <= 64 for n in figures["feature_rows"]["spatial"].values())
-    linear = run_merge(engine_pipe, engine_concepts[:2], "linear", {}, config=cfg)
+    linear = run_merge(engine_pipe, engine_concepts[:2], parse("linear"), config=cfg)
     # TIES drops half of each update: on these random LoRAs it keeps less of each concept
     assert figures["stages"]["text-encoder"]["fidelity"]["mean"] != pytest.approx(
         linear.figures["stages"]["text-encoder"]["fidelity"]["mean"]
@@ -407,11 +406,11 @@ def test_bad_concepts_fail_loudly(engine_pipe: Any, engine_concepts: list[Concep
     ]
     for concepts, code in cases:
         with pytest.raises(DiagnosticError) as info:
-            run_merge(engine_pipe, concepts, "loraclr", {})
+            run_merge(engine_pipe, concepts, Loraclr())
         assert info.value.diagnostics[0].code == code
         assert info.value.diagnostics[0].help
     with pytest.raises(DiagnosticError) as info:
-        run_merge(engine_pipe, engine_concepts, "loraclrr", {})
+        run_merge(engine_pipe, engine_concepts, parse("loraclrr"))
     assert info.value.diagnostics[0].help == "did you mean `loraclr`?"
 
 
@@ -442,7 +441,9 @@ def test_refine_ridge_defaults_to_on_only_for_distinct_class_nouns(
     cfg = MergeConfig(templates=("{token}",))
 
     def merged(concepts: list[ConceptLoRA], params: dict[str, Any]) -> MergeOutcome:
-        return run_merge(engine_pipe, concepts, "loraclr", {"max_iters": 5, **params}, config=cfg)
+        return run_merge(
+            engine_pipe, concepts, parse("loraclr", {"iterations": 5, **params}), config=cfg
+        )
 
     auto_on, forced_on = merged(distinct, {}), merged(distinct, {"refine_ridge": True})
     forced_off = merged(distinct, {"refine_ridge": False})

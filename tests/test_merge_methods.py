@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import dataclasses
 import math
 
 import pytest
 import torch
 
 from scenecraft.diagnostics import DiagnosticError
-from scenecraft.merge.loraclr import LoraclrConfig, loraclr
-from scenecraft.merge.methods import METHODS, merge_batch, merge_layer
+from scenecraft.merge.config import METHODS, Average, GradientFusion, Linear, Loraclr, parse
+from scenecraft.merge.loraclr import loraclr
+from scenecraft.merge.methods import merge_batch, merge_layer
 from scenecraft.merge.quality import QualityLog, batch_quality
 from scenecraft.merge.synthetic import SyntheticLayers, conflicting_layers
 from tests._fixtures_merge_engine import one_thread_fixture  # noqa: F401  (autouse)
@@ -23,7 +23,7 @@ def conflict() -> SyntheticLayers:
 
 
 def _quality(sy: SyntheticLayers, method: str, **params: object) -> tuple[torch.Tensor, ...]:
-    W, stats = merge_batch(method, sy.W0, sy.deltas, sy.X, dict(params))
+    W, stats = merge_batch(parse(method, params), sy.W0, sy.deltas, sy.X)
     e, s = batch_quality(W, sy.W0, sy.deltas, sy.X)
     return W, e, s, stats  # type: ignore[return-value]
 
@@ -38,7 +38,7 @@ def test_gradient_fusion_matches_an_independent_lstsq_solve(n_in: int, form: str
     W0 = torch.randn(n_out, n_in, generator=g)
     deltas = [torch.randn(n_out, n_in, generator=g) * 0.1 for _ in range(3)]
     X = [torch.randn(n, n_in, generator=g) for n in (4, 5, 6)]  # ragged, 15 rows
-    W, stats = merge_layer("gradient-fusion", W0, deltas, X, {"eps_rel": eps_rel})
+    W, stats = merge_layer(GradientFusion(ridge=eps_rel), W0, deltas, X)
     assert stats["form"] == form
     # min_W Σ ‖X_c Wᵀ − Y_c‖² + ε‖W − W0‖²  as one stacked least-squares problem, float64
     A = torch.cat(X).double()
@@ -59,7 +59,7 @@ def test_gradient_fusion_is_exact_when_concepts_do_not_conflict() -> None:
     X[0][:, :3] = torch.randn(5, 3, generator=g)
     X[1][:, 3:] = torch.randn(5, 3, generator=g)
     deltas = [torch.randn(8, 6, generator=g), torch.randn(8, 6, generator=g)]
-    W, _ = merge_layer("gradient-fusion", W0, deltas, X, {"eps_rel": 1e-10})
+    W, _ = merge_layer(GradientFusion(ridge=1e-10), W0, deltas, X)
     for x, d in zip(X, deltas, strict=True):
         torch.testing.assert_close(x @ W.T, x @ (W0 + d).T, rtol=1e-4, atol=1e-4)
 
@@ -93,7 +93,7 @@ def test_reference_recipe_repel_term_depends_on_feature_scale(
     conflict: SyntheticLayers, record_property: pytest.RecordProperty
 ) -> None:
     """docs/loraclr.md ("Measured"): with flattened L2 distances the margin 0.5 is never reached at real scales."""
-    ref = LoraclrConfig.reference()
+    ref = Loraclr.reference()
     at_scale = loraclr(conflict.W0, conflict.deltas, conflict.X, ref)[1]
     tiny_X = [x * 1e-3 for x in conflict.X]
     tiny = loraclr(conflict.W0, conflict.deltas, tiny_X, ref)[1]
@@ -111,8 +111,8 @@ def test_reference_recipe_repel_term_depends_on_feature_scale(
 
 
 def test_our_recipe_is_scale_free(conflict: SyntheticLayers) -> None:
-    W1, st1 = loraclr(conflict.W0, conflict.deltas, conflict.X, LoraclrConfig())
-    W2, st2 = loraclr(conflict.W0, conflict.deltas, [x * 1e-3 for x in conflict.X], LoraclrConfig())
+    W1, st1 = loraclr(conflict.W0, conflict.deltas, conflict.X, Loraclr())
+    W2, st2 = loraclr(conflict.W0, conflict.deltas, [x * 1e-3 for x in conflict.X], Loraclr())
     torch.testing.assert_close(W1, W2, rtol=1e-3, atol=1e-4)
     assert [s["repel_active"] for s in st1] == [s["repel_active"] for s in st2]
 
@@ -121,8 +121,10 @@ def test_refine_ridge_keeps_the_starts_ridge_in_the_steps(conflict: SyntheticLay
     """With only the attract term left (no repel, no output or size terms), the start is the
     exact minimiser of L_pos + ε‖D‖²: `refine_ridge` steps find nothing better and keep it,
     while the plain steps undo the ridge (lower L_pos, the fit drawn closer to the rows)."""
-    only_attract = LoraclrConfig(margin=0.0, lambda_mse=0.0, lambda_reg=0.0, eps_rel=0.3)
-    with_ridge = dataclasses.replace(only_attract, refine_ridge=True)
+    # margin 0 (the repel term off) is below the users' range: set past validation
+    only_attract = Loraclr(lambda_mse=0.0, lambda_reg=0.0, ridge=0.3, refine_ridge=False)
+    only_attract = only_attract.model_copy(update={"margin": 0.0})
+    with_ridge = only_attract.model_copy(update={"refine_ridge": True})
     kept, st_kept = loraclr(conflict.W0, conflict.deltas, conflict.X, with_ridge)
     freed, st_freed = loraclr(conflict.W0, conflict.deltas, conflict.X, only_attract)
     assert all(st["best_iter"] == 0 for st in st_kept), st_kept
@@ -134,7 +136,7 @@ def test_refine_ridge_keeps_the_starts_ridge_in_the_steps(conflict: SyntheticLay
 
 def test_refine_ridge_with_the_reference_recipe_is_refused() -> None:
     with pytest.raises(DiagnosticError) as info:
-        LoraclrConfig.from_params({"recipe": "reference", "refine_ridge": True})
+        parse("loraclr", {"recipe": "reference", "refine_ridge": True})
     [diagnostic] = info.value.errors
     assert diagnostic.code == "merge-bad-param"
     assert "recipe ours" in diagnostic.message
@@ -148,7 +150,7 @@ def test_refine_ridge_with_the_reference_recipe_is_refused() -> None:
     [
         ("gradient-fusion", {}),
         ("loraclr", {}),
-        ("loraclr", {"recipe": "reference", "max_iters": 20}),
+        ("loraclr", {"recipe": "reference", "iterations": 20}),
         ("ties", {"density": 0.4}),
         ("average", {}),
     ],
@@ -156,14 +158,14 @@ def test_refine_ridge_with_the_reference_recipe_is_refused() -> None:
 def test_batching_equal_shapes_matches_one_by_one(
     conflict: SyntheticLayers, method: str, params: dict[str, object]
 ) -> None:
-    W_batch, stats_batch = merge_batch(method, conflict.W0, conflict.deltas, conflict.X, params)
+    p = parse(method, params)
+    W_batch, stats_batch = merge_batch(p, conflict.W0, conflict.deltas, conflict.X)
     for layer in range(conflict.W0.shape[0]):
         W_one, stats_one = merge_layer(
-            method,
+            p,
             conflict.W0[layer],
             [d[layer] for d in conflict.deltas],
             [x[layer] for x in conflict.X],
-            params,
         )
         torch.testing.assert_close(W_batch[layer], W_one, rtol=1e-4, atol=1e-5)
         assert stats_batch[layer].get("iterations") == stats_one.get("iterations")
@@ -173,34 +175,43 @@ def test_batching_equal_shapes_matches_one_by_one(
 
 
 def test_every_method_runs_and_keeps_shape(conflict: SyntheticLayers) -> None:
-    for method in METHODS:
-        W, stats = merge_batch(method, conflict.W0, conflict.deltas, conflict.X, {})
+    for method in set(METHODS) - {"none"}:
+        W, stats = merge_batch(parse(method), conflict.W0, conflict.deltas, conflict.X)
         assert W.shape == conflict.W0.shape and torch.isfinite(W).all(), method
         assert len(stats) == conflict.W0.shape[0]
 
 
 def test_linear_and_average_are_what_they_say(conflict: SyntheticLayers) -> None:
-    W, _ = merge_batch("linear", conflict.W0, conflict.deltas, None)
+    W, _ = merge_batch(Linear(), conflict.W0, conflict.deltas, None)
     torch.testing.assert_close(W, conflict.W0 + sum(conflict.deltas))
-    W, _ = merge_batch("average", conflict.W0, conflict.deltas, None)
+    W, _ = merge_batch(Average(), conflict.W0, conflict.deltas, None)
     torch.testing.assert_close(W, conflict.W0 + sum(conflict.deltas) / len(conflict.deltas))
 
 
 @pytest.mark.parametrize(
     ("call", "code"),
     [
-        (lambda W, d, X: merge_layer("loracrl", W, d, X), "merge-unknown-method"),
-        (lambda W, d, X: merge_layer("linear", W, [d[0][:, :3]], X), "merge-shape-mismatch"),
+        (lambda W, d, X: merge_layer(parse("loracrl"), W, d, X), "merge-unknown-method"),
+        (lambda W, d, X: merge_layer(parse("linear"), W, [d[0][:, :3]], X), "merge-shape-mismatch"),
         (
-            lambda W, d, X: merge_layer("loraclr", W, d, [x[:, :3] for x in X]),
+            lambda W, d, X: merge_layer(parse("loraclr"), W, d, [x[:, :3] for x in X]),
             "merge-shape-mismatch",
         ),
-        (lambda W, d, X: merge_layer("gradient-fusion", W, d, None), "merge-missing-features"),
-        (lambda W, d, X: merge_layer("loraclr", W, d, X, {"margn": 1.0}), "merge-bad-param"),
-        (lambda W, d, X: merge_layer("ties", W, d, X, {"density": 1.5}), "merge-bad-param"),
-        (lambda W, d, X: merge_layer("gradient-fusion", W, d, X, {"eps": 1}), "merge-bad-param"),
-        (lambda W, d, X: merge_layer("linear", W, d, X, {"density": 0.5}), "merge-bad-param"),
-        (lambda W, d, X: merge_layer("linear", W, [], X), "merge-no-concepts"),
+        (
+            lambda W, d, X: merge_layer(parse("gradient-fusion"), W, d, None),
+            "merge-missing-features",
+        ),
+        (lambda W, d, X: merge_layer(parse("loraclr", {"margn": 1.0}), W, d, X), "merge-bad-param"),
+        (lambda W, d, X: merge_layer(parse("ties", {"density": 1.5}), W, d, X), "merge-bad-param"),
+        (
+            lambda W, d, X: merge_layer(parse("gradient-fusion", {"eps": 1}), W, d, X),
+            "merge-bad-param",
+        ),
+        (
+            lambda W, d, X: merge_layer(parse("linear", {"density": 0.5}), W, d, X),
+            "merge-bad-param",
+        ),
+        (lambda W, d, X: merge_layer(parse("linear"), W, [], X), "merge-no-concepts"),
     ],
 )
 def test_bad_input_fails_loudly(call: object, code: str) -> None:

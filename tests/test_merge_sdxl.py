@@ -17,6 +17,7 @@ from scenecraft.diagnostics import DiagnosticError
 from scenecraft.merge import features as F
 from scenecraft.merge.api import merge
 from scenecraft.merge.apply import apply_merge, module_weight
+from scenecraft.merge.config import GradientFusion, Stages, parse
 from scenecraft.merge.engine import MergeConfig, run_merge
 from scenecraft.merge.formats import read_concept_lora, read_embedding
 from scenecraft.merge.types import ConceptLoRA
@@ -179,13 +180,20 @@ def test_text_rows_read_each_encoder_with_its_tokenizer() -> None:
 def sdxl_runs() -> dict[str, Any]:
     pipe, concepts = sdxl_pipe(), _concepts()
     before = _snapshot(pipe)
-    cfg = MergeConfig(spatial=True, spatial_steps=2, spatial_size=32, spatial_max_rows=64)
-    runs = {m: run_merge(pipe, concepts, m, {}, config=cfg) for m in ("linear", "loraclr")}
-    runs["gradient-fusion"] = run_merge(pipe, concepts, "gradient-fusion", {}, config=cfg)
+    cfg = MergeConfig(
+        figure_stages=Stages(spatial=True), spatial_steps=2, spatial_size=32, spatial_max_rows=64
+    )
+    runs = {
+        m: run_merge(
+            pipe, concepts, parse(m, {"spatial": True} if m != "linear" else {}), config=cfg
+        )
+        for m in ("linear", "loraclr", "gradient-fusion")
+    }
     runs["before"], runs["after"] = before, _snapshot(pipe)
     return runs
 
 
+@pytest.mark.slow
 def test_feature_methods_run_on_sdxl_and_beat_linear(sdxl_runs: dict[str, Any]) -> None:
     linear = sdxl_runs["linear"].figures
     assert linear["modules"]["fallback"] == 0  # every layer has a feature stage
@@ -206,6 +214,7 @@ def test_feature_methods_run_on_sdxl_and_beat_linear(sdxl_runs: dict[str, Any]) 
                 ), (method, stage, name)
 
 
+@pytest.mark.slow
 def test_sdxl_merge_leaves_the_pipeline_unchanged(sdxl_runs: dict[str, Any]) -> None:
     before, after = sdxl_runs["before"], sdxl_runs["after"]
     # new tokens (<zig>, <zig>_1) are appended to both vocabularies; nothing else changes
@@ -228,8 +237,8 @@ def test_cross_attention_fusion_is_exact_with_few_rows() -> None:
     1e-10 the layer-by-layer text-encoder fit interpolates near-duplicate rows of the merged
     encoder and its contexts blow up (row norms ~1e5), which no float K/V solve matches."""
     pipe, concepts = sdxl_pipe(), _concepts()
-    cfg = MergeConfig(co_subjects=False, sequential=False)
-    outcome = run_merge(pipe, concepts, "gradient-fusion", {"eps_rel": 1e-10}, config=cfg)
+    params = GradientFusion(co_subjects=False, sequential=False, ridge=1e-10)
+    outcome = run_merge(pipe, concepts, params)
     assert outcome.figures["stages"]["cross-attention"]["fidelity"]["worst"] < 1e-3
     # check it independently: the merged K of one layer on the merged encoders' context
     path = next(p for p in outcome.weights if p.endswith("attn2.to_k"))
@@ -259,11 +268,11 @@ def test_unsupported_families_are_named() -> None:
         for c in concepts
     ]
     with pytest.raises(DiagnosticError) as info:
-        run_merge(refiner, only_te2, "loraclr", {})
+        run_merge(refiner, only_te2, parse("loraclr"))
     diag = info.value.diagnostics[0]
     assert diag.code == "merge-unsupported-family" and "refiner" in diag.message
     assert "SD3" in " ".join(diag.notes) and diag.help
-    outcome = run_merge(refiner, only_te2, "linear", {})  # data-free: merged, no figures
+    outcome = run_merge(refiner, only_te2, parse("linear"))  # data-free: merged, no figures
     assert outcome.weights
     assert outcome.figures["stages"]["text-encoder"]["fidelity"]["mean"] is None  # no features
 
@@ -286,7 +295,7 @@ def test_merged_sdxl_applies_and_renders(tmp_path: Path) -> None:
             ConceptSpec(name="momo", tokens=("<momo>",), lora=str(files["momo"]), weight=0.8),
         ),
         method="loraclr",
-        params={"max_iters": 5},  # engine names: the plan holds resolved parameters
+        params={"iterations": 5},  # the plan holds the method's typed parameters
     )
     base = sdxl_pipe()
     result = merge(spec, base, cache_dir=tmp_path / "cache")

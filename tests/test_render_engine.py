@@ -82,7 +82,9 @@ def test_rerun_skips_up_to_date_images_without_loading_a_model(tmp_path: Path) -
     assert [p.parent.name for p in redo.written] == ["solo"] and redo.skipped == []
 
 
-def test_manifest_vouches_for_a_png_without_our_chunk(tmp_path: Path) -> None:
+def test_manifest_does_not_vouch_for_a_png_without_our_chunk(tmp_path: Path) -> None:
+    """Provenance is the picture's own: a PNG without our chunk is rendered again even when
+    the manifest names its key (issue 32: a foreign black PNG was adopted that way)."""
     from PIL import Image
 
     plan = make_plan(seeds=(1,), scenes=("solo",))
@@ -91,7 +93,7 @@ def test_manifest_vouches_for_a_png_without_our_chunk(tmp_path: Path) -> None:
     Image.open(path).convert("RGB").save(path)  # strips text chunks (an optimiser did it)
     assert read_png_metadata(path).scenecraft is None
     again = render(plan, tmp_path, pipe=tiny_pipe())
-    assert again.skipped == [path]
+    assert again.written == [path] and not again.skipped
 
 
 def test_ctrl_c_keeps_finished_images_and_a_valid_manifest(tmp_path: Path) -> None:
@@ -227,14 +229,12 @@ def test_a_bad_adapter_leaves_the_pipeline_clean(tmp_path: Path) -> None:
 def test_every_sampler_is_built_from_the_models_own_scheduler_config(tmp_path: Path) -> None:
     """Not from whichever sampler ran before: `DPM++ 2M` after `DPM++ 2M Karras` must not
     inherit Karras sigmas (the order of batches, in process or on Ray workers, must not matter)."""
-    from scenecraft.render.engine import RenderResult, _Session, open_manifest
+    from scenecraft.render.session import Kept, Session
 
     plan = make_plan()
     pipe = tiny_pipe()
     original = pipe.scheduler
-    session = _Session(
-        plan, RenderResult(tmp_path), open_manifest(plan, tmp_path, "base", None), None, "base"
-    )
+    session = Session(plan, "base", "", None, Kept())
     try:
         pipe.scheduler = session.scheduler(pipe, "DPM++ 2M Karras")
         assert pipe.scheduler.config.use_karras_sigmas is True
@@ -301,7 +301,7 @@ def test_merged_image_keys_follow_the_merge_engine_revision(
 ) -> None:
     """A newer merge engine merges the same plan to other weights (its cache entries are new):
     images drawn with a merge are then out of date; base and runtime-adapter images are not."""
-    from scenecraft.render import engine as render_engine
+    from scenecraft.render import planning
 
     merged = make_plan(method="linear", seeds=(1,), scenes=("solo",))
     base = make_plan(seeds=(1,), scenes=("solo",))
@@ -313,7 +313,7 @@ def test_merged_image_keys_follow_the_merge_engine_revision(
         return m.key, b.key, a.key
 
     before = keys()
-    monkeypatch.setattr(render_engine, "ENGINE_REVISION", render_engine.ENGINE_REVISION + 1)
+    monkeypatch.setattr(planning, "ENGINE_REVISION", planning.ENGINE_REVISION + 1)
     after = keys()
     assert after[0] != before[0]
     assert after[1:] == before[1:]

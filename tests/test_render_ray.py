@@ -36,6 +36,8 @@ from scenecraft.toyworld import BASE_DIR, lora_path
 from tests._fixtures_render import pixels
 from tests._optional import require_module
 
+pytestmark = pytest.mark.slow  # a local Ray cluster: minutes on this CPU; .ci/run runs them
+
 SCENE = """\
 model "{base}" family sd15
 

@@ -10,14 +10,8 @@ import pytest
 import torch
 
 from scenecraft.plan import Region, RenderJob
-from scenecraft.render.regions import (
-    RegionalAttnProcessor,
-    coverage,
-    cross_attention_names,
-    masks_for,
-    regional,
-    token_grid,
-)
+from scenecraft.render.masks import coverage, masks_for, token_grid
+from scenecraft.render.regions import RegionalAttnProcessor, cross_attention_names, regional
 from tests._fixtures_render import SIZE, STEPS, make_job, tiny_pipe
 from tests._fixtures_render import one_thread as one_thread  # noqa: F401  (autouse)
 

@@ -71,6 +71,7 @@ def signature(path: Path) -> list[int]:
     return np.asarray(small, dtype=np.int32).reshape(-1).tolist()
 
 
+@pytest.mark.slow
 def test_toy_pictures_match_their_recorded_signatures(tmp_path: Path) -> None:
     scene = tmp_path / "regression.scene"
     loras = {n: lora_path(n) for n in ("ziggy", "blip")}

@@ -140,6 +140,36 @@ def _review_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="with --summary: JSON on stdout")
 
 
+def _watch_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("file", metavar="FILE")
+    _source_args(p)
+    p.add_argument(
+        "--only",
+        action="append",
+        default=[],
+        metavar="SCENE",
+        help="render only this scene or storyboard (repeatable)",
+    )
+    p.add_argument("--out", default="./out", metavar="DIR", help="output folder (default ./out)")
+    p.add_argument(
+        "--port",
+        type=_port,
+        default=8766,
+        metavar="N",
+        help="port of the live page on 127.0.0.1 (default 8766; 0 picks a free one)",
+    )
+    p.add_argument(
+        "--device", default=None, metavar="D", help="cuda, cuda:N, mps, cpu (default: best)"
+    )
+    p.add_argument(
+        "--dtype",
+        default=None,
+        metavar="T",
+        help=f"{', '.join(DTYPES)} (default: fp16 on GPU, fp32 on CPU)",
+    )
+    _cache_dir_arg(p)
+
+
 _SIZE_UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
 _TIME_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
@@ -197,6 +227,49 @@ def _cache_args(p: argparse.ArgumentParser) -> None:
     pr.add_argument("--dry-run", action="store_true", help="say what would go, remove nothing")
 
 
+def _export_args(p: argparse.ArgumentParser) -> None:
+    """``scenecraft export``: what to write and how the LoRA is factored (docs/export.md)."""
+    p.add_argument("--lora", default=None, metavar="OUT", help="one LoRA file (.safetensors)")
+    budget = p.add_mutually_exclusive_group()
+    budget.add_argument(
+        "--max-error",
+        type=float,
+        default=None,
+        metavar="E",
+        help="relative Frobenius error allowed per layer; sets each layer's rank (default 0.01)",
+    )
+    budget.add_argument(
+        "--rank", type=int, default=None, metavar="N", help="one rank for every layer instead"
+    )
+    p.add_argument(
+        "--format",
+        choices=("kohya", "peft"),
+        default="kohya",
+        help="LoRA key names: kohya (A1111/Forge/ComfyUI, default) or peft (diffusers)",
+    )
+    p.add_argument(
+        "--precision",
+        choices=("fp16", "fp32", "bf16"),
+        default="fp16",
+        help="tensors of the LoRA and checkpoint files (default fp16)",
+    )
+    p.add_argument(
+        "--checkpoint",
+        default=None,
+        metavar="OUT",
+        help="single-file checkpoint with the merge fused (original SD key names)",
+    )
+    p.add_argument(
+        "--diffusers", default=None, metavar="DIR", help="a diffusers folder of the fused model"
+    )
+    p.add_argument(
+        "--comfyui",
+        default=None,
+        metavar="DIR",
+        help="one ComfyUI API-format workflow per image (needs --lora or --checkpoint)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="scenecraft",
@@ -241,8 +314,19 @@ def build_parser() -> argparse.ArgumentParser:
     _engine_args(p, what="render images that are up to date too")
     _render_args(p)
 
+    p = sub.add_parser(
+        "export", help="write the merge as a LoRA, checkpoint, diffusers folder, workflows"
+    )
+    _engine_args(p, what="rebuild the merge even if cached")
+    _export_args(p)
+
     p = sub.add_parser("review", help="rate rendered images against their references (a page)")
     _review_args(p)
+
+    p = sub.add_parser(
+        "watch", help="re-render a scene file's changed images on every save, with a live page"
+    )
+    _watch_args(p)
 
     p = sub.add_parser("cache", help="list or prune the merge cache (no model needed)")
     _cache_args(p)
@@ -252,10 +336,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stdio", action="store_true", help="talk over stdin/stdout (the default)")
     p.add_argument("--clientProcessId", type=int, default=None, help=argparse.SUPPRESS)
     return parser
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    return build_parser().parse_args(argv)
 
 
 @dataclass(frozen=True)
@@ -334,6 +414,33 @@ class ReviewSettings:
 
 
 @dataclass(frozen=True)
+class WatchSettings:
+    """``scenecraft watch``."""
+
+    source: SourceSettings  # the file and its template variables
+    only: tuple[str, ...] = ()
+    out: str = "./out"
+    port: int = 8766  # the live page, on 127.0.0.1 (0: a free port)
+    max_jobs: int | None = None
+    device: str | None = None
+    dtype: str | None = None
+    cache_dir: str | None = None
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> WatchSettings:
+        return cls(
+            source=SourceSettings.from_args(args),
+            only=tuple(args.only),
+            out=args.out,
+            port=args.port,
+            max_jobs=args.max_jobs,
+            device=args.device,
+            dtype=args.dtype,
+            cache_dir=args.cache_dir,
+        )
+
+
+@dataclass(frozen=True)
 class CacheSettings:
     """``scenecraft cache list|prune``."""
 
@@ -353,4 +460,44 @@ class CacheSettings:
             older_than=getattr(args, "older_than", None),
             max_bytes=getattr(args, "max_size", None),
             dry_run=getattr(args, "dry_run", False),
+        )
+
+
+@dataclass(frozen=True)
+class ExportSettings:
+    """``scenecraft export``."""
+
+    lora: Path | None = None
+    lora_format: str = "kohya"  # "kohya" | "peft"
+    max_error: float | None = None  # None: the default budget (unless rank is set)
+    rank: int | None = None
+    precision: str = "fp16"
+    checkpoint: Path | None = None
+    diffusers: Path | None = None
+    comfyui: Path | None = None
+    json: bool = False
+    device: str | None = None
+    dtype: str | None = None
+    cache_dir: Path | None = None
+    force: bool = False
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> ExportSettings:
+        def path(value: str | None) -> Path | None:
+            return Path(value) if value else None
+
+        return cls(
+            lora=path(args.lora),
+            lora_format=args.format,
+            max_error=args.max_error,
+            rank=args.rank,
+            precision=args.precision,
+            checkpoint=path(args.checkpoint),
+            diffusers=path(args.diffusers),
+            comfyui=path(args.comfyui),
+            json=args.json,
+            device=args.device,
+            dtype=args.dtype,
+            cache_dir=path(args.cache_dir),
+            force=args.force,
         )

@@ -1,7 +1,9 @@
-"""The `scenecraft` command: check, compile, fmt, layout, merge, render, review, cache, lsp.
+"""The `scenecraft` command: check, compile, fmt, layout, merge, render, export, review, watch,
+cache, lsp.
 
 Every user error is a Diagnostic rendered here (exit code 2); nothing below prints a traceback.
-Arguments are defined in `scenecraft.cli.args`; only `merge` and `render` import torch.
+Arguments are defined in `scenecraft.cli.args`; only `merge`, `render` (not `render --dry-run`),
+`export` and `watch` import torch.
 """
 
 from __future__ import annotations
@@ -14,12 +16,22 @@ from collections.abc import Callable, Sequence
 from scenecraft.api import Loaded, load
 from scenecraft.cli.args import (
     CacheSettings,
+    ExportSettings,
     MergeSettings,
     RenderSettings,
     ReviewSettings,
+    WatchSettings,
     build_parser,
 )
-from scenecraft.cli.common import EXIT_INTERNAL, EXIT_OK, EXIT_USER_ERROR, Output, variables
+from scenecraft.cli.common import (
+    EXIT_INTERNAL,
+    EXIT_OK,
+    EXIT_USER_ERROR,
+    Output,
+    quiet_library_noise,
+    resource_fault,
+    variables,
+)
 from scenecraft.cli.language import cmd_check, cmd_compile, cmd_fmt, cmd_layout
 from scenecraft.diagnostics import DiagnosticError, to_json
 
@@ -38,11 +50,20 @@ def cmd_merge(args: argparse.Namespace, out: Output) -> int:
 
 
 def cmd_render(args: argparse.Namespace, out: Output) -> int:
-    from scenecraft.cli.render import run  # torch: imported for merge and render only
+    if args.dry_run:  # plans and lists, no torch
+        from scenecraft.cli.preview import run
+    else:
+        from scenecraft.cli.render import run  # torch: imported for merge and render only
 
     # a dry run only lists jobs, so drafts with missing LoRA files are fine there
     loaded = _load(args, out, allow_missing=args.dry_run)
     return run(RenderSettings.from_args(args), loaded)
+
+
+def cmd_export(args: argparse.Namespace, out: Output) -> int:
+    from scenecraft.cli.export import run  # torch: imported for merge, render and export only
+
+    return run(ExportSettings.from_args(args), _load(args, out, allow_missing=False), out)
 
 
 def cmd_review(args: argparse.Namespace, out: Output) -> int:
@@ -50,6 +71,12 @@ def cmd_review(args: argparse.Namespace, out: Output) -> int:
     from scenecraft.cli.review import run as run_review
 
     return run_review(ReviewSettings.from_args(args))
+
+
+def cmd_watch(args: argparse.Namespace, out: Output) -> int:
+    from scenecraft.cli.watch import run as run_watch  # torch: it renders
+
+    return run_watch(WatchSettings.from_args(args))
 
 
 def cmd_cache(args: argparse.Namespace, out: Output) -> int:
@@ -79,7 +106,9 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Output], int]] = {
     "layout": cmd_layout,
     "merge": cmd_merge,
     "render": cmd_render,
+    "export": cmd_export,
     "review": cmd_review,
+    "watch": cmd_watch,
     "cache": cmd_cache,
     "lsp": cmd_lsp,
 }
@@ -88,6 +117,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Output], int]] = {
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     out = Output()
+    quiet_library_noise()
     try:
         return COMMANDS[args.command](args, out)
     except DiagnosticError as exc:
@@ -103,6 +133,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:
         return EXIT_OK
     except Exception as exc:  # a bug in scenecraft, not in the user's input
+        fault = resource_fault(exc)  # ... unless the machine ran out of memory
+        if fault is not None:
+            out.show([fault])
+            return EXIT_USER_ERROR
         if os.environ.get("SCENECRAFT_DEBUG"):
             raise
         print(

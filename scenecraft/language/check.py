@@ -15,10 +15,11 @@ from typing import Any
 
 from scenecraft.diagnostics import Collector, Diagnostic, DiagnosticError, Label, did_you_mean
 from scenecraft.files import looks_like_hub_id, path_problem
+from scenecraft.language import check_family, schema
 from scenecraft.language import nodes as n
-from scenecraft.language import schema
 from scenecraft.language.check_scene import SceneBody, check_scene_body
 from scenecraft.language.loader import Program, is_file, remap, resolve_path
+from scenecraft.merge.config import rule_errors
 from scenecraft.names import SAMPLERS
 
 
@@ -129,6 +130,7 @@ class Checker:
         self.c = Collector()
         self.concepts: dict[str, ConceptInfo] = {}
         self.scenes: dict[str, SceneInfo] = {}
+        self.folders: dict[str, tuple[str, n.Ident]] = {}  # casefolded output folder names
         self.tokens: dict[str, ConceptInfo] = {}
         self.missing: list[tuple[str, n.Concept, Diagnostic]] = []  # reported once usage is known
         self.defaults: dict[str, Any] = dict(DEFAULTS)  # filled before scenes are checked
@@ -139,6 +141,7 @@ class Checker:
         model = None
         merge: n.Merge | None = None
         defaults = self.defaults
+        user_defaults: dict[str, Any] = {}
         for f in files:
             is_main = f is self.program.main
             for item in f.items:
@@ -149,7 +152,8 @@ class Checker:
                 elif isinstance(item, n.Merge):
                     merge = self.check_merge_dup(item, merge)
                 elif isinstance(item, n.Defaults):
-                    defaults.update(self.check_defaults(item))
+                    user_defaults.update(self.check_defaults(item))
+                    defaults.update(user_defaults)
                 elif isinstance(item, n.Scene | n.Storyboard) and not is_main:
                     self.c.error(
                         "scene-in-include",
@@ -159,6 +163,8 @@ class Checker:
                         help="move it into the file that includes this one",
                     )
         method, params = self.check_merge(merge)
+        family = check_family.model_family(model)
+        defaults.update(check_family.family_defaults(family, user_defaults))
         if model is None:
             self.c.error(
                 "missing-model",
@@ -170,6 +176,8 @@ class Checker:
             if isinstance(item, n.Scene):
                 self.check_scene_decl(item)
         storyboards = self.check_storyboards()
+        if family == "flux":
+            method = check_family.check_flux(self, merge, method)
         if not self.scenes and not any(
             isinstance(i, n.Storyboard) for i in self.program.main.items
         ):
@@ -353,7 +361,18 @@ class Checker:
             )
             return "none", {}
         vals = schema.read_block(self.c, item.settings, table, f"merge `{method}`")
-        return method, {k: v for k, (v, _) in vals.items()}
+        values = {k: v for k, (v, _) in vals.items()}
+        for rule in rule_errors(method, values):  # rules between parameters, at check time
+            setting = vals[rule.param][1] if rule.param in vals else None
+            self.c.error(
+                "conflicting-merge-params",
+                rule.message,
+                setting.span if setting else item.method.span,
+                label="conflicts with " + ", ".join(f"`{o}`" for o in rule.others or ("these",)),
+                labels=tuple(Label(vals[o][1].span, "set here") for o in rule.others if o in vals),
+                help=rule.help,
+            )
+        return method, values
 
     def check_defaults(self, item: n.Defaults) -> dict[str, Any]:
         vals = schema.read_block(self.c, item.settings, schema.DEFAULTS_KEYS, "`defaults`")
@@ -387,7 +406,24 @@ class Checker:
         if name in self.scenes:
             self.duplicate("scene", item.name, self.scenes[name].node.name, name)
             return
+        self.check_case("scene", item.name)
         self.scenes[name] = self.check_scene(item, name)
+
+    def check_case(self, what: str, name: n.Ident) -> None:
+        """`case-collision`: scenes and storyboards name output folders, and on macOS and
+        Windows `Scene1` and `scene1` (or `CON` and `con`) are one folder."""
+        first = self.folders.setdefault(name.name.casefold(), (what, name))
+        if first[1].name == name.name:
+            return
+        self.c.error(
+            "case-collision",
+            f"{what} `{name.name}` differs from {first[0]} `{first[1].name}` only in case",
+            name.span,
+            label="same folder as the first on macOS and Windows",
+            labels=(Label(first[1].span, "first defined here"),),
+            notes=("each scene and storyboard writes into a folder named after it",),
+            help="rename one so the names differ in more than upper and lower case",
+        )
 
     def check_scene(self, item: n.Scene, name: str, storyboard: str | None = None) -> SceneInfo:
         body = check_scene_body(self, item)
@@ -428,6 +464,7 @@ class Checker:
             if name in out:
                 self.duplicate("storyboard", item.name, out[name].node.name, name)
                 continue
+            self.check_case("storyboard", item.name)
             vals = schema.read_block(
                 self.c, item.settings, schema.STORYBOARD_KEYS, f"storyboard `{name}`"
             )

@@ -7,17 +7,40 @@ interactions and placements as clauses, the group activity, and every name it me
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from scenecraft import layout
-from scenecraft.diagnostics import Label, did_you_mean
+from scenecraft.diagnostics import Collector, Label, did_you_mean
 from scenecraft.language import nodes as n
 from scenecraft.language import schema
 from scenecraft.prompts import Clause
 
-if TYPE_CHECKING:
-    from scenecraft.language.check import Checker
+
+class _Concept(Protocol):
+    """What a scene body reads of a checked concept (`scenecraft.language.check.ConceptInfo`)."""
+
+    @property
+    def node(self) -> n.Concept: ...
+
+    @property
+    def kind(self) -> str: ...
+
+
+class Checker(Protocol):
+    """What a scene body needs of the file's checker (`scenecraft.language.check.Checker`):
+    its diagnostics, the concepts declared so far and two of its checks."""
+
+    @property
+    def c(self) -> Collector: ...
+
+    @property
+    def concepts(self) -> Mapping[str, _Concept]: ...
+
+    def duplicate(self, what: str, item: n.Node, first: n.Node, name: str = "") -> None: ...
+
+    def check_sampler(self, setting: n.Setting) -> None: ...
 
 
 @dataclass

@@ -10,6 +10,7 @@ import hashlib
 import os
 import re
 import stat
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,7 +20,7 @@ from scenecraft.diagnostics import Diagnostic, DiagnosticError
 from scenecraft.files import sha256_file
 from scenecraft.language import nodes as n
 from scenecraft.language.check import Checked, ConceptInfo, SceneInfo
-from scenecraft.merge.config import resolve
+from scenecraft.merge.config import Stages, parse
 from scenecraft.prompts import SceneText, Subject, alone, anonymous, region_prompt, scene_prompt
 
 CLIP_WINDOW = 77
@@ -107,8 +108,8 @@ def merge_spec(checked: Checked, used: list[str], composed: dict[str, Composed])
         else p.BaseModelSpec(source="")
     )
     concepts = tuple(concept_spec(checked.concepts[c]) for c in checked.concepts if c in used)
-    params, stages = resolve(checked.merge_method, checked.merge_params)
-    if stages.get("scene_prompts"):  # the merge reads the prompts: they belong to its key
+    params = parse(checked.merge_method, checked.merge_params)  # checked: rules hold
+    if isinstance(params, Stages) and params.scene_prompts:  # the merge reads them: key
         prompts = scene_prompts(checked, composed)
         concepts = tuple(
             c.model_copy(update={"prompts": prompts.get(c.name, ())}) for c in concepts
@@ -116,9 +117,7 @@ def merge_spec(checked: Checked, used: list[str], composed: dict[str, Composed])
     spec = p.MergeSpec(
         base=base,
         concepts=concepts,
-        method=checked.merge_method,  # type: ignore[arg-type]
         params=params,
-        stages=stages,
     )
     files = [
         (file_digest(c.lora) if c.lora else None, file_digest(c.embedding) if c.embedding else None)
@@ -437,14 +436,7 @@ def compile_plan(
                 name=board.name, columns=board.columns, title=board.title, panels=panels
             )
         )
-        jobs = [
-            j.model_copy(
-                update={"caption": _caption(board, j.scene), "panel": _panel(board, j.scene)}
-            )
-            if j.storyboard == board.name
-            else j
-            for j in jobs
-        ]
+    jobs = _with_panels(jobs, checked.storyboards.values())
     plan = p.RenderPlan(
         file=checked.program.main.path,
         source_sha256=hashlib.sha256(source_text.encode()).hexdigest(),
@@ -459,16 +451,21 @@ def compile_plan(
     return plan, warnings
 
 
-def _caption(board: Any, scene: str) -> str | None:
-    for panel in board.panels:
-        if panel.scene == scene:
-            return str(panel.caption) if panel.caption is not None else None
-    return None
-
-
-def _panel(board: Any, scene: str) -> int | None:
-    """0-based index of the inline panel that ``scene`` is (RenderJob.panel)."""
-    return next((i for i, panel in enumerate(board.panels) if panel.scene == scene), None)
+def _with_panels(jobs: list[p.RenderJob], boards: Iterable[Any]) -> list[p.RenderJob]:
+    """Each storyboard job with its panel's caption and 0-based index (one pass, by dict)."""
+    where: dict[str, dict[str, tuple[str | None, int | None]]] = {}
+    for board in boards:
+        found = where.setdefault(board.name, {})
+        for i, panel in enumerate(board.panels):
+            caption = str(panel.caption) if panel.caption is not None else None
+            found.setdefault(panel.scene, (caption, i))  # the first panel showing the scene
+    out = []
+    for j in jobs:
+        if j.storyboard is not None and j.storyboard in where:
+            caption, index = where[j.storyboard].get(j.scene, (None, None))
+            j = j.model_copy(update={"caption": caption, "panel": index})
+        out.append(j)
+    return out
 
 
 def _dedupe(jobs: list[p.RenderJob]) -> list[p.RenderJob]:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from scenecraft.diagnostics import Diagnostic, DiagnosticError, Label, Span
+from scenecraft.diagnostics import Diagnostic, DiagnosticError, Label, Span, line_text
 from scenecraft.files import NotARegularFile, TooLarge, read_capped
 from scenecraft.language import nodes as n
 from scenecraft.language.parser import parse
@@ -20,6 +20,9 @@ from scenecraft.language.templating import Rendered, is_template, render_templat
 
 MAX_FILE_BYTES = 2 * 1024 * 1024  # parsing costs ~170 bytes of memory per byte of text
 MAX_INCLUDE_DEPTH = 16  # includes nested deeper than this are `include-too-deep`
+# All the text one program parses (the file, its includes, template output), together: one
+# budget, so ten includes of a 2 MiB file cannot cost ten parses (`unreadable-file`)
+MAX_PROGRAM_CHARS = 4 * 1024 * 1024
 
 
 @dataclass
@@ -47,6 +50,7 @@ class Program:
     unsaved: Mapping[Path, str] = field(default_factory=dict)
     # text, file name -> syntax tree (the language server passes one that reuses unchanged items)
     parser: Callable[[str, str], n.File] = field(default=parse)
+    chars: int = 0  # text read and rendered so far, against MAX_PROGRAM_CHARS
 
     def texts(self) -> dict[str, str]:
         """Texts for quoting diagnostics: the template, not its output, for templated files."""
@@ -133,12 +137,11 @@ def too_large(name: str, span: Span | None) -> DiagnosticError:
 def _remap_span(span: Span, src: Source) -> tuple[Span, str | None]:
     """A span in rendered text -> a span in the template, plus the rendered line if it differs."""
     assert src.rendered is not None
-    out_lines = src.rendered.text.split("\n")
-    tpl_lines = src.text.split("\n")
     idx = min(max(span.line - 1, 0), len(src.rendered.line_map) - 1)
     tline = src.rendered.line_map[idx] if src.rendered.line_map else 1
-    rendered_line = out_lines[idx] if idx < len(out_lines) else ""
-    template_line = tpl_lines[tline - 1] if 0 < tline <= len(tpl_lines) else ""
+    # line tables are built once per text (not a split of the whole text per diagnostic)
+    rendered_line = line_text(src.rendered.text, idx + 1, strip_cr=False) or ""
+    template_line = line_text(src.text, tline, strip_cr=False) or ""
     if rendered_line == template_line and span.end_line == span.line:
         return Span(span.file, tline, span.col, tline, span.end_col), None
     indent = len(template_line) - len(template_line.lstrip())
@@ -178,14 +181,40 @@ def _load_one(
         text = read_text(path, name, span)
     elif len(text) > MAX_FILE_BYTES or len(text.encode("utf-8")) > MAX_FILE_BYTES:
         raise too_large(name, span)  # an editor's buffer has the file's bound
+    _spend(program, len(text), name, span)
     src = Source(path, name, text)
     program.sources[name] = src
     if is_template(path, text):
         src.rendered = render_template(text, name, variables)
+        _spend(program, len(src.rendered.text), name, span)
     try:
         return program.parser(src.scene_text, name)
     except DiagnosticError as exc:
         raise remap_all(exc, program.sources) from None
+
+
+def _spend(program: Program, chars: int, name: str, span: Span | None) -> None:
+    """Count ``chars`` more text against the program's budget; refuse it past the cap."""
+    program.chars += chars
+    if program.chars <= MAX_PROGRAM_CHARS:
+        return
+    cap = f"{MAX_PROGRAM_CHARS / (1024 * 1024):.3g}"
+    raise DiagnosticError(
+        [
+            Diagnostic(
+                "unreadable-file",
+                f"`{name}` brings the program's text past {cap} MiB",
+                span,
+                label="this include passes the budget" if span else "",
+                notes=(
+                    f"a file, its includes and their template output hold at most "
+                    f"{MAX_PROGRAM_CHARS:,} characters together ({program.chars:,} so far)",
+                ),
+                help="include only the libraries this file needs; split a large project into "
+                "several scene files",
+            )
+        ]
+    )
 
 
 def load_program(

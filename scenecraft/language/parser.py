@@ -409,7 +409,7 @@ def _unexpected_token(file: str, exc: UnexpectedToken, text: str, parser: Lark) 
     )
 
 
-_STRINGS_AND_COMMENTS = re.compile(r'"""(?:.|\n)*?"""|"(?:[^"\\\n]|\\.)*"|#[^\n]*')
+_STRINGS_AND_COMMENTS = re.compile(r'"""[\s\S]*?"""|"(?:[^"\\\n]|\\.)*+"|#[^\n]*')
 
 
 def _block_depth(text: str, pos: int) -> int:
@@ -533,18 +533,20 @@ def _parse_with_comments(parser: Lark, source: str, on_comment: Any) -> Tree[Tok
     return tree
 
 
-_COMMENT_SCAN = re.compile(r'"""(?:.|\n)*?"""|"(?:[^"\\\n]|\\.)*"|(#[^\n]*)')
+_COMMENT_SCAN = re.compile(r'"""[\s\S]*?"""|"(?:[^"\\\n]|\\.)*+"|(#[^\n]*)')
 
 
 def _comment_tokens(source: str) -> list[Token]:
     """Comments in ``source`` (skipping '#' inside strings), as Tokens with positions."""
     out: list[Token] = []
+    line, counted = 1, 0  # newlines are counted once over the text, up to `counted`
     for m in _COMMENT_SCAN.finditer(source):
         if m.group(1) is None:
             continue
         start = m.start(1)
-        line = source.count("\n", 0, start) + 1
-        col = start - (source.rfind("\n", 0, start) + 1) + 1
+        line += source.count("\n", counted, start)
+        counted = start
+        col = start - (source.rfind("\n", 0, start) + 1) + 1  # back to its line's start only
         text = m.group(1)
         out.append(
             Token(

@@ -6,14 +6,19 @@ per block keeps every range and default in one place (docs/language.md mirrors i
 
 from __future__ import annotations
 
+import types
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, get_args, get_origin
+
+import annotated_types as at
+from pydantic.fields import FieldInfo
 
 from scenecraft.diagnostics import Collector, Label, did_you_mean
 from scenecraft.language import nodes as n
 from scenecraft.language.fmt import value as fmt_value
 from scenecraft.layout import LAYOUTS
-from scenecraft.merge.config import PARAMS
+from scenecraft.merge.config import METHODS
 
 Kind = Literal["str", "int", "float", "bool", "size", "seeds", "word", "strs", "words"]
 
@@ -69,7 +74,7 @@ CONCEPT_KEYS: dict[str, Key] = {
 }
 
 MODEL_KEYS: dict[str, Key] = {
-    "family": Key("word", choices=("sd15", "sd2", "sdxl")),
+    "family": Key("word", choices=("sd15", "sd2", "sdxl", "flux")),
     "revision": Key("str"),
 }
 
@@ -78,14 +83,44 @@ STORYBOARD_KEYS: dict[str, Key] = {
     "title": Key("str"),
 }
 
-# Names as users write them, from the one table of merge parameters (scenecraft.merge.config).
-MERGE_KEYS: dict[str, dict[str, Key]] = {
-    method: {
-        name: Key(p.kind, p.lo, p.hi, p.choices, p.lo_open, doc=p.doc)  # type: ignore[arg-type]
-        for name, p in params.items()
-    }
-    for method, params in PARAMS.items()
-}
+
+def merge_key(field: FieldInfo) -> Key:
+    """A merge parameter's `Key`, read from its field in the method's model."""
+    ann: Any = field.annotation
+    if isinstance(ann, types.UnionType):  # `int | None`: unset means the engine decides
+        ann = next(a for a in get_args(ann) if a is not type(None))
+    choices: tuple[str, ...] = ()
+    if get_origin(ann) is Literal:
+        kind, choices = "word", tuple(str(a) for a in get_args(ann))
+    else:
+        kind = {bool: "bool", int: "int", float: "float"}.get(ann, "str")
+    lo = hi = None
+    lo_open = False
+    for m in field.metadata:
+        if isinstance(m, (at.Ge, at.Gt)):
+            lo, lo_open = (m.ge if isinstance(m, at.Ge) else m.gt), isinstance(m, at.Gt)
+        elif isinstance(m, at.Le):
+            hi = m.le
+    return Key(kind, lo, hi, choices, lo_open, doc=field.description or "")  # type: ignore[arg-type]
+
+
+class _MergeKeys(Mapping[str, dict[str, Key]]):
+    """Method -> its parameters as `Key`s, read live from the models in
+    `scenecraft.merge.config.METHODS` (a method registered later is seen too)."""
+
+    def __getitem__(self, method: str) -> dict[str, Key]:
+        fields = METHODS[method].model_fields
+        return {name: merge_key(f) for name, f in fields.items() if name != "method"}
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(list(METHODS))
+
+    def __len__(self) -> int:
+        return len(METHODS)
+
+
+# Names as users write them, from the methods' parameter models (scenecraft.merge.config).
+MERGE_KEYS: Mapping[str, dict[str, Key]] = _MergeKeys()
 
 _TYPE_WORDS = {
     "str": "a string",

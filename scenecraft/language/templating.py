@@ -10,12 +10,10 @@ parser or the checker) point into the template itself.
 from __future__ import annotations
 
 import json
-import math
 import re
 import signal
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -24,10 +22,16 @@ from types import TracebackType
 from typing import Any
 
 import jinja2
-from jinja2.sandbox import SandboxedEnvironment
 
-from scenecraft.diagnostics import Diagnostic, DiagnosticError, Span, did_you_mean
+from scenecraft.diagnostics import Diagnostic, DiagnosticError, Span, did_you_mean, line_number
 from scenecraft.files import NotARegularFile, TooLarge, read_capped
+from scenecraft.language.sandbox import (
+    MAX_OUTPUT_CHARS,
+    BoundedEnvironment,
+    TemplateLimit,
+    environment,
+    timeout,
+)
 
 _MARK = "\ue000{}\ue001"
 _MARK_RE = re.compile("\ue000([0-9]+)\ue001")
@@ -46,221 +50,11 @@ class Rendered:
 
 
 # ------------------------------------------------------------------------------- bounds
-# A template runs user code; these bound what it may cost (docs/errors.md, `template-limit`).
-MAX_OUTPUT_CHARS = 2 * 1024 * 1024  # the rendered text, like a hand-written file (loader cap)
-MAX_SEQUENCE = 1_000_000  # a string or list built by `*`, a filter or a method, in items
-MAX_RANGE_ITEMS = 1_000_000  # items produced by every `range` of one rendering, together
+# A template runs user code; scenecraft.language.sandbox bounds what it may build, here its
+# time is bounded (docs/errors.md, `template-limit`).
 MAX_SECONDS = 10.0  # wall time of one rendering
-MAX_LIPSUM = 100  # paragraphs (and words per paragraph) of `lipsum`
-MAX_INT_BITS = 4096  # integers a template computes (`**`)
 VARS_FILE_BYTES = 4 * 1024 * 1024  # a --vars file
-
-
-class TemplateLimit(Exception):
-    """A template exceeded one of the bounds above (raised inside the rendering)."""
-
-    def __init__(self, what: str, help: str, line: int | None = None) -> None:
-        super().__init__(what)
-        self.what = what
-        self.help = help
-        self.line = line  # the template line, when the traceback cannot tell it
-
-
-class _Budget:
-    """What one rendering has spent so far."""
-
-    def __init__(self, seconds: float) -> None:
-        self.deadline = time.monotonic() + seconds
-        self.seconds = seconds
-        self.range_items = 0
-
-    def tick(self) -> None:
-        if time.monotonic() > self.deadline:
-            raise _timeout(self.seconds)
-
-
-def _timeout(seconds: float) -> TemplateLimit:
-    return TemplateLimit(
-        f"the template ran longer than {seconds:g} s",
-        "loops over loops multiply: generate fewer scenes or seeds per file",
-    )
-
-
-def _too_long(n: int, what: str = "a string or list") -> TemplateLimit:
-    return TemplateLimit(
-        f"the template builds {what} of {n:,} items (at most {MAX_SEQUENCE:,})",
-        "build smaller values; a scene file needs no huge strings",
-    )
-
-
-def _sized(value: Any) -> Any:
-    if isinstance(value, (str, list, tuple, bytes)) and len(value) > MAX_SEQUENCE:
-        raise _too_long(len(value))
-    return value
-
-
-def _int_arg(value: Any, what: str) -> None:
-    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_SEQUENCE:
-        raise TemplateLimit(
-            f"{what} is {value:,} (at most {MAX_SEQUENCE:,})",
-            "use widths and counts that fit a scene file",
-        )
-
-
-_FORMAT_WIDTH = re.compile(r"[0-9]{7,}")  # a width or precision of a million or more
-
-
-def _check_format(fmt: Any) -> None:
-    if isinstance(fmt, str) and _FORMAT_WIDTH.search(fmt):
-        raise TemplateLimit(
-            "a format string asks for a width of a million characters or more",
-            "use widths that fit a scene file",
-        )
-
-
-def _length(value: Any) -> int:
-    try:
-        return len(value)
-    except TypeError:
-        return 0
-
-
-def _check_call(obj: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-    """Before a method call: refuse arguments that would build a huge string or list."""
-    owner = getattr(obj, "__self__", None)
-    name = getattr(obj, "__name__", "")
-    if isinstance(owner, (str, list, bytes)):  # ljust(10**9), zfill, expandtabs, ...
-        for value in (*args, *kwargs.values()):
-            _int_arg(value, f"an argument of `{name}`")
-    if isinstance(owner, str):
-        if name in ("format", "format_map"):
-            _check_format(owner)
-        elif name == "replace" and len(args) >= 2:
-            new = _length(args[1])
-            if new > 1 and len(owner) * new > MAX_SEQUENCE:
-                raise _too_long(len(owner) * new)
-        elif name == "join" and args:
-            items = _length(args[0])
-            if items * (len(owner) + 1) > MAX_SEQUENCE:
-                raise _too_long(items * (len(owner) + 1))
-
-
-class _BoundedEnvironment(SandboxedEnvironment):
-    """The sandbox plus bounds on sequence repetition, big integers, method calls and time."""
-
-    intercepted_binops = frozenset({"*", "**", "%", "+"})
-    budget: _Budget | None = None
-
-    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
-        if self.budget is not None:
-            self.budget.tick()
-        if operator == "*":
-            for seq, times in ((left, right), (right, left)):
-                if isinstance(seq, (str, list, tuple)) and isinstance(times, int):
-                    if len(seq) * max(times, 0) > MAX_SEQUENCE:
-                        raise _too_long(len(seq) * times)
-        elif operator == "**" and isinstance(left, int) and isinstance(right, int):
-            if abs(left) > 1 and right > 0 and right * math.log2(abs(left)) > MAX_INT_BITS:
-                raise TemplateLimit(
-                    f"`{left} ** {right}` is a number of more than {MAX_INT_BITS} bits",
-                    "use smaller numbers",
-                )
-        elif operator == "%" and isinstance(left, str):
-            _check_format(left)
-        return _sized(super().call_binop(context, operator, left, right))
-
-    def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: N805
-        if __self.budget is not None:
-            __self.budget.tick()
-        _check_call(__obj, args, kwargs)
-        return _sized(super().call(__context, __obj, *args, **kwargs))
-
-
-def _bounded_range(env: _BoundedEnvironment) -> Any:
-    def bounded(*args: int) -> _ticking:
-        budget = env.budget
-        items = range(*args)
-        if budget is not None:
-            budget.range_items += len(items)
-            if budget.range_items > MAX_RANGE_ITEMS:
-                raise TemplateLimit(
-                    f"the template's loops and ranges ask for more than {MAX_RANGE_ITEMS:,} "
-                    "items in all",
-                    "nested loops multiply: generate fewer scenes or seeds per file",
-                )
-        return _ticking(items, budget)
-
-    return bounded
-
-
-class _ticking:
-    """A range that checks the clock while it is iterated (loops inside loops)."""
-
-    def __init__(self, items: range, budget: _Budget | None) -> None:
-        self.items, self.budget = items, budget
-
-    def __iter__(self) -> Iterator[int]:
-        for i, value in enumerate(self.items):
-            if self.budget is not None and i % 1024 == 0:
-                self.budget.tick()
-            yield value
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, index: Any) -> Any:
-        return self.items[index]
-
-    def __repr__(self) -> str:
-        return repr(self.items)
-
-
-_SIZE_FILTERS = {"center", "indent", "wordwrap", "batch", "slice", "truncate"}
-
-
-def _bounded_filter(env: _BoundedEnvironment, name: str, func: Any) -> Any:
-    """Wrap a built-in filter so that its size arguments and its result are bounded."""
-
-    def bounded(*args: Any, **kwargs: Any) -> Any:
-        if env.budget is not None:
-            env.budget.tick()
-        plain = [a for a in args if not _is_context(a)]
-        if name in _SIZE_FILTERS:
-            for value in (*plain[1:], *kwargs.values()):
-                _int_arg(value, f"an argument of the `{name}` filter")
-        if name == "format" and plain:
-            _check_format(plain[0])
-        if name == "replace" and len(plain) >= 3:
-            new = _length(plain[2])
-            if new > 1 and _length(plain[0]) * new > MAX_SEQUENCE:
-                raise _too_long(_length(plain[0]) * new)
-        if name == "join" and plain:
-            sep = plain[1] if len(plain) > 1 else kwargs.get("d", "")
-            items = _length(plain[0])
-            if items * (_length(sep) + 1) > MAX_SEQUENCE:
-                raise _too_long(items * (_length(sep) + 1))
-        return _sized(func(*args, **kwargs))
-
-    for attr in ("jinja_pass_arg",):  # keep pass_context / pass_eval_context markers
-        if hasattr(func, attr):
-            setattr(bounded, attr, getattr(func, attr))
-    return bounded
-
-
-def _is_context(value: Any) -> bool:
-    return isinstance(value, (jinja2.runtime.Context, jinja2.nodes.EvalContext, jinja2.Environment))
-
-
-def _bounded_lipsum(lipsum: Any) -> Any:
-    def bounded(n: int = 5, html: bool = True, min: int = 20, max: int = 100) -> Any:  # noqa: A002
-        if any(isinstance(v, int) and v > MAX_LIPSUM for v in (n, min, max)):
-            raise TemplateLimit(
-                f"`lipsum` asks for more than {MAX_LIPSUM} paragraphs or words",
-                f"use `lipsum({MAX_LIPSUM})` or less",
-            )
-        return lipsum(n=n, html=html, min=min, max=max)
-
-    return bounded
+MAX_VARS_DEPTH = 64  # lists and tables nested in a --vars file or a --var value
 
 
 @contextmanager
@@ -275,7 +69,7 @@ def _alarm(seconds: float) -> Iterator[None]:
         return
 
     def on_alarm(signum: int, frame: Any) -> None:
-        raise _timeout(seconds)
+        raise timeout(seconds)
 
     previous = signal.signal(signal.SIGALRM, on_alarm)
     signal.setitimer(signal.ITIMER_REAL, seconds)
@@ -286,25 +80,9 @@ def _alarm(seconds: float) -> Iterator[None]:
         signal.signal(signal.SIGALRM, previous)
 
 
-def _environment() -> _BoundedEnvironment:
-    env = _BoundedEnvironment(
-        undefined=jinja2.StrictUndefined,
-        autoescape=False,
-        keep_trailing_newline=True,
-        trim_blocks=True,
-        lstrip_blocks=True,
-    )
-    env.filters["tojson"] = _strict_tojson(env.filters["tojson"])
-    for name, func in list(env.filters.items()):
-        env.filters[name] = _bounded_filter(env, name, func)
-    env.globals["range"] = _bounded_range(env)
-    env.globals["lipsum"] = _bounded_lipsum(env.globals["lipsum"])
-    return env
-
-
-def _render_bounded(template: jinja2.Template, env: _BoundedEnvironment, variables: Any) -> str:
+def _render_bounded(template: jinja2.Template, env: BoundedEnvironment, variables: Any) -> str:
     """Render chunk by chunk, stopping at the output cap or the deadline."""
-    env.budget = budget = _Budget(MAX_SECONDS)
+    budget = env.start(MAX_SECONDS)
     parts: list[str] = []
     size = 0
     with _alarm(MAX_SECONDS):
@@ -407,7 +185,7 @@ def _syntax_error_line(exc: jinja2.TemplateSyntaxError, text: str) -> int:
     stack: list[tuple[str, int]] = []
     for m in _BLOCK_TAG.finditer(text):
         tag, rest = m.group(1), m.group(2)
-        line = text.count("\n", 0, m.start()) + 1
+        line = line_number(text, m.start())[0]
         if tag in _BLOCKS and not (tag == "set" and "=" in rest):
             stack.append((tag, line))
         elif tag.startswith("end") and stack and stack[-1][0] == tag[3:]:
@@ -417,8 +195,9 @@ def _syntax_error_line(exc: jinja2.TemplateSyntaxError, text: str) -> int:
 
 def render_template(text: str, file: str, variables: dict[str, Any]) -> Rendered:
     """Render ``text`` with ``variables``; raises DiagnosticError pointing into the template."""
-    env = _environment()
+    env = environment(_strict_tojson)
     lines = text.count("\n") + 1
+    _refuse_string_loops(env, text, file, variables)
     try:
         try:
             template = env.from_string(_instrument(text))
@@ -481,6 +260,33 @@ def render_template(text: str, file: str, variables: dict[str, Any]) -> Rendered
     return _strip_marks(out, lines)
 
 
+def _refuse_string_loops(
+    env: jinja2.Environment, text: str, file: str, variables: dict[str, Any]
+) -> None:
+    """``{% for place in places %}`` over ``--var places="on grass"`` would loop over letters
+    (``scene p-- {``): a string variable given where the template loops is a `bad-variable`."""
+    try:
+        tree = env.parse(text)
+    except jinja2.TemplateSyntaxError:
+        return  # rendering reports it, with its line
+    for loop in tree.find_all(jinja2.nodes.For):
+        it = loop.iter
+        if isinstance(it, jinja2.nodes.Name) and isinstance(variables.get(it.name), str):
+            value = variables[it.name]
+            raise DiagnosticError(
+                [
+                    Diagnostic(
+                        "bad-variable",
+                        f"`{it.name}` is a string, but this `for` loops over it letter by letter",
+                        _span_for(file, text, loop.lineno, it.name),
+                        label="expects a list",
+                        help=f"pass a list: `--var {it.name}='{json.dumps([value])}'`, or "
+                        f"`{it.name} = {json.dumps([value])}` in a --vars TOML file",
+                    )
+                ]
+            )
+
+
 def _undefined(
     exc: jinja2.UndefinedError, text: str, file: str, variables: dict[str, Any]
 ) -> DiagnosticError:
@@ -528,9 +334,40 @@ def parse_var(item: str) -> tuple[str, Any]:
             ]
         )
     try:
-        return key, json.loads(raw)
+        value = json.loads(raw)
     except ValueError:
         return key, raw
+    except RecursionError:  # `[[[[...` nested past Python's recursion limit
+        value = _TOO_DEEP
+    if value is _TOO_DEEP or _depth(value) > MAX_VARS_DEPTH:
+        raise DiagnosticError(
+            [
+                Diagnostic(
+                    "bad-variable",
+                    f"`--var {key}=...` nests lists or tables more than {MAX_VARS_DEPTH} deep",
+                    help="template variables are flat values, lists and small tables",
+                )
+            ]
+        )
+    return key, value
+
+
+_TOO_DEEP = object()  # a value that nested past Python's recursion limit while parsing
+
+
+def _depth(value: Any) -> int:
+    """How deeply lists and tables nest in ``value`` (iterative: no recursion on deep input)."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (list, dict)):
+            deepest = max(deepest, depth + 1)
+            if deepest > MAX_VARS_DEPTH:
+                return deepest
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, depth + 1) for child in children)
+    return deepest
 
 
 def read_vars_file(path: str | Path) -> dict[str, Any]:
@@ -569,6 +406,8 @@ def read_vars_file(path: str | Path) -> dict[str, Any]:
             data = json.loads(raw.decode("utf-8"))
         else:
             raise ValueError("expected a .toml or .json file")
+    except RecursionError:
+        data = _TOO_DEEP  # nested past Python's recursion limit: reported below
     except (ValueError, UnicodeDecodeError) as exc:
         at = re.search(r"line (\d+), column (\d+)", str(exc))  # tomllib before 3.14
         line = getattr(exc, "lineno", None) or (int(at.group(1)) if at else 1)
@@ -583,6 +422,16 @@ def read_vars_file(path: str | Path) -> dict[str, Any]:
                 )
             ]
         ) from None
+    if data is _TOO_DEEP or _depth(data) > MAX_VARS_DEPTH:
+        raise DiagnosticError(
+            [
+                Diagnostic(
+                    "bad-variables-file",
+                    f"`{p.name}` nests lists or tables more than {MAX_VARS_DEPTH} deep",
+                    help="template variables are flat values, lists and small tables",
+                )
+            ]
+        )
     if not isinstance(data, dict):
         raise DiagnosticError(
             [Diagnostic("bad-variables-file", f"`{p.name}` must hold a table of variables")]

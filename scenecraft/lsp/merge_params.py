@@ -8,7 +8,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from types import UnionType
+from typing import Any, Literal, get_args, get_origin
+
+import annotated_types as at
+from pydantic.fields import FieldInfo
 
 from scenecraft.merge import config
 
@@ -50,15 +54,34 @@ def _num(x: float) -> str:
     return str(int(x)) if float(x).is_integer() else str(x)
 
 
+def _info(name: str, field: FieldInfo) -> ParamInfo:
+    """One field of a method's pydantic model as completion and hover show it."""
+    ann: Any = field.annotation
+    if isinstance(ann, UnionType):  # `float | None`: the optional part says "default decided"
+        ann = next(a for a in get_args(ann) if a is not type(None))
+    doc = field.description or ""
+    if get_origin(ann) is Literal:
+        return ParamInfo(name, "word", field.default, doc, choices=tuple(get_args(ann)))
+    kind = {bool: "bool", int: "int", float: "float"}.get(ann, "word")
+    lo: float | None = None
+    hi: float | None = None
+    lo_open = False
+    for m in field.metadata:
+        if isinstance(m, at.Ge):
+            lo = float(m.ge)  # type: ignore[arg-type]
+        elif isinstance(m, at.Gt):
+            lo, lo_open = float(m.gt), True  # type: ignore[arg-type]
+        elif isinstance(m, at.Le):
+            hi = float(m.le)  # type: ignore[arg-type]
+    return ParamInfo(name, kind, field.default, doc, lo, hi, lo_open)
+
+
 @lru_cache(maxsize=1)
 def merge_parameters() -> dict[str, list[ParamInfo]]:
-    """method -> its parameters, in the table's order (every method, even those with none)."""
+    """method -> its parameters, in the model's order (every method, even those with none)."""
     return {
-        method: [
-            ParamInfo(name, p.kind, p.default, p.doc, p.lo, p.hi, p.lo_open, tuple(p.choices))
-            for name, p in params.items()
-        ]
-        for method, params in config.PARAMS.items()
+        method: [_info(n, f) for n, f in model.model_fields.items() if n != "method"]
+        for method, model in config.METHODS.items()
     }
 
 

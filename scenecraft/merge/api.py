@@ -39,10 +39,11 @@ from scenecraft.merge.cache import (
     verify_entry,
     write_entry,
 )
+from scenecraft.merge.config import MethodParams
 from scenecraft.merge.engine import ENGINE_REVISION, run_merge
 from scenecraft.merge.formats import read_concept_lora, read_embedding
 from scenecraft.merge.formats_index import ModuleIndex
-from scenecraft.merge.types import ConceptLoRA, MergeConfig
+from scenecraft.merge.types import ConceptLoRA
 from scenecraft.plan import ConceptSpec, MergeSpec, merge_key
 
 
@@ -54,10 +55,8 @@ class Outcome(Protocol):
     figures: dict[str, Any]  # JSON-able quality figures
 
 
-# run_merge(pipe, concepts, method, engine params, reporter, stage config)
-RunMerge = Callable[
-    [Any, list[ConceptLoRA], str, dict[str, Any], Reporter | None, MergeConfig], Outcome
-]
+# run_merge(pipe, concepts, the method's parameter model, reporter)
+RunMerge = Callable[[Any, list[ConceptLoRA], MethodParams, Reporter | None], Outcome]
 
 
 @dataclass
@@ -88,6 +87,21 @@ class _NoMerge:
 
 def _default_run() -> RunMerge:
     return run_merge
+
+
+class _WithoutUNet:
+    """A transformer pipeline (FLUX) as the merge engine reads it: the engine sorts layers into
+    stages by ``pipe.unet``'s cross-attention K/V, which an MM-DiT has none of; here that is an
+    empty module (every transformer layer goes to the data-free stage), all else the pipeline's.
+    """
+
+    unet = torch.nn.Module()
+
+    def __init__(self, pipe: Any) -> None:
+        self._pipe = pipe
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._pipe, name)
 
 
 # ------------------------------------------------------------------------------ 1. reading
@@ -168,8 +182,7 @@ def merge_identity(
         "base": base,
         "dtype": str(dtype),
         "method": spec.method,
-        "params": dict(sorted(spec.params.items())),
-        "stages": dict(sorted(spec.stages.items())),
+        "params": spec.params.values(),
         "files": files,
     }
 
@@ -298,10 +311,8 @@ def merge(
         return MergeResult(key, entry, True, figures, manifest)
     # 4. merge
     if any(c.layers for c in concepts):
-        config = MergeConfig(**spec.stages)  # type: ignore[arg-type]
-        outcome = (run or _default_run())(
-            pipe, concepts, spec.method, dict(spec.params), reporter, config
-        )
+        target = pipe if getattr(pipe, "unet", None) is not None else _WithoutUNet(pipe)
+        outcome = (run or _default_run())(target, concepts, spec.params, reporter)
     else:
         outcome = _NoMerge()
     # 5. save ΔW* (fp16 when the base runs in half precision) and the new tokens, atomically

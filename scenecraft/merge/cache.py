@@ -293,6 +293,7 @@ def write_entry(
     manifest: Mapping[str, Any],
 ) -> Path:
     """Write an entry atomically and return its folder; replaces an existing one (force)."""
+    from safetensors import SafetensorError
     from safetensors.torch import save_file
 
     try:
@@ -319,6 +320,9 @@ def write_entry(
         # 2. one rename makes it visible
         return _publish(tmp, root / key)
     except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise unwritable(root, exc) from None
+    except SafetensorError as exc:  # safetensors' own I/O error (a full disk), not an OSError
         shutil.rmtree(tmp, ignore_errors=True)
         raise unwritable(root, exc) from None
     except BaseException:

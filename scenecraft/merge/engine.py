@@ -1,6 +1,6 @@
 """The merge engine: C concept LoRAs -> one dense W* per changed module (docs/loraclr.md).
 
-    outcome = run_merge(pipe, concepts, "loraclr", params)   # MergeOutcome(weights, embeddings, figures)
+    outcome = run_merge(pipe, concepts, Loraclr(iterations=80))   # MergeOutcome(weights, embeddings, figures)
 
 Stages (each uses the merged result of the one before):
   1. text-encoder    Linear layers of every text encoder (SDXL: both), in forward order
@@ -18,11 +18,11 @@ Stages (each uses the merged result of the one before):
                      (``co_subjects``) or ``scene_prompts`` each concept's update is first
                      aimed at its OWN encoder's context
                      (`_retarget_kv`), so the text-encoder merge's error is not passed on;
-  3. spatial         (optional, ``MergeConfig.spatial``) other UNet Linear / 1×1 conv layers;
+  3. spatial         (optional, ``spatial``) other UNet Linear / 1×1 conv layers;
                      X_c from a short sampling run of concept c's own UNet.
 A layer no concept touches is left alone; a layer one concept touches gets W0 + ΔW_c; a layer
 several touch is solved by the method, batched over layers of equal shape. Multi-concept layers
-that no stage covers (3×3 convs, spatial layers with stage 3 off, …) use ``MergeConfig.fallback``
+that no stage covers (3×3 convs, spatial layers with stage 3 off, …) use the ``fallback`` method
 (the mean of the updates by default: what least squares gives when the layer's inputs cannot
 tell the concepts apart).
 The pipeline's weights are patched only temporarily and come back unchanged.
@@ -42,28 +42,15 @@ from torch import nn
 from scenecraft.diagnostics import error
 from scenecraft.events import MergeStage, Reporter, emit
 from scenecraft.merge import features as F
-from scenecraft.merge.config import default
+from scenecraft.merge.config import ENGINE_REVISION, Loraclr, MethodParams, Stages, parse
 from scenecraft.merge.fusion import ridge_solve
-from scenecraft.merge.methods import (
-    DATA_FREE,
-    FEATURE_BASED,
-    check_method,
-    check_params,
-    merge_batch,
-)
+from scenecraft.merge.methods import merge_batch
 from scenecraft.merge.quality import QualityLog, batch_quality
 from scenecraft.merge.types import ConceptLoRA, MergeConfig
 from scenecraft.sdparts import cross_attention_kv
 
 TEXT, KV, SPATIAL, FALLBACK = "text-encoder", "cross-attention", "spatial", "fallback"
-# Bumped when the same inputs merge to different weights (part of every cache entry's identity,
-# so an entry written by an earlier engine is not reused). 2: scene_prompts aims K/V at each
-# concept's own text encoder (`_retarget_kv`); 3: feature methods' fallback is the average;
-# 4: co_subjects (region-shaped feature prompts, K/V aimed at each own LoRA on them) by default;
-# 5: the text encoder merged layer by layer on the merged layers' inputs (``sequential``);
-# 6: loraclr's steps keep their start's ridge when the concepts' classes are distinct
-# (``refine_ridge`` by default: `refine_ridge_for`).
-ENGINE_REVISION = 6
+__all__ = ["ENGINE_REVISION", "MergeConfig", "MergeOutcome", "refine_ridge_for", "run_merge"]
 
 
 @dataclass
@@ -90,23 +77,18 @@ def stage_of(path: str, module: nn.Module, spatial: bool, kv: set[str]) -> str:
 # ------------------------------------------------------------------------------- 1. checks
 
 
-def _check(
-    pipe: Any, concepts: list[ConceptLoRA], method: str, params: dict[str, Any], cfg: MergeConfig
-) -> dict[str, nn.Module]:
+def _check(pipe: Any, concepts: list[ConceptLoRA], params: MethodParams) -> dict[str, nn.Module]:
     if not concepts:
         raise error(
             "merge-no-concepts",
             "nothing to merge: no concepts given",
             help="list the concepts' LoRAs in the merge block",
         )
-    check_method(method)
-    check_params(method, params)
-    check_method(cfg.fallback, DATA_FREE)
     reason = F.unsupported_reason(pipe)
-    if method in FEATURE_BASED and reason is not None:
+    if params.feature_based and reason is not None:
         raise error(
             "merge-unsupported-family",
-            f"`{method}` cannot collect features from this `{type(pipe).__name__}`: {reason}",
+            f"`{params.method}` cannot collect features from this `{type(pipe).__name__}`: {reason}",
             notes=(
                 "feature-based merges support SD 1.x, SD 2.x and SDXL (CLIP text encoders and "
                 "a cross-attention UNet); not supported: " + "; ".join(F.UNSUPPORTED_FAMILIES),
@@ -157,14 +139,17 @@ class _Run:
         self,
         pipe: Any,
         concepts: list[ConceptLoRA],
-        method: str,
-        params: dict[str, Any],
+        params: MethodParams,
+        stages: Stages,
         cfg: MergeConfig,
         modules: dict[str, nn.Module],
         reporter: Reporter | None,
     ):
-        self.pipe, self.concepts, self.method, self.params = pipe, concepts, method, params
+        self.pipe, self.concepts, self.params, self.stages = pipe, concepts, params, stages
         self.cfg, self.modules, self.reporter = cfg, modules, reporter
+        # rows kept per concept and layer: the block's `max_rows`, else the engine's defaults
+        self.text_max_rows = stages.max_rows or cfg.text_max_rows
+        self.spatial_max_rows = stages.max_rows or cfg.spatial_max_rows
         self.weights: dict[str, torch.Tensor] = {}  # path -> W* fp32 on the module's device
         self.log = QualityLog([c.name for c in concepts])
         self.layer_stats: dict[str, dict[str, Any]] = {}
@@ -185,15 +170,19 @@ class _Run:
             return torch.zeros_like(self.base(path))
         return concept.delta(path).to(self.base(path).device)
 
-    def members(self, path: str, method: str) -> tuple[int, ...]:
+    def members(self, path: str, method: MethodParams) -> tuple[int, ...]:
         """Concepts taking part at a layer: all for feature methods (ΔW_c = 0 where a concept has
         no LoRA: its inputs should keep the base behaviour), only those with the layer otherwise."""
-        if method in FEATURE_BASED:
+        if method.feature_based:
             return tuple(range(len(self.concepts)))
         return tuple(c for c, concept in enumerate(self.concepts) if path in concept.layers)
 
     def solve(
-        self, stage: str, paths: list[str], X: list[dict[str, torch.Tensor]] | None, method: str
+        self,
+        stage: str,
+        paths: list[str],
+        X: list[dict[str, torch.Tensor]] | None,
+        method: MethodParams,
     ) -> None:
         """Merge ``paths``, batched by (shape, members); X[c][path] (n_c, in), None = data-free."""
         if not paths:
@@ -219,19 +208,18 @@ class _Run:
         batch: list[str],
         members: tuple[int, ...],
         X: list[dict[str, torch.Tensor]] | None,
-        method: str,
+        method: MethodParams,
     ) -> None:
         W0 = torch.stack([self.base(p) for p in batch])  # (L, out, in)
         deltas = [
             torch.stack([self.delta(c, p) for p in batch]) for c in members
         ]  # C × (L, out, in)
         Xs = None if X is None else [_stack_rows([X[c][p] for p in batch]) for c in members]
-        params = self.params if method == self.method else {}  # fallback: its defaults
-        W, stats = merge_batch(method, W0, deltas, Xs if method in FEATURE_BASED else None, params)
+        W, stats = merge_batch(method, W0, deltas, Xs)  # a fallback: its model's defaults
         for p, w, st in zip(batch, W, stats, strict=True):
             self.weights[p] = w
-            self.layer_stats[p] = {"stage": stage, "method": method, **st}
-        if method == self.method:
+            self.layer_stats[p] = {"stage": stage, "method": method.method, **st}
+        if method is self.params:
             self.log.stage(stage).solved += len(batch)
         if Xs is not None:
             e, s = batch_quality(W, W0, deltas, Xs)
@@ -257,7 +245,7 @@ def _text_rows(
     counts its rows (the most any layer got) for the figures."""
     concept = run.concepts[c]
     emit(run.reporter, MergeStage(TEXT, c, len(run.concepts), f"features{step}: {concept.name}"))
-    X = F.text_rows(run.pipe, watched, prompts, run.cfg.text_max_rows, run.cfg.seed + c)
+    X = F.text_rows(run.pipe, watched, prompts, run.text_max_rows, run.stages.seed + c)
     n = max(int(x.shape[0]) for x in X.values())
     run.rows[TEXT][concept.name] = max(run.rows[TEXT].get(concept.name, 0), n)
     return X
@@ -276,7 +264,7 @@ def _text_stage(
 
 
 def _text_stage_sequential(
-    run: _Run, paths: list[str], prompts: list[list[str]], method: str
+    run: _Run, paths: list[str], prompts: list[list[str]], method: MethodParams
 ) -> None:
     """Stage 1 in forward order (``sequential``, the default): wave by wave
     (`features.input_waves`), X_c is read from the text encoder merged so far, so each layer is
@@ -315,7 +303,7 @@ def _token_context(
     on ``prompts`` at the rows stage 2 reads (from the concept's first token on, capped); one
     tensor for every path, or per cross-attention layer with ED-LoRA layer-wise tokens."""
     words = [texts.get(t, t) for t in concept.tokens]
-    return F.kv_token_states(run.pipe, prompts, words, paths, run.cfg.text_max_rows)
+    return F.kv_token_states(run.pipe, prompts, words, paths, run.text_max_rows)
 
 
 def _own_contexts(
@@ -385,8 +373,8 @@ def _spatial_stage(
                 cfg.spatial_steps,
                 cfg.spatial_size,
                 cfg.spatial_guidance,
-                cfg.spatial_max_rows,
-                cfg.seed + c,
+                run.spatial_max_rows,
+                run.stages.seed + c,
             )
         run.rows[SPATIAL][concept.name] = max(int(x.shape[0]) for x in X.values())
         out.append(X)
@@ -409,62 +397,62 @@ def refine_ridge_for(concepts: list[ConceptLoRA], recipe: str) -> bool:
 def run_merge(
     pipe: Any,
     concepts: list[ConceptLoRA],
-    method: str,
-    params: dict[str, Any] | None = None,
+    params: MethodParams,
     reporter: Reporter | None = None,
     config: MergeConfig | None = None,
 ) -> MergeOutcome:
-    """Merge ``concepts`` into ``pipe``'s base weights with ``method`` (module docstring).
-
-    ``params`` are the method's parameters under the engine's names and ``config`` the stage
-    settings, both as `scenecraft.merge.config.resolve` gives them (the compiler calls it).
+    """Merge ``concepts`` into ``pipe``'s base weights with the method ``params`` is the model of
+    (module docstring), taken as is: the checker (scene files) or the model itself (Python
+    callers) validated it. ``config``: the engine's own knobs.
     """
-    params, cfg = dict(params or {}), config or MergeConfig()
+    cfg = config or MergeConfig()
     start = time.perf_counter()
     # 1. check inputs, sort modules into stages
-    modules = _check(pipe, concepts, method, params, cfg)
-    if method == "loraclr" and params.get("refine_ridge") is None:
-        recipe = params.get("recipe", default("loraclr", "recipe"))
-        params["refine_ridge"] = refine_ridge_for(concepts, recipe)
-    run = _Run(pipe, concepts, method, params, cfg, modules, reporter)
+    modules = _check(pipe, concepts, params)
+    if isinstance(params, Loraclr) and params.refine_ridge is None:
+        params = params.model_copy(
+            update={"refine_ridge": refine_ridge_for(concepts, params.recipe)}
+        )
+    settings = params if isinstance(params, Stages) else cfg.figure_stages
+    run = _Run(pipe, concepts, params, settings, cfg, modules, reporter)
     touched = {p: [c for c in concepts if p in c.layers] for p in modules}
     single = [p for p, cs in touched.items() if len(cs) == 1 and not cfg.solve_single]
     stages: dict[str, list[str]] = defaultdict(list)
     kv = cross_attention_kv(pipe.unet, "unet.")
     for p in sorted(set(modules) - set(single)):
-        stages[stage_of(p, modules[p], cfg.spatial, kv)].append(p)
+        stages[stage_of(p, modules[p], settings.spatial, kv)].append(p)
     for p in single:
         run.weights[p] = run.base(p) + touched[p][0].delta(p).to(run.base(p).device)
     # data-free methods on a pipeline whose features cannot be read merge without figures
-    features = method in FEATURE_BASED or (cfg.figures and F.unsupported_reason(pipe) is None)
-    fallback = method if method in DATA_FREE else cfg.fallback
+    features = params.feature_based or (cfg.figures and F.unsupported_reason(pipe) is None)
+    fallback = parse(settings.fallback) if params.feature_based else params
     emb: dict[str, dict[str, torch.Tensor]] = {}
     for concept in concepts:
         for component, rows in concept.embeddings.items():
             emb.setdefault(component, {}).update(rows)
     needs_text = features and any(stages[s] for s in (TEXT, KV, SPATIAL))
     with F.token_embeddings(pipe, concepts) if needs_text else nullcontext() as texts:
-        others = [_other_nouns(concepts, c) if cfg.co_subjects else () for c in concepts]
+        others = [_other_nouns(concepts, c) if settings.co_subjects else () for c in concepts]
         phrases = (
-            F.continuations(F.common_words(pipe.tokenizer), cfg.continuations, cfg.seed)
-            if needs_text and cfg.continuations
+            F.continuations(F.common_words(pipe.tokenizer), settings.continuations, settings.seed)
+            if needs_text and settings.continuations
             else []
         )
         prompts = [
-            F.concept_prompts(c, texts or {}, cfg.templates, cfg.scene_prompts, o, phrases)
+            F.concept_prompts(c, texts or {}, cfg.templates, settings.scene_prompts, o, phrases)
             for c, o in zip(concepts, others, strict=True)
         ]
         # 2. text encoder
-        if cfg.sequential and method in FEATURE_BASED and stages[TEXT]:
-            _text_stage_sequential(run, stages[TEXT], prompts, method)
+        if settings.sequential and params.feature_based and stages[TEXT]:
+            _text_stage_sequential(run, stages[TEXT], prompts, params)
         else:
             X = _text_stage(run, stages[TEXT], prompts) if features and stages[TEXT] else None
-            run.solve(TEXT, stages[TEXT], X, method if X is not None else fallback)
+            run.solve(TEXT, stages[TEXT], X, params if X is not None else fallback)
         # the K/V map needs rows shaped like the rendered prompts: scene or region-shaped ones
-        shaped = cfg.scene_prompts or any(
+        shaped = settings.scene_prompts or any(
             o and c.class_noun for c, o in zip(concepts, others, strict=True)
         )
-        retarget = shaped and method in FEATURE_BASED and bool(stages[KV])
+        retarget = shaped and params.feature_based and bool(stages[KV])
         own = _own_contexts(run, stages[KV], prompts, texts or {}) if retarget else None
         merged_te = {p: w for p, w in run.weights.items() if p.startswith(F.TEXT_PREFIXES)}
         with F.patched(modules, merged_te):
@@ -476,14 +464,14 @@ def run_merge(
             )
             if X is not None and own is not None:
                 _retarget_kv(run, stages[KV], X, own)
-            run.solve(KV, stages[KV], X, method if X is not None else fallback)
+            run.solve(KV, stages[KV], X, params if X is not None else fallback)
             # 4. spatial layers from each concept's own sampling run
             X = (
                 _spatial_stage(run, stages[SPATIAL], prompts)
                 if features and stages[SPATIAL]
                 else None
             )
-            run.solve(SPATIAL, stages[SPATIAL], X, method if X is not None else fallback)
+            run.solve(SPATIAL, stages[SPATIAL], X, params if X is not None else fallback)
         # 5. layers no stage covers
         run.solve(FALLBACK, stages[FALLBACK], None, fallback)
     weights = {
@@ -491,16 +479,16 @@ def run_merge(
         for p, w in run.weights.items()
     }
     figures = {
-        "method": method,
-        "params": params,
-        "config": asdict(cfg),
+        "method": params.method,
+        "params": params.values(),
+        "config": {**asdict(cfg), "figure_stages": cfg.figure_stages.values()},
         "concepts": [c.name for c in concepts],
         "modules": {
             "changed": len(weights),
             "single": len(single),
             **{stage: len(stages[stage]) for stage in (TEXT, KV, SPATIAL, FALLBACK)},
         },
-        "fallback_method": fallback,
+        "fallback_method": fallback.method,
         "feature_rows": {k: dict(v) for k, v in run.rows.items()},
         "stages": run.log.summary(),
         "layers": run.layer_stats,

@@ -30,9 +30,10 @@ import torch
 
 from scenecraft.diagnostics import error
 from scenecraft.files import load_error_note, path_problem, sha256_file
-from scenecraft.merge import edlora
+from scenecraft.merge import edlora, flux_formats
 from scenecraft.merge.formats_embeddings import embeddings_from_state, is_embedding_dict
 from scenecraft.merge.formats_index import (
+    ModuleIndex,
     as_index,
     check_layers,
     make_layer,
@@ -65,7 +66,7 @@ class LoRAInfo:
     """What a LoRA file says about itself (``scenecraft merge`` and the checker show it)."""
 
     path: str
-    format: str  # "peft" | "kohya" | "diffusers-old" | "edlora" | "embedding"
+    format: str  # "peft" | "kohya" | "diffusers-old" | "edlora" | "embedding" | "flux-…"
     family: str | None  # "sd15" | "sd2" | "sdxl" when the file or its shapes tell
     modules: int  # low-rank layers in the file
     ranks: tuple[int, ...]  # distinct ranks, ascending
@@ -300,6 +301,7 @@ def _parse(
     concept: str,
     source: str,
     unet_config: Any = None,
+    index: ModuleIndex | None = None,
 ) -> _Parsed:
     """Dispatch on the contents, never on the file name."""
     params = state.get("params")
@@ -310,6 +312,16 @@ def _parse(
     if is_embedding_dict(state) and not any(_LORA_KEY.search(str(k)) for k in state):
         return _Parsed("embedding", {}, state=state)
     _check_variant(list(state), concept, source)
+    if flux_formats.is_flux_layout(list(state), index):  # scenecraft.merge.flux_formats
+        meta = json.loads(metadata.get("lora_adapter_metadata", "{}") or "{}")
+        layers = flux_formats.parse_flux(
+            state,
+            concept=concept,
+            source=source,
+            index=index,
+            alpha_of=lambda module, rank: _peft_alpha(meta, module, rank),
+        )
+        return _Parsed(flux_formats.layout_name(list(state)), layers, metadata=dict(metadata))
     return _parse_lora_dict(
         state, metadata, concept=concept, source=source, unet_config=unet_config
     )
@@ -332,7 +344,9 @@ def family_from_metadata(metadata: Mapping[str, str]) -> str | None:
 
 
 def family_from_layers(layers: Mapping[str, LoRALayer]) -> str | None:
-    """From the width cross-attention keys read (768 / 1024 / 2048)."""
+    """From the width cross-attention keys read (768 / 1024 / 2048); MM-DiT blocks are flux."""
+    if any(m.startswith("transformer.single_transformer_blocks.") for m in layers):
+        return "flux"
     if any(m.startswith("text_encoder_2.") for m in layers):
         return "sdxl"
     for module, layer in layers.items():
@@ -381,7 +395,9 @@ def read_concept_lora(
     index = as_index(pipe_or_module_index)
     source = str(path)
     state, metadata = load_state(path, concept=name)
-    parsed = _parse(state, metadata, concept=name, source=source, unet_config=index.unet_config)
+    parsed = _parse(
+        state, metadata, concept=name, source=source, unet_config=index.unet_config, index=index
+    )
     family = family_from_metadata(metadata) or family_from_layers(parsed.layers)
     layers = check_layers(parsed.layers, index, concept=name, source=source, family=family)
     embeddings = parsed.embeddings

@@ -32,7 +32,7 @@ class ModuleIndex:
     """The LoRA-able modules of a base pipeline."""
 
     shapes: dict[str, tuple[int, ...]]  # module path -> weight shape (Linear (out, in), Conv2d 4-D)
-    family: str | None = None  # "sd15" | "sd2" | "sdxl" from the UNet's cross_attention_dim
+    family: str | None = None  # "sd15" | "sd2" | "sdxl" from the UNet's cross_attention_dim, "flux"
     embedding_dims: dict[str, int] = field(default_factory=dict)  # text encoder -> token dim
     unet_config: Any = None  # the UNet's config, for diffusers' SDXL block renaming
 
@@ -55,6 +55,8 @@ class ModuleIndex:
         config = getattr(unet, "config", None)
         cross = getattr(config, "cross_attention_dim", None)
         family = FAMILY_BY_CROSS_DIM.get(cross) if isinstance(cross, int) else None
+        if "Flux" in type(getattr(pipe, "transformer", None)).__name__:
+            family = "flux"
         return cls(shapes, family, embedding_dims, config)
 
     def resolve(self, path: str) -> str | None:

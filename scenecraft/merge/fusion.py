@@ -25,7 +25,7 @@ def gradient_fusion(
     W0: torch.Tensor,
     deltas: list[torch.Tensor],
     X: list[torch.Tensor],
-    eps_rel: float = DEFAULT_RIDGE,
+    ridge: float = DEFAULT_RIDGE,
     concept_weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, list[Stats]]:
     """Closed-form gradient fusion (Mix-of-Show, solved exactly instead of 500 LBFGS steps).
@@ -36,7 +36,7 @@ def gradient_fusion(
         (Σ_c a_c X_cᵀX_c + εI) Dᵀ = Σ_c a_c X_cᵀX_c ΔW_cᵀ          (normal equations)
 
     solved in float64. a_c = 1 unless ``concept_weights`` (L, C) is given. The ridge is
-    relative: ε = eps_rel · tr(Σ_c a_c X_cᵀX_c) / in, and it pulls towards W0 (input directions
+    relative: ε = ridge · tr(Σ_c a_c X_cᵀX_c) / in, and it pulls towards W0 (input directions
     no concept excites keep the base behaviour) rather than towards 0; as ε → 0 both coincide
     with the least-squares solution. With X̃ the stacked √a_c X_c (N × in) and T̃ the stacked
     √a_c X_c ΔW_cᵀ (N × out), the solve is done in the smaller of the two spaces:
@@ -54,28 +54,28 @@ def gradient_fusion(
         Xs.append(x64)
         Ts.append(x64 @ dW.double().transpose(1, 2))  # (L, n_c, out)
     Xt, T = torch.cat(Xs, 1), torch.cat(Ts, 1)  # (L, N, in), (L, N, out)
-    Dt, eps = ridge_solve(Xt, T, eps_rel)  # (L, in, out), (L,)
+    Dt, eps = ridge_solve(Xt, T, ridge)  # (L, in, out), (L,)
     W = W0 + Dt.transpose(1, 2).to(W0.dtype)
     form = "dual" if n_in > Xt.shape[1] else "primal"
     return W, [{"eps": float(e), "form": form} for e in eps]
 
 
-def relative_ridge(eps_rel: float, sq_sum: torch.Tensor, n_in: int) -> torch.Tensor:
-    """ε = eps_rel · tr(XᵀX) / in per layer, from ``sq_sum`` = ‖X‖²_F (L,): the ridge relative
+def relative_ridge(ridge: float, sq_sum: torch.Tensor, n_in: int) -> torch.Tensor:
+    """ε = ridge · tr(XᵀX) / in per layer, from ``sq_sum`` = ‖X‖²_F (L,): the ridge relative
     to the features' scale that gradient fusion and LoRACLR's start (and ``refine_ridge``) use."""
-    return eps_rel * sq_sum / n_in
+    return ridge * sq_sum / n_in
 
 
 def ridge_solve(
-    X: torch.Tensor, T: torch.Tensor, eps_rel: float = DEFAULT_RIDGE
+    X: torch.Tensor, T: torch.Tensor, ridge: float = DEFAULT_RIDGE
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """argmin_M ‖X M − T‖² + ε‖M‖² per layer, ε = eps_rel · tr(XᵀX) / in, in float64.
+    """argmin_M ‖X M − T‖² + ε‖M‖² per layer, ε = ridge · tr(XᵀX) / in, in float64.
 
     X (L, N, in), T (L, N, out) -> M (L, in, out) and ε (L,); solved in the smaller of the two
     spaces: N ≥ in: M = (XᵀX + εI_in)⁻¹ XᵀT, N < in: M = Xᵀ (XXᵀ + εI_N)⁻¹ T."""
     X, T = X.double(), T.double()
     L, N, n_in = X.shape
-    eps = relative_ridge(eps_rel, X.square().sum((1, 2)), n_in)  # (L,)
+    eps = relative_ridge(ridge, X.square().sum((1, 2)), n_in)  # (L,)
     eps = torch.where(eps > 0, eps, torch.full_like(eps, 1e-12))
     Xt = X.transpose(1, 2)  # (L, in, N)
     if n_in > N:

@@ -48,78 +48,18 @@ frozen), so each layer follows the path it would follow alone.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields, replace
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 
-from scenecraft.diagnostics import did_you_mean, error
-from scenecraft.merge.config import default
+from scenecraft.merge.config import Loraclr
 from scenecraft.merge.fusion import Stats, gradient_fusion, relative_ridge
 
-
-def _d(name: str) -> Any:
-    """A field's default from the parameter table (scenecraft.merge.config: its one home)."""
-    return default("loraclr", name)
-
-
-@dataclass(frozen=True)
-class LoraclrConfig:
-    recipe: Literal["ours", "reference"] = _d("recipe")  # objective/optimiser (module docstring)
-    margin: float = _d("margin")  # m; ours: share of the targets' natural distance (relative)
-    lambda_con: float = _d("lambda_con")  # λ_con, weight of L_pos + L_neg
-    lambda_mse: float = _d("lambda_mse")  # λ_mse, weight of the output-matching term
-    lambda_reg: float = _d("lambda_reg")  # λ_reg, weight of the ‖D‖ regulariser
-    lr: float = _d("lr")  # ours: Adam step in units of the typical |ΔW| entry; reference: absolute
-    weight_decay: float = _d("weight_decay")  # AdamW decoupled weight decay (reference: 1e-4)
-    max_iters: int = _d("max_iters")  # optimiser steps per layer batch (as the reference)
-    patience: int = _d("patience")  # stop after this many steps without improvement; 0 = never
-    rel_tol: float = 1e-4  # "improvement" means total loss drops by more than this fraction
-    init: Literal["fusion-normalised", "fusion", "zero"] = _d("init")  # D at step 0
-    eps_rel: float = _d("eps_rel")  # relative ridge of the fusion start
-    # ours: the steps keep that ridge (ε‖D‖² in L); None (the table's default) is decided per
-    # merge by the engine (`engine.refine_ridge_for`: distinct class nouns) before it gets here
-    refine_ridge: bool | None = _d("refine_ridge")
-    seed: int = _d("seed")  # row subsampling of the reference recipe
-
-    @classmethod
-    def reference(cls) -> LoraclrConfig:
-        """The authors' recipe (docs/loraclr.md, the reference column of "LoRACLR: our recipe")."""
-        return cls(
-            recipe="reference",
-            margin=0.5,
-            lr=1e-4,
-            weight_decay=1e-4,
-            max_iters=50,
-            patience=0,
-            init="zero",
-        )
-
-    @classmethod
-    def from_params(cls, params: dict[str, Any]) -> LoraclrConfig:
-        """Engine params (resolved from the table by `scenecraft.merge.config.resolve`) ->
-        config; ``recipe="reference"`` starts from the reference defaults. Ranges were checked
-        once, against the table; an unknown name here is a caller's bug (`merge-bad-param`)."""
-        base = cls.reference() if params.get("recipe") == "reference" else cls()
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(params) - known)
-        if unknown:
-            raise error(
-                "merge-bad-param",
-                f"unknown loraclr parameter `{unknown[0]}`",
-                help=did_you_mean(unknown[0], known) or f"known: {', '.join(sorted(known))}",
-            )
-        if base.recipe == "reference" and params.get("refine_ridge"):
-            raise error(
-                "merge-bad-param",
-                "`refine_ridge` needs `recipe ours`: the reference recipe starts from zero, "
-                "without a ridge to keep",
-                help="drop `refine_ridge`, or `recipe ours`",
-            )
-        return replace(base, **{k: v for k, v in params.items() if k != "recipe"})
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+# The parameters are `scenecraft.merge.config.Loraclr` (their one home: types, ranges, defaults,
+# the reference preset, the rule between `recipe` and `refine_ridge`); ``refine_ridge`` unset
+# (None) is decided per merge by the engine (`engine.refine_ridge_for`) before it gets here.
+REL_TOL = 1e-4  # "improvement" means the total loss drops by more than this fraction
 
 
 # ---------------------------------------------------------------------------------- helpers
@@ -226,7 +166,7 @@ def _ours_setup(
 
 
 def _ours_loss(
-    V: torch.Tensor, Dl: torch.Tensor, k: _Ours, cfg: LoraclrConfig
+    V: torch.Tensor, Dl: torch.Tensor, k: _Ours, cfg: Loraclr
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-layer loss (L,) and repel-active mask (L, C); D = D0 + V Qᵀ, V (L, out, K)."""
     C, L = Dl.shape[0], Dl.shape[1]
@@ -260,7 +200,7 @@ def _ours_loss(
 
 
 def _loraclr_ours(
-    W0: torch.Tensor, Dl: torch.Tensor, X: list[torch.Tensor], cfg: LoraclrConfig
+    W0: torch.Tensor, Dl: torch.Tensor, X: list[torch.Tensor], cfg: Loraclr
 ) -> tuple[torch.Tensor, list[Stats]]:
     L = W0.shape[0]
     R = [compress_rows(x.float()) for x in X]  # C × (L, k_c, in)
@@ -268,10 +208,10 @@ def _loraclr_ours(
         D0 = torch.zeros_like(W0)
     else:
         E2, Y2 = _effect_sizes(W0, Dl, R)
-        weights = 1.0 / _normalisers(E2, Y2) if cfg.init == "fusion-normalised" else None
-        W_init, _ = gradient_fusion(W0, list(Dl.unbind(0)), R, cfg.eps_rel, concept_weights=weights)
+        weights = 1.0 / _normalisers(E2, Y2) if cfg.init == "gradient-fusion" else None
+        W_init, _ = gradient_fusion(W0, list(Dl.unbind(0)), R, cfg.ridge, concept_weights=weights)
         D0 = W_init - W0
-    k = _ours_setup(W0, Dl, R, D0, cfg.margin, cfg.eps_rel if cfg.refine_ridge else 0.0)
+    k = _ours_setup(W0, Dl, R, D0, cfg.margin, cfg.ridge if cfg.refine_ridge else 0.0)
     K = k.P[0].shape[2]
     sigma = Dl.square().mean((2, 3)).mean(0).sqrt().clamp_min(1e-12).view(L, 1, 1)
     U = torch.zeros(L, W0.shape[1], K, device=W0.device, requires_grad=True)
@@ -297,7 +237,7 @@ def _equal_rows(X: list[torch.Tensor], seed: int) -> torch.Tensor:
 
 
 def _reference_loss(
-    D: torch.Tensor, Xs: torch.Tensor, Y: torch.Tensor, W0: torch.Tensor, cfg: LoraclrConfig
+    D: torch.Tensor, Xs: torch.Tensor, Y: torch.Tensor, W0: torch.Tensor, cfg: Loraclr
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-layer loss (L,) and repel-active mask (L, C) of the reference objective."""
     C, L = Xs.shape[0], Xs.shape[1]
@@ -318,14 +258,14 @@ def _reference_loss(
 
 
 def _loraclr_reference(
-    W0: torch.Tensor, Dl: torch.Tensor, X: list[torch.Tensor], cfg: LoraclrConfig
+    W0: torch.Tensor, Dl: torch.Tensor, X: list[torch.Tensor], cfg: Loraclr
 ) -> tuple[torch.Tensor, list[Stats]]:
     Xs = _equal_rows([x.float() for x in X], cfg.seed)  # (C, L, n, in)
     Y = Xs @ (W0[None] + Dl).transpose(2, 3)  # (C, L, n, out)
     if cfg.init == "zero":
         D0 = torch.zeros_like(W0)
     else:
-        D0 = gradient_fusion(W0, list(Dl.unbind(0)), list(Xs.unbind(0)), cfg.eps_rel)[0] - W0
+        D0 = gradient_fusion(W0, list(Dl.unbind(0)), list(Xs.unbind(0)), cfg.ridge)[0] - W0
     U = torch.zeros_like(W0, requires_grad=True)
     opt = torch.optim.AdamW([U], lr=cfg.lr, weight_decay=cfg.weight_decay)
     return _optimise(U, lambda: D0 + U, lambda D: _reference_loss(D, Xs, Y, W0, cfg), opt, cfg)
@@ -335,7 +275,7 @@ def _loraclr_reference(
 
 
 def _optimise(
-    U: torch.Tensor, make_D: Any, loss_fn: Any, opt: torch.optim.Optimizer, cfg: LoraclrConfig
+    U: torch.Tensor, make_D: Any, loss_fn: Any, opt: torch.optim.Optimizer, cfg: Loraclr
 ) -> tuple[torch.Tensor, list[Stats]]:
     """Adam(W) loop shared by both recipes, every layer on its own clock.
 
@@ -354,7 +294,7 @@ def _optimise(
     best_D: torch.Tensor | None = None
     best_loss = torch.full((L,), float("inf"), device=U.device)
     init_loss = best_loss
-    for it in range(cfg.max_iters + 1):
+    for it in range(cfg.iterations + 1):
         D = make_D()
         loss, active = loss_fn(D)  # (L,), (L, C)
         with torch.no_grad():
@@ -368,12 +308,12 @@ def _optimise(
             assert best_D is not None
             best_D[better] = D.detach()[better]
             best_iter[better] = it
-            improved = live & ((it == 0) | (lv < ref - cfg.rel_tol * ref.abs()))
+            improved = live & ((it == 0) | (lv < ref - REL_TOL * ref.abs()))
             ref = torch.where(improved, lv, ref)
             stall = torch.where(improved, 0, stall + 1)
             if cfg.patience > 0:
                 done |= stall >= cfg.patience
-            if it == cfg.max_iters:
+            if it == cfg.iterations:
                 done[:] = True
         if bool(done.all()):
             break
@@ -400,7 +340,7 @@ def _optimise(
 
 
 def loraclr(
-    W0: torch.Tensor, deltas: list[torch.Tensor], X: list[torch.Tensor], cfg: LoraclrConfig
+    W0: torch.Tensor, deltas: list[torch.Tensor], X: list[torch.Tensor], cfg: Loraclr
 ) -> tuple[torch.Tensor, list[Stats]]:
     """Merge L equal-shape layers: W0 (L, out, in), deltas C × (L, out, in), X C × (L, n_c, in).
 

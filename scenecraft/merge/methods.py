@@ -1,21 +1,22 @@
-"""Per-layer merge methods: one signature for all, batched over layers of equal shape.
+"""Per-layer merge methods: one solve function per method, batched over layers of equal shape.
 
 Notation (docs/loraclr.md): W0 (out, in) base weight, ΔW_c (out, in) concept c's dense LoRA update
 (user weight already applied), X_c (n_c, in) concept c's input features at the layer,
 Y_c = X_c (W0 + ΔW_c)ᵀ its target, W* the merged weight.
 
-Batched form (what the engine calls): ``merge_batch(method, W0, deltas, X, params)`` with
+Batched form (what the engine calls): ``merge_batch(params, W0, deltas, X)`` with ``params``
+the method's model (`scenecraft.merge.config`, taken as is: it was checked when built),
 W0 (L, out, in), deltas a list of C tensors (L, out, in), X a list of C tensors (L, n_c, in).
 Row counts n_c may differ between concepts (ragged sets); within a concept all L layers share
 n_c (pad with zero rows: every feature-based method here depends on X only through XᵀX, so
 zero rows change nothing). ``merge_layer`` is the single-layer form.
 
-Methods
+Methods (`SOLVERS`, name -> solve(W0, deltas, X, params))
 - ``linear``:          W* = W0 + Σ_c ΔW_c                      (= loading every adapter at once)
 - ``average``:         W* = W0 + (1/C) Σ_c ΔW_c
 - ``ties``, ``dare``, ``dare-ties``, ``magnitude-prune``: task-vector merging from
   peft.utils.merge_utils with task tensors ΔW_c, weights 1 (w_c is already inside ΔW_c) and
-  ``params["density"]`` (default 0.5); DARE draws its masks from ``params["seed"]`` (default 0).
+  ``density``; DARE draws its masks from ``seed``.
 - ``gradient-fusion``: Mix-of-Show's objective min_W Σ_c ‖X_c Wᵀ − Y_c‖²_F in closed form, see
   `scenecraft.merge.fusion.gradient_fusion`.
 - ``loraclr``:         contrastive refinement, see `scenecraft.merge.loraclr`.
@@ -24,62 +25,43 @@ Methods
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import fields
-from typing import Any
 
 import torch
 
-from scenecraft.diagnostics import did_you_mean, error
-from scenecraft.merge.config import DEFAULT_RIDGE, default
+from scenecraft.diagnostics import error
+from scenecraft.merge.config import (
+    METHODS,
+    Dare,
+    DareTies,
+    GradientFusion,
+    Loraclr,
+    MagnitudePrune,
+    MethodParams,
+    Ties,
+    add_method,
+)
 from scenecraft.merge.fusion import Stats, gradient_fusion
-from scenecraft.merge.loraclr import LoraclrConfig, loraclr
+from scenecraft.merge.loraclr import loraclr
 
-DATA_FREE = ("linear", "average", "ties", "dare", "dare-ties", "magnitude-prune")
-FEATURE_BASED = ("gradient-fusion", "loraclr")
-METHODS = DATA_FREE + FEATURE_BASED
+# solve(W0 (L, out, in), deltas C × (L, out, in), X C × (L, n_c, in) | None, params)
+#   -> (W* (L, out, in), one stats dict per layer); X is None for data-free methods
+Solve = Callable[
+    [torch.Tensor, list[torch.Tensor], list[torch.Tensor] | None, MethodParams],
+    tuple[torch.Tensor, list[Stats]],
+]
 
 
 # ----------------------------------------------------------------------------- input checks
 
 
-def check_method(method: str, allowed: tuple[str, ...] = METHODS) -> None:
-    """An unknown method name is a DiagnosticError with a did-you-mean."""
-    if method not in allowed:
-        raise error(
-            "merge-unknown-method",
-            f"unknown merge method `{method}`",
-            help=did_you_mean(method, allowed) or f"use one of: {', '.join(allowed)}",
-        )
-
-
-def allowed_params(method: str) -> set[str]:
-    """Parameter names a method reads (``seed`` is accepted everywhere)."""
-    if method == "loraclr":
-        return {f.name for f in fields(LoraclrConfig)}
-    if method == "gradient-fusion":
-        return {"eps_rel", "seed"}
-    if method in ("linear", "average"):
-        return {"seed"}
-    return {"density", "seed"}
-
-
-def check_params(method: str, params: dict[str, Any]) -> None:
-    """Unknown parameter names are a DiagnosticError, not silently ignored."""
-    known = allowed_params(method)
-    for key in params:
-        if key not in known:
-            raise error(
-                "merge-bad-param",
-                f"`{method}` takes no parameter `{key}`",
-                help=did_you_mean(key, known) or f"known: {', '.join(sorted(known)) or 'none'}",
-            )
-
-
 def check_inputs(
-    method: str, W0: torch.Tensor, deltas: list[torch.Tensor], X: list[torch.Tensor] | None
+    params: MethodParams,
+    W0: torch.Tensor,
+    deltas: list[torch.Tensor],
+    X: list[torch.Tensor] | None,
 ) -> None:
-    """Fail loudly on an unknown method or mismatched shapes (DiagnosticError)."""
-    check_method(method)
+    """Fail loudly on mismatched shapes (DiagnosticError)."""
+    method = params.method
     if W0.dim() != 3:
         raise error(
             "merge-shape-mismatch",
@@ -99,7 +81,7 @@ def check_inputs(
                 f"update of concept {c} has shape {tuple(d.shape)}, the layer {tuple(W0.shape)}",
                 help="the LoRA was trained for a different base model or layer",
             )
-    if method in FEATURE_BASED:
+    if params.feature_based:
         if X is None or len(X) != len(deltas):
             raise error(
                 "merge-missing-features",
@@ -119,6 +101,22 @@ def check_inputs(
 # ------------------------------------------------------------------------------ data-free
 
 
+def _none_stats(W0: torch.Tensor) -> list[Stats]:
+    return [{} for _ in range(W0.shape[0])]
+
+
+def _linear(
+    W0: torch.Tensor, deltas: list[torch.Tensor], X: list[torch.Tensor] | None, _: MethodParams
+) -> tuple[torch.Tensor, list[Stats]]:
+    return W0 + torch.stack(deltas).sum(0), _none_stats(W0)
+
+
+def _average(
+    W0: torch.Tensor, deltas: list[torch.Tensor], X: list[torch.Tensor] | None, _: MethodParams
+) -> tuple[torch.Tensor, list[Stats]]:
+    return W0 + torch.stack(deltas).mean(0), _none_stats(W0)
+
+
 def _peft_merge(name: str, deltas: torch.Tensor, density: float) -> torch.Tensor:
     """One layer: deltas (C, out, in) -> merged task vector (out, in) via peft.utils.merge_utils."""
     from peft.utils import merge_utils as mu
@@ -134,89 +132,93 @@ def _peft_merge(name: str, deltas: torch.Tensor, density: float) -> torch.Tensor
     return mu.magnitude_prune(tasks, weights, density)
 
 
-def data_free(
-    method: str, W0: torch.Tensor, deltas: list[torch.Tensor], params: dict[str, Any]
+def _task_vectors(
+    W0: torch.Tensor, deltas: list[torch.Tensor], X: list[torch.Tensor] | None, p: MethodParams
 ) -> tuple[torch.Tensor, list[Stats]]:
-    """Merges that ignore features. W0 (L, out, in), deltas C × (L, out, in)."""
-    D = torch.stack([d.float() for d in deltas])  # (C, L, out, in)
-    if method == "linear":
-        return W0 + D.sum(0), [{} for _ in range(W0.shape[0])]
-    if method == "average":
-        return W0 + D.mean(0), [{} for _ in range(W0.shape[0])]
-    density = float(params.get("density", default("ties", "density")))
-    if not 0.0 < density <= 1.0:
-        raise error(
-            "merge-bad-param",
-            f"`density` must be in (0, 1], got {density}",
-            help="density is the share of each update kept, e.g. 0.5",
-        )
-    seed = int(params.get("seed", default("dare", "seed")))
+    """TIES / DARE / DARE-TIES / magnitude pruning, layer by layer, DARE's masks seeded."""
+    assert isinstance(p, (Ties, Dare, DareTies, MagnitudePrune))
+    D = torch.stack(deltas)  # (C, L, out, in)
+    seed = p.seed if isinstance(p, (Dare, DareTies)) else 0
     devices = [W0.device] if W0.device.type == "cuda" else []
     out = torch.empty_like(W0)
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)  # DARE's Bernoulli masks
         for layer in range(W0.shape[0]):
-            out[layer] = W0[layer] + _peft_merge(method, D[:, layer], density)
-    return out, [{"density": density} for _ in range(W0.shape[0])]
+            out[layer] = W0[layer] + _peft_merge(p.method, D[:, layer], p.density)
+    return out, [{"density": p.density} for _ in range(W0.shape[0])]
 
 
-# ---------------------------------------------------------------------------------- dispatch
+# --------------------------------------------------------------------------- feature-based
 
 
-def _gradient_fusion_method(
-    W0: torch.Tensor, deltas: list[torch.Tensor], X: list[torch.Tensor], params: dict[str, Any]
+def _gradient_fusion(
+    W0: torch.Tensor, deltas: list[torch.Tensor], X: list[torch.Tensor] | None, p: MethodParams
 ) -> tuple[torch.Tensor, list[Stats]]:
-    return gradient_fusion(W0, deltas, X, eps_rel=float(params.get("eps_rel", DEFAULT_RIDGE)))
+    assert isinstance(p, GradientFusion) and X is not None
+    return gradient_fusion(W0, deltas, X, p.ridge)
 
 
-def _loraclr_method(
-    W0: torch.Tensor, deltas: list[torch.Tensor], X: list[torch.Tensor], params: dict[str, Any]
+def _loraclr(
+    W0: torch.Tensor, deltas: list[torch.Tensor], X: list[torch.Tensor] | None, p: MethodParams
 ) -> tuple[torch.Tensor, list[Stats]]:
-    return loraclr(W0, deltas, X, LoraclrConfig.from_params(params))
+    assert isinstance(p, Loraclr) and X is not None
+    return loraclr(W0, deltas, X, p)
 
 
-_FEATURE_METHODS: dict[str, Callable[..., tuple[torch.Tensor, list[Stats]]]] = {
-    "gradient-fusion": _gradient_fusion_method,
-    "loraclr": _loraclr_method,
+# ---------------------------------------------------------------------------------- registry
+
+SOLVERS: dict[str, Solve] = {
+    "linear": _linear,
+    "average": _average,
+    "ties": _task_vectors,
+    "dare": _task_vectors,
+    "dare-ties": _task_vectors,
+    "magnitude-prune": _task_vectors,
+    "gradient-fusion": _gradient_fusion,
+    "loraclr": _loraclr,
 }
+assert set(SOLVERS) == set(METHODS) - {"none"}, "every merge method needs a solve function"
+
+
+def register(model: type[MethodParams], solve: Solve) -> None:
+    """Add a merge method: its parameter model (the checker, the docs table and the plan read
+    it from `scenecraft.merge.config.METHODS`) and its solve function (the engine's)."""
+    add_method(model)
+    SOLVERS[model.name()] = solve
+
+
+def unregister(name: str) -> None:
+    """Remove a method `register` added (tests)."""
+    METHODS.pop(name, None)
+    SOLVERS.pop(name, None)
 
 
 def merge_batch(
-    method: str,
+    params: MethodParams,
     W0: torch.Tensor,
     deltas: list[torch.Tensor],
     X: list[torch.Tensor] | None,
-    params: dict[str, Any] | None = None,
 ) -> tuple[torch.Tensor, list[Stats]]:
     """Merge L layers of equal shape at once.
 
     W0 (L, out, in); deltas: C × (L, out, in); X: C × (L, n_c, in) (None for data-free
     methods). Returns W* (L, out, in) in W0's dtype and one stats dict per layer.
     """
-    params = params or {}
-    check_inputs(method, W0, deltas, X)  # shapes; parameter names are checked once per merge
+    check_inputs(params, W0, deltas, X)
     W0f = W0.float()
     dl = [d.to(W0f) for d in deltas]
-    if method in DATA_FREE:
-        W, stats = data_free(method, W0f, dl, params)
-    else:
-        assert X is not None
-        W, stats = _FEATURE_METHODS[method](W0f, dl, [x.to(W0f) for x in X], params)
+    Xf = [x.to(W0f) for x in X] if X is not None and params.feature_based else None
+    W, stats = SOLVERS[params.method](W0f, dl, Xf, params)
     return W.to(W0.dtype), stats
 
 
 def merge_layer(
-    method: str,
+    params: MethodParams,
     W0: torch.Tensor,
     deltas: list[torch.Tensor],
     X: list[torch.Tensor] | None,
-    params: dict[str, Any] | None = None,
 ) -> tuple[torch.Tensor, Stats]:
-    """One layer: W0 (out, in), deltas C × (out, in), X C × (n_c, in) -> (W* (out, in), stats).
-
-    A direct caller's entry point, so the parameter names are checked here (the engine checks
-    them once per merge, not per batch)."""
-    check_params(method, params or {})
+    """One layer: W0 (out, in), deltas C × (out, in), X C × (n_c, in) -> (W* (out, in), stats)."""
     if W0.dim() != 2:
         raise error(
             "merge-shape-mismatch",
@@ -224,10 +226,9 @@ def merge_layer(
             help="merge_layer takes one layer; use merge_batch for a stack",
         )
     W, stats = merge_batch(
-        method,
+        params,
         W0[None],
         [d[None] for d in deltas],
         None if X is None else [x[None] for x in X],
-        params,
     )
     return W[0], stats[0]

@@ -7,6 +7,8 @@ from typing import Any
 
 import torch
 
+from scenecraft.merge.config import Stages
+
 
 @dataclass
 class LoRALayer:
@@ -54,21 +56,19 @@ class ConceptLoRA:
 
 @dataclass(frozen=True)
 class MergeConfig:
-    """How the merge engine runs its stages (scenecraft.merge.engine); not the method's params."""
+    """The merge engine's own knobs (scenecraft.merge.engine), which scene files do not set.
+
+    What a merge block sets — the method's parameters and the feature stages' settings — is the
+    method's model (`scenecraft.merge.config`), which the engine takes as is."""
 
     templates: tuple[str, ...] = ("photo of a {token}", "{token}")  # prompts per concept token
-    scene_prompts: bool = False  # stages 1-2 also read each concept's plan prompts (its regions)
-    co_subjects: bool = True  # stages 1-2 also read region-shaped prompts from the class nouns
-    continuations: int = 0  # stages 1-2 also read each concept + this many common-word phrases
-    sequential: bool = True  # stage 1 layer by layer, on the inputs the merged layers give
     figures: bool = True  # collect features (and report quality) for data-free methods too
-    spatial: bool = False  # stage 3 (a sampling run per concept); on in the GPU suite
-    spatial_steps: int = 4  # denoising steps of that run
+    # the stage settings of those figures (a data-free method has none of its own)
+    figure_stages: Stages = field(default_factory=Stages)
+    spatial_steps: int = 4  # denoising steps of the spatial stage's sampling run
     spatial_size: int = 64  # image side in pixels of that run
     spatial_guidance: float = 7.5  # classifier-free guidance of that run (both halves recorded)
-    spatial_max_rows: int = 2048  # rows kept per concept and layer in stage 3
-    text_max_rows: int = 4096  # rows kept per concept and layer in stages 1-2
-    fallback: str = "average"  # data-free method for multi-concept layers without features
+    spatial_max_rows: int = 2048  # rows kept per concept and layer in stage 3 (unless max_rows)
+    text_max_rows: int = 4096  # rows kept per concept and layer in stages 1-2 (unless max_rows)
     solve_single: bool = False  # also solve layers only one concept touches (default: W0 + ΔW_c)
     batch_elements: int = 2**26  # cap on C·L·out·in per solve batch (memory)
-    seed: int = 0  # subsampling, sampling noise, DARE masks

@@ -150,20 +150,38 @@ def unload_adapters(pipe: Any) -> None:
         pipe._scenecraft_ti = False
 
 
+def build_merge(spec: MergeSpec, pipe: Any, cache_dir: Any, reporter: Reporter | None) -> Any:
+    """Build the merged deltas for ``pipe`` (or fetch them from the merge cache): the merge
+    engine's `MergeResult` (its ``key``, and ``path``: the cache entry's folder)."""
+    try:  # imported on use: a missing merge engine is a diagnostic here, not a crash at import
+        from scenecraft.merge.api import merge
+    except ImportError as exc:
+        raise _merge_unavailable(exc) from None
+    return merge(spec, pipe, cache_dir=cache_dir, force=False, reporter=reporter)
+
+
+def apply_built_merge(pipe: Any, entry: Any) -> None:
+    """Write a built merge (a `MergeResult`, or its entry's folder) into ``pipe`` in place."""
+    try:
+        from scenecraft.merge.apply import apply_merge
+    except ImportError as exc:
+        raise _merge_unavailable(exc) from None
+    apply_merge(pipe, entry)
+
+
 def build_and_apply_merge(
     pipe: Any, spec: MergeSpec, cache_dir: Any, reporter: Reporter | None
 ) -> str:
     """Build the merged deltas (or reuse the cached ones) and apply them to ``pipe``; returns
     the merge engine's key of the cache entry."""
-    try:  # imported on use: a missing merge engine is a diagnostic here, not a crash at import
-        from scenecraft.merge.api import merge
-        from scenecraft.merge.apply import apply_merge
-    except ImportError as exc:
-        raise error(
-            "merge-unavailable",
-            f"the merge engine cannot be imported: {exc}",
-            help="render the base with `merge none`, or the LoRAs with --adapters",
-        ) from None
-    result = merge(spec, pipe, cache_dir=cache_dir, force=False, reporter=reporter)
-    apply_merge(pipe, result)
+    result = build_merge(spec, pipe, cache_dir, reporter)
+    apply_built_merge(pipe, result)
     return str(getattr(result, "key", ""))
+
+
+def _merge_unavailable(exc: ImportError) -> Exception:
+    return error(
+        "merge-unavailable",
+        f"the merge engine cannot be imported: {exc}",
+        help="render the base with `merge none`, or the LoRAs with --adapters",
+    )

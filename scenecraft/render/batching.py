@@ -1,20 +1,19 @@
-"""Images to render, grouped into batches of compatible settings; CUDA OOM halves the batch.
+"""Images to render (`ImageTask`, keyed by `image_key`), grouped into batches of compatible
+settings. Pure Python: a dry run plans with it without torch (the per-image generators and the
+halving on out-of-memory are `scenecraft.render.halving`).
 
 An image is one (job, n) pair: job ``j`` with ``images_per_seed = k`` gives images n = 0..k-1
 with seeds ``j.seed + n`` (A1111's batch convention, so each image's ``Seed:`` reproduces it
-alone). Every image gets its own ``torch.Generator`` seeded with its seed, so its pixels depend
-only on the seed, never on the batch it lands in or its position there.
+alone). Every image gets its own generator seeded with its seed (`scenecraft.render.halving`),
+so its pixels depend only on the seed, never on the batch it lands in or its position there.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
-from scenecraft.diagnostics import error
 from scenecraft.plan import RenderJob, stable_hash
 
 
@@ -73,44 +72,3 @@ def make_batches(tasks: Iterable[ImageTask], batch_size: int) -> list[list[Image
         groups.setdefault(task.group, []).append(task)
     size = max(1, batch_size)
     return [g[i : i + size] for g in groups.values() for i in range(0, len(g), size)]
-
-
-def generators(tasks: Sequence[ImageTask]) -> list[torch.Generator]:
-    """One CPU generator per image, seeded with its seed (device-independent noise)."""
-    return [torch.Generator("cpu").manual_seed(t.seed) for t in tasks]
-
-
-def is_oom(exc: BaseException) -> bool:
-    return isinstance(exc, torch.cuda.OutOfMemoryError)
-
-
-def run_halving(
-    batch: Sequence[ImageTask],
-    call: Callable[[Sequence[ImageTask]], None],
-    on_oom: Callable[[int, int], None],
-) -> Iterator[int]:
-    """Run ``call`` on ``batch``; on CUDA OOM split it in halves and retry each; no image lost.
-
-    Yields the batch size that succeeded each time, so the caller can shrink later batches.
-    ``on_oom(old, new)`` is told of every split. OOM on a single image is `out-of-memory`.
-    """
-    pending: list[Sequence[ImageTask]] = [batch]
-    while pending:
-        part = pending.pop(0)
-        try:
-            call(part)
-        except torch.cuda.OutOfMemoryError:
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-            if len(part) == 1:
-                raise error(
-                    "out-of-memory",
-                    f"the device ran out of memory rendering one {part[0].job.width}x"
-                    f"{part[0].job.height} image",
-                    help="use a smaller size, `--dtype float16`, or a device with more memory",
-                ) from None
-            half = (len(part) + 1) // 2
-            on_oom(len(part), half)
-            pending[:0] = [part[:half], part[half:]]
-            continue
-        yield len(part)

@@ -1,9 +1,11 @@
 """Where a run's batches are rendered: in this process, or on Ray actors.
 
 `scenecraft.render.engine.render` selects, skips and batches the images, then hands the batches
-to an executor; that is the one place that decides how they run. Every executor renders a batch
-through the same per-batch function (``_Session.run_batch``: one pipeline call, halved on CUDA
-OOM), so whatever that call does (samplers, regions, adapters) is the same everywhere.
+to an executor as a `Work`; that is the one place that decides how they run. Every executor
+renders a batch through the same per-batch function (`scenecraft.render.session.Session.run_batch`:
+one pipeline call, halved on out of memory, PNG bytes from the one encoder), and the driver writes
+them through the same `Recorder`, so whatever that call does (samplers, regions, adapters) is the
+same everywhere.
 
     render(plan, "out")                                    # InProcess
     render(plan, "out", executor=ray_executor())           # local Ray instance (started or joined)
@@ -17,15 +19,24 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from scenecraft.diagnostics import error
-from scenecraft.render.engine import InProcess, Work, _Session
+from scenecraft.render.session import Session, Work
 
 __all__ = ["Executor", "InProcess", "Work", "ray_executor"]
 
 
 class Executor(Protocol):
-    def run(self, session: _Session, work: Work) -> None:
-        """Render every batch of ``work``; each image goes to ``session.write``/``store``."""
+    def run(self, work: Work) -> None:
+        """Render every batch of ``work``; each image goes to ``work.recorder``."""
         ...
+
+
+class InProcess:
+    """The default executor: one pipeline in this process renders the batches in order."""
+
+    def run(self, work: Work) -> None:
+        session = Session(work.plan, work.mode, work.merge_key, work.reporter, work.recorder)
+        pipe = session.prepare(work.pipe, work.device, work.dtype, work.cache_dir)
+        session.run(pipe, work.batches, work.size)
 
 
 def ray_executor(address: str | None = None, **options: Any) -> Executor:

@@ -12,7 +12,7 @@ the manifest, so a cluster needs no shared filesystem. Here:
    bytes are those an in-process run builds, or it comes from that node's merge cache); its
    entry's files go into the object store and every worker applies them;
 3. batches, grouped exactly as in process, are handed out ``inflight`` at a time per worker; a
-   worker renders one through the shared ``_Session.run_batch`` and returns PNG bytes (with the
+   worker renders one through the shared ``Session.run_batch`` and returns PNG bytes (with the
    same provenance chunks as in process), which the driver writes atomically;
 4. workers' events (steps, notices, merge stages) stream back through a small actor the driver
    polls, as `WorkerProgress` rows and the usual events;
@@ -24,267 +24,20 @@ the manifest, so a cluster needs no shared filesystem. Here:
 
 from __future__ import annotations
 
-import functools
-import io
-import json
-import os
-import shutil
-import tempfile
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from scenecraft.diagnostics import Diagnostic, DiagnosticError, error
-from scenecraft.events import (
-    BatchStarted,
-    Event,
-    StepDone,
-    WorkerLost,
-    WorkerProgress,
-    WorkerStarted,
-    emit,
-)
-from scenecraft.plan import RenderPlan
+from scenecraft.diagnostics import DiagnosticError, error
+from scenecraft.events import WorkerLost, WorkerStarted, emit
 from scenecraft.render.batching import ImageTask
+from scenecraft.render.ray_worker import EventBox, RenderWorker, _RemoteDiagnostics, concept_files
+from scenecraft.render.session import Work
 
-if TYPE_CHECKING:
-    from scenecraft.render.engine import _Session
-    from scenecraft.render.executor import Work
-
-FLUSH_SECONDS = 0.25  # a worker sends its events at most this often (and at every batch end)
 POLL_SECONDS = 0.2  # the driver looks for finished batches and events this often
 MANIFEST_SECONDS = 1.0  # the driver rewrites the manifest at most this often during a run
-
-
-# ------------------------------------------------------------------------------ worker side
-
-
-class _RemoteDiagnostics(Exception):
-    """A DiagnosticError that survives pickling (its own args are a message, not diagnostics)."""
-
-    def __init__(self, diagnostics: list[Diagnostic]):
-        super().__init__(diagnostics)
-        self.diagnostics = diagnostics
-
-
-def _travel(fn: Callable[..., Any]) -> Callable[..., Any]:
-    @functools.wraps(fn)  # Ray reads the signature (through __wrapped__)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except DiagnosticError as exc:
-            raise _RemoteDiagnostics(exc.diagnostics) from None
-
-    return wrapper
-
-
-class EventBox:
-    """A Ray actor holding events until the driver takes them (per-sender order is kept)."""
-
-    def __init__(self) -> None:
-        self.events: list[Event] = []
-
-    def put(self, events: list[Event]) -> None:
-        self.events.extend(events)
-
-    def take(self) -> list[Event]:
-        out, self.events = self.events, []
-        return out
-
-
-class _Forward:
-    """A worker's reporter: batch and step events become `WorkerProgress`, sent in bunches."""
-
-    def __init__(self, box: Any, worker: str):
-        self.box, self.worker = box, worker
-        self.pending: list[Event] = []
-        self.last = 0.0
-        self.batch = (0, 0)
-
-    def __call__(self, event: Event) -> None:
-        if isinstance(event, BatchStarted):
-            self.batch = (event.index, event.total)
-            event = WorkerProgress(self.worker, event.index, event.total, 0, event.steps)
-        elif isinstance(event, StepDone):
-            event = WorkerProgress(self.worker, *self.batch, event.step, event.total)
-            if self.pending and isinstance(self.pending[-1], WorkerProgress):
-                self.pending.pop()  # only the latest step of a bunch matters
-        self.pending.append(event)
-        if time.monotonic() - self.last >= FLUSH_SECONDS:
-            self.flush()
-
-    def flush(self) -> None:
-        if self.pending:
-            self.box.put.remote(self.pending)  # fire and forget; order per sender is kept
-            self.pending = []
-        self.last = time.monotonic()
-
-
-def _start(threads: int) -> None:
-    import torch
-
-    from scenecraft.models import quiet_libraries
-
-    torch.set_num_threads(max(1, threads))
-    quiet_libraries()
-
-
-def _node() -> str:
-    import ray
-
-    return str(ray.util.get_node_ip_address())
-
-
-def concept_files(plan: RenderPlan) -> dict[str, bytes]:
-    """The bytes of every concept's LoRA and embedding file, by path (read on the driver)."""
-    paths = {p for c in plan.merge.concepts for p in (c.lora, c.embedding) if p}
-    return {p: Path(p).read_bytes() for p in sorted(paths) if Path(p).is_file()}
-
-
-def localize(plan: RenderPlan, files: dict[str, bytes], folder: Path) -> RenderPlan:
-    """``plan`` with its concept files written under ``folder`` and pointed at there.
-
-    The merge key and every image key hash file contents, not paths: nothing else changes."""
-    where: dict[str, str] = {}
-    for i, (path, data) in enumerate(files.items()):
-        local = folder / f"{i:03d}-{Path(path).name}"
-        local.write_bytes(data)
-        where[path] = str(local)
-    concepts = tuple(
-        c.model_copy(
-            update={
-                "lora": where.get(c.lora, c.lora) if c.lora else None,
-                "embedding": where.get(c.embedding, c.embedding) if c.embedding else None,
-            }
-        )
-        for c in plan.merge.concepts
-    )
-    merge = plan.merge.model_copy(update={"concepts": concepts})
-    return plan.model_copy(update={"merge": merge})
-
-
-def _session_class() -> type:
-    from scenecraft.render.engine import _Session
-
-    class WorkerSession(_Session):
-        """Renders like the driver's session; keeps PNG bytes instead of writing files."""
-
-        out: list[bytes]
-
-        def write(self, task: ImageTask, image: Any) -> None:
-            self.out.append(encode_png(image, *self.png_text(task)))
-
-        def flush(self) -> None:
-            pass
-
-    return WorkerSession
-
-
-def encode_png(image: Any, parameters: str, provenance: dict[str, Any]) -> bytes:
-    """The bytes `scenecraft.render.outputs.write_png` writes for the same image and chunks."""
-    from PIL.PngImagePlugin import PngInfo
-
-    info = PngInfo()
-    info.add_text("parameters", parameters)
-    info.add_itxt("scenecraft", json.dumps(provenance, sort_keys=True))
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG", pnginfo=info)
-    return buffer.getvalue()
-
-
-class RenderWorker:
-    """(A Ray actor) One pipeline, loaded once, rendering every batch it is given.
-
-    Created -> the base pipeline is loaded; ``build_merge`` (one worker only) -> the merge
-    entry's files; ``setup(entry)`` -> the merge applied (or the adapters loaded); then
-    ``render`` batch after batch."""
-
-    def __init__(
-        self,
-        name: str,
-        plan: RenderPlan,
-        files: dict[str, bytes],
-        mode: str,
-        device: str | None,
-        dtype: str | None,
-        threads: int,
-        box: Any,
-    ):
-        _start(threads)
-        self.name, self.plan, self.files, self.mode = name, plan, files, mode
-        self.device, self.dtype, self.forward = device, dtype, _Forward(box, name)
-        self.tmp = tempfile.TemporaryDirectory(prefix="scenecraft-worker-")
-        self.session: Any = None
-        self.pipe: Any = None
-        self.limit = 0
-
-    @_travel
-    def load(self) -> None:
-        """Load the base pipeline (once; errors come back from every later call too)."""
-        if self.pipe is not None:
-            return
-        from scenecraft.models import load_pipeline
-        from scenecraft.render.engine import RenderResult, weights_key
-
-        plan = localize(self.plan, self.files, Path(self.tmp.name))
-        result = RenderResult(Path("."), mode=self.mode, merge_key=weights_key(plan, self.mode))
-        self.session = _session_class()(plan, result, None, self.forward, self.mode)
-        pipe = load_pipeline(plan.merge.base, self.device, self.dtype)
-        pipe.set_progress_bar_config(disable=True)
-        self.pipe = pipe
-
-    @_travel
-    def build_merge(self, cache_dir: str | None) -> tuple[dict[str, Any], dict[str, bytes]]:
-        """Build (or fetch from this node's cache) the merge: (its key and node, its files)."""
-        from scenecraft.merge.api import merge
-
-        self.load()
-
-        result = merge(
-            self.session.plan.merge, self.pipe, cache_dir=cache_dir, reporter=self.forward
-        )
-        self.forward.flush()
-        info = {"key": result.key, "node": _node()}
-        if result.path is None:
-            return info, {}
-        folder = Path(result.path)
-        return info, {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
-
-    @_travel
-    def setup(self, key: str, entry: dict[str, bytes]) -> dict[str, Any]:
-        """Prepare the weights: apply the shipped merge, or load the adapters (base: nothing)."""
-        self.load()
-        if self.mode == "merged":
-            if entry:
-                from scenecraft.merge.apply import apply_merge
-
-                folder = Path(self.tmp.name) / "merge" / key
-                folder.mkdir(parents=True)
-                for name, data in entry.items():
-                    (folder / Path(name).name).write_bytes(data)
-                apply_merge(self.pipe, folder)
-                shutil.rmtree(folder)
-            self.session.merge_entry = key
-        else:
-            self.pipe = self.session.prepare(self.pipe, self.device, self.dtype, None)
-        self.forward.flush()
-        device = str(getattr(getattr(self.pipe, "unet", None), "device", self.device or "?"))
-        return {"node": _node(), "device": device, "pid": os.getpid()}
-
-    @_travel
-    def render(
-        self, batch: Sequence[ImageTask], index: int, total: int, size: int
-    ) -> tuple[list[bytes], float]:
-        """One batch through the shared per-batch function: (PNG bytes in the batch's order,
-        seconds it took here)."""
-        start = time.perf_counter()
-        self.session.out = []
-        self.limit = self.session.run_batch(self.pipe, batch, index, total, self.limit or size)
-        self.forward.flush()
-        return list(self.session.out), time.perf_counter() - start
 
 
 # ------------------------------------------------------------------------------ driver side
@@ -345,7 +98,7 @@ class RayExecutor:
             ) from None
         return True
 
-    def run(self, session: _Session, work: Work) -> None:
+    def run(self, work: Work) -> None:
         import ray
 
         if work.pipe is not None:
@@ -354,7 +107,7 @@ class RayExecutor:
         box: Any = None
         try:
             box = ray.remote(EventBox).options(num_cpus=0).remote()
-            self._run(ray, session, work, box)
+            self._run(ray, work, box)
         finally:
             for worker in self.workers:
                 ray.kill(worker.handle)
@@ -378,128 +131,38 @@ class RayExecutor:
             count = int(float(res.get("CPU", 1)) // cpus)
         return per_gpu, cpus, max(1, count)
 
-    def _run(self, ray: Any, session: _Session, work: Work, box: Any) -> None:
-        reporter = session.reporter
-        batches = [list(b) for b in work.batches]
+    def _run(self, ray: Any, work: Work, box: Any) -> None:
         gpus, cpus, count = self._resources(ray)
-        count = min(count, len(batches))
-        files = ray.put(concept_files(session.plan))
+        files = ray.put(concept_files(work.plan))
         make = ray.remote(RenderWorker).options(
             num_cpus=cpus, num_gpus=gpus, max_restarts=0, runtime_env=self.runtime_env
         )
-        replacements = count  # each worker may be replaced once, on average
+        args = (work.plan, files, work.mode, work.merge_key, work.device, work.dtype, cpus, box)
 
         def spawn() -> _Worker:
             name = f"w{self._spawned}"
             self._spawned += 1
-            args = (session.plan, files, session.mode, work.device, work.dtype, cpus, box)
             handle = make.remote(name, *args)
             handle.load.remote()  # start loading now; its errors come back from setup too
             worker = _Worker(name, handle, None)
             self.workers.append(worker)
             return worker
 
-        for _ in range(count):
+        for _ in range(min(count, len(work.batches))):
             spawn()
         # 1. the merge, built once by one worker (same device and dtype as the renders)
         key_ref, entry_ref = ray.put(""), ray.put({})
-        if session.mode == "merged":
-            key_ref, entry_ref = self._build_merge(ray, work, box, reporter, spawn)
+        if work.mode == "merged":
+            key_ref, entry_ref = self._build_merge(ray, work, box, work.reporter, spawn)
         for w in self.workers:
             w.setup = w.handle.setup.remote(key_ref, entry_ref)
         # 2. hand out batches, collect images, survive lost workers
-        pending = deque(range(len(batches)))
-        attempts = [0] * len(batches)
-        inflight: dict[Any, tuple[_Worker, int]] = {}
-        last_save = time.monotonic()
-        stats = self.stats = dict.fromkeys(
-            ("images", "batches", "worker_busy_s", "worker_s", "driver_s"), 0.0
-        )
-
-        def lost(worker: _Worker, reason: str) -> None:
-            nonlocal replacements
-            if worker not in self.workers:
-                return
-            self.workers.remove(worker)
-            if worker.ready:
-                stats["worker_s"] += time.perf_counter() - worker.ready_at
-            mine = [(r, b) for r, (w, b) in inflight.items() if w is worker]
-            for r, b in mine:
-                del inflight[r]
-                attempts[b] += 1
-                if attempts[b] >= self.max_attempts:
-                    raise batch_failed(batches[b], attempts[b], reason)
-                pending.appendleft(b)
-            emit(reporter, WorkerLost(worker.name, reason, len(mine)))
-            ray.kill(worker.handle)
-            if replacements > 0 and (pending or inflight):
-                replacements -= 1
-                new = spawn()
-                new.setup = new.handle.setup.remote(key_ref, entry_ref)
-
+        dispatch = _Dispatch(self, ray, work, box, lambda: _respawn(spawn, key_ref, entry_ref))
+        self.stats = dispatch.stats
         try:
-            while pending or inflight:
-                for w in self.workers:
-                    while w.ready and w.load < self.inflight and pending:
-                        b = pending.popleft()
-                        ref = w.handle.render.remote(batches[b], b, len(batches), work.size)
-                        inflight[ref] = (w, b)
-                        w.load += 1
-                setups = {w.setup: w for w in self.workers if not w.ready}
-                refs = [*inflight, *setups]
-                if not refs:
-                    raise error(
-                        "ray-batch-failed",
-                        f"every Ray worker was lost; {len(pending)} batch(es) not rendered",
-                        help="see `ray status` and the workers' logs (`ray logs`); "
-                        "a re-run renders only what is missing",
-                    )
-                done, _ = ray.wait(refs, num_returns=1, timeout=POLL_SECONDS)
-                self._drain(ray, box, reporter)
-                for ref in done:
-                    if ref in setups:
-                        w = setups[ref]
-                        try:
-                            info = _get(ray, ref)
-                        except _Lost as exc:
-                            lost(w, exc.reason)
-                            continue
-                        w.ready, w.ready_at = True, time.perf_counter()
-                        emit(reporter, WorkerStarted(w.name, info["node"], info["device"]))
-                        continue
-                    if ref not in inflight:  # put back already when its worker was lost
-                        continue
-                    w, b = inflight[ref]
-                    start = time.perf_counter()
-                    try:
-                        pngs, busy = _get(ray, ref)
-                    except _Lost as exc:
-                        lost(w, exc.reason)  # puts this batch back with the worker's others
-                        continue
-                    del inflight[ref]
-                    w.load -= 1
-                    for task, png in zip(batches[b], pngs, strict=True):
-                        session.store(task, png)
-                    if time.monotonic() - last_save >= MANIFEST_SECONDS:
-                        session.flush()
-                        last_save = time.monotonic()
-                    stats["driver_s"] += time.perf_counter() - start
-                    stats["worker_busy_s"] += busy
-                    stats["images"] += len(pngs)
-                    stats["batches"] += 1
-            end = time.perf_counter()
-            stats["worker_s"] += sum(end - w.ready_at for w in self.workers if w.ready)
-            self._drain(ray, box, reporter)
+            dispatch.loop()
         except KeyboardInterrupt:
-            # keep what is finished: write the batches that are already back, then stop
-            ready, _ = ray.wait(list(inflight), num_returns=len(inflight), timeout=0)
-            for ref in ready:
-                try:
-                    pngs, _ = _get(ray, ref)
-                except Exception:
-                    continue
-                for task, png in zip(batches[inflight[ref][1]], pngs, strict=True):
-                    session.store(task, png)
+            dispatch.keep_finished()
             raise
 
     def _build_merge(
@@ -543,6 +206,131 @@ class RayExecutor:
             return
         for event in ray.get(box.take.remote()):
             emit(reporter, event)
+
+
+def _respawn(spawn: Callable[[], _Worker], key_ref: Any, entry_ref: Any) -> _Worker:
+    new = spawn()
+    new.setup = new.handle.setup.remote(key_ref, entry_ref)
+    return new
+
+
+class _Dispatch:
+    """One run's batches on the executor's workers: handed out ``inflight`` at a time per
+    worker, written through the driver's recorder as they come back, put back in the queue
+    when their worker is lost (which is replaced, at most as many times as there were workers)."""
+
+    def __init__(
+        self,
+        executor: RayExecutor,
+        ray: Any,
+        work: Work,
+        box: Any,
+        respawn: Callable[[], _Worker],
+    ):
+        self.ex, self.ray, self.work, self.box, self.respawn = executor, ray, work, box, respawn
+        self.reporter = work.reporter
+        self.batches = [list(b) for b in work.batches]
+        self.pending = deque(range(len(self.batches)))
+        self.attempts = [0] * len(self.batches)
+        self.inflight: dict[Any, tuple[_Worker, int]] = {}
+        self.replacements = len(executor.workers)  # each worker replaced once, on average
+        self.last_save = time.monotonic()
+        self.stats = dict.fromkeys(
+            ("images", "batches", "worker_busy_s", "worker_s", "driver_s"), 0.0
+        )
+
+    def loop(self) -> None:
+        while self.pending or self.inflight:
+            self.hand_out()
+            setups = {w.setup: w for w in self.ex.workers if not w.ready}
+            refs = [*self.inflight, *setups]
+            if not refs:
+                raise error(
+                    "ray-batch-failed",
+                    f"every Ray worker was lost; {len(self.pending)} batch(es) not rendered",
+                    help="see `ray status` and the workers' logs (`ray logs`); "
+                    "a re-run renders only what is missing",
+                )
+            done, _ = self.ray.wait(refs, num_returns=1, timeout=POLL_SECONDS)
+            self.ex._drain(self.ray, self.box, self.reporter)
+            for ref in done:
+                if ref in setups:
+                    self.ready(setups[ref], ref)
+                elif ref in self.inflight:  # else put back already when its worker was lost
+                    self.collect(ref)
+        end = time.perf_counter()
+        self.stats["worker_s"] += sum(end - w.ready_at for w in self.ex.workers if w.ready)
+        self.ex._drain(self.ray, self.box, self.reporter)
+
+    def hand_out(self) -> None:
+        for w in self.ex.workers:
+            while w.ready and w.load < self.ex.inflight and self.pending:
+                b = self.pending.popleft()
+                total = len(self.batches)
+                ref = w.handle.render.remote(self.batches[b], b, total, self.work.size)
+                self.inflight[ref] = (w, b)
+                w.load += 1
+
+    def ready(self, w: _Worker, ref: Any) -> None:
+        try:
+            info = _get(self.ray, ref)
+        except _Lost as exc:
+            self.lost(w, exc.reason)
+            return
+        w.ready, w.ready_at = True, time.perf_counter()
+        emit(self.reporter, WorkerStarted(w.name, info["node"], info["device"]))
+
+    def collect(self, ref: Any) -> None:
+        w, b = self.inflight[ref]
+        start = time.perf_counter()
+        try:
+            pngs, busy = _get(self.ray, ref)
+        except _Lost as exc:
+            self.lost(w, exc.reason)  # puts this batch back with the worker's others
+            return
+        del self.inflight[ref]
+        w.load -= 1
+        self.write(b, pngs)
+        if time.monotonic() - self.last_save >= MANIFEST_SECONDS:
+            self.work.recorder.flush()
+            self.last_save = time.monotonic()
+        self.stats["driver_s"] += time.perf_counter() - start
+        self.stats["worker_busy_s"] += busy
+        self.stats["images"] += len(pngs)
+        self.stats["batches"] += 1
+
+    def write(self, b: int, pngs: list[bytes]) -> None:
+        for task, png in zip(self.batches[b], pngs, strict=True):
+            self.work.recorder.put(task, png)
+
+    def lost(self, worker: _Worker, reason: str) -> None:
+        if worker not in self.ex.workers:
+            return
+        self.ex.workers.remove(worker)
+        if worker.ready:
+            self.stats["worker_s"] += time.perf_counter() - worker.ready_at
+        mine = [(r, b) for r, (w, b) in self.inflight.items() if w is worker]
+        for r, b in mine:
+            del self.inflight[r]
+            self.attempts[b] += 1
+            if self.attempts[b] >= self.ex.max_attempts:
+                raise batch_failed(self.batches[b], self.attempts[b], reason)
+            self.pending.appendleft(b)
+        emit(self.reporter, WorkerLost(worker.name, reason, len(mine)))
+        self.ray.kill(worker.handle)
+        if self.replacements > 0 and (self.pending or self.inflight):
+            self.replacements -= 1
+            self.respawn()
+
+    def keep_finished(self) -> None:
+        """Ctrl-C: write the batches that are already back (then the caller stops)."""
+        ready, _ = self.ray.wait(list(self.inflight), num_returns=len(self.inflight), timeout=0)
+        for ref in ready:
+            try:
+                pngs, _ = _get(self.ray, ref)
+            except Exception:
+                continue
+            self.write(self.inflight[ref][1], pngs)
 
 
 class _Lost(Exception):

@@ -16,7 +16,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from scenecraft.files import atomic_write
 from scenecraft.plan import RenderJob, RenderPlan
-from scenecraft.render.outputs import confined
+from scenecraft.render.paths import confined
 from scenecraft.render.selection import select_jobs
 
 LONG_SIDE = 512  # sketch size in pixels along the longer side of the canvas

@@ -19,9 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from scenecraft.files import atomic_write, atomic_write_text
 from scenecraft.plan import Region, RenderJob, RenderPlan, StoryboardSpec
-from scenecraft.render.outputs import confined, image_path
+
+# the wrappers: a full disk or read-only folder is `output-unwritable`, as for the images
+from scenecraft.render.paths import atomic_write, atomic_write_text, confined, image_path
+from scenecraft.render.png import png_size
 
 CELL = 256  # longest side of a panel in the contact sheet, pixels
 CAPTION_H = 18  # caption strip under each panel, pixels
@@ -44,13 +46,16 @@ def collect_panels(plan: RenderPlan, board: StoryboardSpec, out: Path, suffix: s
     panels = []
     for spec in sorted(board.panels, key=lambda p: p.index):
         pj = [jobs[i] for i in spec.job_ids if i in jobs]
+        # a PNG of the job's size only (its header, read before any decoding): a foreign
+        # picture there (a 13,300x13,300 one) is drawn as "not rendered", never decoded
         paths = [image_path(out, j, suffix) for j in pj]
+        sizes = [(j.width, j.height) for j in pj]
         panels.append(
             Panel(
                 spec.index,
                 spec.caption or "",
                 pj[0].prompt if pj else "",
-                tuple(p for p in paths if p.is_file()),
+                tuple(p for p, size in zip(paths, sizes, strict=True) if png_size(p) == size),
                 pj[0].regions if pj else (),
             )
         )

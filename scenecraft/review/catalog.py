@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from scenecraft.files import atomic_write_text
-from scenecraft.render.outputs import read_png_metadata
+from scenecraft.render.png import read_png_metadata
 
 RATINGS_FILE = "ratings.json"
 RATINGS_VERSION = 1

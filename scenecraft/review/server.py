@@ -12,14 +12,21 @@ Routes (everything else is 404):
 
 URLs carry indexes, never paths, so nothing outside the catalog can be asked for; the catalog
 keeps only images whose resolved path lies inside OUT and references that are image files.
-Requests must name the server itself in ``Host`` (no DNS rebinding) and POSTs must be JSON
-(no cross-site form posts). Ratings are written atomically after every change.
+Requests must name the server itself in ``Host`` (no DNS rebinding); POSTs must be JSON (no
+cross-site form posts), nested at most `MAX_DEPTH` deep, and an ``Origin`` header, when sent,
+must be this server's (a page elsewhere cannot rate). Ratings are written atomically after every
+change; a change that cannot be written (a read-only folder, a full disk) is answered 500 and
+leaves the ratings in memory as they were. The listen backlog is `BACKLOG` and every connection
+times out after `CONNECTION_TIMEOUT` seconds of silence, so a stalled client holds its thread
+that long at most.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import mimetypes
+import re
 import threading
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -38,6 +45,30 @@ from scenecraft.review.catalog import (
 
 HOST = "127.0.0.1"
 MAX_BODY = 64 * 1024
+MAX_DEPTH = 32  # nesting of a POSTed JSON body (a rating is 1 deep)
+BACKLOG = 128  # pending connections the OS queues (the stdlib's 5 reset parallel posts)
+CONNECTION_TIMEOUT = 10.0  # seconds a connection may stay silent
+_JSON_TOKENS = re.compile(rb'\\.|"|[\[\]{}]', re.S)
+
+
+def too_deep(data: bytes, limit: int = MAX_DEPTH) -> bool:
+    """Whether a JSON text nests arrays/objects more than ``limit`` deep (strings skipped);
+    checked before parsing, so 30,000 ``[`` never reach the recursive decoder."""
+    depth = 0
+    in_string = False
+    for m in _JSON_TOKENS.finditer(data):
+        token = m.group()
+        if in_string:
+            in_string = token != b'"'
+        elif token == b'"':
+            in_string = True
+        elif token in (b"[", b"{"):
+            depth += 1
+            if depth > limit:
+                return True
+        elif token in (b"]", b"}"):
+            depth -= 1
+    return False
 
 
 def page_html() -> str:
@@ -48,8 +79,12 @@ class ReviewServer(ThreadingHTTPServer):
     """Serves one output folder's catalog until ``shutdown()``."""
 
     daemon_threads = True
+    request_queue_size = BACKLOG
 
-    def __init__(self, out_dir: str | Path, port: int = 0) -> None:
+    def __init__(
+        self, out_dir: str | Path, port: int = 0, timeout: float = CONNECTION_TIMEOUT
+    ) -> None:
+        self.connection_timeout = timeout
         self.catalog: Catalog = load_catalog(out_dir)
         self.ratings = load_ratings(self.catalog.root)
         self.lock = threading.Lock()
@@ -60,8 +95,8 @@ class ReviewServer(ThreadingHTTPServer):
     def handle_error(self, request: Any, client_address: Any) -> None:
         import sys
 
-        if isinstance(sys.exc_info()[1], ConnectionError):
-            return  # the browser went away mid-answer (a reload, a closed tab): nothing to do
+        if isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
+            return  # the browser went away mid-answer or stalled past the timeout: nothing to do
         super().handle_error(request, client_address)
 
     @property
@@ -118,9 +153,13 @@ class ReviewServer(ThreadingHTTPServer):
         }
 
     def rate(self, body: Any) -> dict[str, Any]:
+        """Apply one rating to a copy, write it, then keep it: a failed write (OSError) leaves
+        the ratings in memory as they were, like the file."""
         with self.lock:
-            entry = apply_rating(self.catalog, self.ratings, body)
-            save_ratings(self.catalog.root, self.ratings)
+            changed = copy.deepcopy(self.ratings)
+            entry = apply_rating(self.catalog, changed, body)
+            save_ratings(self.catalog.root, changed)
+            self.ratings = changed
         return {k: v for k, v in entry.items() if k != "method"}  # blind, as in items_json
 
 
@@ -130,6 +169,10 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base's name
         pass  # quiet: the CLI prints the URL, the page shows what was saved
+
+    def setup(self) -> None:
+        super().setup()
+        self.connection.settimeout(self.server.connection_timeout)  # a stalled client gives up
 
     # -- helpers
     def _send(self, status: int, body: bytes, ctype: str) -> None:
@@ -151,6 +194,16 @@ class _Handler(BaseHTTPRequestHandler):
     def _host_ok(self) -> bool:
         host = self.headers.get("Host", "")
         return host in {f"{HOST}:{self.server.port}", f"localhost:{self.server.port}"}
+
+    def _origin_ok(self) -> bool:
+        """No ``Origin`` (curl, scripts) or this server's own (the page itself)."""
+        origin = self.headers.get("Origin")
+        if origin is None:
+            return True
+        return origin in {
+            f"http://{HOST}:{self.server.port}",
+            f"http://localhost:{self.server.port}",
+        }
 
     def _file(self, path: Path) -> None:
         ctype = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
@@ -203,6 +256,9 @@ class _Handler(BaseHTTPRequestHandler):
         if not self._host_ok():
             self._error(HTTPStatus.FORBIDDEN, "unexpected Host header")
             return
+        if not self._origin_ok():
+            self._error(HTTPStatus.FORBIDDEN, "foreign Origin")
+            return
         if self.path != "/api/rate":
             self._error(HTTPStatus.NOT_FOUND, "not found")
             return
@@ -216,10 +272,17 @@ class _Handler(BaseHTTPRequestHandler):
         if not 0 < length <= MAX_BODY:
             self._error(HTTPStatus.BAD_REQUEST, "bad Content-Length")
             return
+        data = self.rfile.read(length)
+        if too_deep(data):
+            self._error(HTTPStatus.BAD_REQUEST, f"JSON nested deeper than {MAX_DEPTH}")
+            return
         try:
-            body = json.loads(self.rfile.read(length))
-            entry = self.server.rate(body)
-        except (ValueError, RatingError) as exc:  # RatingError is a ValueError; JSON errors too
+            entry = self.server.rate(json.loads(data))
+        except (ValueError, RecursionError, RatingError) as exc:  # RatingError: a ValueError
             self._error(HTTPStatus.BAD_REQUEST, str(exc))
+            return
+        except OSError as exc:  # the ratings file cannot be written: nothing changed
+            reason = exc.strerror or str(exc)
+            self._error(HTTPStatus.INTERNAL_SERVER_ERROR, f"cannot save the ratings: {reason}")
             return
         self._json(HTTPStatus.OK, entry)

@@ -1,23 +1,15 @@
 """An exact judge for toy-world images: find every sprite, recognise it, check where it is.
 
-The world is procedural, so judging is segmentation plus nearest-reference matching, with no
-fixed slots (world 2 draws sprites anywhere, at several sizes):
-
-1. background: per row, the median colour of the 3 leftmost and 3 rightmost columns (backdrops
-   are horizontal bands and sprites never touch the side borders);
-2. foreground: pixels farther than ``FG_DISTANCE`` (RGB, 0-255) from their row's background,
-   holes filled; sprites are its 4-connected components of at least ``MIN_AREA`` body pixels;
-3. body and attribute: pixels nearer a hat's or crown's colour than any body colour are the
-   attribute, the rest the body; the attribute a sprite wears is read in the rows just above its
-   body (pixels nearer the attribute's colour than the row's backdrop, so a dark hat counts on a
-   dark sky too);
-4. identity: the masked body crop is compared with the reference rendering of every identity of
-   the world (shape x colour x pattern) at the sizes whose mask box matches the body box best:
-   d = mean |crop - ref| / 255, the crop resized to the reference's box; nearest = what it *is*;
-5. expected sprites are assigned to found sprites one to one by minimum total distance to their
-   own reference (exhaustive; scenes hold at most four sprites), never by position, so a swap
-   shows up as wrong placements, a duplicate as a wrong identity, an extra sprite as lower
-   accuracy.
+The world is procedural, so judging is segmentation plus recognition by parts, with no fixed
+slots (world 2 draws sprites anywhere, at several sizes). How a picture is read — every pixel
+named against its row's backdrop and the world's palette, sprites cut out (hats never body,
+crowns trimmed, touching sprites split by colour or shape), each recognised by shape, colour
+and pattern separately, what it wears read above it — is `scenecraft.toyworld.reading`; its
+agreement with pictures of the model's own output labelled by eye is
+`scenecraft.toyworld.agreement` (docs/toyworld.md). Then expected sprites are assigned to found
+sprites one to one by minimum total distance to their own reference (exhaustive; scenes hold at
+most four sprites), never by position, so a swap shows up as wrong placements, a duplicate as a
+wrong identity, an extra sprite as lower accuracy.
 
 Per concept (``Scores.concepts``, all in [0, 1]):
 - accuracy: found with its class (shape), times #expected / max(#expected, #found) — so a
@@ -38,36 +30,44 @@ from __future__ import annotations
 import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import cache
 
 import numpy as np
 from PIL import Image
 
 from scenecraft.plan import Placement
 from scenecraft.prompts import Clause, SceneText, Subject, scene_prompt
-from scenecraft.toyworld.world import (
-    ATTRIBUTES,
-    COLOURS,
-    CONCEPTS,
-    INK,
-    PATTERNS,
-    SHAPES,
-    SIZE,
-    Scene,
-    Sprite,
-    relation_holds,
-    shape_mask,
-    sprite_pixels,
+from scenecraft.toyworld.reading import (
+    MIN_AREA,
+    Found,
+    Identity,
+    find_sprites,
+    pixel_classes,
+    recognise,
+    worn_attribute,
 )
+from scenecraft.toyworld.world import CONCEPTS, SIZE, Scene, Sprite, relation_holds
 
-FG_DISTANCE = 60.0  # RGB distance from the row background that counts as foreground
-MIN_AREA = 60  # smallest body kept as a sprite, pixels (a 20-px star is ~150)
-ATTRIBUTE_DISTANCE = 50.0  # RGB distance within which a pixel takes an attribute's colour
-ATTRIBUTE_PIXELS = 12  # attribute-coloured pixels above a body that make it wear something
+__all__ = [
+    "MIN_AREA",
+    "ConceptScore",
+    "ExpectedScene",
+    "ExpectedSprite",
+    "Found",
+    "Identity",
+    "Scores",
+    "assign",
+    "expected_prompt",
+    "expected_scene",
+    "find_sprites",
+    "ground_truth",
+    "judge",
+    "pixel_classes",
+    "recognise",
+    "worn_attribute",
+]
+
 MAX_FOUND = 8  # largest components considered for the assignment
-REF_SIZES = range(10, 45)  # sprite sides the references are rendered at
 
-Identity = tuple[str, str, str]  # (shape, colour, pattern)
 NormBox = tuple[float, float, float, float]  # (x0, y0, x1, y1) as fractions of the canvas
 
 
@@ -89,22 +89,6 @@ class ExpectedScene:
     sprites: tuple[ExpectedSprite, ...]
     placements: tuple[Placement, ...] = ()
     setting: str | None = None  # a world SETTINGS key, for prompts and ground-truth renders
-
-
-@dataclass(frozen=True)
-class Found:
-    """One sprite found in an image."""
-
-    box: tuple[int, int, int, int]  # body box (x0, y0, x1, y1), exclusive ends
-    area: int  # body pixels
-    identity: Identity  # nearest reference
-    distances: dict[Identity, float] = field(repr=False)  # d to every reference
-    attribute: str | None = None  # what it wears: an ATTRIBUTES key or None
-
-    @property
-    def centre(self) -> tuple[float, float]:
-        x0, y0, x1, y1 = self.box
-        return (x0 + x1) / 2, (y0 + y1) / 2
 
 
 @dataclass(frozen=True)
@@ -173,172 +157,6 @@ def ground_truth(expected: ExpectedScene) -> Scene:
     index = {s.name: i for i, s in enumerate(expected.sprites)}
     placements = tuple((index[p.subject], p.relation, index[p.target]) for p in expected.placements)
     return Scene(tuple(s.sprite for s in expected.sprites), placements, expected.setting)
-
-
-# --- references -----------------------------------------------------------------------------------
-
-
-@cache
-def _reference(identity: Identity, size: int) -> tuple[np.ndarray, tuple[int, int]]:
-    """Masked reference body of an identity at a sprite side: the crop of its mask's box,
-    float (h, w, 3) in [0, 255], and that box's (w, h)."""
-    rgb, mask = sprite_pixels(Sprite(*identity), size)
-    ys, xs = np.nonzero(mask)
-    crop = (rgb.astype(np.float64) * mask[..., None])[
-        ys.min() : ys.max() + 1, xs.min() : xs.max() + 1
-    ]
-    return crop, (crop.shape[1], crop.shape[0])
-
-
-@cache
-def _box_dims(shape: str, size: int) -> tuple[int, int]:
-    ys, xs = np.nonzero(shape_mask(shape, size))
-    return int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)
-
-
-def _sizes_for(shape: str, w: int, h: int) -> list[int]:
-    """Sprite sides whose mask box best matches a (w, h) body box (within a pixel of the best)."""
-    errors = {
-        s: abs(_box_dims(shape, s)[0] - w) + abs(_box_dims(shape, s)[1] - h) for s in REF_SIZES
-    }
-    best = min(errors.values())
-    return [s for s, e in errors.items() if e <= best + 1]
-
-
-def references() -> dict[Identity, np.ndarray]:
-    """Every identity's reference body at the world's middle size (for inspection)."""
-    return {k: _reference(k, 24)[0] for k in itertools.product(SHAPES, COLOURS, PATTERNS)}
-
-
-# --- finding sprites ------------------------------------------------------------------------------
-
-
-def row_background(img: np.ndarray) -> np.ndarray:
-    """(H, 3): per row, the median colour of the side columns."""
-    sides = np.concatenate([img[:, :3], img[:, -3:]], axis=1)  # (H, 6, 3)
-    return np.asarray(np.median(sides, axis=1))
-
-
-def foreground(img: np.ndarray) -> np.ndarray:
-    """(H, W) bool: far from the row background, holes filled."""
-    bg = row_background(img)
-    fg = np.linalg.norm(img - bg[:, None, :], axis=-1) > FG_DISTANCE
-    return fill_holes(fg)
-
-
-def fill_holes(fg: np.ndarray) -> np.ndarray:
-    """Background = non-foreground reachable from the border; everything else is foreground."""
-    outside = np.zeros_like(fg)
-    outside[0, :], outside[-1, :], outside[:, 0], outside[:, -1] = (
-        ~fg[0],
-        ~fg[-1],
-        ~fg[:, 0],
-        ~fg[:, -1],
-    )
-    while True:
-        p = np.pad(outside, 1)
-        grown = (p[1:-1, 1:-1] | p[:-2, 1:-1] | p[2:, 1:-1] | p[1:-1, :-2] | p[1:-1, 2:]) & ~fg
-        if (grown == outside).all():
-            return ~outside
-        outside = grown
-
-
-def components(fg: np.ndarray) -> list[np.ndarray]:
-    """4-connected components of a mask, as (N, 2) arrays of (y, x), largest first."""
-    seen = np.zeros_like(fg)
-    out = []
-    h, w = fg.shape
-    for y0, x0 in zip(*np.nonzero(fg), strict=True):
-        if seen[y0, x0]:
-            continue
-        stack, pixels = [(y0, x0)], []
-        seen[y0, x0] = True
-        while stack:
-            y, x = stack.pop()
-            pixels.append((y, x))
-            for ny, nx in ((y + 1, x), (y - 1, x), (y, x + 1), (y, x - 1)):
-                if 0 <= ny < h and 0 <= nx < w and fg[ny, nx] and not seen[ny, nx]:
-                    seen[ny, nx] = True
-                    stack.append((ny, nx))
-        out.append(np.array(pixels))
-    return sorted(out, key=len, reverse=True)
-
-
-_BODY_COLOURS = np.array([*COLOURS.values(), INK], dtype=np.float64)  # (5, 3)
-_ATTR_COLOURS = np.array(list(ATTRIBUTES.values()), dtype=np.float64)  # (2, 3)
-
-
-def _attribute_pixels(pixels_rgb: np.ndarray) -> np.ndarray:
-    """(N,) bool: pixels nearer an attribute colour than any body colour, and near it."""
-    d_body = np.linalg.norm(pixels_rgb[:, None] - _BODY_COLOURS[None], axis=-1).min(axis=1)
-    d_attr = np.linalg.norm(pixels_rgb[:, None] - _ATTR_COLOURS[None], axis=-1).min(axis=1)
-    return np.asarray((d_attr < d_body) & (d_attr < ATTRIBUTE_DISTANCE))
-
-
-def worn_attribute(img: np.ndarray, box: tuple[int, int, int, int]) -> str | None:
-    """What the sprite with this body box wears: attribute-coloured pixels (nearer the
-    attribute's colour than the row backdrop) in the 8 rows above the body, centred on it."""
-    x0, y0, x1, _ = box
-    cx = (x0 + x1) // 2
-    top, left, right = max(0, y0 - 8), max(0, cx - 8), min(img.shape[1], cx + 8)
-    if top >= y0:
-        return None
-    patch = img[top:y0, left:right]  # (h, w, 3)
-    bg = row_background(img)[top:y0][:, None, :]
-    counts = {}
-    for name, colour in ATTRIBUTES.items():
-        c = np.array(colour, dtype=np.float64)
-        d = np.linalg.norm(patch - c, axis=-1)
-        near = (d < ATTRIBUTE_DISTANCE) & (d < np.linalg.norm(patch - bg, axis=-1))
-        counts[name] = int(near.sum())
-    best = max(counts, key=lambda k: counts[k])
-    return best if counts[best] >= ATTRIBUTE_PIXELS else None
-
-
-def describe_component(img: np.ndarray, pixels: np.ndarray) -> Found | None:
-    """Split a component into body and attribute, recognise the body; None if no body."""
-    attr = _attribute_pixels(img[pixels[:, 0], pixels[:, 1]])
-    body = pixels[~attr]
-    if len(body) < MIN_AREA:
-        return None
-    y0, x0 = body.min(axis=0)
-    y1, x1 = body.max(axis=0) + 1
-    # attribute-coloured pixels inside the body box belong to the body (e.g. orange-ish yellow)
-    inside = (pixels[:, 0] >= y0) & (pixels[:, 0] < y1) & (pixels[:, 1] >= x0) & (pixels[:, 1] < x1)
-    body = pixels[inside]
-    box = (int(x0), int(y0), int(x1), int(y1))
-    mask = np.zeros(img.shape[:2], dtype=bool)
-    mask[body[:, 0], body[:, 1]] = True
-    crop = (img * mask[..., None])[y0:y1, x0:x1]  # (h, w, 3)
-    w, h = int(x1 - x0), int(y1 - y0)
-    distances: dict[Identity, float] = {}
-    for shape in SHAPES:
-        resized: dict[tuple[int, int], np.ndarray] = {}
-        for size in _sizes_for(shape, w, h):
-            dims = _box_dims(shape, size)
-            if dims not in resized:
-                resized[dims] = np.asarray(
-                    Image.fromarray(crop.astype(np.uint8)).resize(dims, Image.Resampling.NEAREST),
-                    dtype=np.float64,
-                )
-            for colour in COLOURS:
-                for pattern in PATTERNS:
-                    key = (shape, colour, pattern)
-                    ref, _ = _reference(key, size)
-                    d = float(np.abs(resized[dims] - ref).mean() / 255.0)
-                    distances[key] = min(d, distances.get(key, d))
-    best = min(distances, key=lambda k: distances[k])
-    return Found(box, len(body), best, distances, worn_attribute(img, box))
-
-
-def find_sprites(image: Image.Image) -> list[Found]:
-    """Every sprite in an image, left to right (image resized to SIZE x SIZE if needed)."""
-    if image.size != (SIZE, SIZE):
-        image = image.resize((SIZE, SIZE), Image.Resampling.BILINEAR)
-    img = np.asarray(image.convert("RGB"), dtype=np.float64)  # (64, 64, 3)
-    comps = [c for c in components(foreground(img)) if len(c) >= MIN_AREA]
-    found = [f for c in comps if (f := describe_component(img, c)) is not None]
-    return sorted(found, key=lambda f: f.centre)
 
 
 def assign(expected: ExpectedScene, found: list[Found]) -> dict[str, int]:

@@ -7,7 +7,7 @@ from collections.abc import Iterable, Mapping
 from rich.console import Console
 from rich.text import Text
 
-from scenecraft.diagnostics import Diagnostic, render_text
+from scenecraft.diagnostics import Diagnostic, more_line, render_text, shown
 
 _STYLES = {"error": "bold red", "warning": "bold yellow"}
 
@@ -41,10 +41,14 @@ def print_diagnostics(
 ) -> None:
     console = console or Console(stderr=True, highlight=False, soft_wrap=True)
     items = list(diagnostics)
-    for i, d in enumerate(items):
+    out, hidden = shown(items)  # a problem repeated 20,000 times prints a few times
+    for i, d in enumerate(out):
         if i:
             console.print()
         console.print(diagnostic_text(d, sources))
+    if hidden:
+        console.print()
+        console.print(Text(more_line(hidden), style="bold"))
     errors = sum(d.is_error for d in items)
     warnings = len(items) - errors
     if errors:
