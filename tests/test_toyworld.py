@@ -140,11 +140,19 @@ def test_world_one_keeps_its_fixed_slots() -> None:
 
 def test_concepts_are_distinct_and_include_a_same_class_pair() -> None:
     identities = {c.sprite.identity for c in W.CONCEPTS.values()}
-    assert len(identities) == len(W.CONCEPTS) == 6
+    assert len(identities) == len(W.CONCEPTS) == 8
     z1, z2 = W.CONCEPTS["ziggy"].sprite, W.CONCEPTS["zaza"].sprite
     assert (z1.shape, z1.colour) == (z2.shape, z2.colour) and z1.pattern != z2.pattern
     # four concepts of four classes exist, so a four-concept picture can avoid the hard pair
     assert len({W.CONCEPTS[n].class_noun for n in ("lulu", "blip", "kiki", "momo")}) == 4
+    # four concepts of ONE class, differing only in colour and pattern (issue 26): each shares
+    # its colour or its pattern with another of the four
+    circles = [W.CONCEPTS[n].sprite for n in ("ziggy", "zaza", "mimi", "roro")]
+    assert {(s.shape, s.attribute) for s in circles} == {("circle", None)}
+    assert len({(s.colour, s.pattern) for s in circles}) == 4
+    for s in circles:
+        others = [o for o in circles if o is not s]
+        assert any(o.colour == s.colour or o.pattern == s.pattern for o in others)
 
 
 def test_tokenizer_keeps_concept_tokens_whole_and_truncates() -> None:

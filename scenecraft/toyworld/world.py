@@ -454,4 +454,8 @@ CONCEPTS: dict[str, Concept] = {
     "momo": Concept("<MOMO>", "star", Sprite("star", "red", "plain")),
     # lulu: a fourth class next to blip, kiki and momo, so four concepts need not hold the pair
     "lulu": Concept("<LULU>", "circle", Sprite("circle", "pink", "plain")),
+    # mimi and roro: with ziggy and zaza a cast of four circles that differ only in colour and
+    # pattern, as people differ in face and hair (one class noun, shared patterns and colours)
+    "mimi": Concept("<MIMI>", "circle", Sprite("circle", "purple", "striped")),
+    "roro": Concept("<RORO>", "circle", Sprite("circle", "red", "spotted")),
 }
