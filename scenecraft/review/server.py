@@ -29,11 +29,12 @@ import mimetypes
 import re
 import threading
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from scenecraft.localhttp import HOST, LocalServer
 from scenecraft.review.catalog import (
     Catalog,
     RatingError,
@@ -43,7 +44,6 @@ from scenecraft.review.catalog import (
     save_ratings,
 )
 
-HOST = "127.0.0.1"
 MAX_BODY = 64 * 1024
 MAX_DEPTH = 32  # nesting of a POSTed JSON body (a rating is 1 deep)
 BACKLOG = 128  # pending connections the OS queues (the stdlib's 5 reset parallel posts)
@@ -75,10 +75,9 @@ def page_html() -> str:
     return resources.files("scenecraft.review").joinpath("page.html").read_text(encoding="utf-8")
 
 
-class ReviewServer(ThreadingHTTPServer):
+class ReviewServer(LocalServer):
     """Serves one output folder's catalog until ``shutdown()``."""
 
-    daemon_threads = True
     request_queue_size = BACKLOG
 
     def __init__(
@@ -89,35 +88,7 @@ class ReviewServer(ThreadingHTTPServer):
         self.ratings = load_ratings(self.catalog.root)
         self.lock = threading.Lock()
         self.page = page_html()
-        super().__init__((HOST, port), _Handler)
-        self._thread: threading.Thread | None = None
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        import sys
-
-        if isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
-            return  # the browser went away mid-answer or stalled past the timeout: nothing to do
-        super().handle_error(request, client_address)
-
-    @property
-    def port(self) -> int:
-        return int(self.server_address[1])
-
-    @property
-    def url(self) -> str:
-        return f"http://{HOST}:{self.port}/"
-
-    def start(self) -> ReviewServer:
-        """Serve on a background thread (tests); ``stop()`` ends it."""
-        self._thread = threading.Thread(target=self.serve_forever, daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self.shutdown()
-        self.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
+        super().__init__(port, _Handler)
 
     def items_json(self) -> dict[str, Any]:
         """What the page needs; the method is left out (the raters are blind to it)."""

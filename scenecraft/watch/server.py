@@ -15,56 +15,30 @@ from __future__ import annotations
 
 import json
 import queue
-import sys
 import threading
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from importlib import resources
 from typing import Any
 
+from scenecraft.localhttp import HOST, LocalServer
 from scenecraft.watch.state import LiveState
 
-HOST = "127.0.0.1"
 KEEPALIVE_S = 15.0  # a comment line on an idle event stream, so dead clients are noticed
 
 
-class LiveServer(ThreadingHTTPServer):
+class LiveServer(LocalServer):
     """Serves one `LiveState` until ``stop()``."""
-
-    daemon_threads = True
 
     def __init__(self, state: LiveState, port: int = 0) -> None:
         self.state = state
         self.page = resources.files("scenecraft.watch").joinpath("page.html").read_bytes()
         self.stopping = threading.Event()
-        super().__init__((HOST, port), _Handler)
-        self._thread: threading.Thread | None = None
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        if isinstance(sys.exc_info()[1], ConnectionError):
-            return  # the browser went away mid-answer: nothing to do
-        super().handle_error(request, client_address)
-
-    @property
-    def port(self) -> int:
-        return int(self.server_address[1])
-
-    @property
-    def url(self) -> str:
-        return f"http://{HOST}:{self.port}/"
-
-    def start(self) -> LiveServer:
-        """Serve on a background thread; ``stop()`` ends it."""
-        self._thread = threading.Thread(target=self.serve_forever, daemon=True)
-        self._thread.start()
-        return self
+        super().__init__(port, _Handler)
 
     def stop(self) -> None:
         self.stopping.set()  # ends the event streams
-        self.shutdown()
-        self.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
+        super().stop()
 
 
 class _Handler(BaseHTTPRequestHandler):
