@@ -81,11 +81,9 @@ CROSS_BUDGET = 2**28  # elements of the precomputed R_c ΔW_c'ᵀ products (1 Gi
 class _Ours:
     """Constants of the scale-free objective for L layers (shapes in comments)."""
 
-    P: torch.Tensor  # (L, Σk_c, K): the R_c Q stacked, rows in the union row-space basis Q
-    A: torch.Tensor  # (L, Σk_c, out): the R_c (D0 − ΔW_c)ᵀ stacked, the residual at V = 0
-    rows: list[int]  # C + 1 offsets of concept c's rows in P and A
-    # C × (L, k_c·out, C): R_c ΔW_c'ᵀ flattened, c' last, so ⟨Z, ·⟩ is one batched mat-vec
-    S: list[torch.Tensor] | None  # (None: too big, use the M-trick)
+    P: list[torch.Tensor]  # C × (L, k_c, K): R_c Q, rows in the union row-space basis Q (L, in, K)
+    A: list[torch.Tensor]  # C × (L, k_c, out): R_c (D0 − ΔW_c)ᵀ, the residual at V = 0
+    S: list[torch.Tensor] | None  # C × (C, L, k_c, out): R_c ΔW_c'ᵀ (None: too big, use M-trick)
     R: list[torch.Tensor]  # C × (L, k_c, in)
     Q: torch.Tensor  # (L, in, K) orthonormal basis of the union row space of the R_c
     N2: torch.Tensor  # (L, C) N_c², squared normaliser of d
@@ -145,15 +143,14 @@ def _ours_setup(
         Y2[:, c] = (Sc[c] + R[c] @ W0.transpose(1, 2)).square().sum((1, 2))
         H[:, c, :] = (Sc[c][None] - Sc).square().sum((2, 3)).T
         if keep_S:
-            S.append(Sc.permute(1, 2, 3, 0).reshape(L, -1, C).contiguous())
+            S.append(Sc)
     Y2 = Y2.clamp_min(1e-30)
     N2 = _normalisers(E2, Y2)
     # ‖X̃‖²_F of the start's weighted rows √(1/N_c²) X_c, stacked over concepts: (L,)
     sq_sum = torch.stack([r.square().sum((1, 2)) / N2[:, c] for c, r in enumerate(R)]).sum(0)
     return _Ours(
-        P=torch.cat([r @ Q for r in R], 1),
-        A=torch.cat([R[c] @ (D0 - Dl[c]).transpose(1, 2) for c in range(C)], 1),
-        rows=[0, *torch.tensor([r.shape[1] for r in R]).cumsum(0).tolist()],
+        P=[r @ Q for r in R],
+        A=[R[c] @ (D0 - Dl[c]).transpose(1, 2) for c in range(C)],
         S=S if keep_S else None,
         R=R,
         Q=Q,
@@ -176,10 +173,8 @@ def _ours_loss(
     pos, neg, mse = V.new_zeros(L), V.new_zeros(L), V.new_zeros(L)
     active = torch.zeros(L, C, dtype=torch.bool, device=V.device)
     others = ~torch.eye(C, dtype=torch.bool, device=V.device)
-    # Ŷ_c − Y_c in compressed rows for every concept at once: one GEMM, one gradient for V
-    Z_all = torch.baddbmm(k.A, k.P, V.transpose(1, 2))  # (L, Σk_c, out)
     for c in range(C):
-        Z = Z_all[:, k.rows[c] : k.rows[c + 1]]  # (L, k_c, out)
+        Z = k.A[c] + k.P[c] @ V.transpose(1, 2)  # (L, k, out) = Ŷ_c − Y_c in compressed rows
         z2 = Z.square().sum((1, 2))  # (L,)
         pos = pos + z2 / k.N2[:, c]
         mse = mse + z2 / k.Y2[:, c]
@@ -187,7 +182,7 @@ def _ours_loss(
             continue
         # ‖Ŷ_c − Y_{c←c'}‖² = ‖Z‖² + 2⟨Z, R_c (ΔW_c − ΔW_c')ᵀ⟩ + H[c, c']
         if k.S is not None:
-            ip = (Z.reshape(L, 1, -1) @ k.S[c]).squeeze(1)  # (L, C) ⟨Z, R_c ΔW_jᵀ⟩
+            ip = torch.einsum("lko,jlko->lj", Z, k.S[c])  # (L, C) ⟨Z, R_c ΔW_jᵀ⟩
         else:
             M = Z.transpose(1, 2) @ k.R[c]  # (L, out, in); ⟨Z, R_c Δᵀ⟩ = ⟨Zᵀ R_c, Δ⟩
             ip = torch.einsum("loi,jloi->lj", M, Dl)
@@ -217,7 +212,7 @@ def _loraclr_ours(
         W_init, _ = gradient_fusion(W0, list(Dl.unbind(0)), R, cfg.ridge, concept_weights=weights)
         D0 = W_init - W0
     k = _ours_setup(W0, Dl, R, D0, cfg.margin, cfg.ridge if cfg.refine_ridge else 0.0)
-    K = k.P.shape[2]
+    K = k.P[0].shape[2]
     sigma = Dl.square().mean((2, 3)).mean(0).sqrt().clamp_min(1e-12).view(L, 1, 1)
     U = torch.zeros(L, W0.shape[1], K, device=W0.device, requires_grad=True)
     opt = torch.optim.AdamW([U], lr=cfg.lr, weight_decay=cfg.weight_decay)
