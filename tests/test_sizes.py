@@ -21,16 +21,8 @@ _REASON = re.compile(r"\blong\b", re.IGNORECASE)
 
 # Known exceptions, each with its reason. Entries that no longer apply are harmless; only new
 # offenders fail.
-KNOWN_LONG_MODULES = {
-    # the toy world's base trainer: being split by the toyworld work of issue 30, not here
-    "toyworld/train_base.py",
-}
-KNOWN_UNEXPLAINED_FUNCTIONS = {
-    # owned by parallel work when the sizes pass ran (toy world trainers; FLUX export)
-    "toyworld/train_base.py:train_unet",
-    "toyworld/train_base.py:main",
-    "export/comfyui.py:job_workflow",
-}
+KNOWN_LONG_MODULES: set[str] = set()  # none left
+KNOWN_UNEXPLAINED_FUNCTIONS: set[str] = set()  # none left
 
 
 def module_lines(root: Path = PACKAGE) -> dict[str, int]:

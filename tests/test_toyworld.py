@@ -14,6 +14,7 @@ import torch
 
 from scenecraft.toyworld import judge as J
 from scenecraft.toyworld import train_base as TB
+from scenecraft.toyworld import train_data as TD
 from scenecraft.toyworld import world as W
 from scenecraft.toyworld.model import (
     BASE_DIR,
@@ -471,7 +472,7 @@ def test_scene_batch_redraws_a_scene_whose_layout_search_gives_up(
     def random_scene(rng: random.Random, version: int = 2) -> W.Scene:
         return next(draws, None) or real(rng, version=version)
 
-    monkeypatch.setattr(TB, "random_scene", random_scene)
+    monkeypatch.setattr(TD, "random_scene", random_scene)  # where scene_batch draws
     images, captions = TB.scene_batch(random.Random(0), 3, world=2)
     assert images.shape == (3, 3, 64, 64) and len(captions) == 3
     assert W.caption(crowded) not in captions

@@ -91,7 +91,8 @@ def _box_pixels(
 
 
 def job_workflow(job: RenderJob, files: ModelFiles, prefix: str) -> Workflow:
-    """The API-format workflow of one job."""
+    """The API-format workflow of one job: long because the graph is written out node by node,
+    in the order ComfyUI runs it (numbered steps)."""
     g = _Graph()
     # 1. the model: the checkpoint, then the merge as a LoRA when it is not fused
     ckpt = g.add("CheckpointLoaderSimple", ckpt_name=files.checkpoint)
