@@ -152,3 +152,30 @@ def test_a_manifest_write_leaves_no_lock_file(tmp_path: Path) -> None:
     m.record("a.png", {"key": "A"})
     m.save()
     assert sorted(p.name for p in path.parent.iterdir()) == ["manifest.json"]
+
+
+def test_the_tour_shows_the_regions_compile_writes(tmp_path: Path) -> None:
+    """docs/tour.md's market example prints what `scenecraft compile` gives for it (a global
+    prompt and a box and prompt per concept), not one combined prompt."""
+    from scenecraft import load
+
+    for name in ("g", "t"):
+        (tmp_path / f"{name}.safetensors").write_bytes(b"")
+    scene = tmp_path / "market.scene"
+    scene.write_text(
+        'model "org/base"\n'
+        'concept gosling {\n  token "<GOSLING>"\n  class "man"\n  lora "g.safetensors"\n}\n'
+        'concept taylor {\n  token "<TAYLOR>"\n  class "woman"\n  lora "t.safetensors"\n}\n'
+        "scene market {\n"
+        '  gosling in "a denim jacket" holding "a basket of apples"\n'
+        '  taylor wears "a striped shirt and linen trousers"\n'
+        "  gosling beside taylor\n"
+        '  setting "a busy farmers market"\n'
+        "}\n",
+        encoding="utf-8",
+    )
+    (job,) = load(str(scene)).plan.jobs
+    tour = (Path(__file__).parent.parent / "docs" / "tour.md").read_text(encoding="utf-8")
+    assert f"\n{job.prompt}\n" in tour
+    for region in job.regions:
+        assert f"{region.prompt}\n" in tour and f"  {region.subject} [" in tour
