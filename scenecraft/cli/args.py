@@ -85,7 +85,8 @@ def _cache_dir_arg(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _render_args(p: argparse.ArgumentParser) -> None:
+def _only_out_args(p: argparse.ArgumentParser) -> None:
+    """``--only SCENE`` (repeatable) and ``--out DIR``: what render and watch both select."""
     p.add_argument(
         "--only",
         action="append",
@@ -94,6 +95,10 @@ def _render_args(p: argparse.ArgumentParser) -> None:
         help="render only this scene or storyboard (repeatable)",
     )
     p.add_argument("--out", default="./out", metavar="DIR", help="output folder (default ./out)")
+
+
+def _render_args(p: argparse.ArgumentParser) -> None:
+    _only_out_args(p)
     p.add_argument(
         "--batch-size",
         type=int,
@@ -162,14 +167,7 @@ def _review_args(p: argparse.ArgumentParser) -> None:
 def _watch_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("file", metavar="FILE")
     _source_args(p)
-    p.add_argument(
-        "--only",
-        action="append",
-        default=[],
-        metavar="SCENE",
-        help="render only this scene or storyboard (repeatable)",
-    )
-    p.add_argument("--out", default="./out", metavar="DIR", help="output folder (default ./out)")
+    _only_out_args(p)
     p.add_argument(
         "--port",
         type=_port,

@@ -79,6 +79,18 @@ class _Graph:
         self.nodes[node] = {"class_type": class_type, "inputs": inputs}
         return node
 
+    def lora(self, model: Link, clip: Link, name: str) -> tuple[Link, Link]:
+        """A LoraLoader of ``name`` at full strength on ``model`` and ``clip``: its outputs."""
+        node = self.add(
+            "LoraLoader",
+            model=model,
+            clip=clip,
+            lora_name=name,
+            strength_model=1.0,
+            strength_clip=1.0,
+        )
+        return [node, 0], [node, 1]
+
 
 def _box_pixels(
     box: tuple[float, float, float, float], width: int, height: int
@@ -99,15 +111,7 @@ def job_workflow(job: RenderJob, files: ModelFiles, prefix: str) -> Workflow:
     model: Link = [ckpt, 0]
     clip: Link = [ckpt, 1]
     if files.lora is not None:
-        lora = g.add(
-            "LoraLoader",
-            model=model,
-            clip=clip,
-            lora_name=files.lora,
-            strength_model=1.0,
-            strength_clip=1.0,
-        )
-        model, clip = [lora, 0], [lora, 1]
+        model, clip = g.lora(model, clip, files.lora)
 
     def encode(text: str) -> Link:
         return [g.add("CLIPTextEncode", text=with_embeddings(text, files.embeddings), clip=clip), 0]

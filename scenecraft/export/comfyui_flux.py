@@ -43,15 +43,7 @@ def flux_workflow(job: RenderJob, files: ModelFiles, prefix: str) -> Workflow:
     model: Link = [unet, 0]
     clip: Link = [clip_node, 0]
     if files.lora is not None and files.lora_clip:
-        lora = g.add(
-            "LoraLoader",
-            model=model,
-            clip=clip,
-            lora_name=files.lora,
-            strength_model=1.0,
-            strength_clip=1.0,
-        )
-        model, clip = [lora, 0], [lora, 1]
+        model, clip = g.lora(model, clip, files.lora)
     elif files.lora is not None:
         model = [
             g.add("LoraLoaderModelOnly", model=model, lora_name=files.lora, strength_model=1.0),
