@@ -10,7 +10,6 @@ import json
 import shutil
 import signal
 import struct
-import time
 import warnings
 import zlib
 from collections.abc import Iterator
@@ -318,11 +317,9 @@ def test_foreign_image_under_a_manifest_key_is_rendered_again(
 
     real_decoded = png_mod.decoded
     monkeypatch.setattr(png_mod, "decoded", no_decoding)
-    start = time.perf_counter()
     again = render(plan, tmp_path, pipe=tiny_pipe())
     assert again.written == [path] and not again.skipped
     assert path.read_bytes() == good
-    assert time.perf_counter() - start < 20
 
 
 def test_png_size_reads_the_header_only(tmp_path: Path) -> None:
@@ -526,7 +523,9 @@ def test_library_noise_never_comes_before_scenecraft_messages(
     assert capsys.readouterr().err.lstrip().startswith("error[out-of-memory]")
 
 
-def test_foreign_huge_panel_outside_the_selection_is_drawn_as_missing(tmp_path: Path) -> None:
+def test_foreign_huge_panel_outside_the_selection_is_drawn_as_missing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A contact sheet never decodes a panel whose header is not the job's size."""
     from scenecraft.render.storyboard import collect_panels
 
@@ -534,8 +533,23 @@ def test_foreign_huge_panel_outside_the_selection_is_drawn_as_missing(tmp_path: 
     first = render(plan, tmp_path, pipe=tiny_pipe())
     [panel] = [p for p in first.written if p.parent.name == "02-solo"]
     _huge_black_png(panel, 13_300, _our_chunk(panel.read_bytes()))
-    start = time.perf_counter()
+    from PIL import Image
+
+    from scenecraft.render import png as png_mod
+
+    real_open, real_decoded = Image.open, png_mod.decoded
+
+    def never_the_panel(fn: Any) -> Any:
+        def wrapped(p: Any, *args: Any, **kw: Any) -> Any:
+            if Path(str(p)) == panel:  # only its header may be read (png_size), never pixels
+                raise AssertionError("the huge panel was opened for decoding")
+            return fn(p, *args, **kw)
+
+        return wrapped
+
+    monkeypatch.setattr(Image, "open", never_the_panel(real_open))
+    monkeypatch.setattr(png_mod, "decoded", never_the_panel(real_decoded))
     again = render(plan, tmp_path, pipe=tiny_pipe(), only=["duo"])  # panel 2 not selected
-    assert time.perf_counter() - start < 10 and len(again.storyboards) == 2
+    assert len(again.storyboards) == 2
     panels = collect_panels(plan, plan.storyboards[0], tmp_path, "")
     assert [len(p.images) for p in panels] == [1, 0, 1]
