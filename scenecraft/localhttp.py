@@ -12,6 +12,30 @@ from typing import Any
 HOST = "127.0.0.1"  # never another interface
 
 
+class LocalHandler(BaseHTTPRequestHandler):
+    """The requests of a `LocalServer`: quiet, answers that are never cached nor sniffed, and
+    only for a ``Host`` naming the server itself (no DNS rebinding)."""
+
+    server: LocalServer
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base's name
+        pass  # quiet: the CLI prints the URL, the page shows what happens
+
+    def _send(self, status: int, body: bytes, ctype: str) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        self.send_header("X-Content-Type-Options", "nosniff")
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def _host_ok(self) -> bool:
+        host = self.headers.get("Host", "")
+        return host in {f"{HOST}:{self.server.port}", f"localhost:{self.server.port}"}
+
+
 class LocalServer(ThreadingHTTPServer):
     """``ThreadingHTTPServer`` bound to `HOST`; a browser that goes away mid-answer (or stalls past
     a handler's timeout) is not an error."""

@@ -29,12 +29,11 @@ import mimetypes
 import re
 import threading
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from scenecraft.localhttp import HOST, LocalServer
+from scenecraft.localhttp import HOST, LocalHandler, LocalServer
 from scenecraft.review.catalog import (
     Catalog,
     RatingError,
@@ -134,37 +133,20 @@ class ReviewServer(LocalServer):
         return {k: v for k, v in entry.items() if k != "method"}  # blind, as in items_json
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(LocalHandler):
     server: ReviewServer
     server_version = "scenecraft-review"
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base's name
-        pass  # quiet: the CLI prints the URL, the page shows what was saved
 
     def setup(self) -> None:
         super().setup()
         self.connection.settimeout(self.server.connection_timeout)  # a stalled client gives up
 
     # -- helpers
-    def _send(self, status: int, body: bytes, ctype: str) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", ctype)
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Cache-Control", "no-store")
-        self.send_header("X-Content-Type-Options", "nosniff")
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
-
     def _json(self, status: int, data: Any) -> None:
         self._send(status, json.dumps(data).encode(), "application/json; charset=utf-8")
 
     def _error(self, status: HTTPStatus, message: str) -> None:
         self._json(status, {"error": message})
-
-    def _host_ok(self) -> bool:
-        host = self.headers.get("Host", "")
-        return host in {f"{HOST}:{self.server.port}", f"localhost:{self.server.port}"}
 
     def _origin_ok(self) -> bool:
         """No ``Origin`` (curl, scripts) or this server's own (the page itself)."""

@@ -17,11 +17,9 @@ import json
 import queue
 import threading
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler
 from importlib import resources
-from typing import Any
 
-from scenecraft.localhttp import HOST, LocalServer
+from scenecraft.localhttp import LocalHandler, LocalServer
 from scenecraft.watch.state import LiveState
 
 KEEPALIVE_S = 15.0  # a comment line on an idle event stream, so dead clients are noticed
@@ -41,29 +39,12 @@ class LiveServer(LocalServer):
         super().stop()
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(LocalHandler):
     server: LiveServer
     server_version = "scenecraft-watch"
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base's name
-        pass
-
-    def _send(self, status: int, body: bytes, ctype: str) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", ctype)
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Cache-Control", "no-store")
-        self.send_header("X-Content-Type-Options", "nosniff")
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
-
     def _not_found(self) -> None:
         self._send(HTTPStatus.NOT_FOUND, b'{"error": "not found"}', "application/json")
-
-    def _host_ok(self) -> bool:
-        host = self.headers.get("Host", "")
-        return host in {f"{HOST}:{self.server.port}", f"localhost:{self.server.port}"}
 
     def do_GET(self) -> None:  # noqa: N802 - http.server's naming
         if not self._host_ok():
