@@ -19,7 +19,7 @@ switch (`scenecraft.render.regions`), so the regional pictures are close, not id
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -169,6 +169,15 @@ def workflow_name(job: RenderJob) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", stem)
 
 
+def distinct_jobs(plan: RenderPlan) -> Iterator[RenderJob]:
+    """The plan's jobs, each once (storyboard panels reuse their scene's jobs)."""
+    seen: set[str] = set()
+    for job in plan.jobs:
+        if job.id not in seen:
+            seen.add(job.id)
+            yield job
+
+
 def plan_workflows(
     plan: RenderPlan, files: ModelFiles
 ) -> tuple[dict[str, Workflow], list[Diagnostic]]:
@@ -176,11 +185,7 @@ def plan_workflows(
     one warning per sampler ComfyUI lacks."""
     workflows: dict[str, Workflow] = {}
     warnings: dict[str, Diagnostic] = {}
-    seen: set[str] = set()
-    for job in plan.jobs:
-        if job.id in seen:
-            continue
-        seen.add(job.id)
+    for job in distinct_jobs(plan):
         name = workflow_name(job)
         workflows[name] = job_workflow(job, files, prefix=f"scenecraft/{name}")
         _, problem = comfy_sampler(job.sampler)

@@ -20,6 +20,7 @@ from scenecraft.export.comfyui import (
     ModelFiles,
     Workflow,
     _Graph,
+    distinct_jobs,
     with_embeddings,
     workflow_name,
 )
@@ -77,11 +78,7 @@ def plan_flux_workflows(plan: RenderPlan, files: ModelFiles) -> dict[str, Workfl
     """One FLUX workflow per distinct image job (no sampler warning: euler/simple is the only
     FLUX sampler scenecraft takes)."""
     workflows: dict[str, Workflow] = {}
-    seen: set[str] = set()
-    for job in plan.jobs:
-        if job.id in seen:
-            continue
-        seen.add(job.id)
+    for job in distinct_jobs(plan):
         name = workflow_name(job)
         workflows[name] = flux_workflow(job, files, prefix=f"scenecraft/{name}")
     return workflows
