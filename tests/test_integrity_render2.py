@@ -363,6 +363,18 @@ def test_same_file_name_in_two_folders_collides_instead_of_overwriting(tmp_path:
 # ---------------------------------------------------------- 9. Ctrl-C during model load
 
 
+@pytest.fixture
+def live_ctrl_c() -> Iterator[None]:
+    """Python's own SIGINT handler for the test, as in a terminal: a process started in the
+    background (``cmd &``, nohup) inherits SIGINT ignored, where `interrupts_kept` rightly does
+    nothing."""
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, before)
+
+
 class _InterruptInDel:
     """Delivers SIGINT while the garbage collector runs its ``__del__``: Python prints the
     KeyboardInterrupt as "Exception ignored" and carries on (diffusers' Group.__del__ case)."""
@@ -372,7 +384,7 @@ class _InterruptInDel:
 
 
 def test_ctrl_c_swallowed_during_model_load_still_stops_the_run(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, live_ctrl_c: None
 ) -> None:
     import scenecraft.models
 
@@ -393,7 +405,7 @@ def test_ctrl_c_swallowed_during_model_load_still_stops_the_run(
 
 
 def test_cli_ctrl_c_during_model_load_exits_130(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, live_ctrl_c: None
 ) -> None:
     import scenecraft.models
 
@@ -409,7 +421,9 @@ def test_cli_ctrl_c_during_model_load_exits_130(
     assert not list(out.rglob("*.png"))
 
 
-def test_an_interrupt_a_library_turns_into_its_own_error_is_still_an_interrupt() -> None:
+def test_an_interrupt_a_library_turns_into_its_own_error_is_still_an_interrupt(
+    live_ctrl_c: None,
+) -> None:
     from scenecraft.interrupts import interrupts_kept
 
     with pytest.raises(KeyboardInterrupt), interrupts_kept():
